@@ -1,0 +1,235 @@
+//! Class statistics: per-class training counts and the many / medium / few
+//! grouping used by every long-tailed benchmark.
+//!
+//! Groups are defined by *training* counts, as the reference evaluation does:
+//! many-shot `n > 100`, medium-shot `20 <= n <= 100`, few-shot `n < 20`. The
+//! thresholds are configurable, and a second rule (fixed class-index ranges,
+//! used by some CIFAR-LT peers) is available as [`GroupRule::IndexRanges`].
+
+use serde::{Deserialize, Serialize};
+
+/// One of the three shot groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShotGroup {
+    /// Classes with many training images (`n > many_above`).
+    Many,
+    /// Classes in between.
+    Medium,
+    /// Classes with few training images (`n < few_below`).
+    Few,
+}
+
+impl ShotGroup {
+    /// All groups in table order.
+    pub const ALL: [ShotGroup; 3] = [ShotGroup::Many, ShotGroup::Medium, ShotGroup::Few];
+
+    /// Lower-case name used in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            ShotGroup::Many => "many",
+            ShotGroup::Medium => "medium",
+            ShotGroup::Few => "few",
+        }
+    }
+}
+
+/// Count thresholds of the many / medium / few split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupThresholds {
+    /// A class is many-shot when its training count is strictly above this (100).
+    pub many_above: usize,
+    /// A class is few-shot when its training count is strictly below this (20).
+    pub few_below: usize,
+}
+
+impl Default for GroupThresholds {
+    fn default() -> Self {
+        Self {
+            many_above: 100,
+            few_below: 20,
+        }
+    }
+}
+
+impl GroupThresholds {
+    /// The group of a class with `count` training images.
+    pub fn group_of(&self, count: usize) -> ShotGroup {
+        if count > self.many_above {
+            ShotGroup::Many
+        } else if count < self.few_below {
+            ShotGroup::Few
+        } else {
+            ShotGroup::Medium
+        }
+    }
+}
+
+/// How classes are assigned to groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "rule")]
+pub enum GroupRule {
+    /// By training count (the reference rule).
+    TrainCount(GroupThresholds),
+    /// By class index: classes `0..many_end` are many-shot, `many_end..medium_end`
+    /// medium-shot, the rest few-shot (MiSLAS-style CIFAR ranges).
+    IndexRanges {
+        /// End (exclusive) of the many-shot index range.
+        many_end: usize,
+        /// End (exclusive) of the medium-shot index range.
+        medium_end: usize,
+    },
+}
+
+impl Default for GroupRule {
+    fn default() -> Self {
+        GroupRule::TrainCount(GroupThresholds::default())
+    }
+}
+
+impl std::fmt::Display for GroupRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GroupRule::TrainCount(t) => write!(
+                f,
+                "train_count (many > {}, medium {}..={}, few < {})",
+                t.many_above, t.few_below, t.many_above, t.few_below
+            ),
+            GroupRule::IndexRanges {
+                many_end,
+                medium_end,
+            } => write!(
+                f,
+                "index_ranges (many 0..{many_end}, medium {many_end}..{medium_end}, few {medium_end}..)"
+            ),
+        }
+    }
+}
+
+/// Per-class training counts of a split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassStats {
+    counts: Vec<usize>,
+}
+
+impl ClassStats {
+    /// Counts the labels of a split with `num_classes` classes. Labels outside
+    /// `0..num_classes` are the caller's bug and are rejected earlier by the
+    /// readers; here they are ignored.
+    pub fn from_labels(labels: &[u32], num_classes: usize) -> Self {
+        let mut counts = vec![0usize; num_classes];
+        for &l in labels {
+            if let Some(c) = counts.get_mut(l as usize) {
+                *c += 1;
+            }
+        }
+        Self { counts }
+    }
+
+    /// Wraps known per-class counts.
+    pub fn from_counts(counts: Vec<usize>) -> Self {
+        Self { counts }
+    }
+
+    /// Per-class counts, indexed by label.
+    pub fn counts(&self) -> &[usize] {
+        &self.counts
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Total number of samples.
+    pub fn total(&self) -> usize {
+        self.counts.iter().sum()
+    }
+
+    /// Largest over smallest class count (the imbalance ratio rho); `None` when a
+    /// class is empty.
+    pub fn imbalance_ratio(&self) -> Option<f64> {
+        let max = *self.counts.iter().max()?;
+        let min = *self.counts.iter().min()?;
+        (min > 0).then(|| max as f64 / min as f64)
+    }
+
+    /// The group of every class under `rule`.
+    pub fn groups(&self, rule: &GroupRule) -> Vec<ShotGroup> {
+        (0..self.counts.len())
+            .map(|c| match rule {
+                GroupRule::TrainCount(t) => t.group_of(self.counts[c]),
+                GroupRule::IndexRanges {
+                    many_end,
+                    medium_end,
+                } => {
+                    if c < *many_end {
+                        ShotGroup::Many
+                    } else if c < *medium_end {
+                        ShotGroup::Medium
+                    } else {
+                        ShotGroup::Few
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Number of classes in each group, in [`ShotGroup::ALL`] order.
+    pub fn group_sizes(&self, rule: &GroupRule) -> [usize; 3] {
+        let mut sizes = [0; 3];
+        for g in self.groups(rule) {
+            sizes[g as usize] += 1;
+        }
+        sizes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_are_strict_at_both_ends() {
+        let t = GroupThresholds::default();
+        assert_eq!(t.group_of(101), ShotGroup::Many);
+        assert_eq!(t.group_of(100), ShotGroup::Medium);
+        assert_eq!(t.group_of(20), ShotGroup::Medium);
+        assert_eq!(t.group_of(19), ShotGroup::Few);
+        assert_eq!(t.group_of(0), ShotGroup::Few);
+    }
+
+    #[test]
+    fn counts_and_groups() {
+        let labels = [0u32, 0, 1, 2, 2, 2];
+        let s = ClassStats::from_labels(&labels, 4);
+        assert_eq!(s.counts(), &[2, 1, 3, 0]);
+        assert_eq!(s.total(), 6);
+        assert_eq!(s.imbalance_ratio(), None);
+        let rule = GroupRule::TrainCount(GroupThresholds {
+            many_above: 2,
+            few_below: 2,
+        });
+        assert_eq!(
+            s.groups(&rule),
+            vec![
+                ShotGroup::Medium,
+                ShotGroup::Few,
+                ShotGroup::Many,
+                ShotGroup::Few
+            ]
+        );
+        assert_eq!(s.group_sizes(&rule), [1, 1, 2]);
+    }
+
+    #[test]
+    fn index_ranges() {
+        let s = ClassStats::from_counts(vec![5; 10]);
+        let rule = GroupRule::IndexRanges {
+            many_end: 3,
+            medium_end: 7,
+        };
+        assert_eq!(s.group_sizes(&rule), [3, 4, 3]);
+    }
+}

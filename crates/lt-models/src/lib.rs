@@ -1,0 +1,3 @@
+//! lt-models: the paper's backbones in candle.
+
+pub mod ops;
