@@ -1,0 +1,357 @@
+//! Checkpoints and atomic file writes.
+//!
+//! A checkpoint is one safetensors file holding the model tensors under their
+//! torchvision names (`conv1.weight`, `layer1.0.bn1.running_mean`, `fc.weight`,
+//! ...), the optimiser momentum under `momentum.<name>`, and a
+//! [`CheckpointMeta`] JSON in the safetensors header metadata (key
+//! `lt_train`). Keeping everything in one file makes a checkpoint atomic: it is
+//! written to a temporary file in the same directory and renamed over the old
+//! one, so a crash leaves either the previous or the new checkpoint, never a
+//! mix. A copy of the metadata is also written next to it as `<name>.json` for
+//! people and tools; loading trusts only the copy inside the safetensors file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+/// Header metadata key of the checkpoint JSON.
+const META_KEY: &str = "lt_train";
+
+/// Current checkpoint format version.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Writes `bytes` to `path` atomically: temp file in the same directory,
+/// flushed and synced, then renamed over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| TrainError::io(path, std::io::Error::other("path has no file name")))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(TrainError::io(path, e));
+    }
+    // Persist the rename itself; not every platform can open a directory.
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Serialises `value` as pretty JSON and writes it atomically.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
+    let mut bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+    bytes.push(b'\n');
+    write_atomic(path, &bytes)
+}
+
+/// The best evaluation seen so far (for `model_select = best_val`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestMetric {
+    /// Epoch (1-based) at which it was reached.
+    pub epoch: usize,
+    /// Name of the metric (e.g. `val_top1`).
+    pub metric: String,
+    /// Its value.
+    pub value: f64,
+}
+
+/// State needed to continue a run exactly where it stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// Format version ([`FORMAT_VERSION`]).
+    pub format_version: u32,
+    /// Which training produced it (`stage1`, `crt`, `lws`).
+    pub stage: String,
+    /// Number of completed epochs.
+    pub epoch: usize,
+    /// Number of completed optimiser steps.
+    pub global_step: u64,
+    /// Serialised sampler state (`lt_samplers::SamplerState`).
+    pub sampler: Option<serde_json::Value>,
+    /// Random state. Every random choice is derived from `(seed, purpose,
+    /// epoch, index)`, so the seed and the epoch reached are the whole state.
+    pub rng: RngState,
+    /// Best validation result so far.
+    pub best: Option<BestMetric>,
+    /// SHA-256 of the resolved config (resuming with another config is refused).
+    pub config_hash: String,
+    /// Learning rate of the last step (informational).
+    pub lr: f64,
+}
+
+/// Seed-derived random state (see [`CheckpointMeta::rng`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngState {
+    /// Run seed.
+    pub seed: u64,
+    /// Next epoch whose streams will be derived.
+    pub next_epoch: u64,
+}
+
+/// Collects every variable of `varmap` (including BN running statistics) by
+/// name, sorted.
+pub fn varmap_tensors(varmap: &VarMap) -> BTreeMap<String, Tensor> {
+    let data = varmap.data().lock().expect("varmap lock poisoned");
+    data.iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
+}
+
+/// Copies tensors named like the variables of `varmap` into them. Every
+/// variable must be present with the right shape; tensors in `tensors` that do
+/// not belong to `varmap` are ignored (a checkpoint also holds other parts).
+pub fn load_into_varmap(
+    varmap: &VarMap,
+    tensors: &HashMap<String, Tensor>,
+    source: &Path,
+) -> Result<(), TrainError> {
+    let data = varmap.data().lock().expect("varmap lock poisoned");
+    let mut missing: Vec<&str> = data
+        .keys()
+        .filter(|k| !tensors.contains_key(*k))
+        .map(|k| k.as_str())
+        .collect();
+    if !missing.is_empty() {
+        missing.sort_unstable();
+        return Err(TrainError::Checkpoint(format!(
+            "{}: missing tensors {}",
+            source.display(),
+            missing.join(", ")
+        )));
+    }
+    for (name, var) in data.iter() {
+        let t = &tensors[name];
+        if t.shape() != var.shape() {
+            return Err(TrainError::Checkpoint(format!(
+                "{}: tensor `{name}` has shape {:?}, the model expects {:?}",
+                source.display(),
+                t.shape(),
+                var.shape()
+            )));
+        }
+        var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
+/// Path of the JSON copy of a checkpoint's metadata.
+pub fn meta_path(checkpoint: &Path) -> PathBuf {
+    checkpoint.with_extension("json")
+}
+
+/// Writes a checkpoint atomically (see the module docs).
+pub fn save_checkpoint(
+    path: &Path,
+    model: &BTreeMap<String, Tensor>,
+    optimizer: &BTreeMap<String, Tensor>,
+    meta: &CheckpointMeta,
+) -> Result<(), TrainError> {
+    let mut all: BTreeMap<&str, Tensor> = BTreeMap::new();
+    for (k, t) in model.iter().chain(optimizer.iter()) {
+        if all.insert(k.as_str(), t.contiguous()?).is_some() {
+            return Err(TrainError::Checkpoint(format!("tensor `{k}` given twice")));
+        }
+    }
+    let meta_json = serde_json::to_string(meta)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+    let info = HashMap::from([(META_KEY.to_string(), meta_json)]);
+    let bytes = safetensors::tensor::serialize(all.iter().map(|(k, t)| (*k, t)), Some(info))
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+    write_atomic(path, &bytes)?;
+    write_json_atomic(&meta_path(path), meta)
+}
+
+/// Reads a checkpoint: all tensors (model and `momentum.*`) and its metadata.
+pub fn load_checkpoint(
+    path: &Path,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, CheckpointMeta), TrainError> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let bad = |msg: String| TrainError::Checkpoint(format!("{}: {msg}", path.display()));
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let meta_json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(META_KEY))
+        .ok_or_else(|| {
+            bad(format!(
+                "no `{META_KEY}` metadata: not a training checkpoint"
+            ))
+        })?;
+    let meta: CheckpointMeta =
+        serde_json::from_str(meta_json).map_err(|e| bad(format!("bad metadata: {e}")))?;
+    if meta.format_version != FORMAT_VERSION {
+        return Err(bad(format!(
+            "format version {} (expected {FORMAT_VERSION})",
+            meta.format_version
+        )));
+    }
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
+    Ok((tensors, meta))
+}
+
+/// Reads only the model tensors of a checkpoint or of a plain safetensors
+/// weight file (no metadata needed); optimiser state is dropped.
+pub fn load_model_tensors(
+    path: &Path,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>, TrainError> {
+    if !path.exists() {
+        return Err(TrainError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+        ));
+    }
+    let mut t = candle_core::safetensors::load(path, device)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+    t.retain(|k, _| !k.starts_with("momentum."));
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    fn meta() -> CheckpointMeta {
+        CheckpointMeta {
+            format_version: FORMAT_VERSION,
+            stage: "stage1".into(),
+            epoch: 3,
+            global_step: 42,
+            sampler: Some(serde_json::json!({"epoch": 3})),
+            rng: RngState {
+                seed: 7,
+                next_epoch: 3,
+            },
+            best: Some(BestMetric {
+                epoch: 2,
+                metric: "val_top1".into(),
+                value: 0.5,
+            }),
+            config_hash: "abc".into(),
+            lr: 0.1,
+        }
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/file.bin");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(p.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn atomic_write_failure_keeps_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory in the way makes the rename fail.
+        let p = dir.path().join("blocked");
+        std::fs::create_dir(&p).unwrap();
+        std::fs::write(p.join("x"), b"keep").unwrap();
+        assert!(write_atomic(&p, b"new").is_err());
+        assert_eq!(std::fs::read(p.join("x")).unwrap(), b"keep");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn checkpoint_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("last.safetensors");
+        let dev = Device::Cpu;
+        let mut varmap = VarMap::new();
+        varmap
+            .get(
+                (2, 3),
+                "fc.weight",
+                candle_nn::Init::Const(0.5),
+                DType::F32,
+                &dev,
+            )
+            .unwrap();
+        let model = varmap_tensors(&varmap);
+        let optim = BTreeMap::from([(
+            "momentum.fc.weight".to_string(),
+            Tensor::ones((2, 3), DType::F32, &dev).unwrap(),
+        )]);
+        save_checkpoint(&p, &model, &optim, &meta()).unwrap();
+        let (tensors, m) = load_checkpoint(&p, &dev).unwrap();
+        assert_eq!(m, meta());
+        assert_eq!(tensors.len(), 2);
+        let sidecar: CheckpointMeta =
+            serde_json::from_slice(&std::fs::read(meta_path(&p)).unwrap()).unwrap();
+        assert_eq!(sidecar, meta());
+
+        varmap
+            .set_one(
+                "fc.weight",
+                Tensor::zeros((2, 3), DType::F32, &dev).unwrap(),
+            )
+            .unwrap();
+        load_into_varmap(&varmap, &tensors, &p).unwrap();
+        let w = &varmap_tensors(&varmap)["fc.weight"];
+        assert_eq!(w.sum_all().unwrap().to_scalar::<f32>().unwrap(), 3.0);
+
+        let model_only = load_model_tensors(&p, &dev).unwrap();
+        assert_eq!(model_only.len(), 1);
+    }
+
+    #[test]
+    fn load_errors_are_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Device::Cpu;
+        let p = dir.path().join("plain.safetensors");
+        candle_core::safetensors::save(
+            &HashMap::from([("a", Tensor::ones(2, DType::F32, &dev).unwrap())]),
+            &p,
+        )
+        .unwrap();
+        let e = load_checkpoint(&p, &dev).unwrap_err().to_string();
+        assert!(
+            e.contains("plain.safetensors") && e.contains("lt_train"),
+            "{e}"
+        );
+
+        let varmap = VarMap::new();
+        varmap
+            .get(3, "b", candle_nn::Init::Const(0.), DType::F32, &dev)
+            .unwrap();
+        let t = load_model_tensors(&p, &dev).unwrap();
+        let e = load_into_varmap(&varmap, &t, &p).unwrap_err().to_string();
+        assert!(e.contains("missing tensors b"), "{e}");
+
+        let e = load_model_tensors(&dir.path().join("nope.safetensors"), &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope.safetensors"), "{e}");
+    }
+}
