@@ -57,7 +57,7 @@ impl Default for SamplerConfig {
 /// `{ kind = "power", q = 0.5 }` or
 /// `{ kind = "progressively_balanced", total_epochs = 90 }`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "snake_case", from = "StrategyRepr")]
 pub enum Strategy {
     /// q = 1: a fresh uniform permutation of the dataset each epoch;
     /// p_j = n_j / N.
@@ -66,11 +66,10 @@ pub enum Strategy {
     /// q = 0: every class equally often; p_j = 1 / C. Every class needs at
     /// least one sample.
     ClassBalanced {
-        /// How classes and items are chosen.
-        #[serde(default)]
+        /// How classes and items are chosen (default `class_cycle`).
         draw: CbDraw,
-        /// Items taken per class visit (the reference's `num_samples_cls`).
-        #[serde(default = "default_per_class")]
+        /// Items taken per class visit (the reference's `num_samples_cls`;
+        /// default 4).
         per_class: usize,
     },
     /// q = 1/2, as the reference: i.i.d. instance draws with replacement,
@@ -89,14 +88,58 @@ pub enum Strategy {
     ProgressivelyBalanced {
         /// T, the planned number of epochs.
         total_epochs: usize,
-        /// How l_t grows with the epoch.
-        #[serde(default)]
+        /// How l_t grows with the epoch (default `t_over_t_minus_1`).
         lambda: PbLambda,
     },
 }
 
 fn default_per_class() -> usize {
     Strategy::REFERENCE_PER_CLASS
+}
+
+/// What [`Strategy`] is read through: serde ignores extra keys next to the
+/// tag of a unit variant even with `deny_unknown_fields`, so the unit
+/// variants are read as empty struct variants, which do reject them
+/// (`{ kind = "instance_balanced", q = 1.0 }` is an error, not a silent IB).
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum StrategyRepr {
+    InstanceBalanced {},
+    ClassBalanced {
+        #[serde(default)]
+        draw: CbDraw,
+        #[serde(default = "default_per_class")]
+        per_class: usize,
+    },
+    SquareRoot {},
+    Power {
+        q: f64,
+    },
+    ProgressivelyBalanced {
+        total_epochs: usize,
+        #[serde(default)]
+        lambda: PbLambda,
+    },
+}
+
+impl From<StrategyRepr> for Strategy {
+    fn from(repr: StrategyRepr) -> Self {
+        match repr {
+            StrategyRepr::InstanceBalanced {} => Self::InstanceBalanced,
+            StrategyRepr::ClassBalanced { draw, per_class } => {
+                Self::ClassBalanced { draw, per_class }
+            }
+            StrategyRepr::SquareRoot {} => Self::SquareRoot,
+            StrategyRepr::Power { q } => Self::Power { q },
+            StrategyRepr::ProgressivelyBalanced {
+                total_epochs,
+                lambda,
+            } => Self::ProgressivelyBalanced {
+                total_epochs,
+                lambda,
+            },
+        }
+    }
 }
 
 impl Strategy {

@@ -38,7 +38,12 @@ pub(crate) struct Cycles {
 
 impl Cycles {
     /// Starts every cycle at its first pass, shuffled.
-    pub(crate) fn new(seed: u64, purpose: Purpose, offsets: Vec<usize>, canonical: Vec<usize>) -> Self {
+    pub(crate) fn new(
+        seed: u64,
+        purpose: Purpose,
+        offsets: Vec<usize>,
+        canonical: Vec<usize>,
+    ) -> Self {
         let segments = offsets.len() - 1;
         let mut cycles = Self {
             seed,
@@ -123,7 +128,12 @@ mod tests {
 
     fn two_segments() -> Cycles {
         // Segment 0 = {10, 11, 12}, segment 1 = {20, 21}, segment 2 = {30}.
-        Cycles::new(9, Purpose::ClassItems, vec![0, 3, 5, 6], vec![10, 11, 12, 20, 21, 30])
+        Cycles::new(
+            9,
+            Purpose::ClassItems,
+            vec![0, 3, 5, 6],
+            vec![10, 11, 12, 20, 21, 30],
+        )
     }
 
     #[test]
@@ -142,7 +152,9 @@ mod tests {
     #[test]
     fn passes_are_reshuffled() {
         let mut c = two_segments();
-        let passes: Vec<Vec<usize>> = (0..30).map(|_| (0..3).map(|_| c.next(0)).collect()).collect();
+        let passes: Vec<Vec<usize>> = (0..30)
+            .map(|_| (0..3).map(|_| c.next(0)).collect())
+            .collect();
         let distinct: std::collections::BTreeSet<_> = passes.iter().collect();
         assert!(distinct.len() > 1, "every pass had the same order");
     }

@@ -99,7 +99,9 @@ pub enum SamplerError {
         batch_size: usize,
     },
     /// A saved state does not belong to this sampler's labels or config.
-    #[error("sampler state mismatch in `{field}`: the sampler has {expected}, the state has {found}")]
+    #[error(
+        "sampler state mismatch in `{field}`: the sampler has {expected}, the state has {found}"
+    )]
     StateMismatch {
         /// The state field that differs.
         field: &'static str,

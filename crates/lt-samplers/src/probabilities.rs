@@ -47,7 +47,11 @@ fn power(counts: &[usize], q: f64) -> Vec<f64> {
         .iter()
         .map(|&n| (n > 0).then(|| q * (n as f64).ln()))
         .collect();
-    let max = logs.iter().flatten().copied().fold(f64::NEG_INFINITY, f64::max);
+    let max = logs
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max);
     let weights: Vec<f64> = logs
         .iter()
         .map(|l| l.map_or(0.0, |l| (l - max).exp()))
@@ -92,7 +96,10 @@ mod tests {
         let counts = [6, 2];
         let pb = Strategy::progressively_balanced(3);
         assert!(close(&class_probabilities(&counts, &pb, 0), &[0.75, 0.25]));
-        assert!(close(&class_probabilities(&counts, &pb, 1), &[0.625, 0.375]));
+        assert!(close(
+            &class_probabilities(&counts, &pb, 1),
+            &[0.625, 0.375]
+        ));
         assert!(close(&class_probabilities(&counts, &pb, 2), &[0.5, 0.5]));
         assert!(close(&class_probabilities(&counts, &pb, 10), &[0.5, 0.5]));
         let switch = Strategy::ProgressivelyBalanced {
@@ -100,6 +107,9 @@ mod tests {
             lambda: PbLambda::TOverT,
         };
         assert!((progressive_lambda(PbLambda::TOverT, 4, 3) - 0.75).abs() < 1e-15);
-        assert!(close(&class_probabilities(&counts, &switch, 2), &[0.625, 0.375]));
+        assert!(close(
+            &class_probabilities(&counts, &switch, 2),
+            &[0.625, 0.375]
+        ));
     }
 }

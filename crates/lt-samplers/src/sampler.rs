@@ -85,7 +85,11 @@ impl Sampler {
     /// under the class-balanced strategy (it could never be drawn; the other
     /// strategies give such a class probability 0), and invalid config values
     /// (see [`SamplerError`]).
-    pub fn new(labels: &[u32], num_classes: usize, config: SamplerConfig) -> Result<Sampler, SamplerError> {
+    pub fn new(
+        labels: &[u32],
+        num_classes: usize,
+        config: SamplerConfig,
+    ) -> Result<Sampler, SamplerError> {
         check_sharding(&config)?;
         if labels.is_empty() {
             return Err(SamplerError::EmptyLabels);
@@ -121,9 +125,9 @@ impl Sampler {
 
         let strategy = &config.strategy;
         let fixed_table = match strategy {
-            Strategy::SquareRoot | Strategy::Power { .. } => {
-                Some(WeightedTable::new(&class_probabilities(&counts, strategy, 0)))
-            }
+            Strategy::SquareRoot | Strategy::Power { .. } => Some(WeightedTable::new(
+                &class_probabilities(&counts, strategy, 0),
+            )),
             _ => None,
         };
         let class_order = strategy.uses_class_cycle().then(|| {
@@ -134,9 +138,14 @@ impl Sampler {
                 (0..num_classes).collect(),
             )
         });
-        let class_items = strategy
-            .uses_item_cycles()
-            .then(|| Cycles::new(config.seed, Purpose::ClassItems, offsets.clone(), by_class.clone()));
+        let class_items = strategy.uses_item_cycles().then(|| {
+            Cycles::new(
+                config.seed,
+                Purpose::ClassItems,
+                offsets.clone(),
+                by_class.clone(),
+            )
+        });
 
         Ok(Sampler {
             labels_fingerprint: fingerprint(labels, num_classes),
@@ -208,7 +217,11 @@ impl Sampler {
     /// Errors, leaving the sampler unchanged, when the state comes from other
     /// labels or another stream-defining config, or is inconsistent.
     pub fn restore(&mut self, state: SamplerState) -> Result<(), SamplerError> {
-        fn mismatch(field: &'static str, expected: impl ToString, found: impl ToString) -> SamplerError {
+        fn mismatch(
+            field: &'static str,
+            expected: impl ToString,
+            found: impl ToString,
+        ) -> SamplerError {
             SamplerError::StateMismatch {
                 field,
                 expected: expected.to_string(),
@@ -229,7 +242,11 @@ impl Sampler {
             return Err(mismatch("batch_size", mine.batch_size, state.batch_size));
         }
         if state.epoch_length != mine.epoch_length {
-            return Err(mismatch("epoch_length", mine.epoch_length, state.epoch_length));
+            return Err(mismatch(
+                "epoch_length",
+                mine.epoch_length,
+                state.epoch_length,
+            ));
         }
         if state.shuffle_in_batch != mine.shuffle_in_batch {
             return Err(mismatch(
@@ -258,13 +275,19 @@ impl Sampler {
             (_, saved) => {
                 return Err(invalid(format!(
                     "class_order is {} for strategy {}",
-                    if saved.is_some() { "present" } else { "missing" },
+                    if saved.is_some() {
+                        "present"
+                    } else {
+                        "missing"
+                    },
                     self.config.strategy
                 )))
             }
         }
         match &self.class_items {
-            Some(cycles) => cycles.check(&state.class_items, "class_items").map_err(invalid)?,
+            Some(cycles) => cycles
+                .check(&state.class_items, "class_items")
+                .map_err(invalid)?,
             None if state.class_items.is_empty() => {}
             None => {
                 return Err(invalid(format!(
@@ -379,7 +402,10 @@ impl Sampler {
             Strategy::SquareRoot => {
                 // i.i.d. instances with weight n_c^(-1/2): the same law as a
                 // class with p_j ∝ sqrt(n_j) followed by a uniform item.
-                let table = self.fixed_table.as_ref().expect("table built for square_root");
+                let table = self
+                    .fixed_table
+                    .as_ref()
+                    .expect("table built for square_root");
                 for _ in 0..total {
                     let class = table.sample(&mut rng);
                     let item = self.offsets[class] + below(&mut rng, self.counts[class]);
@@ -441,7 +467,9 @@ fn check_strategy(strategy: &Strategy, counts: &[usize]) -> Result<(), SamplerEr
                 });
             }
         }
-        Strategy::Power { q } if !q.is_finite() => return Err(SamplerError::InvalidPower { q: *q }),
+        Strategy::Power { q } if !q.is_finite() => {
+            return Err(SamplerError::InvalidPower { q: *q })
+        }
         Strategy::ProgressivelyBalanced {
             total_epochs,
             lambda,
@@ -464,7 +492,11 @@ fn check_strategy(strategy: &Strategy, counts: &[usize]) -> Result<(), SamplerEr
 }
 
 /// Global batches per epoch for the configured epoch length.
-fn epoch_batches(config: &SamplerConfig, num_samples: usize, counts: &[usize]) -> Result<usize, SamplerError> {
+fn epoch_batches(
+    config: &SamplerConfig,
+    num_samples: usize,
+    counts: &[usize],
+) -> Result<usize, SamplerError> {
     let b = config.batch_size;
     let too_long = || SamplerError::EpochTooLong {
         epoch_length: config.epoch_length.to_string(),
