@@ -94,7 +94,10 @@
 //! # Determinism and resumption
 //!
 //! The stream depends only on the labels, `num_classes` and the config minus
-//! rank and world size, on every platform. All randomness comes from
+//! rank and world size, and is the same on every platform for every strategy
+//! except `power` with q outside {0, ½, 1}, whose weights n_j^q go through the
+//! platform's `exp`/`ln` (last-bit differences there can, very rarely, move a
+//! draw that lands on a class boundary). All randomness comes from
 //! [`rand_chacha::ChaCha8Rng`] keyed by `(seed, purpose, a, b)` as four
 //! little-endian `u64`s: purpose 1 with a = epoch for an epoch's draws
 //! (permutations, i.i.d. class and item draws), 2 with b = pass for the

@@ -40,22 +40,36 @@ pub(crate) fn progressive_lambda(lambda: PbLambda, total_epochs: usize, t: usize
 
 /// p_j = n_j^q / sum_k n_k^q over non-empty classes, 0 for empty ones.
 ///
-/// Computed as exp(q ln n_j - max_k q ln n_k) so that large |q| neither
-/// overflows nor loses every class to underflow: the largest term is 1.
+/// The reference exponents 1, 0 and 1/2 use only correctly rounded IEEE
+/// operations (division, `sqrt`), so their tables, and hence the streams,
+/// are bit-identical on every platform. Other exponents go through
+/// exp(q ln n_j - max_k q ln n_k), which keeps large |q| from overflowing
+/// (the largest term is 1) but rests on the platform's `exp`/`ln`, which may
+/// differ in the last bit.
 fn power(counts: &[usize], q: f64) -> Vec<f64> {
-    let logs: Vec<Option<f64>> = counts
-        .iter()
-        .map(|&n| (n > 0).then(|| q * (n as f64).ln()))
-        .collect();
-    let max = logs
-        .iter()
-        .flatten()
-        .copied()
-        .fold(f64::NEG_INFINITY, f64::max);
-    let weights: Vec<f64> = logs
-        .iter()
-        .map(|l| l.map_or(0.0, |l| (l - max).exp()))
-        .collect();
+    let weights: Vec<f64> = if q == 1.0 {
+        counts.iter().map(|&n| n as f64).collect()
+    } else if q == 0.0 {
+        counts
+            .iter()
+            .map(|&n| if n > 0 { 1.0 } else { 0.0 })
+            .collect()
+    } else if q == 0.5 {
+        counts.iter().map(|&n| (n as f64).sqrt()).collect()
+    } else {
+        let logs: Vec<Option<f64>> = counts
+            .iter()
+            .map(|&n| (n > 0).then(|| q * (n as f64).ln()))
+            .collect();
+        let max = logs
+            .iter()
+            .flatten()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        logs.iter()
+            .map(|l| l.map_or(0.0, |l| (l - max).exp()))
+            .collect()
+    };
     let total: f64 = weights.iter().sum();
     weights.iter().map(|w| w / total).collect()
 }
@@ -89,6 +103,13 @@ mod tests {
         ));
         let huge = class_probabilities(&counts, &Strategy::Power { q: 1e6 }, 0);
         assert!(close(&huge, &[1.0, 0.0, 0.0, 0.0]));
+        let tail = class_probabilities(&counts, &Strategy::Power { q: -1e6 }, 0);
+        assert!(close(&tail, &[0.0, 0.0, 1.0, 0.0]));
+        // Exact for the reference exponents.
+        let ib = class_probabilities(&counts, &Strategy::InstanceBalanced, 0);
+        assert_eq!(ib[1], 4.0 / 14.0);
+        let sr = class_probabilities(&counts, &Strategy::SquareRoot, 0);
+        assert_eq!(sr[1], 2.0 / 6.0);
     }
 
     #[test]
