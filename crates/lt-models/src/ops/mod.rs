@@ -5,9 +5,23 @@
 //! backward); on any other device they fall back to compositions of candle's
 //! ops, which also serve as the test oracle (`reference` module).
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
+mod batch_norm;
+mod conv;
+mod cpu;
+mod eltwise;
+mod pool;
 pub mod reference;
+
+use batch_norm::Epilogue;
+
+/// Whether every operand can go through the project's CPU kernels (f32 on
+/// the CPU); anything else takes the `reference` path.
+fn on_kernels(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
 
 /// Geometry of a 2-D convolution (dilation is always 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,14 +46,27 @@ impl Default for Conv2dParams {
 
 /// 2-D convolution of `x` `(N, C_in, H, W)` with `w` `(C_out, C_in / groups, K, K)`,
 /// no bias.
+///
+/// Any stride, padding, group count and kernel size (square or not).
 pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
-    reference::conv2d(x, w, p)
+    if !on_kernels(&[x, w]) {
+        return reference::conv2d(x, w, p);
+    }
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, conv::Conv2dOp { params: p })
 }
 
 /// Max pooling with a square window, stride and padding (padding counts as
 /// minus infinity), with a backward pass.
+///
+/// As in PyTorch, the padding is at most half the kernel, the output size is
+/// rounded down, and the first maximum of a window takes the whole gradient.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
-    reference::max_pool2d(x, kernel, stride, padding)
+    if !on_kernels(&[x]) {
+        return reference::max_pool2d(x, kernel, stride, padding);
+    }
+    x.contiguous()?
+        .apply_op1(pool::MaxPool2dOp::new(kernel, stride, padding))
 }
 
 /// Batch normalisation of `x` `(N, C, H, W)` with batch statistics.
@@ -53,7 +80,42 @@ pub fn batch_norm_train(
     bias: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    reference::batch_norm_train(x, weight, bias, eps)
+    if !on_kernels(&[x, weight, bias]) {
+        return reference::batch_norm_train(x, weight, bias, eps);
+    }
+    batch_norm::batch_norm_train(x, None, weight, bias, eps, Epilogue::Identity)
+}
+
+/// `relu(batch_norm(x))` with batch statistics, fused: one op (two passes)
+/// each way instead of a batch norm and a ReLU. Returns `(y, mean, var)` as
+/// [`batch_norm_train`] does.
+///
+/// The ReLU's gradient at exactly zero is zero (PyTorch's convention).
+pub fn batch_norm_relu_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if !on_kernels(&[x, weight, bias]) {
+        return reference::batch_norm_relu_train(x, weight, bias, eps);
+    }
+    batch_norm::batch_norm_train(x, None, weight, bias, eps, Epilogue::Relu)
+}
+
+/// `relu(batch_norm(x) + residual)` with batch statistics, fused: the end of
+/// a ResNet block. Returns `(y, mean, var)` as [`batch_norm_train`] does.
+pub fn batch_norm_add_relu_train(
+    x: &Tensor,
+    residual: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if !on_kernels(&[x, residual, weight, bias]) {
+        return reference::batch_norm_add_relu_train(x, residual, weight, bias, eps);
+    }
+    batch_norm::batch_norm_train(x, Some(residual), weight, bias, eps, Epilogue::AddRelu)
 }
 
 /// Batch normalisation of `x` `(N, C, H, W)` with fixed (running) statistics.
@@ -65,5 +127,64 @@ pub fn batch_norm_eval(
     running_var: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    reference::batch_norm_eval(x, weight, bias, running_mean, running_var, eps)
+    batch_norm_eval_impl(x, weight, bias, running_mean, running_var, eps, false)
+}
+
+/// `relu(batch_norm_eval(x))`, fused.
+pub fn batch_norm_relu_eval(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    batch_norm_eval_impl(x, weight, bias, running_mean, running_var, eps, true)
+}
+
+/// `relu(batch_norm_eval(x) + residual)`.
+pub fn batch_norm_add_relu_eval(
+    x: &Tensor,
+    residual: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let y = batch_norm_eval(x, weight, bias, running_mean, running_var, eps)?;
+    add_relu(&y, residual)
+}
+
+fn batch_norm_eval_impl(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<Tensor> {
+    if !on_kernels(&[x, weight, bias, running_mean, running_var]) {
+        let y = reference::batch_norm_eval(x, weight, bias, running_mean, running_var, eps)?;
+        return if relu { y.relu() } else { Ok(y) };
+    }
+    // The per-channel scale and shift are tiny candle ops (so gradients
+    // still reach `weight` and `bias`); the full-size pass is one custom op.
+    let scale = (weight / (running_var + eps)?.sqrt()?)?;
+    let shift = (bias - (running_mean * &scale)?)?;
+    x.contiguous()?.apply_op3(
+        &scale.contiguous()?,
+        &shift.contiguous()?,
+        batch_norm::ChannelAffineOp { relu },
+    )
+}
+
+/// `relu(a + b)` in one pass each way (a residual connection's output).
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !on_kernels(&[a, b]) || a.dims() != b.dims() {
+        return reference::add_relu(a, b);
+    }
+    a.contiguous()?
+        .apply_op2(&b.contiguous()?, eltwise::AddReluOp)
 }

@@ -17,11 +17,15 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let x = if padding > 0 {
-        let pad_h = Tensor::full(f32::NEG_INFINITY, (n, c, padding, w), x.device())?
-            .to_dtype(x.dtype())?;
+        let pad_h =
+            Tensor::full(f32::NEG_INFINITY, (n, c, padding, w), x.device())?.to_dtype(x.dtype())?;
         let x = Tensor::cat(&[&pad_h, x, &pad_h], 2)?;
-        let pad_w = Tensor::full(f32::NEG_INFINITY, (n, c, h + 2 * padding, padding), x.device())?
-            .to_dtype(x.dtype())?;
+        let pad_w = Tensor::full(
+            f32::NEG_INFINITY,
+            (n, c, h + 2 * padding, padding),
+            x.device(),
+        )?
+        .to_dtype(x.dtype())?;
         Tensor::cat(&[&pad_w, &x, &pad_w], 3)?
     } else {
         x.clone()
@@ -59,7 +63,13 @@ pub fn batch_norm_train(
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (_n, c, _h, _w) = x.dims4()?;
-    let xf = x.to_dtype(DType::F32)?;
+    // Half-precision inputs are normalised in f32; f64 stays f64 (the
+    // finite-difference oracle in the tests relies on it).
+    let xf = if x.dtype() == DType::F64 {
+        x.clone()
+    } else {
+        x.to_dtype(DType::F32)?
+    };
     let flat = xf.transpose(0, 1)?.reshape((c, ()))?;
     let mean = flat.mean(D::Minus1)?;
     let centred = xf.broadcast_sub(&per_channel(&mean)?)?;
@@ -89,4 +99,32 @@ pub fn batch_norm_eval(
     let shift = (bias - (running_mean * &scale)?)?;
     x.broadcast_mul(&per_channel(&scale)?)?
         .broadcast_add(&per_channel(&shift)?)
+}
+
+/// `relu(batch_norm(x))`, composed.
+pub fn batch_norm_relu_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (y, mean, var) = batch_norm_train(x, weight, bias, eps)?;
+    Ok((y.relu()?, mean, var))
+}
+
+/// `relu(batch_norm(x) + residual)`, composed.
+pub fn batch_norm_add_relu_train(
+    x: &Tensor,
+    residual: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (y, mean, var) = batch_norm_train(x, weight, bias, eps)?;
+    Ok((add_relu(&y, residual)?, mean, var))
+}
+
+/// `relu(a + b)`, composed (broadcasting like `broadcast_add`).
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.broadcast_add(b)?.relu()
 }

@@ -1,0 +1,633 @@
+//! Batch normalisation on the CPU, optionally fused with a residual add and a
+//! ReLU, as custom ops with their own backward.
+//!
+//! candle composes batch norm from about fifteen elementwise ops and
+//! single-threaded reductions in each direction, each a full pass over the
+//! activations plus an allocation. Here the forward is two passes (statistics,
+//! then normalise + epilogue) and the backward two more (per-channel sums, then
+//! the input gradient), with channels or planes spread over rayon.
+
+use super::cpu::f32_slice;
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// What follows the per-channel affine map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Epilogue {
+    /// `y = bn(x)`.
+    Identity,
+    /// `y = relu(bn(x))`.
+    Relu,
+    /// `y = relu(bn(x) + residual)`.
+    AddRelu,
+}
+
+impl Epilogue {
+    fn relu(self) -> bool {
+        !matches!(self, Self::Identity)
+    }
+}
+
+/// Batch statistics kept from the forward pass for the backward pass.
+#[derive(Debug)]
+pub(crate) struct BnSaved {
+    pub mean: Vec<f32>,
+    /// Biased variance.
+    pub var: Vec<f32>,
+    pub invstd: Vec<f32>,
+    pub gamma: Vec<f32>,
+}
+
+/// Dimensions `(n, c, h * w)` of an `(N, C, H, W)` layout.
+fn nchw(l: &Layout, op: &str) -> Result<(usize, usize, usize)> {
+    match l.dims() {
+        &[n, c, h, w] => Ok((n, c, h * w)),
+        d => bail!("{op}: expected an (N, C, H, W) input, got shape {d:?}"),
+    }
+}
+
+/// Minimum number of planes per rayon task, so a task touches at least ~16K
+/// floats and scheduling stays negligible.
+fn plane_grain(hw: usize) -> usize {
+    (16 * 1024 / hw.max(1)).max(1)
+}
+
+/// Sums of `v - k` and `(v - k)^2`. Sixteen f32 lanes vectorise; they are
+/// flushed to f64 every 4096 elements so long planes keep their accuracy.
+/// The shift `k` (a sample of the channel) avoids the cancellation of
+/// `E[x^2] - E[x]^2` when the mean is large compared with the spread.
+fn shifted_sums(v: &[f32], k: f32) -> (f64, f64) {
+    let (mut s, mut s2) = (0f64, 0f64);
+    for block in v.chunks(4096) {
+        let mut a = [0f32; 16];
+        let mut b = [0f32; 16];
+        let chunks = block.chunks_exact(16);
+        let rest = chunks.remainder();
+        for ch in chunks {
+            for l in 0..16 {
+                let d = ch[l] - k;
+                a[l] += d;
+                b[l] += d * d;
+            }
+        }
+        for &x in rest {
+            let d = x - k;
+            a[0] += d;
+            b[0] += d * d;
+        }
+        s += a.iter().map(|&x| f64::from(x)).sum::<f64>();
+        s2 += b.iter().map(|&x| f64::from(x)).sum::<f64>();
+    }
+    (s, s2)
+}
+
+/// Per-channel batch mean and biased variance, channels in parallel.
+fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f32>, Vec<f32>) {
+    let m = (n * hw) as f64;
+    let stats: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            if m == 0.0 {
+                return (0.0, 0.0);
+            }
+            let k = x[ch * hw];
+            let (mut s, mut s2) = (0f64, 0f64);
+            for i in 0..n {
+                let (a, b) = shifted_sums(&x[(i * c + ch) * hw..(i * c + ch + 1) * hw], k);
+                s += a;
+                s2 += b;
+            }
+            let mean_shifted = s / m;
+            let var = (s2 / m - mean_shifted * mean_shifted).max(0.0);
+            ((f64::from(k) + mean_shifted) as f32, var as f32)
+        })
+        .collect();
+    stats.into_iter().unzip()
+}
+
+/// `y = epilogue(x * a[c] + b[c] (+ r))`, planes in parallel.
+#[allow(clippy::too_many_arguments)]
+fn affine_epilogue(
+    x: &[f32],
+    residual: Option<&[f32]>,
+    c: usize,
+    hw: usize,
+    a: &[f32],
+    b: &[f32],
+    relu: bool,
+) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    if hw == 0 {
+        return y;
+    }
+    y.par_chunks_mut(hw)
+        .enumerate()
+        .with_min_len(plane_grain(hw))
+        .for_each(|(p, yp)| {
+            let ch = p % c;
+            let (a, b) = (a[ch], b[ch]);
+            let xp = &x[p * hw..(p + 1) * hw];
+            match (residual, relu) {
+                (None, false) => yp.iter_mut().zip(xp).for_each(|(o, &v)| *o = v * a + b),
+                (None, true) => yp
+                    .iter_mut()
+                    .zip(xp)
+                    .for_each(|(o, &v)| *o = (v * a + b).max(0.0)),
+                (Some(r), _) => {
+                    let rp = &r[p * hw..(p + 1) * hw];
+                    for ((o, &v), &r) in yp.iter_mut().zip(xp).zip(rp) {
+                        let t = v * a + b + r;
+                        *o = if relu { t.max(0.0) } else { t };
+                    }
+                }
+            }
+        });
+    y
+}
+
+/// Forward batch norm with batch statistics and an epilogue.
+pub(crate) fn bn_train_fwd(
+    x: &[f32],
+    residual: Option<&[f32]>,
+    (n, c, hw): (usize, usize, usize),
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    relu: bool,
+) -> (Vec<f32>, BnSaved) {
+    let (mean, var) = channel_stats(x, n, c, hw);
+    let invstd: Vec<f32> = var
+        .iter()
+        .map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32)
+        .collect();
+    let a: Vec<f32> = (0..c).map(|i| gamma[i] * invstd[i]).collect();
+    let b: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * a[i]).collect();
+    let y = affine_epilogue(x, residual, c, hw, &a, &b, relu);
+    let saved = BnSaved {
+        mean,
+        var,
+        invstd,
+        gamma: gamma.to_vec(),
+    };
+    (y, saved)
+}
+
+/// Gradients of batch norm with batch statistics.
+#[derive(Debug)]
+pub(crate) struct BnGrads {
+    pub dx: Vec<f32>,
+    pub dgamma: Vec<f32>,
+    pub dbeta: Vec<f32>,
+    /// Gradient at the ReLU input (`dy` masked by `y > 0`), which is also the
+    /// residual's gradient; only computed when asked for.
+    pub dz: Option<Vec<f32>>,
+}
+
+/// Backward of [`bn_train_fwd`]: `y` gives the ReLU mask when `relu` is set.
+pub(crate) fn bn_train_bwd(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    (n, c, hw): (usize, usize, usize),
+    saved: &BnSaved,
+    relu: bool,
+    want_dz: bool,
+) -> BnGrads {
+    let masked = |yv: f32, d: f32| if relu && yv <= 0.0 { 0.0 } else { d };
+    // Pass 1: per channel, sum(d) and sum(d * (x - mean)).
+    let sums: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mean = saved.mean[ch];
+            let (mut s, mut sx) = (0f64, 0f64);
+            for i in 0..n {
+                let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                let (xp, yp, dp) = (&x[r.clone()], &y[r.clone()], &dy[r]);
+                let mut a = [0f32; 8];
+                let mut b = [0f32; 8];
+                for j in 0..hw {
+                    let d = masked(yp[j], dp[j]);
+                    a[j % 8] += d;
+                    b[j % 8] += d * (xp[j] - mean);
+                }
+                s += a.iter().map(|&v| f64::from(v)).sum::<f64>();
+                sx += b.iter().map(|&v| f64::from(v)).sum::<f64>();
+            }
+            (s, sx)
+        })
+        .collect();
+    let m = (n * hw).max(1) as f64;
+    let dbeta: Vec<f32> = sums.iter().map(|&(s, _)| s as f32).collect();
+    let dgamma: Vec<f32> = sums
+        .iter()
+        .zip(&saved.invstd)
+        .map(|(&(_, sx), &is)| (sx * f64::from(is)) as f32)
+        .collect();
+    // Pass 2: dx = d * k1 + x * k2 + k3 per channel, with
+    // k1 = gamma * invstd, k2 = -k1 * invstd * dgamma / m,
+    // k3 = -k1 * dbeta / m - k2 * mean.
+    let coef: Vec<(f32, f32, f32)> = (0..c)
+        .map(|ch| {
+            let is = f64::from(saved.invstd[ch]);
+            let k1 = f64::from(saved.gamma[ch]) * is;
+            let k2 = -k1 * is * f64::from(dgamma[ch]) / m;
+            let k3 = -k1 * f64::from(dbeta[ch]) / m - k2 * f64::from(saved.mean[ch]);
+            (k1 as f32, k2 as f32, k3 as f32)
+        })
+        .collect();
+    let mut dx = vec![0f32; x.len()];
+    let mut dz = if want_dz {
+        Some(vec![0f32; x.len()])
+    } else {
+        None
+    };
+    if hw > 0 {
+        let plane = |p: usize, dxp: &mut [f32], dzp: Option<&mut [f32]>| {
+            let (k1, k2, k3) = coef[p % c];
+            let r = p * hw..(p + 1) * hw;
+            let (xp, yp, dp) = (&x[r.clone()], &y[r.clone()], &dy[r]);
+            for j in 0..hw {
+                dxp[j] = masked(yp[j], dp[j]) * k1 + xp[j] * k2 + k3;
+            }
+            if let Some(dzp) = dzp {
+                for j in 0..hw {
+                    dzp[j] = masked(yp[j], dp[j]);
+                }
+            }
+        };
+        let grain = plane_grain(hw);
+        match dz.as_mut() {
+            Some(dz) => dx
+                .par_chunks_mut(hw)
+                .zip(dz.par_chunks_mut(hw))
+                .enumerate()
+                .with_min_len(grain)
+                .for_each(|(p, (dxp, dzp))| plane(p, dxp, Some(dzp))),
+            None => dx
+                .par_chunks_mut(hw)
+                .enumerate()
+                .with_min_len(grain)
+                .for_each(|(p, dxp)| plane(p, dxp, None)),
+        }
+    }
+    BnGrads {
+        dx,
+        dgamma,
+        dbeta,
+        dz,
+    }
+}
+
+/// Batch-norm forward, `(x, weight, bias) -> y` for the identity and ReLU
+/// epilogues, `(x, residual, cat(weight, bias)) -> y` for `AddRelu`.
+#[derive(Debug)]
+pub(crate) struct BnTrainOp {
+    pub eps: f64,
+    pub epilogue: Epilogue,
+    /// Filled by the forward pass; read by the caller (statistics) and by
+    /// the backward pass.
+    pub saved: Arc<OnceLock<BnSaved>>,
+}
+
+impl BnTrainOp {
+    pub fn new(eps: f64, epilogue: Epilogue) -> Self {
+        Self {
+            eps,
+            epilogue,
+            saved: Arc::new(OnceLock::new()),
+        }
+    }
+}
+
+impl CustomOp3 for BnTrainOp {
+    fn name(&self) -> &'static str {
+        "lt-batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        const OP: &str = "batch_norm";
+        let dims = nchw(l1, OP)?;
+        let c = dims.1;
+        let x = f32_slice(s1, l1, OP)?;
+        let (residual, gamma, beta) = if self.epilogue == Epilogue::AddRelu {
+            let r = f32_slice(s2, l2, OP)?;
+            let wb = f32_slice(s3, l3, OP)?;
+            if r.len() != x.len() || l2.dims() != l1.dims() {
+                bail!(
+                    "{OP}: residual {:?} does not match input {:?}",
+                    l2.dims(),
+                    l1.dims()
+                );
+            }
+            if wb.len() != 2 * c {
+                bail!(
+                    "{OP}: weight/bias of {} values for {c} channels",
+                    wb.len() / 2
+                );
+            }
+            (Some(r), &wb[..c], &wb[c..])
+        } else {
+            let (w, b) = (f32_slice(s2, l2, OP)?, f32_slice(s3, l3, OP)?);
+            if w.len() != c || b.len() != c {
+                bail!(
+                    "{OP}: weight {:?} and bias {:?} for {c} channels",
+                    l2.dims(),
+                    l3.dims()
+                );
+            }
+            (None, w, b)
+        };
+        let (y, saved) = bn_train_fwd(
+            x,
+            residual,
+            dims,
+            gamma,
+            beta,
+            self.eps,
+            self.epilogue.relu(),
+        );
+        if self.saved.set(saved).is_err() {
+            bail!("{OP}: a batch-norm op instance was applied twice");
+        }
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        arg2: &Tensor,
+        arg3: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let add = self.epilogue == Epilogue::AddRelu;
+        let op = BnBwdOp {
+            saved: self.saved.clone(),
+            relu: self.epilogue.relu(),
+            want_dz: add && arg2.track_op(),
+            params: Mutex::new(None),
+        };
+        let dy = dy.contiguous()?;
+        let dx = x.apply_op3_no_bwd(y, &dy, &op)?;
+        let Some((dgamma, dbeta, dz)) = op.params.lock().map_err(|_| poisoned())?.take() else {
+            bail!("batch_norm backward: gradients missing");
+        };
+        let dev = x.device();
+        let c = dgamma.len();
+        let dx = x.track_op().then_some(dx);
+        if add {
+            let dr = match dz {
+                Some(dz) => Some(Tensor::from_vec(dz, x.shape(), dev)?),
+                None => None,
+            };
+            let dwb = arg3
+                .track_op()
+                .then(|| Tensor::from_vec([dgamma, dbeta].concat(), 2 * c, dev))
+                .transpose()?;
+            Ok((dx, dr, dwb))
+        } else {
+            let dg = arg2
+                .track_op()
+                .then(|| Tensor::from_vec(dgamma, c, dev))
+                .transpose()?;
+            let db = arg3
+                .track_op()
+                .then(|| Tensor::from_vec(dbeta, c, dev))
+                .transpose()?;
+            Ok((dx, dg, db))
+        }
+    }
+}
+
+fn poisoned() -> candle_core::Error {
+    candle_core::Error::Msg("batch_norm: poisoned lock".into())
+}
+
+type ParamGrads = (Vec<f32>, Vec<f32>, Option<Vec<f32>>);
+
+/// Batch-norm backward `(x, y, dy) -> dx`; the per-channel parameter
+/// gradients (and the residual gradient) are left in `params`.
+#[derive(Debug)]
+struct BnBwdOp {
+    saved: Arc<OnceLock<BnSaved>>,
+    relu: bool,
+    want_dz: bool,
+    params: Mutex<Option<ParamGrads>>,
+}
+
+impl CustomOp3 for BnBwdOp {
+    fn name(&self) -> &'static str {
+        "lt-batch-norm-train-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        const OP: &str = "batch_norm backward";
+        let dims = nchw(l1, OP)?;
+        let (x, y, dy) = (
+            f32_slice(s1, l1, OP)?,
+            f32_slice(s2, l2, OP)?,
+            f32_slice(s3, l3, OP)?,
+        );
+        if y.len() != x.len() || dy.len() != x.len() {
+            bail!(
+                "{OP}: gradient {:?} does not match input {:?}",
+                l3.dims(),
+                l1.dims()
+            );
+        }
+        let Some(saved) = self.saved.get() else {
+            bail!("{OP}: backward before forward");
+        };
+        let g = bn_train_bwd(x, y, dy, dims, saved, self.relu, self.want_dz);
+        *self.params.lock().map_err(|_| poisoned())? = Some((g.dgamma, g.dbeta, g.dz));
+        Ok((CpuStorage::F32(g.dx), l1.shape().clone()))
+    }
+}
+
+/// Applies batch norm with batch statistics; returns `(y, mean, biased_var)`.
+pub(crate) fn batch_norm_train(
+    x: &Tensor,
+    residual: Option<&Tensor>,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    epilogue: Epilogue,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let op = BnTrainOp::new(eps, epilogue);
+    let saved = op.saved.clone();
+    let x = x.contiguous()?;
+    let y = match residual {
+        Some(r) => {
+            let wb = Tensor::cat(&[weight, bias], 0)?;
+            x.apply_op3(&r.contiguous()?, &wb.contiguous()?, op)?
+        }
+        None => x.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?,
+    };
+    let s = match saved.get() {
+        Some(s) => s,
+        None => bail!("batch_norm: statistics missing after the forward pass"),
+    };
+    let c = s.mean.len();
+    let mean = Tensor::from_vec(s.mean.clone(), c, x.device())?;
+    let var = Tensor::from_vec(s.var.clone(), c, x.device())?;
+    Ok((y, mean, var))
+}
+
+/// Per-channel affine map `y = epilogue(x * scale[c] + shift[c])` (batch norm
+/// with fixed statistics), `(x, scale, shift) -> y`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChannelAffineOp {
+    pub relu: bool,
+}
+
+impl CustomOp3 for ChannelAffineOp {
+    fn name(&self) -> &'static str {
+        "lt-channel-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        const OP: &str = "batch_norm_eval";
+        let (_, c, hw) = nchw(l1, OP)?;
+        let (x, a, b) = (
+            f32_slice(s1, l1, OP)?,
+            f32_slice(s2, l2, OP)?,
+            f32_slice(s3, l3, OP)?,
+        );
+        if a.len() != c || b.len() != c {
+            bail!(
+                "{OP}: statistics {:?} and {:?} for {c} channels",
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let y = affine_epilogue(x, None, c, hw, a, b, self.relu);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = AffineBwdOp {
+            relu: self.relu,
+            scale: scale.to_vec1()?,
+            sums: Mutex::new(None),
+        };
+        let dx = x.apply_op3_no_bwd(y, &dy.contiguous()?, &op)?;
+        let Some((ds, db)) = op.sums.lock().map_err(|_| poisoned())?.take() else {
+            bail!("batch_norm_eval backward: gradients missing");
+        };
+        let dev = x.device();
+        let c = ds.len();
+        let ds = scale
+            .track_op()
+            .then(|| Tensor::from_vec(ds, c, dev))
+            .transpose()?;
+        let db = shift
+            .track_op()
+            .then(|| Tensor::from_vec(db, c, dev))
+            .transpose()?;
+        Ok((x.track_op().then_some(dx), ds, db))
+    }
+}
+
+/// Backward of [`ChannelAffineOp`]: `(x, y, dy) -> dx`, leaving
+/// `(sum(d * x), sum(d))` per channel in `sums`.
+#[derive(Debug)]
+struct AffineBwdOp {
+    relu: bool,
+    scale: Vec<f32>,
+    sums: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+}
+
+impl CustomOp3 for AffineBwdOp {
+    fn name(&self) -> &'static str {
+        "lt-channel-affine-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        const OP: &str = "batch_norm_eval backward";
+        let (n, c, hw) = nchw(l1, OP)?;
+        let (x, y, dy) = (
+            f32_slice(s1, l1, OP)?,
+            f32_slice(s2, l2, OP)?,
+            f32_slice(s3, l3, OP)?,
+        );
+        if y.len() != x.len() || dy.len() != x.len() || self.scale.len() != c {
+            bail!(
+                "{OP}: gradient {:?} does not match input {:?}",
+                l3.dims(),
+                l1.dims()
+            );
+        }
+        let relu = self.relu;
+        let masked = |yv: f32, d: f32| if relu && yv <= 0.0 { 0.0 } else { d };
+        let sums: Vec<(f32, f32)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mut s, mut sx) = (0f64, 0f64);
+                for i in 0..n {
+                    let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                    for ((&xv, &yv), &d) in x[r.clone()].iter().zip(&y[r.clone()]).zip(&dy[r]) {
+                        let d = f64::from(masked(yv, d));
+                        s += d;
+                        sx += d * f64::from(xv);
+                    }
+                }
+                (sx as f32, s as f32)
+            })
+            .collect();
+        let mut dx = vec![0f32; x.len()];
+        if hw > 0 {
+            dx.par_chunks_mut(hw)
+                .enumerate()
+                .with_min_len(plane_grain(hw))
+                .for_each(|(p, dxp)| {
+                    let a = self.scale[p % c];
+                    let r = p * hw..(p + 1) * hw;
+                    for ((o, &yv), &d) in dxp.iter_mut().zip(&y[r.clone()]).zip(&dy[r]) {
+                        *o = masked(yv, d) * a;
+                    }
+                });
+        }
+        *self.sums.lock().map_err(|_| poisoned())? = Some(sums.into_iter().unzip());
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}

@@ -1,0 +1,543 @@
+//! 2-D convolution on the CPU: im2col + `gemm`, one image per rayon task.
+//!
+//! Forward, input gradient and weight gradient are three custom ops. The
+//! forward op's backward applies the other two, so autograd never goes through
+//! candle's own (single-threaded, per-group) convolution code. Groups are
+//! looped inside each kernel: a grouped convolution costs one task per image,
+//! not one candle op per group.
+
+use super::cpu::{f32_slice, sgemm, split_range, threads, Mat};
+use super::Conv2dParams;
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Shapes of one convolution, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConvGeom {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub groups: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvGeom {
+    /// Checks `x` `(N, C_in, H, W)` against `w` `(C_out, C_in / groups, KH, KW)`.
+    pub fn new(x: &[usize], w: &[usize], p: Conv2dParams) -> Result<Self> {
+        let (&[n, c_in, h, wd], &[c_out, cig, kh, kw]) = (x, w) else {
+            bail!("conv2d: expected 4-d input and weight, got {x:?} and {w:?}");
+        };
+        if p.stride == 0 || p.groups == 0 {
+            bail!("conv2d: stride and groups must be positive, got {p:?}");
+        }
+        if c_in % p.groups != 0 || c_out % p.groups != 0 || cig * p.groups != c_in {
+            bail!(
+                "conv2d: input {x:?} and weight {w:?} do not match groups = {}",
+                p.groups
+            );
+        }
+        if h + 2 * p.padding < kh || wd + 2 * p.padding < kw || kh == 0 || kw == 0 {
+            bail!(
+                "conv2d: kernel {kh}x{kw} larger than the padded input {h}x{wd} (padding {})",
+                p.padding
+            );
+        }
+        Ok(Self {
+            n,
+            c_in,
+            h,
+            w: wd,
+            c_out,
+            kh,
+            kw,
+            stride: p.stride,
+            pad: p.padding,
+            groups: p.groups,
+            oh: (h + 2 * p.padding - kh) / p.stride + 1,
+            ow: (wd + 2 * p.padding - kw) / p.stride + 1,
+        })
+    }
+
+    fn cig(&self) -> usize {
+        self.c_in / self.groups
+    }
+    fn cog(&self) -> usize {
+        self.c_out / self.groups
+    }
+    /// Rows of the im2col matrix of one group.
+    fn kdim(&self) -> usize {
+        self.cig() * self.kh * self.kw
+    }
+    fn hw(&self) -> usize {
+        self.h * self.w
+    }
+    fn ohw(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// A 1x1, stride-1, unpadded convolution reads the input as its own
+    /// im2col matrix.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+    fn col_len(&self) -> usize {
+        if self.pointwise() {
+            0
+        } else {
+            self.kdim() * self.ohw()
+        }
+    }
+    fn out_shape(&self) -> Shape {
+        Shape::from((self.n, self.c_out, self.oh, self.ow))
+    }
+
+    /// Output columns `lo..hi` whose input column `ow * stride + kj - pad`
+    /// lies inside the image.
+    fn ow_range(&self, kj: usize) -> (usize, usize) {
+        let lo = if self.pad > kj {
+            (self.pad - kj).div_ceil(self.stride)
+        } else {
+            0
+        };
+        let hi = if self.w + self.pad > kj {
+            ((self.w + self.pad - kj - 1) / self.stride + 1).min(self.ow)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+
+    /// Input row read by output row `oy` at kernel row `ki`, if inside.
+    fn in_row(&self, oy: usize, ki: usize) -> Option<usize> {
+        (oy * self.stride + ki)
+            .checked_sub(self.pad)
+            .filter(|&iy| iy < self.h)
+    }
+}
+
+/// Unfolds one group of one image, `x` `(cig, H, W)`, into `col`
+/// `(cig * KH * KW, OH * OW)`.
+fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
+    let (hw, ohw, s) = (g.hw(), g.ohw(), g.stride);
+    for c in 0..g.cig() {
+        let xc = &x[c * hw..(c + 1) * hw];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = (c * g.kh + ki) * g.kw + kj;
+                let dst = &mut col[row * ohw..(row + 1) * ohw];
+                let (lo, hi) = g.ow_range(kj);
+                for oy in 0..g.oh {
+                    let d = &mut dst[oy * g.ow..(oy + 1) * g.ow];
+                    let Some(iy) = g.in_row(oy, ki) else {
+                        d.fill(0.0);
+                        continue;
+                    };
+                    let xrow = &xc[iy * g.w..(iy + 1) * g.w];
+                    d[..lo].fill(0.0);
+                    d[hi..].fill(0.0);
+                    if lo < hi {
+                        let ix0 = lo * s + kj - g.pad;
+                        if s == 1 {
+                            d[lo..hi].copy_from_slice(&xrow[ix0..ix0 + hi - lo]);
+                        } else {
+                            for (o, v) in d[lo..hi].iter_mut().zip(xrow[ix0..].iter().step_by(s)) {
+                                *o = *v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Folds `col` `(cig * KH * KW, OH * OW)` back into `dx` `(cig, H, W)`,
+/// adding overlapping contributions (the adjoint of [`im2col`]).
+fn col2im(g: &ConvGeom, col: &[f32], dx: &mut [f32]) {
+    let (hw, ohw, s) = (g.hw(), g.ohw(), g.stride);
+    for c in 0..g.cig() {
+        let dxc = &mut dx[c * hw..(c + 1) * hw];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = (c * g.kh + ki) * g.kw + kj;
+                let src = &col[row * ohw..(row + 1) * ohw];
+                let (lo, hi) = g.ow_range(kj);
+                if lo >= hi {
+                    continue;
+                }
+                for oy in 0..g.oh {
+                    let Some(iy) = g.in_row(oy, ki) else {
+                        continue;
+                    };
+                    let d = &src[oy * g.ow + lo..oy * g.ow + hi];
+                    let xrow = &mut dxc[iy * g.w..(iy + 1) * g.w];
+                    let ix0 = lo * s + kj - g.pad;
+                    if s == 1 {
+                        for (o, v) in xrow[ix0..ix0 + hi - lo].iter_mut().zip(d) {
+                            *o += *v;
+                        }
+                    } else {
+                        for (o, v) in xrow[ix0..].iter_mut().step_by(s).zip(d) {
+                            *o += *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Inner gemm parallelism: images are spread over the pool when there are
+/// enough of them, otherwise each gemm uses the pool itself.
+fn inner_parallelism(n: usize) -> Parallelism {
+    let t = threads();
+    if n >= t || t == 1 {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(t)
+    }
+}
+
+/// Runs `f(image_index, out_image, scratch)` for every image, in parallel
+/// when the batch is large enough; `scratch` holds `scratch_len` floats.
+fn for_each_image<F>(out: &mut [f32], per_image: usize, scratch_len: usize, f: F)
+where
+    F: Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
+{
+    if per_image == 0 {
+        return;
+    }
+    let n = out.len() / per_image;
+    if n >= 2 && threads() > 1 {
+        out.par_chunks_mut(per_image).enumerate().for_each_init(
+            || vec![0f32; scratch_len],
+            |scratch, (i, o)| f(i, o, scratch),
+        );
+    } else {
+        let mut scratch = vec![0f32; scratch_len];
+        for (i, o) in out.chunks_mut(per_image).enumerate() {
+            f(i, o, &mut scratch);
+        }
+    }
+}
+
+/// `y = conv(x, w)`: per image and group, `y_g = W_g * im2col(x_g)`.
+pub(crate) fn conv_fwd(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let (cig, cog, kdim, hw, ohw) = (g.cig(), g.cog(), g.kdim(), g.hw(), g.ohw());
+    let par = inner_parallelism(g.n);
+    let mut y = vec![0f32; g.n * g.c_out * ohw];
+    for_each_image(&mut y, g.c_out * ohw, g.col_len(), |i, yi, col| {
+        let xi = &x[i * g.c_in * hw..(i + 1) * g.c_in * hw];
+        for grp in 0..g.groups {
+            let xg = &xi[grp * cig * hw..(grp + 1) * cig * hw];
+            let rhs = if g.pointwise() {
+                xg
+            } else {
+                im2col(g, xg, col);
+                &*col
+            };
+            sgemm(
+                cog,
+                ohw,
+                kdim,
+                &mut yi[grp * cog * ohw..(grp + 1) * cog * ohw],
+                ohw,
+                false,
+                Mat {
+                    data: &w[grp * cog * kdim..(grp + 1) * cog * kdim],
+                    rs: kdim,
+                    cs: 1,
+                },
+                Mat {
+                    data: rhs,
+                    rs: ohw,
+                    cs: 1,
+                },
+                par,
+            );
+        }
+    });
+    y
+}
+
+/// `dx = conv^T(dy, w)`: per image and group, `dx_g = col2im(W_g^T * dy_g)`.
+pub(crate) fn conv_bwd_data(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    let (cig, cog, kdim, hw, ohw) = (g.cig(), g.cog(), g.kdim(), g.hw(), g.ohw());
+    let par = inner_parallelism(g.n);
+    let mut dx = vec![0f32; g.n * g.c_in * hw];
+    for_each_image(&mut dx, g.c_in * hw, g.col_len(), |i, dxi, dcol| {
+        let dyi = &dy[i * g.c_out * ohw..(i + 1) * g.c_out * ohw];
+        for grp in 0..g.groups {
+            let lhs = Mat {
+                data: &w[grp * cog * kdim..(grp + 1) * cog * kdim],
+                rs: 1,
+                cs: kdim,
+            };
+            let rhs = Mat {
+                data: &dyi[grp * cog * ohw..(grp + 1) * cog * ohw],
+                rs: ohw,
+                cs: 1,
+            };
+            let dxg = &mut dxi[grp * cig * hw..(grp + 1) * cig * hw];
+            if g.pointwise() {
+                sgemm(kdim, ohw, cog, dxg, ohw, false, lhs, rhs, par);
+            } else {
+                sgemm(kdim, ohw, cog, dcol, ohw, false, lhs, rhs, par);
+                col2im(g, dcol, dxg);
+            }
+        }
+    });
+    dx
+}
+
+/// `dw = sum_n dy_n * im2col(x_n)^T`, accumulated per worker then summed.
+pub(crate) fn conv_bwd_filter(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (cig, cog, kdim, hw, ohw) = (g.cig(), g.cog(), g.kdim(), g.hw(), g.ohw());
+    let w_len = g.c_out * kdim;
+    let parts = threads().min(g.n).max(1);
+    let par = if parts > 1 {
+        Parallelism::None
+    } else {
+        inner_parallelism(g.n)
+    };
+    let partial = |part: usize| {
+        let mut dw = vec![0f32; w_len];
+        let mut col = vec![0f32; g.col_len()];
+        for i in split_range(g.n, parts, part) {
+            let xi = &x[i * g.c_in * hw..(i + 1) * g.c_in * hw];
+            let dyi = &dy[i * g.c_out * ohw..(i + 1) * g.c_out * ohw];
+            for grp in 0..g.groups {
+                let xg = &xi[grp * cig * hw..(grp + 1) * cig * hw];
+                let rhs = if g.pointwise() {
+                    xg
+                } else {
+                    im2col(g, xg, &mut col);
+                    &col
+                };
+                sgemm(
+                    cog,
+                    kdim,
+                    ohw,
+                    &mut dw[grp * cog * kdim..(grp + 1) * cog * kdim],
+                    kdim,
+                    true,
+                    Mat {
+                        data: &dyi[grp * cog * ohw..(grp + 1) * cog * ohw],
+                        rs: ohw,
+                        cs: 1,
+                    },
+                    Mat {
+                        data: rhs,
+                        rs: 1,
+                        cs: ohw,
+                    },
+                    par,
+                );
+            }
+        }
+        dw
+    };
+    if parts == 1 {
+        return partial(0);
+    }
+    (0..parts)
+        .into_par_iter()
+        .map(partial)
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        })
+        .unwrap_or_else(|| vec![0f32; w_len])
+}
+
+/// Forward convolution `(x, w) -> y` with its own backward.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Conv2dOp {
+    pub params: Conv2dParams,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "lt-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = ConvGeom::new(l1.dims(), l2.dims(), self.params)?;
+        let x = f32_slice(s1, l1, "conv2d")?;
+        let w = f32_slice(s2, l2, "conv2d")?;
+        Ok((CpuStorage::F32(conv_fwd(&g, x, w)), g.out_shape()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dx = if x.track_op() {
+            let op = ConvBwdDataOp {
+                params: self.params,
+                x_dims: x.dims4()?,
+            };
+            Some(dy.apply_op2_no_bwd(w, &op)?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            let op = ConvBwdFilterOp {
+                params: self.params,
+                w_dims: w.dims4()?,
+            };
+            Some(x.apply_op2_no_bwd(&dy, &op)?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// Input gradient `(dy, w) -> dx`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConvBwdDataOp {
+    pub params: Conv2dParams,
+    pub x_dims: (usize, usize, usize, usize),
+}
+
+impl CustomOp2 for ConvBwdDataOp {
+    fn name(&self) -> &'static str {
+        "lt-conv2d-bwd-data"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = self.x_dims;
+        let g = ConvGeom::new(&[n, c, h, w], l2.dims(), self.params)?;
+        if l1.dims() != g.out_shape().dims() {
+            bail!(
+                "conv2d backward: gradient {:?} does not match output {:?}",
+                l1.dims(),
+                g.out_shape()
+            );
+        }
+        let dy = f32_slice(s1, l1, "conv2d backward")?;
+        let wt = f32_slice(s2, l2, "conv2d backward")?;
+        Ok((
+            CpuStorage::F32(conv_bwd_data(&g, dy, wt)),
+            Shape::from(self.x_dims),
+        ))
+    }
+}
+
+/// Weight gradient `(x, dy) -> dw`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConvBwdFilterOp {
+    pub params: Conv2dParams,
+    pub w_dims: (usize, usize, usize, usize),
+}
+
+impl CustomOp2 for ConvBwdFilterOp {
+    fn name(&self) -> &'static str {
+        "lt-conv2d-bwd-filter"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (co, ci, kh, kw) = self.w_dims;
+        let g = ConvGeom::new(l1.dims(), &[co, ci, kh, kw], self.params)?;
+        if l2.dims() != g.out_shape().dims() {
+            bail!(
+                "conv2d backward: gradient {:?} does not match output {:?}",
+                l2.dims(),
+                g.out_shape()
+            );
+        }
+        let x = f32_slice(s1, l1, "conv2d backward")?;
+        let dy = f32_slice(s2, l2, "conv2d backward")?;
+        Ok((
+            CpuStorage::F32(conv_bwd_filter(&g, x, dy)),
+            Shape::from(self.w_dims),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geom(h: usize, w: usize, k: usize, stride: usize, padding: usize) -> ConvGeom {
+        let p = Conv2dParams {
+            stride,
+            padding,
+            groups: 1,
+        };
+        ConvGeom::new(&[1, 2, h, w], &[3, 2, k, k], p).unwrap()
+    }
+
+    /// `<im2col(x), c> == <x, col2im(c)>` for all x, c: col2im is the adjoint.
+    #[test]
+    fn col2im_is_adjoint_of_im2col() {
+        for (h, w, k, s, p) in [
+            (5, 7, 3, 1, 1),
+            (6, 5, 3, 2, 1),
+            (9, 9, 7, 2, 3),
+            (4, 4, 1, 2, 0),
+            (3, 3, 3, 3, 0),
+        ] {
+            let g = geom(h, w, k, s, p);
+            let x: Vec<f32> = (0..2 * h * w)
+                .map(|i| ((i * 7 % 13) as f32) - 6.0)
+                .collect();
+            let c: Vec<f32> = (0..g.kdim() * g.ohw())
+                .map(|i| ((i * 5 % 11) as f32) - 5.0)
+                .collect();
+            let mut col = vec![0f32; c.len()];
+            im2col(&g, &x, &mut col);
+            let mut dx = vec![0f32; x.len()];
+            col2im(&g, &c, &mut dx);
+            let lhs: f32 = col.iter().zip(&c).map(|(a, b)| a * b).sum();
+            let rhs: f32 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
+            assert_eq!(lhs, rhs, "shape {h}x{w} k{k} s{s} p{p}");
+        }
+    }
+
+    #[test]
+    fn geometry_rejects_mismatched_groups() {
+        let p = Conv2dParams {
+            stride: 1,
+            padding: 0,
+            groups: 3,
+        };
+        assert!(ConvGeom::new(&[1, 4, 5, 5], &[6, 1, 3, 3], p).is_err());
+        let p = Conv2dParams {
+            stride: 1,
+            padding: 0,
+            groups: 1,
+        };
+        assert!(ConvGeom::new(&[1, 4, 2, 2], &[6, 4, 3, 3], p).is_err());
+    }
+}

@@ -1,0 +1,179 @@
+//! Helpers shared by the CPU kernels: storage access, work splitting and a
+//! bounds-checked front end to the `gemm` crate.
+
+use candle_core::{bail, CpuStorage, Layout, Result};
+
+/// The contiguous `f32` data behind `storage` as seen through `layout`.
+///
+/// The entry points in `ops` make every operand contiguous before applying a
+/// custom op, so a strided layout here is a bug, reported rather than handled.
+pub(crate) fn f32_slice<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a [f32]> {
+    let data = match storage {
+        CpuStorage::F32(d) => d.as_slice(),
+        _ => bail!("{op}: expected f32 storage"),
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!(
+            "{op}: operand with shape {:?} is not contiguous",
+            layout.shape()
+        ),
+    }
+}
+
+/// Number of worker threads of the current rayon pool.
+pub(crate) fn threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+/// Splits `0..len` into `parts` contiguous ranges of nearly equal size.
+pub(crate) fn split_range(len: usize, parts: usize, part: usize) -> std::ops::Range<usize> {
+    let parts = parts.max(1);
+    let base = len / parts;
+    let extra = len % parts;
+    let start = part * base + part.min(extra);
+    let end = start + base + usize::from(part < extra);
+    start..end
+}
+
+/// A read-only matrix view into a slice with explicit row and column strides.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// Largest offset touched by a `rows x cols` view with these strides.
+fn last_offset(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+    (rows - 1) * rs + (cols - 1) * cs
+}
+
+/// `dst (m x n) = lhs (m x k) * rhs (k x n)`, or `dst += ...` when
+/// `accumulate` is true. `dst` is row-major with row stride `dst_rs`.
+///
+/// Every view is checked to lie inside its slice, so the call is safe for any
+/// arguments; an out-of-bounds view panics, which would be a kernel bug.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    parallelism: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                dst[r * dst_rs..r * dst_rs + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    assert!(
+        last_offset(m, n, dst_rs, 1) < dst.len(),
+        "sgemm: dst view out of bounds"
+    );
+    assert!(
+        last_offset(m, k, lhs.rs, lhs.cs) < lhs.data.len(),
+        "sgemm: lhs view out of bounds"
+    );
+    assert!(
+        last_offset(k, n, rhs.rs, rhs.cs) < rhs.data.len(),
+        "sgemm: rhs view out of bounds"
+    );
+    // SAFETY: the three views were checked above to lie inside their slices;
+    // `dst` is borrowed mutably, so it aliases neither `lhs` nor `rhs`. The
+    // strides fit in `isize` because the offsets they produce are in-bounds
+    // indices of live slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_range_covers_everything_once() {
+        for len in 0..20 {
+            for parts in 1..6 {
+                let mut next = 0;
+                for p in 0..parts {
+                    let r = split_range(len, parts, p);
+                    assert_eq!(r.start, next);
+                    assert!(r.len() <= len / parts + 1);
+                    next = r.end;
+                }
+                assert_eq!(next, len);
+            }
+        }
+    }
+
+    #[test]
+    fn sgemm_matches_naive_product_with_strides() {
+        let (m, n, k) = (5, 7, 3);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+        // lhs row-major, rhs given transposed (column-major view).
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let mut c = vec![1.0f32; m * n];
+        sgemm(
+            m,
+            n,
+            k,
+            &mut c,
+            n,
+            true,
+            Mat {
+                data: &a,
+                rs: k,
+                cs: 1,
+            },
+            Mat {
+                data: &bt,
+                rs: 1,
+                cs: k,
+            },
+            gemm::Parallelism::None,
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = 1.0 + (0..k).map(|l| a[i * k + l] * b[l * n + j]).sum::<f32>();
+                assert!((c[i * n + j] - want).abs() < 1e-5);
+            }
+        }
+    }
+}
