@@ -1,0 +1,155 @@
+//! The catalogue of backbone architectures.
+
+use crate::cifar_resnet::CifarResNetConfig;
+use crate::error::ModelError;
+use crate::resnet::ResNetConfig;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Every backbone the crate builds, by its configuration-file name.
+///
+/// The serde and [`FromStr`]/[`fmt::Display`] names are the lower-case
+/// torchvision-style ones: `resnet32`, `resnet50`, `resnext50_32x4d`, ...
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    /// CIFAR ResNet-8: 3 stages of 1 basic block, 64-d features.
+    #[serde(rename = "resnet8")]
+    ResNet8,
+    /// CIFAR ResNet-20: 3 stages of 3 basic blocks, 64-d features.
+    #[serde(rename = "resnet20")]
+    ResNet20,
+    /// CIFAR ResNet-32: 3 stages of 5 basic blocks, 64-d features.
+    #[serde(rename = "resnet32")]
+    ResNet32,
+    /// CIFAR ResNet-56: 3 stages of 9 basic blocks, 64-d features.
+    #[serde(rename = "resnet56")]
+    ResNet56,
+    /// ImageNet ResNet-10: basic blocks `[1, 1, 1, 1]`, 512-d features.
+    #[serde(rename = "resnet10")]
+    ResNet10,
+    /// ImageNet ResNet-18: basic blocks `[2, 2, 2, 2]`, 512-d features.
+    #[serde(rename = "resnet18")]
+    ResNet18,
+    /// ImageNet ResNet-34: basic blocks `[3, 4, 6, 3]`, 512-d features.
+    #[serde(rename = "resnet34")]
+    ResNet34,
+    /// ImageNet ResNet-50: bottlenecks `[3, 4, 6, 3]`, 2048-d features.
+    #[serde(rename = "resnet50")]
+    ResNet50,
+    /// ImageNet ResNet-101: bottlenecks `[3, 4, 23, 3]`, 2048-d features.
+    #[serde(rename = "resnet101")]
+    ResNet101,
+    /// ImageNet ResNet-152: bottlenecks `[3, 8, 36, 3]`, 2048-d features.
+    #[serde(rename = "resnet152")]
+    ResNet152,
+    /// ResNeXt-50 32x4d: bottlenecks `[3, 4, 6, 3]`, 32 groups, 2048-d features.
+    Resnext50_32x4d,
+    /// ResNeXt-101 32x4d: bottlenecks `[3, 4, 23, 3]`, 32 groups, 2048-d features.
+    Resnext101_32x4d,
+    /// ResNeXt-152 32x4d: bottlenecks `[3, 8, 36, 3]`, 32 groups, 2048-d features.
+    Resnext152_32x4d,
+}
+
+/// The two backbone families, with their configurations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchConfig {
+    /// A CIFAR ResNet (3x3 stem, three stages, 32x32 inputs).
+    Cifar(CifarResNetConfig),
+    /// A torchvision-layout ResNet / ResNeXt (7x7 stem, four stages).
+    ImageNet(ResNetConfig),
+}
+
+impl Arch {
+    /// Every architecture, CIFAR ones first.
+    pub const ALL: [Arch; 13] = [
+        Arch::ResNet8,
+        Arch::ResNet20,
+        Arch::ResNet32,
+        Arch::ResNet56,
+        Arch::ResNet10,
+        Arch::ResNet18,
+        Arch::ResNet34,
+        Arch::ResNet50,
+        Arch::ResNet101,
+        Arch::ResNet152,
+        Arch::Resnext50_32x4d,
+        Arch::Resnext101_32x4d,
+        Arch::Resnext152_32x4d,
+    ];
+
+    /// The name used in configuration files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::ResNet8 => "resnet8",
+            Arch::ResNet20 => "resnet20",
+            Arch::ResNet32 => "resnet32",
+            Arch::ResNet56 => "resnet56",
+            Arch::ResNet10 => "resnet10",
+            Arch::ResNet18 => "resnet18",
+            Arch::ResNet34 => "resnet34",
+            Arch::ResNet50 => "resnet50",
+            Arch::ResNet101 => "resnet101",
+            Arch::ResNet152 => "resnet152",
+            Arch::Resnext50_32x4d => "resnext50_32x4d",
+            Arch::Resnext101_32x4d => "resnext101_32x4d",
+            Arch::Resnext152_32x4d => "resnext152_32x4d",
+        }
+    }
+
+    /// The architecture's configuration.
+    pub fn config(self) -> ArchConfig {
+        use ArchConfig::{Cifar, ImageNet};
+        match self {
+            Arch::ResNet8 => Cifar(CifarResNetConfig::from_depth(8)),
+            Arch::ResNet20 => Cifar(CifarResNetConfig::from_depth(20)),
+            Arch::ResNet32 => Cifar(CifarResNetConfig::from_depth(32)),
+            Arch::ResNet56 => Cifar(CifarResNetConfig::from_depth(56)),
+            Arch::ResNet10 => ImageNet(ResNetConfig::resnet10()),
+            Arch::ResNet18 => ImageNet(ResNetConfig::resnet18()),
+            Arch::ResNet34 => ImageNet(ResNetConfig::resnet34()),
+            Arch::ResNet50 => ImageNet(ResNetConfig::resnet50()),
+            Arch::ResNet101 => ImageNet(ResNetConfig::resnet101()),
+            Arch::ResNet152 => ImageNet(ResNetConfig::resnet152()),
+            Arch::Resnext50_32x4d => ImageNet(ResNetConfig::resnext50_32x4d()),
+            Arch::Resnext101_32x4d => ImageNet(ResNetConfig::resnext101_32x4d()),
+            Arch::Resnext152_32x4d => ImageNet(ResNetConfig::resnext152_32x4d()),
+        }
+    }
+
+    /// True for the CIFAR family (32x32 inputs, 3x3 stem, no max-pool).
+    pub fn is_cifar(self) -> bool {
+        matches!(self.config(), ArchConfig::Cifar(_))
+    }
+
+    /// Length of the feature vector `forward_t` returns.
+    pub fn feature_dim(self) -> usize {
+        match self.config() {
+            ArchConfig::Cifar(c) => c.feature_dim(),
+            ArchConfig::ImageNet(c) => c.feature_dim(),
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Arch {
+    type Err = ModelError;
+
+    /// Parses the names [`Arch::name`] returns (case-insensitive, `-` accepted for `_`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.trim().to_ascii_lowercase().replace('-', "_");
+        Arch::ALL
+            .into_iter()
+            .find(|a| a.name() == wanted)
+            .ok_or_else(|| ModelError::UnknownArch {
+                name: s.to_string(),
+                expected: Arch::ALL.map(Arch::name).join(", "),
+            })
+    }
+}

@@ -1,0 +1,109 @@
+//! The residual block shared by every backbone.
+
+use crate::batch_norm::{BatchNorm2d, BnMode};
+use crate::error::Result;
+use crate::init::{Conv, ParamBuilder};
+use crate::ops::Conv2dParams;
+use candle_core::Tensor;
+
+/// `relu(body(x) + shortcut(x))`, where `body` is a chain of conv + BN pairs
+/// with a ReLU between consecutive pairs, and `shortcut` is the identity or a
+/// 1x1 conv + BN projection (torchvision's `downsample`).
+///
+/// A basic block has two 3x3 pairs; a bottleneck has 1x1, 3x3 (carrying the
+/// stride and the groups, torchvision's "v1.5" layout), 1x1.
+#[derive(Debug, Clone)]
+pub(crate) struct Block {
+    body: Vec<(Conv, BatchNorm2d)>,
+    downsample: Option<(Conv, BatchNorm2d)>,
+}
+
+/// One convolution of a block body: kernel, output channels, stride, groups.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConvSpec {
+    pub kernel: usize,
+    pub out: usize,
+    pub stride: usize,
+    pub groups: usize,
+}
+
+impl Block {
+    /// Builds the block named `prefix` (e.g. `layer2.0`): body convs named
+    /// `{prefix}.conv{i}` / `{prefix}.bn{i}` from 1, then the projection
+    /// `{prefix}.downsample.0` / `.1` when `stride != 1` or the channel count
+    /// changes.
+    pub(crate) fn new(
+        b: &mut ParamBuilder,
+        prefix: &str,
+        in_channels: usize,
+        specs: &[ConvSpec],
+    ) -> Result<Self> {
+        let mut body = Vec::with_capacity(specs.len());
+        let mut c = in_channels;
+        for (i, s) in specs.iter().enumerate() {
+            let params = Conv2dParams {
+                stride: s.stride,
+                padding: s.kernel / 2,
+                groups: s.groups,
+            };
+            let conv = b.conv(
+                &format!("{prefix}.conv{}", i + 1),
+                c,
+                s.out,
+                s.kernel,
+                params,
+            )?;
+            let bn = b.batch_norm(&format!("{prefix}.bn{}", i + 1), s.out)?;
+            body.push((conv, bn));
+            c = s.out;
+        }
+        let stride: usize = specs.iter().map(|s| s.stride).product();
+        let downsample = if stride != 1 || in_channels != c {
+            let params = Conv2dParams {
+                stride,
+                padding: 0,
+                groups: 1,
+            };
+            let conv = b.conv(&format!("{prefix}.downsample.0"), in_channels, c, 1, params)?;
+            let bn = b.batch_norm(&format!("{prefix}.downsample.1"), c)?;
+            Some((conv, bn))
+        } else {
+            None
+        };
+        Ok(Self { body, downsample })
+    }
+
+    pub(crate) fn forward_t(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+        let mut y = x.clone();
+        let last = self.body.len() - 1;
+        for (i, (conv, bn)) in self.body.iter().enumerate() {
+            y = bn.forward_t(&conv.forward(&y)?, mode)?;
+            if i != last {
+                y = y.relu()?;
+            }
+        }
+        let shortcut = match &self.downsample {
+            Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, mode)?,
+            None => x.clone(),
+        };
+        Ok((y + shortcut)?.relu()?)
+    }
+}
+
+/// Global average pooling: `(N, C, H, W)` -> `(N, C)`, any spatial size.
+pub(crate) fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    Ok(x.mean((2, 3))?)
+}
+
+/// Checks the input is `(N, channels, H, W)` with no zero dimension.
+pub(crate) fn check_input(x: &Tensor, channels: usize) -> Result<()> {
+    let ok = matches!(x.dims(), &[n, c, h, w] if c == channels && n > 0 && h > 0 && w > 0);
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::error::ModelError::BadInput {
+            shape: x.dims().to_vec(),
+            expected_channels: channels,
+        })
+    }
+}

@@ -1,0 +1,166 @@
+//! The CIFAR ResNet family (He et al. 2016, section 4.2): ResNet-8/20/32/56.
+//!
+//! Stem: 3x3 conv (16 channels, no bias), BN, ReLU; no max-pool. Three stages
+//! of `n = (depth - 2) / 6` basic blocks with 16/32/64 channels and strides
+//! 1/2/2. Where the shape changes the shortcut is a 1x1 conv + BN projection
+//! (not the parameter-free zero-padding "option A"), as in the project's
+//! PyTorch throughput baseline. Global average pooling gives 64-d features.
+//!
+//! Variable names follow the torchvision scheme with three stages:
+//! `conv1.weight`, `bn1.*`, `layer{1..3}.{i}.conv{1,2}.weight`,
+//! `layer{1..3}.{i}.bn{1,2}.*`, `layer{2,3}.0.downsample.0.weight`,
+//! `layer{2,3}.0.downsample.1.*`, where `bn*.*` stands for `weight`, `bias`,
+//! `running_mean`, `running_var`.
+
+use crate::batch_norm::{BatchNorm2d, BnMode};
+use crate::block::{check_input, global_avg_pool, Block, ConvSpec};
+use crate::error::{ModelError, Result};
+use crate::init::{Conv, ParamBuilder};
+use crate::ops::Conv2dParams;
+use crate::store::ParamStore;
+use candle_core::{Device, Tensor};
+
+/// Configuration of a CIFAR ResNet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CifarResNetConfig {
+    /// Basic blocks per stage (`(depth - 2) / 6`: 5 for ResNet-32).
+    pub blocks_per_stage: usize,
+    /// Channels of the three stages (the stem has as many as the first).
+    pub widths: [usize; 3],
+    /// Input image channels.
+    pub in_channels: usize,
+}
+
+impl Default for CifarResNetConfig {
+    /// ResNet-32.
+    fn default() -> Self {
+        Self::from_depth(32)
+    }
+}
+
+impl CifarResNetConfig {
+    /// The network of the given depth `6n + 2` (8, 20, 32, 44, 56, 110, ...),
+    /// widths 16/32/64. A depth not of that form is rejected by
+    /// [`CifarResNet::new`].
+    pub fn from_depth(depth: usize) -> Self {
+        // An invalid depth maps to 0 blocks, which `validate` reports.
+        let blocks_per_stage = if depth >= 8 && (depth - 2) % 6 == 0 {
+            (depth - 2) / 6
+        } else {
+            0
+        };
+        Self {
+            blocks_per_stage,
+            widths: [16, 32, 64],
+            in_channels: 3,
+        }
+    }
+
+    /// The depth `6 * blocks_per_stage + 2`.
+    pub fn depth(&self) -> usize {
+        6 * self.blocks_per_stage + 2
+    }
+
+    /// Length of the feature vector: the last stage's width.
+    pub fn feature_dim(&self) -> usize {
+        self.widths[2]
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.blocks_per_stage == 0 {
+            return Err(ModelError::InvalidConfig(
+                "a CIFAR ResNet needs at least one block per stage (depth 6n + 2, n >= 1)".into(),
+            ));
+        }
+        if self.widths.contains(&0) || self.in_channels == 0 {
+            return Err(ModelError::InvalidConfig(format!(
+                "widths and in_channels must be positive, got {:?} and {}",
+                self.widths, self.in_channels
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A CIFAR ResNet feature extractor (see the module docs for layout and names).
+#[derive(Debug, Clone)]
+pub struct CifarResNet {
+    config: CifarResNetConfig,
+    conv1: Conv,
+    bn1: BatchNorm2d,
+    layers: Vec<Vec<Block>>,
+    store: ParamStore,
+}
+
+impl CifarResNet {
+    /// Builds the network with weights drawn from a generator seeded with `seed`.
+    pub fn new(config: &CifarResNetConfig, device: &Device, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let mut b = ParamBuilder::new(device, seed);
+        let stem_width = config.widths[0];
+        let stem = Conv2dParams {
+            stride: 1,
+            padding: 1,
+            groups: 1,
+        };
+        let conv1 = b.conv("conv1", config.in_channels, stem_width, 3, stem)?;
+        let bn1 = b.batch_norm("bn1", stem_width)?;
+        let mut layers = Vec::with_capacity(3);
+        let mut in_c = stem_width;
+        for (stage, &width) in config.widths.iter().enumerate() {
+            let mut blocks = Vec::with_capacity(config.blocks_per_stage);
+            for i in 0..config.blocks_per_stage {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                let spec = |stride| ConvSpec {
+                    kernel: 3,
+                    out: width,
+                    stride,
+                    groups: 1,
+                };
+                let prefix = format!("layer{}.{i}", stage + 1);
+                blocks.push(Block::new(&mut b, &prefix, in_c, &[spec(stride), spec(1)])?);
+                in_c = width;
+            }
+            layers.push(blocks);
+        }
+        Ok(Self {
+            config: config.clone(),
+            conv1,
+            bn1,
+            layers,
+            store: b.finish(),
+        })
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &CifarResNetConfig {
+        &self.config
+    }
+
+    /// Length of the feature vector [`CifarResNet::forward_t`] returns.
+    pub fn feature_dim(&self) -> usize {
+        self.config.feature_dim()
+    }
+
+    /// The model's variables (listing, saving, loading).
+    pub fn store(&self) -> &ParamStore {
+        &self.store
+    }
+
+    /// Features `(N, feature_dim)` of images `(N, C, H, W)` of any size.
+    pub fn forward_t(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+        check_input(x, self.config.in_channels)?;
+        let mut x = self.bn1.forward_t(&self.conv1.forward(x)?, mode)?.relu()?;
+        for block in self.layers.iter().flatten() {
+            x = block.forward_t(&x, mode)?;
+        }
+        global_avg_pool(&x)
+    }
+}
+
+impl candle_nn::ModuleT for CifarResNet {
+    /// `train` selects [`BnMode::Train`] or [`BnMode::Eval`].
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        CifarResNet::forward_t(self, xs, train.into()).map_err(candle_core::Error::wrap)
+    }
+}
