@@ -4,8 +4,15 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod config;
 pub mod error;
+pub mod eval;
+pub mod experiment;
+pub mod model;
 pub mod optim;
+pub mod progress;
+pub mod run_dir;
 pub mod schedule;
+pub mod seed;
 
 pub use error::TrainError;

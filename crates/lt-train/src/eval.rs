@@ -1,0 +1,185 @@
+//! Feature extraction and evaluation of logits.
+
+use candle_core::{DType, Device, Tensor};
+use lt_data::loader::Loader;
+use lt_data::stats::{ClassStats, GroupRule};
+use lt_heads::Classifier;
+use lt_metrics::Evaluation;
+use lt_models::{Backbone, BnMode};
+
+use crate::experiment::sequential_batches;
+use crate::progress;
+use crate::run_dir::SplitMetrics;
+use crate::TrainError;
+
+/// Features of a whole split, in dataset order.
+#[derive(Debug, Clone)]
+pub struct Features {
+    /// `(N, d)` f32 on the run's device.
+    pub features: Tensor,
+    /// Label of each row.
+    pub labels: Vec<u32>,
+}
+
+impl Features {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there is no row.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The labels as a `u32` tensor on `device`.
+    pub fn labels_tensor(&self, device: &Device) -> Result<Tensor, TrainError> {
+        Ok(Tensor::new(self.labels.as_slice(), device)?)
+    }
+}
+
+pub(crate) fn data_err(e: lt_data::error::DataError) -> TrainError {
+    TrainError::Invalid(format!("data: {e}"))
+}
+
+pub(crate) fn model_err(e: lt_models::ModelError) -> TrainError {
+    TrainError::Invalid(format!("model: {e}"))
+}
+
+pub(crate) fn head_err(e: lt_heads::HeadError) -> TrainError {
+    TrainError::Invalid(format!("head: {e}"))
+}
+
+pub(crate) fn metrics_err(e: lt_metrics::MetricsError) -> TrainError {
+    TrainError::Invalid(format!("metrics: {e}"))
+}
+
+/// Runs the backbone over every image of the loader's dataset, in order, with
+/// BN in `mode` (normally [`BnMode::Eval`]). Every image must be readable: a
+/// skipped image would misalign features and labels.
+pub fn extract_features(
+    backbone: &Backbone,
+    loader: &Loader,
+    batch_size: usize,
+    mode: BnMode,
+    what: &str,
+) -> Result<Features, TrainError> {
+    let ds = loader.dataset().clone();
+    let batches = sequential_batches(ds.len(), batch_size);
+    let bar = progress::bar(batches.len() as u64, what);
+    let device = backbone.device().clone();
+    let mut chunks = Vec::with_capacity(batches.len());
+    let mut labels = Vec::with_capacity(ds.len());
+    let mut expected = 0usize;
+    for batch in loader.epoch(0, batches) {
+        let batch = batch.map_err(data_err)?;
+        if batch.indices.first() != Some(&expected) || batch.indices.len() != batch.len() {
+            return Err(TrainError::Invalid(format!(
+                "{what}: an image was skipped near dataset index {expected}; features need \
+                 every image (set `data.on_unreadable = \"abort\"` to see which)"
+            )));
+        }
+        expected += batch.len();
+        let images = batch.images.to_device(&device)?;
+        let f = backbone
+            .forward_t(&images, mode)
+            .map_err(model_err)?
+            .detach();
+        chunks.push(f);
+        labels.extend(batch.indices.iter().map(|&i| ds.label(i)));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if expected != ds.len() {
+        return Err(TrainError::Invalid(format!(
+            "{what}: {expected} of {} images were loaded",
+            ds.len()
+        )));
+    }
+    let features = if chunks.is_empty() {
+        Tensor::zeros((0, backbone.feature_dim()), DType::F32, &device)?
+    } else {
+        Tensor::cat(&chunks, 0)?
+    };
+    Ok(Features { features, labels })
+}
+
+/// Logits of `head` on all features, computed in chunks, as a row-major host
+/// vector `(N * C)`.
+pub fn logits_host(
+    head: &dyn Classifier,
+    features: &Tensor,
+    chunk: usize,
+) -> Result<Vec<f32>, TrainError> {
+    let n = features.dim(0)?;
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let len = chunk.min(n - start);
+        let f = features.narrow(0, start, len)?;
+        let z = head.logits(&f)?.to_dtype(DType::F32)?;
+        out.extend(z.flatten_all()?.to_vec1::<f32>()?);
+        start += len;
+    }
+    Ok(out)
+}
+
+/// Mean cross-entropy of row-major logits (computed in f64 on the host).
+/// Non-finite logits give a non-finite loss (and the evaluation then fails).
+pub fn mean_cross_entropy(logits: &[f32], num_classes: usize, labels: &[u32]) -> f64 {
+    if labels.is_empty() || num_classes == 0 {
+        return f64::NAN;
+    }
+    let mut total = 0.0;
+    for (row, &y) in logits.chunks_exact(num_classes).zip(labels) {
+        let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+        let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+        total += lse - row[y as usize] as f64;
+    }
+    total / labels.len() as f64
+}
+
+/// Evaluates `head` on a feature set.
+pub fn evaluate_head(
+    head: &dyn Classifier,
+    features: &Features,
+    num_classes: usize,
+    train_stats: &ClassStats,
+    rule: &GroupRule,
+) -> Result<(Evaluation, f64), TrainError> {
+    let logits = logits_host(head, &features.features, 4096)?;
+    let loss = mean_cross_entropy(&logits, num_classes, &features.labels);
+    let e = lt_metrics::evaluate(&logits, num_classes, &features.labels, train_stats, rule)
+        .map_err(metrics_err)?;
+    Ok((e, loss))
+}
+
+/// The short per-epoch summary of an evaluation.
+pub fn split_metrics(e: &Evaluation, loss: f64) -> SplitMetrics {
+    SplitMetrics {
+        top1: e.top1,
+        many: e.many,
+        medium: e.medium,
+        few: e.few,
+        loss,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cross_entropy_matches_candle() {
+        let logits = [1.0f32, 2.0, 0.5, -1.0, 0.0, 3.0];
+        let labels = [1u32, 0];
+        let ours = mean_cross_entropy(&logits, 3, &labels);
+        let t = Tensor::from_slice(&logits, (2, 3), &Device::Cpu).unwrap();
+        let y = Tensor::new(&labels, &Device::Cpu).unwrap();
+        let theirs = candle_nn::loss::cross_entropy(&t, &y)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((ours - theirs as f64).abs() < 1e-5, "{ours} vs {theirs}");
+    }
+}

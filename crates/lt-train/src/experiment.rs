@@ -1,0 +1,231 @@
+//! An opened experiment: its config, device, datasets and run directory.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::Device;
+use lt_data::dataset::Dataset;
+use lt_data::loader::{Loader, LoaderConfig};
+use lt_data::stats::ClassStats;
+use lt_data::transform::{Preset, Transform};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{parse_device, ExperimentConfig, Split};
+use crate::eval::data_err;
+use crate::run_dir::RunDir;
+use crate::TrainError;
+
+/// Identity of one split list: where it is, its hash and its class counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitSummary {
+    /// The list file.
+    pub list: String,
+    /// SHA-256 of the list file.
+    pub sha256: String,
+    /// Number of images.
+    pub total: usize,
+    /// Images per class.
+    pub counts: Vec<usize>,
+}
+
+/// `data.json` of a run: the identity of every split used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataInfo {
+    /// Number of classes.
+    pub num_classes: usize,
+    /// Training split.
+    pub train: SplitSummary,
+    /// Validation split.
+    pub val: Option<SplitSummary>,
+    /// Test split.
+    pub test: Option<SplitSummary>,
+    /// Imbalance ratio of the training split (largest / smallest class).
+    pub imbalance_ratio: Option<f64>,
+    /// Many / medium / few class counts under the configured rule.
+    pub group_sizes: [usize; 3],
+    /// The rule, in words.
+    pub group_rule: String,
+}
+
+/// A config with everything it refers to opened and checked.
+#[derive(Debug)]
+pub struct Experiment {
+    /// The resolved config.
+    pub config: ExperimentConfig,
+    /// The device.
+    pub device: Device,
+    /// The run directory.
+    pub run: RunDir,
+    /// Training split.
+    pub train: Arc<Dataset>,
+    /// Validation split.
+    pub val: Option<Arc<Dataset>>,
+    /// Test split.
+    pub test: Option<Arc<Dataset>>,
+    /// Per-class training counts.
+    pub train_stats: ClassStats,
+    /// Split identities.
+    pub data_info: DataInfo,
+    /// SHA-256 of the resolved config.
+    pub config_hash: String,
+}
+
+fn summarise(list: &Path, ds: &Dataset) -> Result<SplitSummary, TrainError> {
+    let sha256 = lt_data::fsutil::sha256_file(list, |_| {}).map_err(data_err)?;
+    Ok(SplitSummary {
+        list: list.display().to_string(),
+        sha256,
+        total: ds.len(),
+        counts: ds.stats().counts().to_vec(),
+    })
+}
+
+impl Experiment {
+    /// Opens the device and reads every split list (checking that every listed
+    /// image exists), logs the training counts and split hashes, and writes
+    /// the resolved config as `<run_dir>/<config_file>` plus `data.json`.
+    pub fn open(config: ExperimentConfig, config_file: &str) -> Result<Self, TrainError> {
+        let device = parse_device(&config.device)?;
+        let d = &config.data;
+        let train = lt_data::split_list::read_split_list(&d.train_list, &d.root, d.num_classes)
+            .map_err(data_err)?;
+        let num_classes = train.num_classes();
+        let read_other =
+            |list: &Option<std::path::PathBuf>| -> Result<Option<Dataset>, TrainError> {
+                list.as_ref()
+                    .map(|l| {
+                        lt_data::split_list::read_split_list(l, &d.root, Some(num_classes))
+                            .map_err(data_err)
+                    })
+                    .transpose()
+            };
+        let val = read_other(&d.val_list)?;
+        let test = read_other(&d.test_list)?;
+        let train_stats = train.stats();
+        let rule = &config.eval.group_rule;
+        let data_info = DataInfo {
+            num_classes,
+            train: summarise(&d.train_list, &train)?,
+            val: match (&d.val_list, &val) {
+                (Some(l), Some(ds)) => Some(summarise(l, ds)?),
+                _ => None,
+            },
+            test: match (&d.test_list, &test) {
+                (Some(l), Some(ds)) => Some(summarise(l, ds)?),
+                _ => None,
+            },
+            imbalance_ratio: train_stats.imbalance_ratio(),
+            group_sizes: train_stats.group_sizes(rule),
+            group_rule: rule.to_string(),
+        };
+        tracing::info!(
+            list = %d.train_list.display(),
+            images = train.len(),
+            classes = num_classes,
+            sha256 = %data_info.train.sha256,
+            counts = ?data_info.train.counts,
+            "training split"
+        );
+        tracing::info!(
+            rule = %rule,
+            many = data_info.group_sizes[0],
+            medium = data_info.group_sizes[1],
+            few = data_info.group_sizes[2],
+            imbalance_ratio = ?data_info.imbalance_ratio,
+            "class groups"
+        );
+        for (name, s) in [("val", &data_info.val), ("test", &data_info.test)] {
+            if let Some(s) = s {
+                tracing::info!(split = name, list = %s.list, images = s.total, sha256 = %s.sha256, "evaluation split");
+            }
+        }
+        let run = RunDir::new(&config.run_dir);
+        run.create()?;
+        let config_hash = config.hash()?;
+        crate::checkpoint::write_atomic(
+            &run.root().join(config_file),
+            config.to_toml()?.as_bytes(),
+        )?;
+        crate::checkpoint::write_json_atomic(&run.data_info(), &data_info)?;
+        Ok(Self {
+            config,
+            device,
+            run,
+            train: Arc::new(train),
+            val: val.map(Arc::new),
+            test: test.map(Arc::new),
+            train_stats,
+            data_info,
+            config_hash,
+        })
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.train.num_classes()
+    }
+
+    /// A split's dataset, or an error naming the missing list.
+    pub fn dataset(&self, split: Split) -> Result<&Arc<Dataset>, TrainError> {
+        match split {
+            Split::Train => Ok(&self.train),
+            Split::Val => self.val.as_ref().ok_or_else(|| {
+                TrainError::Config(
+                    "key `data.val_list`: not set, but the val split is needed".into(),
+                )
+            }),
+            Split::Test => self.test.as_ref().ok_or_else(|| {
+                TrainError::Config(
+                    "key `data.test_list`: not set, but the test split is needed".into(),
+                )
+            }),
+        }
+    }
+
+    /// The transform of a preset with the configured normalisation.
+    pub fn transform(&self, preset: Preset) -> Transform {
+        let t = Transform::new(preset);
+        match self.config.data.normalization {
+            Some(n) => t.with_normalization(n.normalization()),
+            None => t,
+        }
+    }
+
+    /// A loader over a split with a preset; `seed` keys the augmentation.
+    pub fn loader(&self, split: Split, preset: Preset, seed: u64) -> Result<Loader, TrainError> {
+        let d = &self.config.data;
+        let cfg = LoaderConfig {
+            threads: d.threads,
+            prefetch_batches: d.prefetch_batches,
+            cache_decoded: d.cache_decoded,
+            seed,
+            on_unreadable: d.on_unreadable,
+        };
+        Loader::new(self.dataset(split)?.clone(), self.transform(preset), cfg).map_err(data_err)
+    }
+
+    /// A loader over a split with the evaluation transform.
+    pub fn eval_loader(&self, split: Split) -> Result<Loader, TrainError> {
+        self.loader(split, self.config.data.eval_preset, 0)
+    }
+}
+
+/// Sequential batches `[0, b), [b, 2b), ...` covering `n` indices.
+pub fn sequential_batches(n: usize, batch_size: usize) -> Vec<Vec<usize>> {
+    (0..n)
+        .step_by(batch_size.max(1))
+        .map(|s| (s..(s + batch_size).min(n)).collect())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequential_batches_cover_everything_once() {
+        let b = sequential_batches(10, 4);
+        assert_eq!(b, vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]);
+        assert!(sequential_batches(0, 4).is_empty());
+    }
+}
