@@ -57,6 +57,14 @@ impl From<bool> for BnMode {
     }
 }
 
+/// What follows the normalisation in one fused pass.
+#[derive(Debug, Clone, Copy)]
+enum Epilogue<'a> {
+    None,
+    Relu,
+    AddRelu(&'a Tensor),
+}
+
 /// A 2-D batch-normalisation layer over `(N, C, H, W)` inputs.
 ///
 /// Its four tensors are named `{name}.weight`, `{name}.bias` (trainable) and
@@ -134,36 +142,55 @@ impl BatchNorm2d {
     /// Normalises `x` `(N, C, H, W)`; in [`BnMode::Train`] also updates the
     /// running statistics (see the module docs for the formula).
     pub fn forward_t(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+        self.forward_with(x, Epilogue::None, mode)
+    }
+
+    /// `relu(self.forward_t(x))`, fused into one pass where the kernels allow.
+    pub fn forward_relu_t(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+        self.forward_with(x, Epilogue::Relu, mode)
+    }
+
+    /// `relu(self.forward_t(x) + residual)`, the end of a residual block,
+    /// fused into one pass where the kernels allow.
+    pub fn forward_add_relu_t(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        mode: BnMode,
+    ) -> Result<Tensor> {
+        self.forward_with(x, Epilogue::AddRelu(residual), mode)
+    }
+
+    fn forward_with(&self, x: &Tensor, epilogue: Epilogue<'_>, mode: BnMode) -> Result<Tensor> {
+        let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
         match mode {
             BnMode::Eval => {
                 // Detached: the running statistics are constants of the
                 // forward pass, so backward must not compute gradients for them.
                 let rm = self.running_mean.as_tensor().detach();
                 let rv = self.running_var.as_tensor().detach();
-                Ok(ops::batch_norm_eval(
-                    x,
-                    self.weight.as_tensor(),
-                    self.bias.as_tensor(),
-                    &rm,
-                    &rv,
-                    BN_EPS,
-                )?)
+                Ok(match epilogue {
+                    Epilogue::None => ops::batch_norm_eval(x, w, b, &rm, &rv, BN_EPS)?,
+                    Epilogue::Relu => ops::batch_norm_relu_eval(x, w, b, &rm, &rv, BN_EPS)?,
+                    Epilogue::AddRelu(r) => {
+                        ops::batch_norm_add_relu_eval(x, r, w, b, &rm, &rv, BN_EPS)?
+                    }
+                })
             }
             BnMode::Train => {
-                let (n, _c, h, w) = x.dims4()?;
-                let count = n * h * w;
+                let (n, _c, h, w_) = x.dims4()?;
+                let count = n * h * w_;
                 if count < 2 {
                     return Err(ModelError::BatchTooSmall {
                         layer: self.name.clone(),
                         shape: x.dims().to_vec(),
                     });
                 }
-                let (y, mean, var) = ops::batch_norm_train(
-                    x,
-                    self.weight.as_tensor(),
-                    self.bias.as_tensor(),
-                    BN_EPS,
-                )?;
+                let (y, mean, var) = match epilogue {
+                    Epilogue::None => ops::batch_norm_train(x, w, b, BN_EPS)?,
+                    Epilogue::Relu => ops::batch_norm_relu_train(x, w, b, BN_EPS)?,
+                    Epilogue::AddRelu(r) => ops::batch_norm_add_relu_train(x, r, w, b, BN_EPS)?,
+                };
                 self.update_running_stats(&mean, &var, count)?;
                 Ok(y)
             }

@@ -14,7 +14,10 @@ use candle_core::Tensor;
 /// stride and the groups, torchvision's "v1.5" layout), 1x1.
 #[derive(Debug, Clone)]
 pub(crate) struct Block {
-    body: Vec<(Conv, BatchNorm2d)>,
+    /// Every body pair but the last, each followed by a ReLU.
+    inner: Vec<(Conv, BatchNorm2d)>,
+    /// The last body pair, whose BN is fused with the residual add and ReLU.
+    last: (Conv, BatchNorm2d),
     downsample: Option<(Conv, BatchNorm2d)>,
 }
 
@@ -70,23 +73,27 @@ impl Block {
         } else {
             None
         };
-        Ok(Self { body, downsample })
+        let last = body.pop().ok_or_else(|| {
+            crate::error::ModelError::InvalidConfig(format!("block {prefix} has no convolutions"))
+        })?;
+        Ok(Self {
+            inner: body,
+            last,
+            downsample,
+        })
     }
 
     pub(crate) fn forward_t(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
-        let mut y = x.clone();
-        let last = self.body.len() - 1;
-        for (i, (conv, bn)) in self.body.iter().enumerate() {
-            y = bn.forward_t(&conv.forward(&y)?, mode)?;
-            if i != last {
-                y = y.relu()?;
-            }
-        }
         let shortcut = match &self.downsample {
             Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, mode)?,
             None => x.clone(),
         };
-        Ok((y + shortcut)?.relu()?)
+        let mut y = x.clone();
+        for (conv, bn) in &self.inner {
+            y = bn.forward_relu_t(&conv.forward(&y)?, mode)?;
+        }
+        let (conv, bn) = &self.last;
+        bn.forward_add_relu_t(&conv.forward(&y)?, &shortcut, mode)
     }
 }
 

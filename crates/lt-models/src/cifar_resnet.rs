@@ -150,7 +150,7 @@ impl CifarResNet {
     /// Features `(N, feature_dim)` of images `(N, C, H, W)` of any size.
     pub fn forward_t(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
         check_input(x, self.config.in_channels)?;
-        let mut x = self.bn1.forward_t(&self.conv1.forward(x)?, mode)?.relu()?;
+        let mut x = self.bn1.forward_relu_t(&self.conv1.forward(x)?, mode)?;
         for block in self.layers.iter().flatten() {
             x = block.forward_t(&x, mode)?;
         }

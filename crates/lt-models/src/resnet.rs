@@ -225,7 +225,7 @@ impl ResNet {
     /// Features `(N, feature_dim)` of images `(N, C, H, W)` of any size.
     pub fn forward_t(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
         check_input(x, self.config.in_channels)?;
-        let x = self.bn1.forward_t(&self.conv1.forward(x)?, mode)?.relu()?;
+        let x = self.bn1.forward_relu_t(&self.conv1.forward(x)?, mode)?;
         let mut x = ops::max_pool2d(&x, 3, 2, 1)?;
         for block in self.layers.iter().flatten() {
             x = block.forward_t(&x, mode)?;

@@ -198,3 +198,38 @@ fn model_stem_bn_update_matches_formula() {
         "bn1.running_var",
     );
 }
+
+/// The fused forms equal their compositions and update the running
+/// statistics exactly as the plain form does.
+#[test]
+fn fused_relu_and_add_relu_match_compositions() {
+    let dev = Device::Cpu;
+    let x = randn((2, 4, 6, 6), 30);
+    let r = randn((2, 4, 6, 6), 31);
+    for mode in [BnMode::Train, BnMode::Eval] {
+        let make = || {
+            let bn = BatchNorm2d::new("bn", 4, &dev).unwrap();
+            let g = Tensor::new(&[1.0f32, -0.5, 2.0, 0.3], &dev).unwrap();
+            bn.weight().set(&g).unwrap();
+            bn.running_var()
+                .set(&(g.abs().unwrap() + 0.2).unwrap())
+                .unwrap();
+            bn
+        };
+        let (plain, relu, add) = (make(), make(), make());
+        let y = plain.forward_t(&x, mode).unwrap();
+        let want_relu = tvalues(&y.relu().unwrap());
+        let want_add = tvalues(&(&y + &r).unwrap().relu().unwrap());
+        let got_relu = tvalues(&relu.forward_relu_t(&x, mode).unwrap());
+        let got_add = tvalues(&add.forward_add_relu_t(&x, &r, mode).unwrap());
+        let to64 = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
+        assert_close(&got_relu, &to64(want_relu), 1e-5, "relu");
+        assert_close(&got_add, &to64(want_add), 1e-5, "add_relu");
+        for other in [&relu, &add] {
+            let want = to64(values(plain.running_mean()));
+            assert_close(&values(other.running_mean()), &want, 1e-6, "running_mean");
+            let want = to64(values(plain.running_var()));
+            assert_close(&values(other.running_var()), &want, 1e-6, "running_var");
+        }
+    }
+}
