@@ -53,6 +53,8 @@
 
 #![warn(missing_docs)]
 
+use candle_core::Tensor;
+
 mod config;
 mod error;
 mod linear;
@@ -79,5 +81,3 @@ pub trait Classifier {
     /// Logits `(N, C)` of the features `(N, d)`.
     fn logits(&self, features: &Tensor) -> candle_core::Result<Tensor>;
 }
-
-use candle_core::Tensor;

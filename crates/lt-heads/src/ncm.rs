@@ -16,6 +16,9 @@ use std::path::Path;
 /// divides unguarded; any feature with a non-zero norm is treated identically.
 const NORM_EPS: f64 = 1e-12;
 
+/// Feature values copied to the host at a time while fitting (4 MiB of f32).
+const BLOCK_VALUES: usize = 1 << 20;
+
 /// Name of the centroid tensor in saved files.
 const CENTROIDS: &str = "centroids";
 /// Name of the training feature mean in saved files.
@@ -82,13 +85,6 @@ impl NcmHead {
                 num_classes,
             });
         }
-        let host = features.flatten_all()?.to_vec1::<f32>()?;
-        if let Some(i) = host.iter().position(|v| !v.is_finite()) {
-            return Err(HeadError::NonFiniteFeature {
-                row: i / d,
-                col: i % d,
-            });
-        }
         let mut counts = vec![0usize; num_classes];
         for &l in labels {
             counts[l as usize] += 1;
@@ -97,28 +93,42 @@ impl NcmHead {
             return Err(HeadError::EmptyClass { class });
         }
 
+        // First pass: the instance-weighted mean (and the finiteness check).
         let mut mean = vec![0f64; d];
-        for row in host.chunks_exact(d) {
-            for (m, &v) in mean.iter_mut().zip(row) {
-                *m += f64::from(v);
+        for_each_block(features, n, d, |first_row, block| {
+            if let Some(i) = block.iter().position(|v| !v.is_finite()) {
+                return Err(HeadError::NonFiniteFeature {
+                    row: first_row + i / d,
+                    col: i % d,
+                });
             }
-        }
+            for row in block.chunks_exact(d) {
+                for (m, &v) in mean.iter_mut().zip(row) {
+                    *m += f64::from(v);
+                }
+            }
+            Ok(())
+        })?;
         for m in &mut mean {
             *m /= n as f64;
         }
 
+        // Second pass: class sums of the transformed features.
         let mut sums = vec![0f64; num_classes * d];
         let mut x = vec![0f64; d];
-        for (row, &label) in host.chunks_exact(d).zip(labels) {
-            for (xi, &v) in x.iter_mut().zip(row) {
-                *xi = f64::from(v);
+        for_each_block(features, n, d, |first_row, block| {
+            for (row, &label) in block.chunks_exact(d).zip(&labels[first_row..]) {
+                for (xi, &v) in x.iter_mut().zip(row) {
+                    *xi = f64::from(v);
+                }
+                transform_row(&mut x, &mean, config.feature);
+                let sum = &mut sums[label as usize * d..(label as usize + 1) * d];
+                for (s, &xi) in sum.iter_mut().zip(&x) {
+                    *s += xi;
+                }
             }
-            transform_row(&mut x, &mean, config.feature);
-            let sum = &mut sums[label as usize * d..(label as usize + 1) * d];
-            for (s, &xi) in sum.iter_mut().zip(&x) {
-                *s += xi;
-            }
-        }
+            Ok(())
+        })?;
         let centroids: Vec<f32> = sums
             .chunks_exact(d)
             .zip(&counts)
@@ -276,6 +286,29 @@ impl NcmHead {
         }
         Self::from_parts(centroids, feat_mean, config).map_err(|e| bad(e.to_string()))
     }
+}
+
+/// Calls `f(first_row, values)` on consecutive row blocks of the `(n, d)`
+/// tensor, copied to the host a few MiB at a time so that fitting on a large
+/// training set never holds a second full copy of the features.
+fn for_each_block(
+    features: &Tensor,
+    n: usize,
+    d: usize,
+    mut f: impl FnMut(usize, &[f32]) -> Result<(), HeadError>,
+) -> Result<(), HeadError> {
+    let rows = (BLOCK_VALUES / d).max(1);
+    let mut start = 0;
+    while start < n {
+        let len = rows.min(n - start);
+        let block = features
+            .narrow(0, start, len)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        f(start, &block)?;
+        start += len;
+    }
+    Ok(())
 }
 
 /// Applies `feature` to one raw feature row in place (host side of [`NcmHead::fit`]).

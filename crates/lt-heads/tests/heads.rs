@@ -444,3 +444,28 @@ fn heads_work_as_trait_objects() -> R {
     }
     Ok(())
 }
+
+#[test]
+fn ncm_fit_across_host_blocks() -> R {
+    // Wide enough that the features are copied to the host two rows at a time.
+    let d = 1usize << 19;
+    let rows: Vec<f32> = (0..5).flat_map(|i| vec![i as f32 + 1.0; d]).collect();
+    let f = Tensor::from_vec(rows, (5, d), &Device::Cpu)?;
+    let ncm = NcmHead::fit(&f, &[0, 0, 1, 1, 1], 2, NcmConfig::default())?;
+    // Mean 3; centred rows -2, -1, 0, 1, 2 (constant); normalised -1/√d, -1/√d,
+    // 0, 1/√d, 1/√d.
+    let s = 1.0 / (d as f32).sqrt();
+    let c = ncm.centroids().to_vec2::<f32>()?;
+    assert!(c[0].iter().all(|&v| (v + s).abs() < 1e-9));
+    assert!(c[1].iter().all(|&v| (v - 2.0 * s / 3.0).abs() < 1e-9));
+    assert!(ncm.feat_mean().to_vec1::<f32>()?.iter().all(|&v| v == 3.0));
+
+    let mut bad: Vec<f32> = vec![0.0; 5 * d];
+    bad[4 * d + 7] = f32::INFINITY;
+    let bad = Tensor::from_vec(bad, (5, d), &Device::Cpu)?;
+    assert!(matches!(
+        NcmHead::fit(&bad, &[0, 0, 1, 1, 1], 2, NcmConfig::default()),
+        Err(HeadError::NonFiniteFeature { row: 4, col: 7 })
+    ));
+    Ok(())
+}
