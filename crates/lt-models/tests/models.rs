@@ -471,3 +471,11 @@ fn train_mode_updates_buffers_and_eval_does_not() {
     let e3 = b.forward_t(&x, BnMode::Eval).unwrap();
     assert_ne!(bits(&tvalues(&e1)), bits(&tvalues(&e3)));
 }
+
+#[test]
+fn backbones_can_cross_threads() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<Backbone>();
+    assert_send_sync::<lt_models::ParamStore>();
+    assert_send_sync::<ModelError>();
+}
