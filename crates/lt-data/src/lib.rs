@@ -5,6 +5,7 @@ pub mod cifar;
 pub mod dataset;
 pub mod decode;
 pub mod error;
+pub mod fetch;
 pub mod fsutil;
 pub mod image_folder;
 pub mod loader;

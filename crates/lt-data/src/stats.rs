@@ -184,6 +184,73 @@ impl ClassStats {
         }
         sizes
     }
+
+    /// A printable summary (for a `split-stats` command): totals, imbalance
+    /// ratio, the rule, and group sizes; with the alternate flag (`{:#}`) also
+    /// one line per class with its name (when given), count and group.
+    pub fn summary<'a>(
+        &'a self,
+        rule: &'a GroupRule,
+        class_names: Option<&'a [String]>,
+    ) -> StatsSummary<'a> {
+        StatsSummary {
+            stats: self,
+            rule,
+            class_names,
+        }
+    }
+}
+
+/// Display adapter returned by [`ClassStats::summary`].
+#[derive(Debug, Clone, Copy)]
+pub struct StatsSummary<'a> {
+    stats: &'a ClassStats,
+    rule: &'a GroupRule,
+    class_names: Option<&'a [String]>,
+}
+
+impl std::fmt::Display for StatsSummary<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.stats;
+        let counts = s.counts();
+        let max = counts.iter().max().copied().unwrap_or(0);
+        let min = counts.iter().min().copied().unwrap_or(0);
+        writeln!(
+            f,
+            "classes {}, images {}, per class max {max} / min {min}, imbalance ratio {}",
+            s.num_classes(),
+            s.total(),
+            s.imbalance_ratio().map_or_else(
+                || "undefined (empty class)".to_string(),
+                |r| format!("{r:.2}")
+            )
+        )?;
+        writeln!(f, "groups by {}", self.rule)?;
+        let groups = s.groups(self.rule);
+        for g in ShotGroup::ALL {
+            let (classes, images) = groups
+                .iter()
+                .zip(counts)
+                .filter(|(gg, _)| **gg == g)
+                .fold((0, 0), |(c, n), (_, k)| (c + 1, n + k));
+            writeln!(
+                f,
+                "  {:<6} {classes:>6} classes {images:>9} images",
+                g.name()
+            )?;
+        }
+        if f.alternate() {
+            writeln!(f, "{:>6}  {:<24} {:>8}  group", "class", "name", "count")?;
+            for (c, (&n, g)) in counts.iter().zip(&groups).enumerate() {
+                let name = self
+                    .class_names
+                    .and_then(|names| names.get(c))
+                    .map_or("", String::as_str);
+                writeln!(f, "{c:>6}  {name:<24} {n:>8}  {}", g.name())?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -231,5 +298,24 @@ mod tests {
             medium_end: 7,
         };
         assert_eq!(s.group_sizes(&rule), [3, 4, 3]);
+    }
+    #[test]
+    fn summary_table() {
+        let s = ClassStats::from_counts(vec![500, 50, 5]);
+        let rule = GroupRule::default();
+        let names = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let short = s.summary(&rule, Some(&names)).to_string();
+        assert!(short.contains("classes 3, images 555"), "{short}");
+        assert!(short.contains("imbalance ratio 100.00"), "{short}");
+        assert!(
+            short.contains("many        1 classes       500 images"),
+            "{short}"
+        );
+        assert!(!short.contains("  b  "), "{short}");
+        let long = format!("{:#}", s.summary(&rule, Some(&names)));
+        assert!(
+            long.contains("     2  c                               5  few"),
+            "{long}"
+        );
     }
 }
