@@ -1,1 +1,37 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <command>` (an alias in
+//! `.cargo/config.toml` for `cargo run --release --package xtask --`).
+//!
+//! * `fetch-data`: download or take a local archive, verify its sha256,
+//!   unpack, index, and write the split lists (see [`fetch_data`]).
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+mod fetch_data;
+
+/// Project tasks.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", version, about = "Project tasks", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Fetch a dataset: verify, unpack, index and write its split lists.
+    FetchData(fetch_data::FetchDataArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match Cli::parse().command {
+        Command::FetchData(args) => fetch_data::run(args),
+    }
+}

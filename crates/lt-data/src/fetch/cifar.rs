@@ -16,9 +16,10 @@
 //! * `cifar100-jpg.tar.gz`: files keep the original Tiny Images names
 //!   (`apple_s_000022.jpg`), which carry no release index, so they are read
 //!   in name order: the subsets have the standard per-class counts but are
-//!   not LDAM-DRW's selection of images. (Its `train/train/` class also holds
-//!   600 images instead of 500; this is reported, and the subsets, which
-//!   take at most 500 per class, are unaffected in size.)
+//!   not LDAM-DRW's selection of images.
+//!
+//! Per-class counts that differ from the official 5000 / 500 (train) and
+//! 1000 / 100 (test) are reported as notes.
 
 use std::path::{Path, PathBuf};
 

@@ -155,11 +155,7 @@ fn for_each_wanted(
 }
 
 /// Checks a set of lists (train first) and returns the class count.
-fn check_lists(
-    spec: &ListSpec,
-    lists: &[ParsedList],
-    notes: &mut Vec<String>,
-) -> Result<usize> {
+fn check_lists(spec: &ListSpec, lists: &[ParsedList], notes: &mut Vec<String>) -> Result<usize> {
     let (_, train_path, train) = &lists[0];
     if train.is_empty() {
         return Err(DataError::EmptySplit {

@@ -237,7 +237,8 @@ pub struct FetchReport {
     /// The sources and how they were verified.
     pub sources: Vec<SourceRecord>,
     /// Things the user should know (assumptions, unverifiable digests, counts
-    /// that differ from the published ones).
+    /// that differ from the published ones); not logged here, for the caller
+    /// to show.
     pub notes: Vec<String>,
 }
 
@@ -354,9 +355,6 @@ pub fn fetch(opts: &FetchOptions, progress: &dyn Progress) -> Result<FetchReport
     })?;
     write_atomic(&marker_path, &json)?;
     report.already_complete = false;
-    for n in &report.notes {
-        tracing::warn!("{n}");
-    }
     Ok(report)
 }
 

@@ -171,12 +171,14 @@ pub(crate) fn download(url: &str, dest: &Path, progress: &dyn Progress) -> Resul
                 ),
             })
         }
-        Err(e) => return Err(DataError::Command {
-            command,
-            message: format!(
+        Err(e) => {
+            return Err(DataError::Command {
+                command,
+                message: format!(
                 "{e}; install curl, or download the file yourself and pass it with --source PATH"
             ),
-        }),
+            })
+        }
     }
     std::fs::rename(&part, dest).map_err(|e| DataError::io(dest, e))
 }
