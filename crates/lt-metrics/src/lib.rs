@@ -17,6 +17,12 @@
 //! without any evaluated class is `None`. Empty input, a label out of range and
 //! NaN or infinite logits are errors, never silent numbers.
 //!
+//! [`report`] turns a directory of runs (each with the `results.json` of
+//! `lt-cli eval`) into CSV / JSON / markdown tables with mean ± std over seeds
+//! and, with the default feature `plot`, the study's figures as PNG and SVG
+//! ([`plot`], drawn with an embedded font: no system font needed). Depend on
+//! `lt-metrics` with `default-features = false` to leave plotting out.
+//!
 //! ```
 //! use lt_data::stats::{ClassStats, GroupRule, GroupThresholds};
 //! use lt_metrics::{evaluate, markdown_table, mean_std};
@@ -51,6 +57,9 @@ mod calibration;
 mod confusion;
 mod error;
 mod evaluation;
+#[cfg(feature = "plot")]
+pub mod plot;
+pub mod report;
 mod rows;
 mod table;
 

@@ -1,0 +1,581 @@
+//! Tables and plots of a results directory: every run's metrics, the paper's
+//! Many / Medium / Few / All table with mean ± std over seeds, and the figures
+//! of the decoupling study.
+//!
+//! A *results directory* is any directory holding runs: directories with a
+//! [`RESULTS_FILE`] (`results.json`, written by `lt-cli eval`), at any depth.
+//! `cargo xtask sweep` adds a [`CELL_FILE`] (`cell.json`) to each run naming
+//! its dataset, sampler and seed in the grid; a run without one is grouped by
+//! its config name (as dataset) and its stage-1 sampler. [`regenerate`] reads
+//! them all and writes into `<results dir>/report/`:
+//!
+//! | file | content |
+//! |---|---|
+//! | `runs.csv`, `runs.json` | one row per run and head: Many / Medium / Few / All, top-5, macro accuracy, ECE, tau |
+//! | `summary.csv`, `summary.json` | mean and sample std over seeds per dataset, sampler and head |
+//! | `summary.md` | the paper's tables (percent, mean ± std) and links to the plots |
+//! | `plots/<dataset>/per_class_<sampler>.{png,svg}` | per-class accuracy against class rank by training count, one line per head |
+//! | `plots/<dataset>/tau_<sampler>.{png,svg}` | tau-norm accuracy (many / medium / few / all) against tau |
+//! | `plots/<dataset>/weight_norms_<sampler>.{png,svg}` | classifier weight norm per class for joint, cRT, tau-norm and LWS |
+//! | `plots/<dataset>/samplers.{png,svg}` | stage-1 sampler x head, one panel per group |
+//!
+//! Plots average over seeds (per class, per tau). Weight norms come from the
+//! checkpoints named in `results.json` (looked up first in the run's own
+//! `checkpoints/` directory, so a moved results directory still works): a
+//! missing checkpoint is a warning in [`ReportSummary::warnings`], not an
+//! error. Without the `plot` feature only the tables are written.
+//!
+//! ```
+//! use lt_metrics::report::{regenerate, RESULTS_FILE};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let run = dir.path().join("cifar/ib/seed0");
+//! std::fs::create_dir_all(&run).unwrap();
+//! std::fs::write(run.join(RESULTS_FILE), r#"{
+//!     "config_name": "cifar", "seed": 0, "sampler": "instance_balanced",
+//!     "sampler_config": {"kind": "instance_balanced"}, "split": "test",
+//!     "train_class_counts": [500, 50, 5],
+//!     "heads": [{"head": "joint", "evaluation": {
+//!         "top1": 0.5, "many": 0.9, "medium": 0.5, "few": 0.1,
+//!         "per_class": [0.9, 0.5, 0.1]}}]
+//! }"#).unwrap();
+//! let summary = regenerate(dir.path()).unwrap();
+//! assert_eq!(summary.runs, 1);
+//! let table = std::fs::read_to_string(dir.path().join("report/summary.md")).unwrap();
+//! assert!(table.contains("| IB | Joint | 90.0 | 50.0 | 10.0 | 50.0 | 1 |"));
+//! ```
+
+mod input;
+mod norms;
+mod tables;
+
+#[cfg(feature = "plot")]
+mod figures;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+pub use input::{
+    find_runs, CellInfo, GroupMetrics, HeadEntry, HeadMetrics, ResultsFile, TauPointEntry,
+    TauSweepEntry, CELL_FILE, RESULTS_FILE,
+};
+pub use norms::{head_norms, read_tensor, row_norms};
+pub use tables::{runs_csv, summary_csv, summary_markdown, RunRow};
+
+use crate::mean_std;
+
+/// Directory, inside the results directory, the report is written to.
+pub const REPORT_DIR: &str = "report";
+
+/// Heads in the paper's order.
+pub const HEAD_ORDER: [&str; 5] = ["joint", "ncm", "crt", "tau_norm", "lws"];
+
+/// Stage-1 sampler kinds in the paper's order, with their short names.
+const SAMPLER_KINDS: [(&str, &str); 4] = [
+    ("instance_balanced", "IB"),
+    ("class_balanced", "CB"),
+    ("square_root", "SR"),
+    ("progressively_balanced", "PB"),
+];
+
+/// What can go wrong while building a report.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// A file or directory could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A results or cell file is not JSON of the expected shape (or a report
+    /// file could not be serialised).
+    #[error("{}: {message}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        message: String,
+    },
+    /// The directory holds no run.
+    #[error("no {RESULTS_FILE} under {} (run `lt-cli eval` or `cargo xtask sweep` first)", .0.display())]
+    NoRuns(PathBuf),
+    /// A checkpoint could not be read for the classifier weight norms.
+    #[error("checkpoint {}: {message}", path.display())]
+    Checkpoint {
+        /// The checkpoint.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A plot could not be drawn or encoded.
+    #[error("plot: {0}")]
+    Plot(String),
+}
+
+impl ReportError {
+    /// Names the output file in a plot error.
+    #[cfg(feature = "plot")]
+    pub(crate) fn with_path(self, path: &Path) -> Self {
+        match self {
+            ReportError::Plot(m) => ReportError::Plot(format!("{}: {m}", path.display())),
+            other => other,
+        }
+    }
+}
+
+/// Writes a file atomically (temp file, then rename).
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+    lt_data::fsutil::write_atomic(path, bytes).map_err(|e| ReportError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// The paper's name of a head (`Joint`, `NCM`, `cRT`, `τ-norm`, `LWS`); other
+/// names are returned as they are.
+pub fn head_label(head: &str) -> &str {
+    match head {
+        "joint" => "Joint",
+        "ncm" => "NCM",
+        "crt" => "cRT",
+        "tau_norm" => "τ-norm",
+        "lws" => "LWS",
+        other => other,
+    }
+}
+
+/// A file-name-safe form of a dataset or sampler key: ASCII letters,
+/// digits, `-`, `_` and `.` are kept, anything else becomes `_`.
+pub fn slug(key: &str) -> String {
+    let s: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s.chars().all(|c| c == '.') {
+        "_".into()
+    } else {
+        s
+    }
+}
+
+/// Position of a head in tables: the paper's order, then others by name.
+fn head_rank(head: &str) -> usize {
+    HEAD_ORDER
+        .iter()
+        .position(|h| *h == head)
+        .unwrap_or(HEAD_ORDER.len())
+}
+
+/// One run, with its place in the grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// Dataset key.
+    pub dataset: String,
+    /// Table position of the dataset.
+    pub dataset_order: usize,
+    /// Sampler key.
+    pub sampler: String,
+    /// Sampler name in tables and plots.
+    pub sampler_label: String,
+    /// Table position of the sampler.
+    pub sampler_order: usize,
+    /// Seed.
+    pub seed: u64,
+    /// The parsed `results.json`.
+    pub results: ResultsFile,
+    /// Classifier weight norm per class, by head (joint, crt, tau_norm, lws
+    /// where available).
+    pub weight_norms: BTreeMap<String, Vec<f64>>,
+    /// What could not be read (missing checkpoints), in words.
+    pub warnings: Vec<String>,
+}
+
+impl Run {
+    /// Training images per class, when the results carry them.
+    pub fn train_counts(&self) -> Option<&[usize]> {
+        self.results.train_class_counts.as_deref()
+    }
+
+    /// The reported split (`test`, `val`, or `?` when unknown).
+    pub fn split(&self) -> &str {
+        self.results.split.as_deref().unwrap_or("?")
+    }
+}
+
+/// Where a checkpoint named in `results.json` is: the run's own
+/// `checkpoints/<file name>` first (the results directory may have moved),
+/// then the path as written (relative to the current directory).
+fn resolve_checkpoint(run_dir: &Path, written: &str) -> Option<PathBuf> {
+    let written = Path::new(written);
+    let local = written
+        .file_name()
+        .map(|f| run_dir.join("checkpoints").join(f));
+    local
+        .into_iter()
+        .chain(std::iter::once(written.to_path_buf()))
+        .find(|p| p.is_file())
+}
+
+/// Short sampler key, label and order from the results of a run outside a
+/// grid.
+fn sampler_of(r: &ResultsFile) -> (String, String, usize) {
+    let kind = r
+        .sampler_config
+        .as_ref()
+        .and_then(|v| v.get("kind"))
+        .and_then(|k| k.as_str())
+        .map(str::to_string)
+        .or_else(|| {
+            r.sampler
+                .as_deref()
+                .map(|s| s.split('(').next().unwrap_or(s).to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let key = r.sampler.clone().unwrap_or_else(|| kind.clone());
+    match SAMPLER_KINDS.iter().position(|(k, _)| *k == kind) {
+        Some(i) => (key, SAMPLER_KINDS[i].1.to_string(), i),
+        None => (key.clone(), key, SAMPLER_KINDS.len()),
+    }
+}
+
+/// Reads one run directory: `results.json`, `cell.json` if present, and the
+/// classifier weight norms.
+pub fn load_run(dir: &Path) -> Result<Run, ReportError> {
+    let results: ResultsFile = input::read_json(&dir.join(RESULTS_FILE))?;
+    let cell_path = dir.join(CELL_FILE);
+    let cell: Option<CellInfo> = if cell_path.is_file() {
+        Some(input::read_json(&cell_path)?)
+    } else {
+        None
+    };
+    let (dataset, dataset_order, sampler, sampler_label, sampler_order, seed) = match cell {
+        Some(c) => (
+            c.dataset,
+            c.dataset_order,
+            c.sampler.clone(),
+            c.sampler_label.unwrap_or(c.sampler),
+            c.sampler_order,
+            c.seed,
+        ),
+        None => {
+            let (key, label, order) = sampler_of(&results);
+            let dataset = results.config_name.clone().unwrap_or_else(|| {
+                dir.file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "results".into())
+            });
+            (dataset, 0, key, label, order, results.seed.unwrap_or(0))
+        }
+    };
+    let mut weight_norms = BTreeMap::new();
+    let mut warnings = Vec::new();
+    for h in &results.heads {
+        if let Some(n) = &h.weight_norms {
+            weight_norms.insert(h.head.clone(), n.clone());
+            continue;
+        }
+        if !matches!(h.head.as_str(), "joint" | "crt" | "tau_norm" | "lws") {
+            continue;
+        }
+        let Some(written) = &h.checkpoint else {
+            warnings.push(format!(
+                "{}: head `{}` names no checkpoint; no weight norms",
+                dir.display(),
+                h.head
+            ));
+            continue;
+        };
+        let Some(path) = resolve_checkpoint(dir, written) else {
+            warnings.push(format!(
+                "{}: checkpoint `{written}` of head `{}` not found; no weight norms",
+                dir.display(),
+                h.head
+            ));
+            continue;
+        };
+        match head_norms(&h.head, &path, h.tau) {
+            Ok(Some(n)) => {
+                weight_norms.insert(h.head.clone(), n);
+            }
+            Ok(None) => {}
+            Err(e) => warnings.push(format!("head `{}`: {e}", h.head)),
+        }
+    }
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(Run {
+        dir: dir.to_path_buf(),
+        dataset,
+        dataset_order,
+        sampler,
+        sampler_label,
+        sampler_order,
+        seed,
+        results,
+        weight_norms,
+        warnings,
+    })
+}
+
+/// Every run under `root` (see [`find_runs`]), sorted by dataset, sampler
+/// and seed in grid order. Sampler names that two different samplers share
+/// within a dataset get their key appended.
+pub fn load_runs(root: &Path) -> Result<Vec<Run>, ReportError> {
+    let mut runs = find_runs(root)?
+        .iter()
+        .map(|d| load_run(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    runs.sort_by(|a, b| {
+        (
+            a.dataset_order,
+            &a.dataset,
+            a.sampler_order,
+            &a.sampler,
+            a.seed,
+        )
+            .cmp(&(
+                b.dataset_order,
+                &b.dataset,
+                b.sampler_order,
+                &b.sampler,
+                b.seed,
+            ))
+    });
+    let mut keys_of_label: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for r in &runs {
+        let keys = keys_of_label
+            .entry((r.dataset.clone(), r.sampler_label.clone()))
+            .or_default();
+        if !keys.contains(&r.sampler) {
+            keys.push(r.sampler.clone());
+        }
+    }
+    for r in &mut runs {
+        if keys_of_label[&(r.dataset.clone(), r.sampler_label.clone())].len() > 1 {
+            r.sampler_label = format!("{} [{}]", r.sampler_label, r.sampler);
+        }
+    }
+    Ok(runs)
+}
+
+/// Mean, sample standard deviation and count of a metric over seeds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Stat {
+    /// Mean.
+    pub mean: f64,
+    /// Sample standard deviation (0 for one value).
+    pub std: f64,
+    /// Number of values.
+    pub n: usize,
+}
+
+impl Stat {
+    /// The statistic of the finite values, `None` when there is none.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Stat> {
+        let v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        let (mean, std) = mean_std(&v);
+        Some(Stat {
+            mean,
+            std,
+            n: v.len(),
+        })
+    }
+}
+
+/// One head of one sampler of one dataset, over seeds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SummaryRow {
+    /// Dataset key.
+    pub dataset: String,
+    /// Sampler key.
+    pub sampler: String,
+    /// Sampler name.
+    pub sampler_label: String,
+    /// Head key.
+    pub head: String,
+    /// Head name.
+    pub head_label: String,
+    /// Reported split(s), `/`-separated when runs differ.
+    pub split: String,
+    /// Seeds of the runs.
+    pub seeds: Vec<u64>,
+    /// Many-shot accuracy.
+    pub many: Option<Stat>,
+    /// Medium-shot accuracy.
+    pub medium: Option<Stat>,
+    /// Few-shot accuracy.
+    pub few: Option<Stat>,
+    /// Micro top-1 ("All").
+    pub all: Option<Stat>,
+    /// Chosen tau (tau-norm only).
+    pub tau: Option<Stat>,
+}
+
+/// Runs with the same dataset and sampler, in order.
+pub(crate) fn groups(runs: &[Run]) -> Vec<&[Run]> {
+    runs.chunk_by(|a, b| a.dataset == b.dataset && a.sampler == b.sampler)
+        .collect()
+}
+
+/// Heads present in any of `runs`, in table order.
+pub(crate) fn heads_of<'a>(runs: impl IntoIterator<Item = &'a Run>) -> Vec<String> {
+    let mut heads: Vec<String> = Vec::new();
+    for r in runs {
+        for h in &r.results.heads {
+            if !heads.contains(&h.head) {
+                heads.push(h.head.clone());
+            }
+        }
+    }
+    heads.sort_by(|a, b| (head_rank(a), a).cmp(&(head_rank(b), b)));
+    heads
+}
+
+/// Label of a head in a group of runs: the results' own label if any.
+pub(crate) fn label_in(runs: &[Run], head: &str) -> String {
+    runs.iter()
+        .flat_map(|r| &r.results.heads)
+        .find(|h| h.head == head)
+        .and_then(|h| h.label.clone())
+        .unwrap_or_else(|| head_label(head).to_string())
+}
+
+/// Mean ± std over seeds of every dataset, sampler and head (runs as
+/// [`load_runs`] orders them).
+pub fn summarize(runs: &[Run]) -> Vec<SummaryRow> {
+    let mut rows = Vec::new();
+    for g in groups(runs) {
+        let mut splits: Vec<&str> = g.iter().map(Run::split).collect();
+        splits.dedup();
+        for head in heads_of(g) {
+            let entries: Vec<(&Run, &HeadEntry)> = g
+                .iter()
+                .filter_map(|r| {
+                    r.results
+                        .heads
+                        .iter()
+                        .find(|h| h.head == head)
+                        .map(|h| (r, h))
+                })
+                .collect();
+            let metric = |f: fn(&HeadMetrics) -> Option<f64>| {
+                Stat::of(entries.iter().filter_map(|(_, h)| f(&h.evaluation)))
+            };
+            rows.push(SummaryRow {
+                dataset: g[0].dataset.clone(),
+                sampler: g[0].sampler.clone(),
+                sampler_label: g[0].sampler_label.clone(),
+                head_label: label_in(g, &head),
+                split: splits.join("/"),
+                seeds: entries.iter().map(|(r, _)| r.seed).collect(),
+                many: metric(|e| e.many),
+                medium: metric(|e| e.medium),
+                few: metric(|e| e.few),
+                all: metric(|e| Some(e.top1)),
+                tau: Stat::of(entries.iter().filter_map(|(_, h)| h.tau)),
+                head,
+            });
+        }
+    }
+    rows
+}
+
+/// What [`regenerate`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportSummary {
+    /// `<results dir>/report`.
+    pub out_dir: PathBuf,
+    /// Number of runs read.
+    pub runs: usize,
+    /// The seed statistics behind the tables.
+    pub rows: Vec<SummaryRow>,
+    /// Table files (CSV, JSON, markdown).
+    pub tables: Vec<PathBuf>,
+    /// Plot files (PNG and SVG; empty without the `plot` feature).
+    pub plots: Vec<PathBuf>,
+    /// What was left out (e.g. weight norms of a missing checkpoint).
+    pub warnings: Vec<String>,
+}
+
+/// Reads every run under `results_dir` and writes the tables and plots into
+/// `<results_dir>/report/` (see the module docs). Fails when there is no run,
+/// a results file is malformed, or a file cannot be written.
+pub fn regenerate(results_dir: &Path) -> Result<ReportSummary, ReportError> {
+    let runs = load_runs(results_dir)?;
+    if runs.is_empty() {
+        return Err(ReportError::NoRuns(results_dir.to_path_buf()));
+    }
+    let out_dir = results_dir.join(REPORT_DIR);
+    let rows = summarize(&runs);
+    let mut warnings: Vec<String> = runs.iter().flat_map(|r| r.warnings.clone()).collect();
+
+    #[cfg(feature = "plot")]
+    let plots = figures::write_plots(&runs, &out_dir.join("plots"), &mut warnings)?;
+    #[cfg(not(feature = "plot"))]
+    let plots: Vec<PathBuf> = {
+        warnings.push("no plots: lt-metrics was built without its `plot` feature".into());
+        Vec::new()
+    };
+
+    let run_rows = RunRow::from_runs(&runs, results_dir);
+    let files: [(&str, Vec<u8>); 5] = [
+        ("runs.csv", runs_csv(&run_rows).into_bytes()),
+        ("runs.json", to_json(&out_dir.join("runs.json"), &run_rows)?),
+        ("summary.csv", summary_csv(&rows).into_bytes()),
+        (
+            "summary.json",
+            to_json(&out_dir.join("summary.json"), &rows)?,
+        ),
+        (
+            "summary.md",
+            summary_markdown(&runs, &rows, &plots, &out_dir, results_dir).into_bytes(),
+        ),
+    ];
+    let mut tables = Vec::new();
+    for (name, bytes) in files {
+        let path = out_dir.join(name);
+        write_file(&path, &bytes)?;
+        tables.push(path);
+    }
+    tracing::info!(
+        runs = runs.len(),
+        rows = rows.len(),
+        plots = plots.len(),
+        out = %out_dir.display(),
+        "report written"
+    );
+    Ok(ReportSummary {
+        out_dir,
+        runs: runs.len(),
+        rows,
+        tables,
+        plots,
+        warnings,
+    })
+}
+
+/// Pretty JSON with a final newline (non-finite numbers become `null`).
+fn to_json<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, ReportError> {
+    let mut b = serde_json::to_vec_pretty(value).map_err(|e| ReportError::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    b.push(b'\n');
+    Ok(b)
+}

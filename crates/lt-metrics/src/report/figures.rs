@@ -1,0 +1,388 @@
+//! The report's figures, built from runs and drawn with [`crate::plot`].
+
+use std::path::{Path, PathBuf};
+
+use super::{groups, heads_of, label_in, slug, summarize, ReportError, Run, HEAD_ORDER};
+use crate::plot::{save, Figure, LegendPosition, Panel, Series, PALETTE};
+
+/// Heads whose classifier weights the weight-norm plot compares.
+const NORM_HEADS: [&str; 4] = ["joint", "crt", "tau_norm", "lws"];
+
+/// Above this many classes the per-class curves are smoothed, or a
+/// thousand-class plot is a solid band.
+const SMOOTH_ABOVE: usize = 200;
+
+/// Writes every figure of `runs` under `plots_dir/<dataset>/` and returns the
+/// files. Figures that lack their data (no tau sweep, no weight norms) are
+/// skipped with a warning.
+pub(crate) fn write_plots(
+    runs: &[Run],
+    plots_dir: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<PathBuf>, ReportError> {
+    let mut files = Vec::new();
+    for ds in runs.chunk_by(|a, b| a.dataset == b.dataset) {
+        let dir = plots_dir.join(slug(&ds[0].dataset));
+        for g in groups(ds) {
+            let tag = slug(&g[0].sampler);
+            let what = format!("{} / {}", g[0].dataset, g[0].sampler_label);
+            let figures = [
+                ("per_class", per_class_figure(g), "per-class accuracies"),
+                ("tau", tau_figure(g), "tau sweep"),
+                ("weight_norms", norms_figure(g), "classifier weight norms"),
+            ];
+            for (name, fig, missing) in figures {
+                match fig {
+                    Some(fig) => files.extend(save(&fig, &dir.join(format!("{name}_{tag}")))?),
+                    None => warnings.push(format!("{what}: no {missing}; plot `{name}` skipped")),
+                }
+            }
+        }
+        files.extend(save(&sampler_figure(ds), &dir.join("samplers"))?);
+    }
+    Ok(files)
+}
+
+/// Colour of a head, the same in every figure.
+fn head_color(head: &str, heads: &[String]) -> [u8; 3] {
+    match HEAD_ORDER.iter().position(|h| *h == head) {
+        Some(i) => PALETTE[i],
+        None => {
+            let extra = heads
+                .iter()
+                .filter(|h| !HEAD_ORDER.contains(&h.as_str()))
+                .position(|h| h == head)
+                .unwrap_or(0);
+            PALETTE[HEAD_ORDER.len() + extra % (PALETTE.len() - HEAD_ORDER.len())]
+        }
+    }
+}
+
+/// Class indices by training count, largest first (ties by index), when the
+/// runs carry counts for `classes` classes.
+fn class_order(g: &[Run], classes: usize) -> Option<Vec<usize>> {
+    let counts = g
+        .iter()
+        .filter_map(Run::train_counts)
+        .find(|c| c.len() == classes)?;
+    let mut order: Vec<usize> = (0..classes).collect();
+    order.sort_by_key(|&j| (std::cmp::Reverse(counts[j]), j));
+    Some(order)
+}
+
+/// Element-wise mean of equally long vectors, ignoring non-finite values.
+fn mean_of(vectors: &[&[f64]]) -> Vec<f64> {
+    let len = vectors.first().map_or(0, |v| v.len());
+    (0..len)
+        .map(|j| {
+            let (sum, n) = vectors
+                .iter()
+                .map(|v| v[j])
+                .filter(|x| x.is_finite())
+                .fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+            if n == 0 {
+                f64::NAN
+            } else {
+                sum / n as f64
+            }
+        })
+        .collect()
+}
+
+/// Centred moving average over `window` values (finite ones only).
+fn smooth(values: &[f64], window: usize) -> Vec<f64> {
+    if window <= 1 {
+        return values.to_vec();
+    }
+    let half = window / 2;
+    (0..values.len())
+        .map(|i| {
+            let lo = i.saturating_sub(half);
+            let hi = (i + half + 1).min(values.len());
+            let win: Vec<f64> = values[lo..hi]
+                .iter()
+                .copied()
+                .filter(|x| x.is_finite())
+                .collect();
+            if win.is_empty() {
+                f64::NAN
+            } else {
+                win.iter().sum::<f64>() / win.len() as f64
+            }
+        })
+        .collect()
+}
+
+/// Per-class values in class order, as plot points `(rank, scale * value)`.
+fn ranked(values: &[f64], order: &[usize], window: usize, scale: f64) -> Vec<(f64, f64)> {
+    let sorted: Vec<f64> = order.iter().map(|&j| values[j]).collect();
+    smooth(&sorted, window)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (i as f64, scale * v))
+        .collect()
+}
+
+fn seeds_note(n: usize) -> String {
+    if n == 1 {
+        "1 seed".into()
+    } else {
+        format!("mean of {n} seeds")
+    }
+}
+
+/// The class axis of per-class figures: order, window and x description.
+fn class_axis(g: &[Run], classes: usize) -> (Vec<usize>, usize, String) {
+    let window = if classes > SMOOTH_ABOVE {
+        (classes / 100) | 1
+    } else {
+        1
+    };
+    let (order, mut x) = match class_order(g, classes) {
+        Some(o) => (o, "class rank by training images (0 = most)".to_string()),
+        None => ((0..classes).collect(), "class index".to_string()),
+    };
+    if window > 1 {
+        x.push_str(&format!(", moving average of {window} classes"));
+    }
+    (order, window, x)
+}
+
+/// (1) Per-class accuracy against class rank, one line per head.
+fn per_class_figure(g: &[Run]) -> Option<Figure> {
+    let heads = heads_of(g);
+    let classes = g
+        .iter()
+        .flat_map(|r| &r.results.heads)
+        .map(|h| h.evaluation.per_class.len())
+        .find(|&c| c > 0)?;
+    let (order, window, x_label) = class_axis(g, classes);
+    let mut panel = Panel::new(
+        format!(
+            "{}, {}: per-class accuracy ({}, {})",
+            g[0].dataset,
+            g[0].sampler_label,
+            g[0].split(),
+            seeds_note(g.len())
+        ),
+        x_label,
+        "accuracy (%)",
+    );
+    panel.y_range = Some((-2.0, 102.0));
+    for head in &heads {
+        let curves: Vec<&[f64]> = g
+            .iter()
+            .flat_map(|r| r.results.heads.iter().filter(|h| &h.head == head))
+            .map(|h| h.evaluation.per_class.as_slice())
+            .filter(|c| c.len() == classes)
+            .collect();
+        if curves.is_empty() {
+            continue;
+        }
+        panel.series.push(Series::new(
+            label_in(g, head),
+            head_color(head, &heads),
+            ranked(&mean_of(&curves), &order, window, 100.0),
+        ));
+    }
+    (!panel.series.is_empty()).then(|| Figure::single(panel))
+}
+
+/// (2) Tau-norm accuracy of many / medium / few / all against tau.
+fn tau_figure(g: &[Run]) -> Option<Figure> {
+    let sweeps: Vec<_> = g
+        .iter()
+        .filter_map(|r| r.results.tau_sweep.as_ref())
+        .filter(|s| !s.curve.is_empty())
+        .collect();
+    let first = sweeps.first()?;
+    let on_report = first.curve.iter().all(|p| p.report.is_some());
+    let split = if on_report {
+        first.report_split.as_deref()
+    } else {
+        first.select_split.as_deref()
+    }
+    .unwrap_or("?")
+    .to_string();
+    type Pick = fn(&super::GroupMetrics) -> Option<f64>;
+    let metrics: [(&str, Pick, [u8; 3]); 4] = [
+        ("Many", |m| m.many, PALETTE[0]),
+        ("Medium", |m| m.medium, PALETTE[1]),
+        ("Few", |m| m.few, PALETTE[2]),
+        ("All", |m| Some(m.top1), [0, 0, 0]),
+    ];
+    let mut panel = Panel::new(
+        format!(
+            "{}, {}: τ-norm accuracy against τ ({split}, {})",
+            g[0].dataset,
+            g[0].sampler_label,
+            seeds_note(sweeps.len())
+        ),
+        "τ",
+        "accuracy (%)",
+    );
+    panel.legend = LegendPosition::LowerRight;
+    for (name, pick, color) in metrics {
+        let points = first
+            .curve
+            .iter()
+            .map(|p0| {
+                let values: Vec<f64> = sweeps
+                    .iter()
+                    .filter_map(|s| s.curve.iter().find(|p| (p.tau - p0.tau).abs() < 1e-9))
+                    .filter_map(|p| {
+                        let m = if on_report {
+                            p.report.as_ref()
+                        } else {
+                            Some(&p.select)
+                        };
+                        m.and_then(pick)
+                    })
+                    .collect();
+                let mean = super::Stat::of(values).map_or(f64::NAN, |s| s.mean);
+                (p0.tau, 100.0 * mean)
+            })
+            .collect();
+        let mut s = Series::new(name, color, points);
+        s.markers = true;
+        panel.series.push(s);
+    }
+    let chosen: Vec<f64> = sweeps.iter().filter_map(|s| s.chosen).collect();
+    if let Some(t) = super::Stat::of(chosen) {
+        let select = first.select_split.as_deref().unwrap_or("val");
+        panel.marker = Some((t.mean, format!(" chosen τ = {:.2} (on {select})", t.mean)));
+    }
+    Some(Figure::single(panel))
+}
+
+/// (3) Classifier weight norm per class for joint, cRT, tau-norm and LWS.
+fn norms_figure(g: &[Run]) -> Option<Figure> {
+    let heads = heads_of(g);
+    let classes = g
+        .iter()
+        .flat_map(|r| r.weight_norms.values())
+        .map(Vec::len)
+        .find(|&c| c > 0)?;
+    let (order, window, x_label) = class_axis(g, classes);
+    let mut panel = Panel::new(
+        format!(
+            "{}, {}: classifier weight norm per class ({})",
+            g[0].dataset,
+            g[0].sampler_label,
+            seeds_note(g.len())
+        ),
+        x_label,
+        "L2 norm of the class weight",
+    );
+    for head in NORM_HEADS {
+        let norms: Vec<&[f64]> = g
+            .iter()
+            .filter_map(|r| r.weight_norms.get(head))
+            .map(Vec::as_slice)
+            .filter(|n| n.len() == classes)
+            .collect();
+        if norms.is_empty() {
+            continue;
+        }
+        panel.series.push(Series::new(
+            label_in(g, head),
+            head_color(head, &heads),
+            ranked(&mean_of(&norms), &order, window, 1.0),
+        ));
+    }
+    (!panel.series.is_empty()).then(|| Figure::single(panel))
+}
+
+/// (4) Stage-1 sampler x head: one panel per group, samplers on x, one line
+/// per head, error bars of one standard deviation over seeds.
+fn sampler_figure(ds: &[Run]) -> Figure {
+    let rows = summarize(ds);
+    let samplers = groups(ds);
+    let heads = heads_of(ds);
+    let categories: Vec<String> = samplers
+        .iter()
+        .map(|g| g[0].sampler_label.clone())
+        .collect();
+    type Pick = fn(&super::SummaryRow) -> Option<super::Stat>;
+    let groups_of: [(&str, Pick); 4] = [
+        ("Many", |r| r.many),
+        ("Medium", |r| r.medium),
+        ("Few", |r| r.few),
+        ("All", |r| r.all),
+    ];
+    let mut split: Vec<&str> = ds.iter().map(Run::split).collect();
+    split.sort();
+    split.dedup();
+    let panels = groups_of
+        .iter()
+        .enumerate()
+        .map(|(k, (name, pick))| {
+            let mut panel = Panel::new(*name, "stage-1 sampler", "accuracy (%)");
+            panel.categories = Some(categories.clone());
+            panel.legend = if k == 0 {
+                LegendPosition::LowerRight
+            } else {
+                LegendPosition::Hidden
+            };
+            for head in &heads {
+                let stats: Vec<Option<super::Stat>> = samplers
+                    .iter()
+                    .map(|g| {
+                        rows.iter()
+                            .find(|r| r.sampler == g[0].sampler && &r.head == head)
+                            .and_then(pick)
+                    })
+                    .collect();
+                let mut s = Series::new(
+                    label_in(ds, head),
+                    head_color(head, &heads),
+                    stats
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| (i as f64, s.map_or(f64::NAN, |s| 100.0 * s.mean)))
+                        .collect(),
+                );
+                s.markers = true;
+                s.error = Some(
+                    stats
+                        .iter()
+                        .map(|s| s.map_or(f64::NAN, |s| 100.0 * s.std))
+                        .collect(),
+                );
+                panel.series.push(s);
+            }
+            panel
+        })
+        .collect();
+    Figure {
+        title: format!(
+            "{}: stage-1 sampler × classifier ({}, mean ± std over seeds)",
+            ds[0].dataset,
+            split.join(", ")
+        ),
+        panels,
+        columns: 2,
+        size: (1200, 860),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn means_and_smoothing_skip_gaps() {
+        let a = [1.0, f64::NAN, 3.0];
+        let b = [3.0, f64::NAN, 5.0];
+        let m = mean_of(&[&a, &b]);
+        assert_eq!(m[0], 2.0);
+        assert!(m[1].is_nan());
+        assert_eq!(m[2], 4.0);
+        assert_eq!(smooth(&[1.0, 2.0, 3.0, 10.0], 3), vec![1.5, 2.0, 5.0, 6.5]);
+        assert_eq!(smooth(&[1.0, f64::NAN, 3.0], 3), vec![1.0, 2.0, 3.0]);
+        assert_eq!(
+            ranked(&[0.1, 0.9, 0.5], &[1, 2, 0], 1, 100.0),
+            vec![(0.0, 90.0), (1.0, 50.0), (2.0, 10.0)]
+        );
+    }
+}

@@ -1,0 +1,464 @@
+//! Tables and plots of a results directory built here: two samplers x two
+//! seeds x five heads on a 20-class long-tailed set, with real `Evaluation`s,
+//! tau sweeps and safetensors checkpoints, laid out as `cargo xtask sweep`
+//! and `lt-cli eval` write them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use lt_data::stats::{ClassStats, GroupRule};
+use lt_metrics::report::{self, CellInfo, ReportError, CELL_FILE, RESULTS_FILE};
+use lt_metrics::{evaluate, Evaluation};
+use serde_json::json;
+
+const C: usize = 20;
+const TEST_PER_CLASS: usize = 10;
+
+/// Training counts 400 * 0.75^j: many (> 100), medium and few (< 20) classes.
+fn train_counts() -> Vec<usize> {
+    (0..C)
+        .map(|j| (400.0 * 0.75f64.powi(j as i32)).round() as usize)
+        .collect()
+}
+
+/// An evaluation whose class j has accuracy `acc(j)` (in tenths).
+fn evaluation(acc: impl Fn(usize) -> f64) -> Evaluation {
+    let mut logits = Vec::new();
+    let mut labels = Vec::new();
+    for y in 0..C {
+        let correct = (acc(y) * TEST_PER_CLASS as f64).round() as usize;
+        for i in 0..TEST_PER_CLASS {
+            let pred = if i < correct { y } else { (y + 1) % C };
+            let mut row = vec![0.0f32; C];
+            row[pred] = 1.0;
+            logits.extend(row);
+            labels.push(y as u32);
+        }
+    }
+    let stats = ClassStats::from_counts(train_counts());
+    evaluate(&logits, C, &labels, &stats, &GroupRule::default()).unwrap()
+}
+
+fn write_checkpoint(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, v)| {
+            (
+                n.to_string(),
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let meta = HashMap::from([("lt_train".to_string(), "{}".to_string())]);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(
+        path,
+        safetensors::tensor::serialize(views, Some(meta)).unwrap(),
+    )
+    .unwrap();
+}
+
+/// `fc.weight` (C, 4) whose row j has norm `norm(j)`.
+fn fc_weight(norm: impl Fn(usize) -> f32) -> Vec<f32> {
+    (0..C).flat_map(|j| [norm(j), 0.0, 0.0, 0.0]).collect()
+}
+
+/// Accuracy of class j for a head; the shift makes samplers and seeds differ.
+fn head_acc(head: &str, j: usize, shift: f64) -> f64 {
+    let r = j as f64 / (C - 1) as f64;
+    let a = match head {
+        "joint" => 0.95 - 0.9 * r,
+        "ncm" => 0.8 - 0.5 * r,
+        "crt" => 0.85 - 0.5 * r,
+        "tau_norm" => 0.85 - 0.45 * r,
+        _ => 0.86 - 0.46 * r,
+    };
+    (a + shift).clamp(0.0, 1.0)
+}
+
+/// Writes one run directory; returns it.
+fn write_run(root: &Path, sampler: (&str, &str, usize), seed: u64, with_cell: bool) -> PathBuf {
+    let (key, kind, order) = sampler;
+    let dir = root.join("cifar20").join(key).join(format!("seed{seed}"));
+    let ck = dir.join("checkpoints");
+    let shift = 0.02 * seed as f64 - 0.05 * order as f64;
+    write_checkpoint(
+        &ck.join("stage1_best.safetensors"),
+        &[
+            ("conv1.weight", vec![2], vec![1.0, 1.0]),
+            ("fc.weight", vec![C, 4], fc_weight(|j| 3.0 - 0.1 * j as f32)),
+            ("fc.bias", vec![C], vec![0.0; C]),
+        ],
+    );
+    write_checkpoint(
+        &ck.join("crt_best.safetensors"),
+        &[(
+            "fc.weight",
+            vec![C, 4],
+            fc_weight(|j| 1.0 + 0.01 * j as f32),
+        )],
+    );
+    write_checkpoint(
+        &ck.join("lws_best.safetensors"),
+        &[
+            ("fc.weight", vec![C, 4], fc_weight(|j| 3.0 - 0.1 * j as f32)),
+            (
+                "fc.scales",
+                vec![C],
+                (0..C).map(|j| 1.0 + 0.05 * j as f32).collect(),
+            ),
+        ],
+    );
+    // Written as lt-cli writes it: a path relative to the directory the
+    // command ran in, which the report does not share.
+    let written = |f: &str| format!("runs/elsewhere/checkpoints/{f}");
+    let heads: Vec<serde_json::Value> = ["joint", "ncm", "crt", "tau_norm", "lws"]
+        .iter()
+        .map(|h| {
+            let ck = match *h {
+                "crt" => written("crt_best.safetensors"),
+                "lws" => written("lws_best.safetensors"),
+                _ => written("stage1_best.safetensors"),
+            };
+            json!({
+                "head": h,
+                "checkpoint": ck,
+                "epoch": 3,
+                "split": "test",
+                "evaluation": evaluation(|j| head_acc(h, j, shift)),
+                "val": null,
+                "tau": if *h == "tau_norm" { json!(0.9) } else { json!(null) },
+                "ncm": null,
+            })
+        })
+        .collect();
+    let curve: Vec<serde_json::Value> = (0..=10)
+        .map(|i| {
+            let tau = i as f64 / 5.0;
+            let m = |base: f64| base - 0.1 * (tau - 1.0).powi(2) + shift;
+            let metrics = json!({"top1": m(0.6), "many": m(0.8), "medium": m(0.6), "few": m(0.3), "loss": 1.0});
+            json!({"tau": tau, "select": metrics, "report": metrics})
+        })
+        .collect();
+    let results = json!({
+        "schema_version": 1,
+        "config_name": format!("cifar20_{key}_seed{seed}"),
+        "config_hash": "abc",
+        "seed": seed,
+        "arch": "resnet8",
+        "sampler": kind,
+        "sampler_config": {"kind": kind},
+        "split": "test",
+        "group_rule": "train_count (many > 100, medium 20..=100, few < 20)",
+        "group_sizes": [5, 5, 10],
+        "train_class_counts": train_counts(),
+        "heads": heads,
+        "tau_sweep": {
+            "select_split": "val", "report_split": "test", "bias": "drop",
+            "selection": "sweep_on_val", "chosen": 0.9 + 0.1 * seed as f64, "curve": curve
+        },
+        "skipped": [],
+    });
+    std::fs::write(
+        dir.join(RESULTS_FILE),
+        serde_json::to_vec_pretty(&results).unwrap(),
+    )
+    .unwrap();
+    if with_cell {
+        let cell = CellInfo {
+            dataset: "cifar20".into(),
+            dataset_order: 0,
+            sampler: key.into(),
+            sampler_label: Some(key.to_uppercase()),
+            sampler_order: order,
+            seed,
+        };
+        std::fs::write(dir.join(CELL_FILE), serde_json::to_vec(&cell).unwrap()).unwrap();
+    }
+    dir
+}
+
+/// Two samplers (listed in grid order "ib" then "cb"), two seeds.
+fn sweep_dir(with_cell: bool) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (sampler, seed) in [
+        (("ib", "instance_balanced", 0), 0),
+        (("ib", "instance_balanced", 0), 1),
+        (("cb", "class_balanced", 1), 0),
+        (("cb", "class_balanced", 1), 1),
+    ] {
+        write_run(dir.path(), sampler, seed, with_cell);
+    }
+    dir
+}
+
+fn assert_png(path: &Path) {
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("{}: not a PNG: {e}", path.display()))
+        .to_rgb8();
+    assert!(
+        img.width() >= 100 && img.height() >= 100,
+        "{}",
+        path.display()
+    );
+    let first = *img.get_pixel(0, 0);
+    let differing = img.pixels().filter(|p| **p != first).count();
+    // Axes, text and lines: a real plot colours far more than a few pixels.
+    assert!(
+        differing > img.width() as usize * 4,
+        "{}: almost blank ({differing} pixels differ from the background)",
+        path.display()
+    );
+    let coloured = img
+        .pixels()
+        .filter(|p| {
+            let [r, g, b] = p.0;
+            r.max(g).max(b) - r.min(g).min(b) > 60
+        })
+        .count();
+    assert!(coloured > 100, "{}: no coloured line", path.display());
+}
+
+fn assert_svg(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let head = text.trim_start();
+    assert!(
+        head.starts_with("<svg") || head.starts_with("<?xml"),
+        "{}: not an SVG",
+        path.display()
+    );
+    assert!(text.trim_end().ends_with("</svg>"), "{}", path.display());
+    assert!(
+        text.contains("<polyline") || text.contains("<path"),
+        "{}: no line element",
+        path.display()
+    );
+    assert!(text.contains("<text"), "{}: no text", path.display());
+    assert_balanced_tags(&text, path);
+}
+
+/// XML-ish well-formedness: every element opened is closed, in order.
+fn assert_balanced_tags(text: &str, path: &Path) {
+    let mut stack: Vec<&str> = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('<') {
+        let end = start
+            + rest[start..]
+                .find('>')
+                .unwrap_or_else(|| panic!("{}: unterminated tag", path.display()));
+        let tag = &rest[start + 1..end];
+        rest = &rest[end + 1..];
+        if tag.starts_with('?') || tag.starts_with('!') || tag.ends_with('/') {
+            continue;
+        }
+        if let Some(closing) = tag.strip_prefix('/') {
+            let open = stack.pop();
+            assert_eq!(
+                open,
+                Some(closing.trim()),
+                "{}: mismatched </{closing}>",
+                path.display()
+            );
+        } else {
+            stack.push(tag.split_whitespace().next().unwrap_or(""));
+        }
+    }
+    assert!(stack.is_empty(), "{}: unclosed {stack:?}", path.display());
+}
+
+#[test]
+fn report_of_a_sweep_has_every_table_and_plot() {
+    let dir = sweep_dir(true);
+    let summary = report::regenerate(dir.path()).unwrap();
+    assert_eq!(summary.runs, 4);
+    if cfg!(feature = "plot") {
+        assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+    }
+    let out = dir.path().join("report");
+    assert_eq!(summary.out_dir, out);
+
+    // Tables.
+    for f in [
+        "runs.csv",
+        "runs.json",
+        "summary.csv",
+        "summary.json",
+        "summary.md",
+    ] {
+        assert!(summary.tables.contains(&out.join(f)), "{f}");
+    }
+    let runs_csv = std::fs::read_to_string(out.join("runs.csv")).unwrap();
+    assert_eq!(runs_csv.lines().count(), 1 + 4 * 5);
+    assert!(runs_csv.starts_with("dataset,sampler,sampler_label,seed,head,"));
+    let runs_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("runs.json")).unwrap()).unwrap();
+    assert_eq!(runs_json.as_array().unwrap().len(), 20);
+    assert_eq!(runs_json[0]["run_dir"], "cifar20/ib/seed0");
+
+    // Mean and sample std over seeds, checked against the evaluations.
+    let row = summary
+        .rows
+        .iter()
+        .find(|r| r.sampler == "ib" && r.head == "joint")
+        .unwrap();
+    let e0 = evaluation(|j| head_acc("joint", j, 0.0));
+    let e1 = evaluation(|j| head_acc("joint", j, 0.02));
+    let (mean, std) = lt_metrics::mean_std(&[e0.top1, e1.top1]);
+    let all = row.all.unwrap();
+    assert_eq!((all.mean, all.std, all.n), (mean, std, 2));
+    assert_eq!(row.seeds, vec![0, 1]);
+    let (fmean, _) = lt_metrics::mean_std(&[e0.few.unwrap(), e1.few.unwrap()]);
+    assert_eq!(row.few.unwrap().mean, fmean);
+    assert_eq!(row.tau, None);
+    let tau = summary
+        .rows
+        .iter()
+        .find(|r| r.sampler == "cb" && r.head == "tau_norm")
+        .unwrap();
+    assert_eq!(tau.tau.unwrap().mean, 0.9);
+
+    // Grid order (ib before cb) and the paper's head order and names.
+    let order: Vec<(&str, &str)> = summary
+        .rows
+        .iter()
+        .map(|r| (r.sampler_label.as_str(), r.head_label.as_str()))
+        .collect();
+    assert_eq!(order[0], ("IB", "Joint"));
+    assert_eq!(order[4], ("IB", "LWS"));
+    assert_eq!(order[5], ("CB", "Joint"));
+    assert_eq!(order[8], ("CB", "τ-norm"));
+
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    let expected = format!(
+        "| IB | Joint | {:.1} ± {:.1} |",
+        100.0 * row.many.unwrap().mean,
+        100.0 * row.many.unwrap().std
+    );
+    assert!(md.contains(&expected), "{expected}\n{md}");
+    assert!(md.contains("| Sampler | Method | Many | Medium | Few | All | Seeds |"));
+    assert!(
+        md.contains("| Sampler | Joint | NCM | cRT | τ-norm | LWS |"),
+        "{md}"
+    );
+    if cfg!(feature = "plot") {
+        assert!(md.contains("](plots/cifar20/samplers.png)"), "{md}");
+    }
+    let summary_csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert_eq!(summary_csv.lines().count(), 1 + 2 * 5);
+
+    // Regenerating gives the same tables.
+    let again = report::regenerate(dir.path()).unwrap();
+    assert_eq!(again.rows, summary.rows);
+    assert_eq!(std::fs::read_to_string(out.join("summary.md")).unwrap(), md);
+
+    if cfg!(feature = "plot") {
+        check_plots(&out, &summary.plots);
+    } else {
+        assert!(summary.plots.is_empty());
+    }
+}
+
+/// Four figures as PNG and SVG: three per sampler and one per dataset.
+fn check_plots(out: &Path, written: &[PathBuf]) {
+    let plots = out.join("plots/cifar20");
+    let mut expected = vec![plots.join("samplers.png"), plots.join("samplers.svg")];
+    for s in ["ib", "cb"] {
+        for f in ["per_class", "tau", "weight_norms"] {
+            expected.push(plots.join(format!("{f}_{s}.png")));
+            expected.push(plots.join(format!("{f}_{s}.svg")));
+        }
+    }
+    let mut got = written.to_vec();
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected);
+    for p in &expected {
+        assert!(p.is_file(), "{}", p.display());
+        match p.extension().unwrap().to_str().unwrap() {
+            "png" => assert_png(p),
+            _ => assert_svg(p),
+        }
+    }
+    // Every head of the weight-norm plot is drawn.
+    let svg = std::fs::read_to_string(plots.join("weight_norms_ib.svg")).unwrap();
+    for name in ["Joint", "cRT", "τ-norm", "LWS"] {
+        assert!(
+            svg.contains(name),
+            "{name} missing from the weight-norm legend"
+        );
+    }
+    assert!(!svg.contains("NCM"));
+}
+
+#[test]
+fn runs_without_cell_files_are_grouped_by_their_results() {
+    let dir = sweep_dir(false);
+    let runs = report::load_runs(dir.path()).unwrap();
+    assert_eq!(runs.len(), 4);
+    // Dataset = config name; samplers by kind in the paper's order.
+    assert_eq!(runs[0].dataset, "cifar20_cb_seed0");
+    let summary = report::regenerate(dir.path()).unwrap();
+    let labels: Vec<&str> = summary
+        .rows
+        .iter()
+        .map(|r| r.sampler_label.as_str())
+        .collect();
+    assert!(labels.contains(&"IB") && labels.contains(&"CB"));
+    assert!(summary.rows.iter().all(|r| r.seeds.len() == 1));
+}
+
+#[test]
+fn missing_checkpoints_are_warnings_and_bad_files_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = write_run(dir.path(), ("ib", "instance_balanced", 0), 0, true);
+    std::fs::remove_dir_all(run.join("checkpoints")).unwrap();
+    let summary = report::regenerate(dir.path()).unwrap();
+    assert!(
+        summary
+            .warnings
+            .iter()
+            .any(|w| w.contains("stage1_best.safetensors")),
+        "{:?}",
+        summary.warnings
+    );
+    if cfg!(feature = "plot") {
+        assert!(summary
+            .warnings
+            .iter()
+            .any(|w| w.contains("weight_norms") && w.contains("skipped")));
+        assert!(!dir
+            .path()
+            .join("report/plots/cifar20/weight_norms_ib.png")
+            .exists());
+        assert!(dir
+            .path()
+            .join("report/plots/cifar20/per_class_ib.png")
+            .is_file());
+    }
+
+    std::fs::write(run.join(RESULTS_FILE), "{\"heads\": [{\"head\": 1}]}").unwrap();
+    let e = report::regenerate(dir.path()).unwrap_err();
+    assert!(matches!(e, ReportError::Json { .. }), "{e}");
+    assert!(e.to_string().contains("results.json"), "{e}");
+
+    std::fs::write(run.join(RESULTS_FILE), "{\"heads\": []}").unwrap();
+    std::fs::write(run.join(CELL_FILE), "{\"dataset\": 3}").unwrap();
+    let e = report::regenerate(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("cell.json"), "{e}");
+
+    let empty = tempfile::tempdir().unwrap();
+    let e = report::regenerate(empty.path()).unwrap_err();
+    assert!(matches!(e, ReportError::NoRuns(_)), "{e}");
+    assert!(e.to_string().contains("lt-cli eval"), "{e}");
+}
