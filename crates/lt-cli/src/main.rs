@@ -1,1 +1,496 @@
-fn main() {}
+//! `lt-cli`: the command line of the long-tailed recognition workspace.
+//!
+//! ```text
+//! lt-cli train     --config configs/X.toml [--resume | --overwrite] [--set key=value ...]
+//! lt-cli retrain   --config configs/X.toml --head crt|lws [--resume | --overwrite]
+//! lt-cli eval      --config configs/X.toml [--head joint|ncm|tau-norm|crt|lws|all]
+//! lt-cli tau-sweep --config configs/X.toml
+//! lt-cli features  --config configs/X.toml [--split train|val|test|all] [--head joint|crt|lws]
+//! lt-cli split-stats <list> [--image-root DIR] [--num-classes N]
+//! ```
+//!
+//! Only argument parsing and composition live here; everything else is in
+//! `lt-train` and the crates below it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lt_data::stats::{ClassStats, GroupRule, GroupThresholds};
+use lt_heads::HeadKind;
+use lt_train::config::{ExperimentConfig, Split};
+use lt_train::experiment::Experiment;
+use lt_train::heads::{self, FeatureHead};
+use lt_train::stage2::Stage2Head;
+use lt_train::{RunOptions, StartMode, TrainReport};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lt-cli",
+    version,
+    about = "Decoupled long-tailed recognition: train, re-train classifiers, evaluate"
+)]
+struct Cli {
+    /// Log filter (`error`, `warn`, `info`, `debug`, or a tracing filter);
+    /// `RUST_LOG` overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Stage 1: train the backbone and the joint linear head.
+    Train(TrainArgs),
+    /// Stage 2: re-train a classifier (cRT or LWS) on the frozen backbone.
+    Retrain(RetrainArgs),
+    /// Evaluate heads on the reported split; writes results.json in the run dir.
+    Eval(EvalArgs),
+    /// Sweep tau of the tau-normalised head; writes tau_sweep.json.
+    TauSweep(ConfigArgs),
+    /// Export features, labels and logits as safetensors.
+    Features(FeaturesArgs),
+    /// Per-class counts, imbalance ratio and group sizes of a split list.
+    SplitStats(SplitStatsArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// Experiment config (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Override a config key, e.g. `--set stage1.epochs=2` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct StartArgs {
+    /// Continue from the last checkpoint of this stage.
+    #[arg(long, conflicts_with = "overwrite")]
+    resume: bool,
+    /// Start over, replacing an existing checkpoint of this stage.
+    #[arg(long)]
+    overwrite: bool,
+    /// Stop once this many epochs are complete (continue later with --resume).
+    #[arg(long, value_name = "N")]
+    stop_after_epoch: Option<usize>,
+}
+
+impl StartArgs {
+    fn options(&self) -> RunOptions {
+        let start = if self.resume {
+            StartMode::Resume
+        } else if self.overwrite {
+            StartMode::Overwrite
+        } else {
+            StartMode::Fresh
+        };
+        RunOptions {
+            start,
+            stop_after_epoch: self.stop_after_epoch,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(flatten)]
+    start: StartArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RetrainHead {
+    Crt,
+    Lws,
+}
+
+#[derive(Debug, Args)]
+struct RetrainArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Which classifier to re-train.
+    #[arg(long)]
+    head: RetrainHead,
+    #[command(flatten)]
+    start: StartArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EvalHead {
+    Joint,
+    Ncm,
+    TauNorm,
+    Crt,
+    Lws,
+    All,
+}
+
+#[derive(Debug, Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Head(s) to evaluate; `all` skips stage-2 heads that were not trained.
+    #[arg(long, default_value = "all")]
+    head: Vec<EvalHead>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SplitArg {
+    Train,
+    Val,
+    Test,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FeaturesHead {
+    Joint,
+    Crt,
+    Lws,
+}
+
+#[derive(Debug, Args)]
+struct FeaturesArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Split(s) to export (`all` = every configured split).
+    #[arg(long, default_value = "all")]
+    split: Vec<SplitArg>,
+    /// Backbone and head whose features and logits are exported.
+    #[arg(long, default_value = "joint")]
+    head: FeaturesHead,
+    /// Output directory (default: `<run_dir>/features`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct SplitStatsArgs {
+    /// Split list (`<relative/path> <label>` per line).
+    list: PathBuf,
+    /// Image root; when given, every listed image must exist.
+    #[arg(long)]
+    image_root: Option<PathBuf>,
+    /// Number of classes (default: largest label + 1).
+    #[arg(long)]
+    num_classes: Option<usize>,
+    /// Many-shot: more than this many images (train-count rule).
+    #[arg(long, default_value_t = 100)]
+    many_above: usize,
+    /// Few-shot: fewer than this many images (train-count rule).
+    #[arg(long, default_value_t = 20)]
+    few_below: usize,
+    /// Use the index-range rule instead: `MANY_END,MEDIUM_END` (e.g. `36,71`).
+    #[arg(long, value_name = "MANY_END,MEDIUM_END")]
+    index_ranges: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+fn open(args: &ConfigArgs, config_file: &str) -> Result<Experiment> {
+    let cfg = ExperimentConfig::load(&args.config, &args.set)?;
+    let exp = Experiment::open(cfg, config_file)
+        .with_context(|| format!("opening experiment {}", args.config.display()))?;
+    Ok(exp)
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Train(a) => {
+            let exp = open(&a.config, "config.toml")?;
+            let report = lt_train::stage1::train_stage1(&exp, a.start.options())
+                .context("stage-1 training failed")?;
+            print_report(&report);
+        }
+        Command::Retrain(a) => {
+            let which = match a.head {
+                RetrainHead::Crt => Stage2Head::Crt,
+                RetrainHead::Lws => Stage2Head::Lws,
+            };
+            let exp = open(&a.config, &format!("config.{}.toml", which.stage()))?;
+            let report = lt_train::stage2::retrain(&exp, which, a.start.options())
+                .with_context(|| format!("{} training failed", which.stage()))?;
+            print_report(&report);
+        }
+        Command::Eval(a) => {
+            let exp = open(&a.config, "config.eval.toml")?;
+            let all = a.head.contains(&EvalHead::All);
+            let kinds: Vec<HeadKind> = if all {
+                vec![
+                    HeadKind::Joint,
+                    HeadKind::Ncm,
+                    HeadKind::TauNorm,
+                    HeadKind::Crt,
+                    HeadKind::Lws,
+                ]
+            } else {
+                let mut k = Vec::new();
+                for h in &a.head {
+                    let kind = match h {
+                        EvalHead::Joint => HeadKind::Joint,
+                        EvalHead::Ncm => HeadKind::Ncm,
+                        EvalHead::TauNorm => HeadKind::TauNorm,
+                        EvalHead::Crt => HeadKind::Crt,
+                        EvalHead::Lws => HeadKind::Lws,
+                        EvalHead::All => unreachable!("handled above"),
+                    };
+                    if !k.contains(&kind) {
+                        k.push(kind);
+                    }
+                }
+                k
+            };
+            let results = heads::evaluate_heads(&exp, &kinds, all).context("evaluation failed")?;
+            println!(
+                "{} on {} ({} classes; groups by {}: many {} / medium {} / few {})",
+                results.config_name,
+                results.split.as_str(),
+                exp.num_classes(),
+                results.group_rule,
+                results.group_sizes[0],
+                results.group_sizes[1],
+                results.group_sizes[2]
+            );
+            print!("{}", results.table());
+            if let Some(t) = &results.tau_sweep {
+                println!(
+                    "tau-norm: tau = {} (chosen on {})",
+                    t.chosen,
+                    t.select_split.as_str()
+                );
+            }
+            for s in &results.skipped {
+                println!("skipped {s}: not trained");
+            }
+            println!("wrote {}", exp.run.results().display());
+        }
+        Command::TauSweep(a) => {
+            let exp = open(&a, "config.eval.toml")?;
+            let sweep = heads::run_tau_sweep(&exp).context("tau sweep failed")?;
+            let report_name = sweep.report_split.as_str();
+            println!(
+                "{:>5} | {:>8} | {:>8} | {:>8} | {:>8} | {:>8}",
+                "tau",
+                format!("{}", sweep.select_split.as_str()),
+                "many",
+                "medium",
+                "few",
+                report_name
+            );
+            for p in &sweep.curve {
+                let pct =
+                    |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.2}", 100.0 * x));
+                println!(
+                    "{:>5.2} | {:>8.2} | {:>8} | {:>8} | {:>8} | {:>8}",
+                    p.tau,
+                    100.0 * p.select.top1,
+                    pct(p.select.many),
+                    pct(p.select.medium),
+                    pct(p.select.few),
+                    pct(p.report.as_ref().map(|r| r.top1)),
+                );
+            }
+            println!("chosen tau = {}", sweep.chosen);
+            println!("wrote {}", exp.run.tau_sweep().display());
+        }
+        Command::Features(a) => {
+            let exp = open(&a.config, "config.eval.toml")?;
+            let mut splits = Vec::new();
+            for s in &a.split {
+                let add: Vec<Split> = match s {
+                    SplitArg::Train => vec![Split::Train],
+                    SplitArg::Val => vec![Split::Val],
+                    SplitArg::Test => vec![Split::Test],
+                    SplitArg::All => {
+                        let mut v = vec![Split::Train];
+                        if exp.val.is_some() {
+                            v.push(Split::Val);
+                        }
+                        if exp.test.is_some() {
+                            v.push(Split::Test);
+                        }
+                        v
+                    }
+                };
+                for x in add {
+                    if !splits.contains(&x) {
+                        splits.push(x);
+                    }
+                }
+            }
+            let head = match a.head {
+                FeaturesHead::Joint => FeatureHead::Joint,
+                FeaturesHead::Crt => FeatureHead::Crt,
+                FeaturesHead::Lws => FeatureHead::Lws,
+            };
+            let files = heads::export_features(&exp, &splits, head, a.out.as_deref())
+                .context("feature export failed")?;
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+        }
+        Command::SplitStats(a) => split_stats(&a)?,
+    }
+    Ok(())
+}
+
+fn print_report(r: &TrainReport) {
+    let pct = |v: f64| format!("{:.2}", 100.0 * v);
+    if let Some(from) = r.resumed_from {
+        println!("{}: resumed after epoch {from}", r.stage);
+    }
+    println!(
+        "{}: {} of {} epochs, {} steps",
+        r.stage, r.epochs, r.total_epochs, r.global_step
+    );
+    if let Some(v) = &r.last_val {
+        println!("  last epoch: val top-1 {}", pct(v.top1));
+    }
+    if let Some(t) = &r.last_test {
+        println!("  last epoch: test top-1 {}", pct(t.top1));
+    }
+    if let Some(b) = &r.best {
+        println!("  best val:   top-1 {} at epoch {}", pct(b.value), b.epoch);
+    }
+    println!("  last checkpoint: {}", r.last_checkpoint.display());
+    if let Some(p) = &r.best_checkpoint {
+        println!("  best checkpoint: {}", p.display());
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct SplitStatsOut {
+    list: String,
+    total: usize,
+    num_classes: usize,
+    min_count: usize,
+    max_count: usize,
+    imbalance_ratio: Option<f64>,
+    rule: String,
+    many: usize,
+    medium: usize,
+    few: usize,
+    counts: Vec<usize>,
+}
+
+fn split_stats(a: &SplitStatsArgs) -> Result<()> {
+    let labels: Vec<u32> = match &a.image_root {
+        Some(root) => lt_data::split_list::read_split_list(&a.list, root, a.num_classes)
+            .map_err(anyhow::Error::new)?
+            .labels()
+            .to_vec(),
+        None => lt_data::split_list::read_split_entries(&a.list)
+            .map_err(anyhow::Error::new)?
+            .into_iter()
+            .map(|(e, _)| e.label)
+            .collect(),
+    };
+    if labels.is_empty() {
+        bail!("{}: the list is empty", a.list.display());
+    }
+    let max_label = labels.iter().copied().max().unwrap_or(0) as usize;
+    let num_classes = match a.num_classes {
+        Some(c) if c <= max_label => bail!(
+            "{}: label {max_label} is not below --num-classes {c}",
+            a.list.display()
+        ),
+        Some(c) => c,
+        None => max_label + 1,
+    };
+    let rule = match &a.index_ranges {
+        Some(s) => parse_index_ranges(s)?,
+        None => GroupRule::TrainCount(GroupThresholds {
+            many_above: a.many_above,
+            few_below: a.few_below,
+        }),
+    };
+    let stats = ClassStats::from_labels(&labels, num_classes);
+    let sizes = stats.group_sizes(&rule);
+    let out = SplitStatsOut {
+        list: a.list.display().to_string(),
+        total: stats.total(),
+        num_classes,
+        min_count: stats.counts().iter().copied().min().unwrap_or(0),
+        max_count: stats.counts().iter().copied().max().unwrap_or(0),
+        imbalance_ratio: stats.imbalance_ratio(),
+        rule: rule.to_string(),
+        many: sizes[0],
+        medium: sizes[1],
+        few: sizes[2],
+        counts: stats.counts().to_vec(),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("list:            {}", out.list);
+    println!("images:          {}", out.total);
+    println!("classes:         {}", out.num_classes);
+    println!("max / min count: {} / {}", out.max_count, out.min_count);
+    match out.imbalance_ratio {
+        Some(r) => println!("imbalance ratio: {r:.2}"),
+        None => println!("imbalance ratio: undefined (a class has no image)"),
+    }
+    println!("rule:            {}", out.rule);
+    println!(
+        "groups:          many {} / medium {} / few {}",
+        out.many, out.medium, out.few
+    );
+    println!("counts per class:");
+    for (i, chunk) in out.counts.chunks(10).enumerate() {
+        let row: Vec<String> = chunk.iter().map(|c| format!("{c:>6}")).collect();
+        println!("  {:>5}: {}", i * 10, row.join(""));
+    }
+    Ok(())
+}
+
+fn parse_index_ranges(s: &str) -> Result<GroupRule> {
+    let (a, b) = s
+        .split_once(',')
+        .with_context(|| format!("--index-ranges `{s}`: expected MANY_END,MEDIUM_END"))?;
+    let many_end: usize = a
+        .trim()
+        .parse()
+        .with_context(|| format!("--index-ranges `{s}`: `{a}` is not a number"))?;
+    let medium_end: usize = b
+        .trim()
+        .parse()
+        .with_context(|| format!("--index-ranges `{s}`: `{b}` is not a number"))?;
+    if medium_end < many_end {
+        bail!("--index-ranges `{s}`: MEDIUM_END must not be below MANY_END");
+    }
+    Ok(GroupRule::IndexRanges {
+        many_end,
+        medium_end,
+    })
+}

@@ -677,10 +677,47 @@ impl ExperimentConfig {
         toml::to_string(self).map_err(|e| TrainError::Config(format!("serialising config: {e}")))
     }
 
-    /// SHA-256 (hex) of the resolved config; a checkpoint remembers it so that
-    /// `--resume` with a different config is refused.
+    /// SHA-256 (hex) of the resolved config.
     pub fn hash(&self) -> Result<String, TrainError> {
         Ok(lt_data::fsutil::sha256_hex(self.to_toml()?.as_bytes()))
+    }
+
+    /// SHA-256 (hex) of what determines the result of one training stage
+    /// (`stage1`, `crt` or `lws`): the seed, the data, the model, stage 1 and,
+    /// for a stage-2 head, its own section. The run directory, the device name
+    /// and the loader's thread, prefetch and cache settings are left out: they
+    /// do not change the result. A checkpoint remembers it, so `--resume` with
+    /// a config that would train differently is refused, while editing, say,
+    /// `[eval]` does not invalidate a finished stage 1.
+    pub fn stage_hash(&self, stage: &str) -> Result<String, TrainError> {
+        let err = |e: String| TrainError::Config(format!("hashing config: {e}"));
+        let mut v = serde_json::to_value(self).map_err(|e| err(e.to_string()))?;
+        let obj = v
+            .as_object_mut()
+            .ok_or_else(|| err("not an object".into()))?;
+        for k in ["name", "run_dir", "device", "eval"] {
+            obj.remove(k);
+        }
+        if let Some(d) = obj.get_mut("data").and_then(|d| d.as_object_mut()) {
+            for k in ["threads", "prefetch_batches", "cache_decoded"] {
+                d.remove(k);
+            }
+        }
+        let stage2 = obj.remove("stage2");
+        match stage {
+            "stage1" => {}
+            "crt" | "lws" => {
+                let section = stage2
+                    .as_ref()
+                    .and_then(|s| s.get(stage))
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null);
+                obj.insert(stage.to_string(), section);
+            }
+            other => return Err(err(format!("unknown stage `{other}`"))),
+        }
+        let text = serde_json::to_string(&v).map_err(|e| err(e.to_string()))?;
+        Ok(lt_data::fsutil::sha256_hex(text.as_bytes()))
     }
 }
 
@@ -777,6 +814,24 @@ lr = 0.1
         let again = ExperimentConfig::from_toml_str(&c.to_toml().unwrap(), "copy").unwrap();
         assert_eq!(again, c);
         assert_eq!(again.hash().unwrap(), c.hash().unwrap());
+        // Stage hashes ignore what does not change a stage's result.
+        let mut d = c.clone();
+        d.run_dir = "elsewhere".into();
+        d.data.threads = 7;
+        d.eval.batch_size = 3;
+        d.stage2.lws.lr = 1.0;
+        assert_eq!(
+            d.stage_hash("stage1").unwrap(),
+            c.stage_hash("stage1").unwrap()
+        );
+        assert_eq!(d.stage_hash("crt").unwrap(), c.stage_hash("crt").unwrap());
+        assert_ne!(d.stage_hash("lws").unwrap(), c.stage_hash("lws").unwrap());
+        d.stage1.lr = 0.5;
+        assert_ne!(
+            d.stage_hash("stage1").unwrap(),
+            c.stage_hash("stage1").unwrap()
+        );
+        assert_ne!(d.stage_hash("crt").unwrap(), c.stage_hash("crt").unwrap());
     }
 
     #[test]

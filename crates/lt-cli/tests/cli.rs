@@ -1,0 +1,292 @@
+//! End-to-end test of every `lt-cli` command on a tiny generated image-folder
+//! dataset (5 classes, long-tailed, 32x32 PNG and JPEG files) with
+//! `configs/ci_tiny.toml`. It checks the wiring (outputs exist and parse),
+//! not accuracy.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const TRAIN_COUNTS: [usize; 5] = [60, 30, 15, 8, 4];
+const VAL_PER_CLASS: usize = 4;
+const TEST_PER_CLASS: usize = 6;
+
+/// Writes one 32x32 image: a class colour plus deterministic noise.
+fn write_image(path: &Path, class: usize, index: usize) {
+    let base = [
+        [200u8, 40, 40],
+        [40, 200, 40],
+        [40, 40, 200],
+        [200, 200, 40],
+        [40, 200, 200],
+    ][class];
+    let mut state = (class as u64 + 1) * 1_000_003 + index as u64 * 7919;
+    let img = image::RgbImage::from_fn(32, 32, |x, y| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let noise = ((state >> 33) % 61) as i32 - 30;
+        let stripe = if (x / 4 + y / 4 + class as u32) % 2 == 0 {
+            25
+        } else {
+            -25
+        };
+        let px = |c: u8| (c as i32 + noise + stripe).clamp(0, 255) as u8;
+        image::Rgb([px(base[0]), px(base[1]), px(base[2])])
+    });
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    img.save(path).unwrap();
+}
+
+/// Generates the images and the three split lists under `root`.
+fn make_dataset(root: &Path) {
+    for (split, per_class) in [
+        ("train", TRAIN_COUNTS.to_vec()),
+        ("val", vec![VAL_PER_CLASS; 5]),
+        ("test", vec![TEST_PER_CLASS; 5]),
+    ] {
+        let mut list = String::new();
+        for (c, &n) in per_class.iter().enumerate() {
+            for i in 0..n {
+                // Mix formats: the loader detects them from the content.
+                let ext = if i % 3 == 0 { "jpg" } else { "png" };
+                let rel = format!("{split}/c{c}/{i:03}.{ext}");
+                write_image(&root.join(&rel), c, i + 1000 * (split.len()));
+                list.push_str(&format!("{rel} {c}\n"));
+            }
+        }
+        std::fs::write(root.join(format!("{split}.txt")), list).unwrap();
+    }
+}
+
+fn config_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/ci_tiny.toml")
+}
+
+fn lt_cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lt-cli"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running lt-cli")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = lt_cli(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "lt-cli {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn every_command_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let run = tmp.path().join("run");
+    make_dataset(&data);
+    let config = config_path();
+    let config = config.to_str().unwrap();
+    let sets = [
+        format!("data.root={:?}", data.to_str().unwrap()),
+        format!(
+            "data.train_list={:?}",
+            data.join("train.txt").to_str().unwrap()
+        ),
+        format!("data.val_list={:?}", data.join("val.txt").to_str().unwrap()),
+        format!(
+            "data.test_list={:?}",
+            data.join("test.txt").to_str().unwrap()
+        ),
+        format!("run_dir={:?}", run.to_str().unwrap()),
+    ];
+    let with = |cmd: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+        v.push("--config".into());
+        v.push(config.into());
+        for s in &sets {
+            v.push("--set".into());
+            v.push(s.clone());
+        }
+        v
+    };
+    let call = |cmd: &[&str]| -> String {
+        let args = with(cmd);
+        let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        ok(&refs)
+    };
+
+    // Stage 1.
+    let out = call(&["train"]);
+    assert!(out.contains("stage1: 2 of 2 epochs"), "{out}");
+    assert!(out.contains("best val"), "{out}");
+    assert!(run.join("config.toml").is_file());
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2);
+    assert!(records
+        .iter()
+        .all(|r| r["val"]["top1"].is_number() && r["test"]["top1"].is_number()));
+    let data_info = json(&run.join("data.json"));
+    assert_eq!(
+        data_info["train"]["counts"],
+        serde_json::json!(TRAIN_COUNTS)
+    );
+    assert_eq!(data_info["train"]["sha256"].as_str().unwrap().len(), 64);
+    assert!(run.join("checkpoints/stage1_last.safetensors").is_file());
+    assert!(run.join("checkpoints/stage1_best.safetensors").is_file());
+    assert_eq!(json(&run.join("checkpoints/stage1_last.json"))["epoch"], 2);
+
+    // A second `train` must not silently overwrite the run.
+    let args = with(&["train"]);
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let again = lt_cli(&refs);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    // Resuming a finished run is a no-op that succeeds.
+    call(&["train", "--resume"]);
+
+    // Stage 2.
+    let out = call(&["retrain", "--head", "crt"]);
+    assert!(out.contains("crt: 1 of 1 epochs"), "{out}");
+    let out = call(&["retrain", "--head", "lws"]);
+    assert!(out.contains("lws: 1 of 1 epochs"), "{out}");
+    assert!(run.join("checkpoints/crt_best.safetensors").is_file());
+    assert!(run.join("checkpoints/lws_best.safetensors").is_file());
+
+    // Every head.
+    let out = call(&["eval", "--head", "all"]);
+    for label in ["Joint", "NCM", "cRT", "τ-norm", "LWS"] {
+        assert!(
+            out.contains(&format!("| {label} |")),
+            "{label} missing:\n{out}"
+        );
+    }
+    assert!(
+        out.contains("train_count"),
+        "the rule must be printed:\n{out}"
+    );
+    let results = json(&run.join("results.json"));
+    assert_eq!(results["config_name"], "ci_tiny");
+    assert_eq!(results["seed"], 0);
+    assert_eq!(results["sampler"], "instance_balanced");
+    assert_eq!(results["split"], "test");
+    assert_eq!(
+        results["train_class_counts"],
+        serde_json::json!(TRAIN_COUNTS)
+    );
+    let heads = results["heads"].as_array().unwrap();
+    assert_eq!(heads.len(), 5);
+    for h in heads {
+        assert_eq!(h["evaluation"]["per_class"].as_array().unwrap().len(), 5);
+        assert_eq!(h["evaluation"]["n"], 5 * TEST_PER_CLASS);
+        assert!(h["val"]["top1"].is_number());
+    }
+    let curve = results["tau_sweep"]["curve"].as_array().unwrap();
+    assert_eq!(curve.len(), 21);
+    assert!(results["stage1"]["best_val"]["epoch"].is_number());
+
+    // Only some heads.
+    let out = call(&["eval", "--head", "joint", "--head", "ncm"]);
+    assert!(out.contains("| Joint |") && out.contains("| NCM |") && !out.contains("| LWS |"));
+
+    // The tau sweep alone.
+    let out = call(&["tau-sweep"]);
+    assert!(out.contains("chosen tau"), "{out}");
+    assert_eq!(
+        json(&run.join("tau_sweep.json"))["curve"]
+            .as_array()
+            .unwrap()
+            .len(),
+        21
+    );
+
+    // Features of every split.
+    let out = call(&["features"]);
+    for (split, n) in [
+        ("train", TRAIN_COUNTS.iter().sum::<usize>()),
+        ("val", 5 * VAL_PER_CLASS),
+        ("test", 5 * TEST_PER_CLASS),
+    ] {
+        let p = run.join(format!("features/{split}.safetensors"));
+        assert!(out.contains(p.to_str().unwrap()), "{out}");
+        let t = candle_core::safetensors::load(&p, &candle_core::Device::Cpu).unwrap();
+        assert_eq!(t["features"].dims(), &[n, 64]);
+        assert_eq!(t["labels"].dims(), &[n]);
+        assert_eq!(t["logits"].dims(), &[n, 5]);
+    }
+    call(&["features", "--head", "lws", "--split", "val"]);
+
+    // Split statistics.
+    let train_list = data.join("train.txt");
+    let out = ok(&[
+        "split-stats",
+        train_list.to_str().unwrap(),
+        "--image-root",
+        data.to_str().unwrap(),
+        "--num-classes",
+        "5",
+        "--json",
+    ]);
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["counts"], serde_json::json!(TRAIN_COUNTS));
+    assert_eq!(stats["imbalance_ratio"], 15.0);
+    let out = ok(&[
+        "split-stats",
+        train_list.to_str().unwrap(),
+        "--many-above",
+        "20",
+        "--few-below",
+        "10",
+    ]);
+    assert!(out.contains("many 2 / medium 1 / few 2"), "{out}");
+    assert!(out.contains("train_count"), "{out}");
+}
+
+#[test]
+fn config_errors_name_the_key_and_fail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    let text = std::fs::read_to_string(config_path())
+        .unwrap()
+        .replace("eval_every = 1", "eval_every = 1\nevaluate_every = 2");
+    std::fs::write(&bad, text).unwrap();
+    let out = lt_cli(&["train", "--config", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("evaluate_every"),
+        "{err}"
+    );
+
+    let out = lt_cli(&[
+        "train",
+        "--config",
+        tmp.path().join("missing.toml").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+
+    // A missing image list is named before any work starts.
+    let out = lt_cli(&[
+        "train",
+        "--config",
+        config_path().to_str().unwrap(),
+        "--set",
+        "data.train_list=/nonexistent/train.txt",
+        "--set",
+        &format!("run_dir={:?}", tmp.path().join("r").to_str().unwrap()),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/train.txt"));
+}

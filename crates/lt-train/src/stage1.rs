@@ -1,0 +1,189 @@
+//! Stage 1: joint training of the backbone and the linear head with any
+//! sampler, the training augmentation, SGD with momentum and cross-entropy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use lt_data::loader::Loader;
+use lt_metrics::Evaluation;
+use lt_models::BnMode;
+use lt_samplers::{Sampler, SamplerConfig};
+
+use crate::checkpoint::load_checkpoint;
+use crate::config::{ModelSelect, Split};
+use crate::eval::{evaluate_head, extract_features};
+use crate::experiment::Experiment;
+use crate::model::Network;
+use crate::optim::{SgdConfig, SgdMomentum};
+use crate::seed::{derive_seed, Purpose};
+use crate::trainer::{run_loop, BatchSource, LoopSpec, RunOptions, TrainModel, TrainReport};
+use crate::TrainError;
+
+/// Stage name in checkpoints and metrics.
+pub const STAGE: &str = "stage1";
+
+struct Stage1Model<'a> {
+    exp: &'a Experiment,
+    net: Network,
+    val: Option<Loader>,
+    test: Option<Loader>,
+}
+
+impl TrainModel for Stage1Model<'_> {
+    fn train_logits(&self, input: &Tensor) -> Result<Tensor, TrainError> {
+        self.net.logits(input, BnMode::Train)
+    }
+
+    fn tensors(&self) -> BTreeMap<String, Tensor> {
+        self.net.tensors()
+    }
+
+    fn load(&self, tensors: &HashMap<String, Tensor>, origin: &Path) -> Result<(), TrainError> {
+        self.net.load_tensors(tensors, origin)
+    }
+
+    fn evaluate(&mut self, split: Split) -> Result<(Evaluation, f64), TrainError> {
+        let loader = match split {
+            Split::Val => self.val.as_ref(),
+            Split::Test => self.test.as_ref(),
+            Split::Train => None,
+        }
+        .ok_or_else(|| TrainError::Invalid(format!("no {} loader", split.as_str())))?;
+        let f = extract_features(
+            &self.net.backbone,
+            loader,
+            self.exp.config.eval.batch_size,
+            BnMode::Eval,
+            &format!("eval {}", split.as_str()),
+        )?;
+        evaluate_head(
+            &self.net.head,
+            &f,
+            self.exp.num_classes(),
+            &self.exp.train_stats,
+            &self.exp.config.eval.group_rule,
+        )
+    }
+}
+
+/// Trains (or resumes) stage 1 and returns its report.
+pub fn train_stage1(exp: &Experiment, options: RunOptions) -> Result<TrainReport, TrainError> {
+    let cfg = &exp.config;
+    let s1 = &cfg.stage1;
+    let net = Network::new(
+        cfg.model.arch,
+        exp.num_classes(),
+        cfg.model_seed(),
+        &exp.device,
+    )?;
+    if let Some(p) = &cfg.model.pretrained {
+        net.load_pretrained(p)?;
+    }
+    let params = net.trainable(cfg.model.trainable_prefixes.as_deref())?;
+    tracing::info!(
+        arch = %cfg.model.arch.name(),
+        trainable_tensors = params.len(),
+        trainable_scalars = params.iter().map(|(_, v)| v.elem_count()).sum::<usize>(),
+        "stage-1 network"
+    );
+    let mut opt = SgdMomentum::new(
+        params,
+        SgdConfig {
+            lr: s1.lr,
+            momentum: s1.momentum,
+            weight_decay: s1.weight_decay,
+            nesterov: s1.nesterov,
+        },
+    )?;
+    let mut sampler = Sampler::new(
+        exp.train.labels(),
+        exp.num_classes(),
+        SamplerConfig {
+            strategy: s1.sampler.clone(),
+            batch_size: s1.batch_size,
+            epoch_length: s1.epoch_length,
+            seed: derive_seed(cfg.seed, Purpose::Stage1Sampler),
+            rank: 0,
+            world_size: 1,
+            shuffle_in_batch: s1.shuffle_in_batch,
+        },
+    )
+    .map_err(|e| TrainError::Config(format!("key `stage1.sampler`: {e}")))?;
+    tracing::info!(sampler = %s1.sampler, batches_per_epoch = sampler.num_batches(), "stage-1 sampler");
+    let loader = exp.loader(
+        Split::Train,
+        cfg.data.train_preset,
+        derive_seed(cfg.seed, Purpose::Stage1Augment),
+    )?;
+    let schedule = s1.schedule.build(s1.lr, s1.epochs, sampler.num_batches())?;
+    let mut model = Stage1Model {
+        exp,
+        net,
+        val: exp
+            .val
+            .as_ref()
+            .map(|_| exp.eval_loader(Split::Val))
+            .transpose()?,
+        test: if s1.eval_test {
+            Some(exp.eval_loader(Split::Test)?)
+        } else {
+            None
+        },
+    };
+    let spec = LoopSpec {
+        stage: STAGE,
+        epochs: s1.epochs,
+        eval_every: s1.eval_every,
+        eval_val: exp.val.is_some(),
+        eval_test: s1.eval_test,
+        options,
+        config_hash: cfg.stage_hash(STAGE)?,
+    };
+    run_loop(
+        exp,
+        &spec,
+        &mut model,
+        &mut opt,
+        &mut sampler,
+        BatchSource::Images(&loader),
+        &schedule,
+    )
+}
+
+/// The stage-1 checkpoint later stages use, by `stage1.model_select`.
+pub fn selected_checkpoint(exp: &Experiment) -> Result<PathBuf, TrainError> {
+    let (path, what) = match exp.config.stage1.model_select {
+        ModelSelect::BestVal => (exp.run.best_checkpoint(STAGE), "best-validation"),
+        ModelSelect::Last => (exp.run.last_checkpoint(STAGE), "last"),
+    };
+    if !path.exists() {
+        return Err(TrainError::Checkpoint(format!(
+            "no {what} stage-1 checkpoint at {}: run `lt-cli train` with this config first",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+/// Loads the selected stage-1 network; returns it with the checkpoint's epoch.
+pub fn load_selected(exp: &Experiment) -> Result<(Network, PathBuf, usize), TrainError> {
+    let path = selected_checkpoint(exp)?;
+    let (tensors, meta) = load_checkpoint(&path, &exp.device)?;
+    if meta.config_hash != exp.config.stage_hash(STAGE)? {
+        tracing::warn!(
+            checkpoint = %path.display(),
+            "the stage-1 checkpoint was written with a different config (hash {}); using it anyway",
+            meta.config_hash
+        );
+    }
+    let net = Network::new(
+        exp.config.model.arch,
+        exp.num_classes(),
+        exp.config.model_seed(),
+        &exp.device,
+    )?;
+    net.load_tensors(&tensors, &path)?;
+    tracing::info!(checkpoint = %path.display(), epoch = meta.epoch, "loaded stage-1 network");
+    Ok((net, path, meta.epoch))
+}

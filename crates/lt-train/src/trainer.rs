@@ -1,0 +1,409 @@
+//! The epoch loop shared by stage 1 and stage 2: sampling, the SGD step,
+//! per-epoch evaluation, best / last checkpoints, metrics, resumption and the
+//! non-finite-loss stop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use lt_data::loader::Loader;
+use lt_metrics::Evaluation;
+use lt_samplers::{Sampler, SamplerState};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{
+    load_checkpoint, save_checkpoint, BestMetric, CheckpointMeta, RngState, FORMAT_VERSION,
+};
+use crate::config::Split;
+use crate::eval::{data_err, split_metrics, Features};
+use crate::experiment::Experiment;
+use crate::optim::SgdMomentum;
+use crate::progress;
+use crate::run_dir::{append_record, truncate_records, EpochRecord, SplitMetrics};
+use crate::schedule::LrSchedule;
+use crate::TrainError;
+
+/// How a training command treats an existing checkpoint of its stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartMode {
+    /// Start from scratch; refuse if the run directory already has a
+    /// checkpoint of this stage (so a finished run is never overwritten by
+    /// accident).
+    #[default]
+    Fresh,
+    /// Continue from the last checkpoint, reproducing an uninterrupted run.
+    Resume,
+    /// Start from scratch, replacing any previous checkpoint of this stage.
+    Overwrite,
+}
+
+/// How a training command runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunOptions {
+    /// What to do with an existing checkpoint.
+    pub start: StartMode,
+    /// Stop once this many epochs are complete (the checkpoint is written as
+    /// usual, so `--resume` continues exactly); `None` runs to the end.
+    pub stop_after_epoch: Option<usize>,
+}
+
+/// Where the training batches come from.
+#[derive(Debug)]
+pub(crate) enum BatchSource<'a> {
+    /// Decoded and augmented images.
+    Images(&'a Loader),
+    /// Pre-computed features (stage-2 fast path).
+    Features(&'a Features),
+}
+
+/// What the loop needs from a model.
+pub(crate) trait TrainModel {
+    /// Logits of one training batch (images, or features on the fast path).
+    fn train_logits(&self, input: &Tensor) -> Result<Tensor, TrainError>;
+    /// Every tensor a checkpoint holds, by name.
+    fn tensors(&self) -> BTreeMap<String, Tensor>;
+    /// Restores the tensors of a checkpoint.
+    fn load(&self, tensors: &HashMap<String, Tensor>, origin: &Path) -> Result<(), TrainError>;
+    /// Evaluates the current model on a split (evaluation, mean loss).
+    fn evaluate(&mut self, split: Split) -> Result<(Evaluation, f64), TrainError>;
+}
+
+/// Settings of one loop.
+#[derive(Debug, Clone)]
+pub(crate) struct LoopSpec {
+    pub stage: &'static str,
+    pub epochs: usize,
+    pub eval_every: usize,
+    pub eval_val: bool,
+    pub eval_test: bool,
+    pub options: RunOptions,
+    /// [`crate::config::ExperimentConfig::stage_hash`] of the stage.
+    pub config_hash: String,
+}
+
+/// Summary of a finished training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainReport {
+    /// `stage1`, `crt` or `lws`.
+    pub stage: String,
+    /// Epochs completed so far.
+    pub epochs: usize,
+    /// Epochs the stage is configured for.
+    pub total_epochs: usize,
+    /// Optimiser steps completed.
+    pub global_step: u64,
+    /// Epoch the run resumed from (completed epochs), if resumed.
+    pub resumed_from: Option<usize>,
+    /// Validation metrics of the last epoch.
+    pub last_val: Option<SplitMetrics>,
+    /// Test metrics of the last epoch (when evaluated).
+    pub last_test: Option<SplitMetrics>,
+    /// Best validation epoch.
+    pub best: Option<BestMetric>,
+    /// Last-epoch checkpoint.
+    pub last_checkpoint: PathBuf,
+    /// Best-validation checkpoint.
+    pub best_checkpoint: Option<PathBuf>,
+}
+
+const BEST_METRIC: &str = "val_top1";
+
+/// Runs (or resumes) the epoch loop.
+pub(crate) fn run_loop(
+    exp: &Experiment,
+    spec: &LoopSpec,
+    model: &mut dyn TrainModel,
+    opt: &mut SgdMomentum,
+    sampler: &mut Sampler,
+    source: BatchSource<'_>,
+    schedule: &LrSchedule,
+) -> Result<TrainReport, TrainError> {
+    let stage = spec.stage;
+    let last_path = exp.run.last_checkpoint(stage);
+    let best_path = exp.run.best_checkpoint(stage);
+    let metrics_path = exp.run.metrics();
+    let device = exp.device.clone();
+    let mut start_epoch = 0usize;
+    let mut global_step = 0u64;
+    let mut best: Option<BestMetric> = None;
+    let mut resumed_from = None;
+    let mut last_val = None;
+    let mut last_test = None;
+    match spec.options.start {
+        StartMode::Resume => {
+            if !last_path.exists() {
+                return Err(TrainError::Checkpoint(format!(
+                    "--resume: no checkpoint at {} to resume from",
+                    last_path.display()
+                )));
+            }
+            let (tensors, meta) = load_checkpoint(&last_path, &device)?;
+            if meta.stage != stage {
+                return Err(TrainError::Checkpoint(format!(
+                    "{}: holds stage `{}`, expected `{stage}`",
+                    last_path.display(),
+                    meta.stage
+                )));
+            }
+            if meta.config_hash != spec.config_hash {
+                return Err(TrainError::Checkpoint(format!(
+                    "{}: written with another config (hash {} vs {}); resuming would not \
+                     reproduce the run (use the same config and --set values, or start over \
+                     with --overwrite)",
+                    last_path.display(),
+                    meta.config_hash,
+                    spec.config_hash
+                )));
+            }
+            model.load(&tensors, &last_path)?;
+            opt.load_state_tensors(&tensors)?;
+            let state: SamplerState = meta
+                .sampler
+                .clone()
+                .ok_or_else(|| {
+                    TrainError::Checkpoint(format!("{}: no sampler state", last_path.display()))
+                })
+                .and_then(|v| {
+                    serde_json::from_value(v).map_err(|e| {
+                        TrainError::Checkpoint(format!(
+                            "{}: bad sampler state: {e}",
+                            last_path.display()
+                        ))
+                    })
+                })?;
+            sampler
+                .restore(state)
+                .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", last_path.display())))?;
+            start_epoch = meta.epoch;
+            global_step = meta.global_step;
+            best = meta.best.clone();
+            resumed_from = Some(meta.epoch);
+            truncate_records(&metrics_path, stage, start_epoch)?;
+            tracing::info!(
+                stage,
+                epoch = start_epoch,
+                global_step,
+                "resumed from {}",
+                last_path.display()
+            );
+        }
+        StartMode::Fresh | StartMode::Overwrite => {
+            if spec.options.start == StartMode::Fresh && last_path.exists() {
+                return Err(TrainError::Checkpoint(format!(
+                    "{} already exists: pass --resume to continue that run or --overwrite to \
+                     start over",
+                    last_path.display()
+                )));
+            }
+            for p in [&last_path, &best_path] {
+                for f in [p.clone(), crate::checkpoint::meta_path(p)] {
+                    if f.exists() {
+                        std::fs::remove_file(&f).map_err(|e| TrainError::io(&f, e))?;
+                    }
+                }
+            }
+            truncate_records(&metrics_path, stage, 0)?;
+        }
+    }
+
+    let end_epoch = spec
+        .options
+        .stop_after_epoch
+        .map_or(spec.epochs, |n| n.min(spec.epochs));
+    for epoch in start_epoch..end_epoch {
+        let batches = sampler.next_epoch();
+        if batches.is_empty() {
+            return Err(TrainError::Invalid(format!(
+                "{stage}: the sampler produced no batch (dataset of {} images, batch size {}); \
+                 lower the batch size",
+                sampler.num_samples(),
+                sampler.local_batch_size()
+            )));
+        }
+        let n_batches = batches.len();
+        let bar = progress::bar(
+            n_batches as u64,
+            &format!("{stage} {}/{}", epoch + 1, spec.epochs),
+        );
+        let started = Instant::now();
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0u64, 0usize);
+        let mut lr = schedule.lr(epoch, 0);
+        let mut step = |i: usize, input: Tensor, labels: Tensor| -> Result<(), TrainError> {
+            lr = schedule.lr(epoch, i);
+            opt.set_lr(lr);
+            let logits = model.train_logits(&input)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+            let l = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            if !l.is_finite() {
+                return Err(TrainError::NonFiniteLoss {
+                    epoch: epoch + 1,
+                    step: i + 1,
+                    global_step: global_step + 1,
+                    loss: l,
+                });
+            }
+            opt.backward_step(&loss)?;
+            global_step += 1;
+            let b = labels.dim(0)?;
+            let hits = logits
+                .detach()
+                .argmax(1)?
+                .eq(&labels)?
+                .to_dtype(DType::F32)?
+                .sum_all()?
+                .to_scalar::<f32>()?;
+            loss_sum += l as f64 * b as f64;
+            correct += hits as u64;
+            seen += b;
+            let rate = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("loss {l:.4} lr {lr:.4} {rate:.0} img/s"));
+            bar.inc(1);
+            Ok(())
+        };
+        let result: Result<(), TrainError> = match source {
+            BatchSource::Images(loader) => {
+                let mut r = Ok(());
+                for (i, batch) in loader.epoch(epoch as u64, batches).enumerate() {
+                    let batch = match batch.map_err(data_err) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            r = Err(e);
+                            break;
+                        }
+                    };
+                    let input = batch.images.to_device(&device)?;
+                    let labels = batch.labels.to_device(&device)?;
+                    if let Err(e) = step(i, input, labels) {
+                        r = Err(e);
+                        break;
+                    }
+                }
+                r
+            }
+            BatchSource::Features(f) => {
+                let mut r = Ok(());
+                for (i, b) in batches.iter().enumerate() {
+                    let idx: Vec<u32> = b.iter().map(|&j| j as u32).collect();
+                    let idx = Tensor::new(idx.as_slice(), &device)?;
+                    let input = f.features.index_select(&idx, 0)?;
+                    let labels: Vec<u32> = b.iter().map(|&j| f.labels[j]).collect();
+                    let labels = Tensor::new(labels.as_slice(), &device)?;
+                    if let Err(e) = step(i, input, labels) {
+                        r = Err(e);
+                        break;
+                    }
+                }
+                r
+            }
+        };
+        if let Err(e) = result {
+            bar.abandon();
+            if matches!(e, TrainError::NonFiniteLoss { .. }) {
+                tracing::error!(stage, "{e}");
+            }
+            return Err(e);
+        }
+        bar.finish_and_clear();
+        let elapsed = started.elapsed().as_secs_f64();
+
+        let evaluate_now = (epoch + 1) % spec.eval_every == 0 || epoch + 1 == spec.epochs;
+        let val = if evaluate_now && spec.eval_val {
+            let (e, loss) = model.evaluate(Split::Val)?;
+            Some(split_metrics(&e, loss))
+        } else {
+            None
+        };
+        let test = if evaluate_now && spec.eval_test {
+            let (e, loss) = model.evaluate(Split::Test)?;
+            Some(split_metrics(&e, loss))
+        } else {
+            None
+        };
+        let is_best = match (&val, &best) {
+            (Some(v), Some(b)) => v.top1 > b.value,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if is_best {
+            best = Some(BestMetric {
+                epoch: epoch + 1,
+                metric: BEST_METRIC.into(),
+                value: val.as_ref().map_or(f64::NAN, |v| v.top1),
+            });
+        }
+        let record = EpochRecord {
+            stage: stage.into(),
+            epoch: epoch + 1,
+            global_step,
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_top1: correct as f64 / seen.max(1) as f64,
+            images_per_sec: seen as f64 / elapsed.max(1e-9),
+            val: val.clone(),
+            test: test.clone(),
+            is_best,
+        };
+        tracing::info!(
+            stage,
+            epoch = epoch + 1,
+            loss = format!("{:.4}", record.train_loss),
+            train_top1 = format!("{:.4}", record.train_top1),
+            lr = format!("{lr:.5}"),
+            img_per_s = format!("{:.1}", record.images_per_sec),
+            val_top1 = ?val.as_ref().map(|v| v.top1),
+            test_top1 = ?test.as_ref().map(|v| v.top1),
+            best = is_best,
+            "epoch done"
+        );
+        // The record goes first: if the process dies before the checkpoint is
+        // renamed into place, a resume redoes this epoch and drops the record.
+        append_record(&metrics_path, &record)?;
+        let meta =
+            CheckpointMeta {
+                format_version: FORMAT_VERSION,
+                stage: stage.into(),
+                epoch: epoch + 1,
+                global_step,
+                sampler: Some(serde_json::to_value(sampler.state()).map_err(|e| {
+                    TrainError::Checkpoint(format!("serialising sampler state: {e}"))
+                })?),
+                rng: RngState {
+                    seed: exp.config.seed,
+                    next_epoch: (epoch + 1) as u64,
+                },
+                best: best.clone(),
+                config_hash: spec.config_hash.clone(),
+                lr,
+            };
+        let tensors = model.tensors();
+        if is_best {
+            save_checkpoint(&best_path, &tensors, &BTreeMap::new(), &meta)?;
+        }
+        save_checkpoint(&last_path, &tensors, &opt.state_tensors(), &meta)?;
+        last_val = val;
+        last_test = test;
+    }
+    if resumed_from == Some(spec.epochs) {
+        tracing::info!(stage, "already complete ({} epochs)", spec.epochs);
+    }
+    if end_epoch < spec.epochs {
+        tracing::info!(
+            stage,
+            "stopped after epoch {end_epoch} of {} as asked; continue with --resume",
+            spec.epochs
+        );
+    }
+    Ok(TrainReport {
+        stage: stage.into(),
+        epochs: end_epoch.max(start_epoch),
+        total_epochs: spec.epochs,
+        global_step,
+        resumed_from,
+        last_val,
+        last_test,
+        best_checkpoint: best.as_ref().map(|_| best_path.clone()),
+        best,
+        last_checkpoint: last_path,
+    })
+}
