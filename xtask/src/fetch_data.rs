@@ -29,7 +29,7 @@ pub struct FetchDataArgs {
     /// published URLs (CIFAR binary releases, iNaturalist 2018 annotations).
     #[arg(long = "source", value_name = "URL-OR-PATH")]
     pub sources: Vec<String>,
-    /// Data root; the dataset goes to <root>/<dataset>.
+    /// Data root; each dataset goes into its own folder under it (e.g. data/cifar10).
     #[arg(long, default_value = "data", value_name = "DIR")]
     pub root: PathBuf,
     /// Accept a source that is not a known archive if its sha256 is this.

@@ -3,11 +3,14 @@
 //!
 //! * `fetch-data`: download or take a local archive, verify its sha256,
 //!   unpack, index, and write the split lists (see [`fetch_data`]).
+//! * `sweep`: run a grid of experiments through `lt-cli`, resumably, and
+//!   write its tables and plots (see [`sweep`]).
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod fetch_data;
+mod sweep;
 
 /// Project tasks.
 #[derive(Debug, Parser)]
@@ -21,6 +24,9 @@ struct Cli {
 enum Command {
     /// Fetch a dataset: verify, unpack, index and write its split lists.
     FetchData(fetch_data::FetchDataArgs),
+    /// Run a grid of experiments (datasets x samplers x seeds x heads) and
+    /// write its tables and plots; rerun to resume.
+    Sweep(sweep::SweepArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::FetchData(args) => fetch_data::run(args),
+        Command::Sweep(args) => sweep::run(args),
     }
 }

@@ -36,7 +36,8 @@
 //! release is decoded on unpack to PNG files named `<index>.png` (the record's
 //! index in the release's train or test order) in the image-folder layout, so
 //! everything downstream reads one layout and the file names keep the release
-//! order. See [`cifar`] for how "dataset order" is recovered for each archive.
+//! order. How "dataset order" is recovered for each archive is described by
+//! [`cifar_file_order_note`] and in the source of the CIFAR step.
 
 mod cifar;
 mod lists;

@@ -444,4 +444,38 @@ mod tests {
         .to_string();
         assert!(e.contains("missing.tar"), "{e}");
     }
+    #[test]
+    fn download_resumes_a_partial_file() {
+        if Command::new("curl").arg("--version").output().is_err() {
+            eprintln!("skipping: curl is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let remote = dir.path().join("remote/data.tar.gz");
+        std::fs::create_dir_all(remote.parent().unwrap()).unwrap();
+        std::fs::write(&remote, &payload).unwrap();
+        let url = format!("file://{}", remote.display());
+        let root = dir.path().join("root");
+        // An interrupted earlier download: the first 30,000 bytes.
+        let part = root.join("downloads/data.tar.gz.part");
+        std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+        std::fs::write(&part, &payload[..30_000]).unwrap();
+        let mut opts = FetchOptions::new(FetchDataset::Cifar10, &root);
+        opts.sha256 = Some(crate::fsutil::sha256_hex(&payload));
+        let r = resolve(&url, &opts, &NoProgress).unwrap();
+        assert_eq!(r.record.path, root.join("downloads/data.tar.gz"));
+        assert_eq!(std::fs::read(&r.record.path).unwrap(), payload);
+        assert!(!part.exists());
+        // A download that fails keeps no final file.
+        let e = resolve(
+            &format!("file://{}/missing.tar.gz", dir.path().display()),
+            &opts,
+            &NoProgress,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("curl") && e.contains("missing.tar.gz"), "{e}");
+        assert!(!root.join("downloads/missing.tar.gz").exists());
+    }
 }

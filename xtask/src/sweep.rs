@@ -1,0 +1,1045 @@
+//! `cargo xtask sweep <grid.toml>`: run a grid of experiments
+//! (datasets x stage-1 samplers x seeds, every cell evaluated with the grid's
+//! heads) through `lt-cli`, then write the report of the whole sweep.
+//!
+//! Each cell `(dataset, sampler, seed)` is one run directory,
+//! `<out_dir>/<dataset>/<sampler>/seed<k>/`, holding:
+//!
+//! * `config.toml`: the base config merged with the grid's overrides, the
+//!   sampler as `stage1.sampler`, `seed`, `run_dir` and `name`;
+//! * `cell.json`: the cell's place in the grid, read by the report;
+//! * what `lt-cli` writes there: checkpoints, `metrics.jsonl`,
+//!   `results.json`;
+//! * `logs/<step>.log`: the output of every `lt-cli` command;
+//! * `.sweep/`: the digest of the config and one marker per finished step.
+//!
+//! The steps of a cell are `lt-cli train`, `lt-cli retrain --head crt` and
+//! `--head lws` (when the grid asks for those heads) and `lt-cli eval` with the
+//! grid's heads. Stage 1 is trained once per cell and shared by every head.
+//! A step with a marker is skipped; a training step whose checkpoint exists
+//! without a marker (the sweep was killed) continues with `--resume`, which
+//! reproduces an uninterrupted run; a cell whose `results.json` holds every
+//! requested head is finished. So a killed sweep is resumed by running the
+//! same command again. Changing a cell's config after it started is refused
+//! (delete the cell directory to redo it).
+//!
+//! Finally `lt_metrics::report::regenerate` writes tables and plots into
+//! `<out_dir>/report/`. The grid format is documented in `grids/README.md`.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use lt_metrics::report::{CellInfo, CELL_FILE, RESULTS_FILE};
+use serde::Deserialize;
+
+/// Arguments of `sweep`.
+#[derive(Debug, clap::Args)]
+pub struct SweepArgs {
+    /// Grid file (format: grids/README.md).
+    pub grid: PathBuf,
+    /// The lt-cli binary to run. Default: build it (`cargo build --release
+    /// -p lt-cli`) into the target directory of this xtask and use that.
+    #[arg(long, value_name = "PATH")]
+    pub lt_cli: Option<PathBuf>,
+    /// Cargo features for building lt-cli (e.g. `cuda`).
+    #[arg(long, value_name = "FEATURES")]
+    pub features: Option<String>,
+    /// Override a config key in every cell, after the grid's own overrides
+    /// (e.g. `--set device=cuda:0`); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Print the cells, their state and the commands; run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only write the report of the cells finished so far.
+    #[arg(long, conflicts_with = "no_report")]
+    pub report_only: bool,
+    /// Do not write the report after the cells.
+    #[arg(long)]
+    pub no_report: bool,
+}
+
+/// The heads a grid may ask for, in the report's order.
+pub const HEADS: [&str; 5] = ["joint", "ncm", "crt", "tau_norm", "lws"];
+
+/// A grid file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GridFile {
+    name: String,
+    base_config: PathBuf,
+    out_dir: PathBuf,
+    seeds: Vec<u64>,
+    heads: Vec<String>,
+    samplers: BTreeMap<String, toml::Spanned<toml::Table>>,
+    #[serde(default)]
+    datasets: Option<BTreeMap<String, toml::Spanned<toml::Table>>>,
+    #[serde(default)]
+    overrides: toml::Table,
+}
+
+/// A sampler of the grid: its key, table label and `stage1.sampler` value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerSpec {
+    /// Key (directory name).
+    pub key: String,
+    /// Name in tables and plots.
+    pub label: String,
+    /// The strategy table (`{ kind = ... }`).
+    pub strategy: toml::Table,
+}
+
+/// A dataset of the grid: its key and config overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetSpec {
+    /// Key (directory name).
+    pub key: String,
+    /// Overrides of the base config (nested tables or dotted keys).
+    pub overrides: toml::Table,
+}
+
+/// A parsed and checked grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grid {
+    /// Name of the grid.
+    pub name: String,
+    /// The grid file.
+    pub path: PathBuf,
+    /// The base config, parsed.
+    pub base: toml::Table,
+    /// Where the cells go (relative to the current directory).
+    pub out_dir: PathBuf,
+    /// Seeds.
+    pub seeds: Vec<u64>,
+    /// Heads, in the report's order.
+    pub heads: Vec<String>,
+    /// Samplers in file order.
+    pub samplers: Vec<SamplerSpec>,
+    /// Datasets in file order.
+    pub datasets: Vec<DatasetSpec>,
+    /// Overrides of every cell (the grid's `[overrides]`, then `--set`).
+    pub overrides: toml::Table,
+}
+
+/// A key used as a directory name: letters, digits, `-` and `_`.
+fn check_key(what: &str, key: &str) -> anyhow::Result<()> {
+    if key.is_empty()
+        || !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!("{what} `{key}`: use only letters, digits, `-` and `_` (it names a directory)");
+    }
+    Ok(())
+}
+
+/// Entries of a table of tables in the order they appear in the file.
+fn in_file_order(map: BTreeMap<String, toml::Spanned<toml::Table>>) -> Vec<(String, toml::Table)> {
+    let mut v: Vec<_> = map.into_iter().collect();
+    v.sort_by_key(|(_, t)| t.span().start);
+    v.into_iter().map(|(k, t)| (k, t.into_inner())).collect()
+}
+
+impl Grid {
+    /// Reads a grid file and its base config; errors name the file and key.
+    pub fn load(path: &Path, extra_sets: &[String]) -> anyhow::Result<Grid> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read grid {}", path.display()))?;
+        Self::parse(&text, path, extra_sets)
+    }
+
+    /// Parses grid text; `path` locates the base config and names errors.
+    pub fn parse(text: &str, path: &Path, extra_sets: &[String]) -> anyhow::Result<Grid> {
+        let g: GridFile =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let at = |key: &str, msg: String| anyhow::anyhow!("{}: key `{key}`: {msg}", path.display());
+        if g.seeds.is_empty() {
+            return Err(at("seeds", "needs at least one seed".into()));
+        }
+        let mut seen = Vec::new();
+        for s in &g.seeds {
+            if seen.contains(s) {
+                return Err(at("seeds", format!("seed {s} is listed twice")));
+            }
+            seen.push(*s);
+        }
+        if g.heads.is_empty() {
+            return Err(at("heads", "needs at least one head".into()));
+        }
+        for h in &g.heads {
+            if !HEADS.contains(&h.as_str()) {
+                return Err(at(
+                    "heads",
+                    format!("unknown head `{h}`, expected some of {}", HEADS.join(", ")),
+                ));
+            }
+        }
+        let mut heads: Vec<String> = HEADS
+            .iter()
+            .filter(|h| g.heads.iter().any(|x| x == *h))
+            .map(|h| h.to_string())
+            .collect();
+        heads.dedup();
+
+        if g.samplers.is_empty() {
+            return Err(at("samplers", "needs at least one sampler".into()));
+        }
+        let mut samplers = Vec::new();
+        for (key, mut table) in in_file_order(g.samplers) {
+            check_key("sampler", &key)
+                .map_err(|e| at(&format!("samplers.{key}"), e.to_string()))?;
+            let label = match table.remove("label") {
+                None => key.clone(),
+                Some(toml::Value::String(s)) => s,
+                Some(_) => {
+                    return Err(at(
+                        &format!("samplers.{key}.label"),
+                        "must be a string".into(),
+                    ))
+                }
+            };
+            // Checked here, not after hours of other cells: the same parser
+            // the training config uses.
+            let mut probe = table.clone();
+            if probe.get("kind").and_then(|k| k.as_str()) == Some("progressively_balanced")
+                && !probe.contains_key("total_epochs")
+            {
+                probe.insert("total_epochs".into(), toml::Value::Integer(1));
+            }
+            lt_samplers::Strategy::deserialize(toml::Value::Table(probe))
+                .map_err(|e| at(&format!("samplers.{key}"), e.to_string()))?;
+            samplers.push(SamplerSpec {
+                key,
+                label,
+                strategy: table,
+            });
+        }
+
+        let base_path = path.parent().unwrap_or(Path::new(".")).join(&g.base_config);
+        let base_text = std::fs::read_to_string(&base_path).with_context(|| {
+            format!(
+                "{}: key `base_config`: cannot read {}",
+                path.display(),
+                base_path.display()
+            )
+        })?;
+        let base: toml::Table = toml::from_str(&base_text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", base_path.display()))?;
+
+        let datasets = match g.datasets {
+            Some(d) if d.is_empty() => return Err(at("datasets", "is empty".into())),
+            Some(d) => in_file_order(d)
+                .into_iter()
+                .map(|(key, overrides)| DatasetSpec { key, overrides })
+                .collect(),
+            None => vec![DatasetSpec {
+                key: base_path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "dataset".into()),
+                overrides: toml::Table::new(),
+            }],
+        };
+        for d in &datasets {
+            check_key("dataset", &d.key)
+                .map_err(|e| at(&format!("datasets.{}", d.key), e.to_string()))?;
+        }
+
+        let mut overrides = g.overrides;
+        for spec in extra_sets {
+            let (key, value) = parse_set(spec)?;
+            let mut t = toml::Table::new();
+            t.insert(key, value);
+            merge(&mut overrides, &t);
+        }
+        Ok(Grid {
+            name: g.name,
+            path: path.to_path_buf(),
+            base,
+            out_dir: g.out_dir,
+            seeds: g.seeds,
+            heads,
+            samplers,
+            datasets,
+            overrides,
+        })
+    }
+
+    /// Every cell, datasets outermost, then samplers, then seeds.
+    pub fn cells(&self) -> Vec<Cell> {
+        let mut cells = Vec::new();
+        for (di, d) in self.datasets.iter().enumerate() {
+            for (si, s) in self.samplers.iter().enumerate() {
+                for &seed in &self.seeds {
+                    cells.push(Cell {
+                        dir: self
+                            .out_dir
+                            .join(&d.key)
+                            .join(&s.key)
+                            .join(format!("seed{seed}")),
+                        info: CellInfo {
+                            dataset: d.key.clone(),
+                            dataset_order: di,
+                            sampler: s.key.clone(),
+                            sampler_label: Some(s.label.clone()),
+                            sampler_order: si,
+                            seed,
+                        },
+                    });
+                }
+            }
+        }
+        cells
+    }
+
+    /// The complete config of a cell: base, then `[overrides]` and `--set`,
+    /// then the dataset's overrides, then `stage1.sampler`, `seed`, `run_dir`
+    /// and `name`. A progressively-balanced sampler without `total_epochs`
+    /// gets the cell's `stage1.epochs`.
+    pub fn config(&self, cell: &Cell) -> anyhow::Result<toml::Table> {
+        let d = &self.datasets[cell.info.dataset_order];
+        let s = &self.samplers[cell.info.sampler_order];
+        let mut cfg = self.base.clone();
+        merge(&mut cfg, &self.overrides);
+        merge(&mut cfg, &d.overrides);
+        let mut strategy = s.strategy.clone();
+        if strategy.get("kind").and_then(|k| k.as_str()) == Some("progressively_balanced")
+            && !strategy.contains_key("total_epochs")
+        {
+            let epochs = cfg
+                .get("stage1")
+                .and_then(|s| s.get("epochs"))
+                .cloned()
+                .with_context(|| {
+                    format!(
+                        "{}: sampler `{}` needs `total_epochs` (no `stage1.epochs` to take it from)",
+                        self.path.display(),
+                        s.key
+                    )
+                })?;
+            strategy.insert("total_epochs".into(), epochs);
+        }
+        let stage1 = cfg
+            .entry("stage1")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(stage1) = stage1.as_table_mut() else {
+            bail!(
+                "{}: `stage1` of the base config is not a table",
+                self.path.display()
+            );
+        };
+        stage1.insert("sampler".into(), toml::Value::Table(strategy));
+        let seed = i64::try_from(cell.info.seed).context("seed too large for TOML")?;
+        cfg.insert("seed".into(), toml::Value::Integer(seed));
+        cfg.insert(
+            "run_dir".into(),
+            toml::Value::String(cell.dir.to_string_lossy().into_owned()),
+        );
+        cfg.insert("name".into(), toml::Value::String(cell.name()));
+        Ok(cfg)
+    }
+
+    /// The text of a cell's `config.toml`.
+    pub fn config_text(&self, cell: &Cell) -> anyhow::Result<String> {
+        let body = toml::to_string(&self.config(cell)?).context("serialising a cell config")?;
+        Ok(format!(
+            "# Cell {} of grid `{}` ({}), written by `cargo xtask sweep`.\n{body}",
+            cell.name(),
+            self.name,
+            self.path.display()
+        ))
+    }
+}
+
+/// Deep-merges `over` into `base`: tables merge key by key, anything else
+/// replaces. A key with dots (`"stage1.epochs"` quoted) is a path.
+pub fn merge(base: &mut toml::Table, over: &toml::Table) {
+    for (k, v) in over {
+        let parts: Vec<&str> = k.split('.').collect();
+        let mut target = &mut *base;
+        for p in &parts[..parts.len() - 1] {
+            let entry = target
+                .entry(p.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            target = entry.as_table_mut().expect("made a table above");
+        }
+        let last = parts[parts.len() - 1].to_string();
+        match (target.get_mut(&last), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            _ => {
+                target.insert(last, v.clone());
+            }
+        }
+    }
+}
+
+/// Parses `KEY=VALUE` (TOML value; a bare word is a string).
+fn parse_set(spec: &str) -> anyhow::Result<(String, toml::Value)> {
+    let Some((key, raw)) = spec.split_once('=') else {
+        bail!("--set `{spec}`: expected KEY=VALUE (e.g. `stage1.epochs=2`)");
+    };
+    let (key, raw) = (key.trim(), raw.trim());
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        bail!("--set `{spec}`: empty key segment");
+    }
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    Ok((key.to_string(), value))
+}
+
+/// One run of the grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cell {
+    /// Run directory.
+    pub dir: PathBuf,
+    /// Its place in the grid (written as `cell.json`).
+    pub info: CellInfo,
+}
+
+impl Cell {
+    /// `dataset/sampler/seedK`.
+    pub fn name(&self) -> String {
+        format!(
+            "{}/{}/seed{}",
+            self.info.dataset, self.info.sampler, self.info.seed
+        )
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
+    fn marker(&self, step: Step) -> PathBuf {
+        self.dir
+            .join(".sweep")
+            .join(format!("{}.done", step.name()))
+    }
+
+    fn digest_path(&self) -> PathBuf {
+        self.dir.join(".sweep").join("config.sha256")
+    }
+}
+
+/// One `lt-cli` command of a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// `lt-cli train`.
+    Train,
+    /// `lt-cli retrain --head crt`.
+    RetrainCrt,
+    /// `lt-cli retrain --head lws`.
+    RetrainLws,
+    /// `lt-cli eval` with the grid's heads.
+    Eval,
+}
+
+impl Step {
+    /// Name of the marker and log file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Train => "train",
+            Step::RetrainCrt => "retrain_crt",
+            Step::RetrainLws => "retrain_lws",
+            Step::Eval => "eval",
+        }
+    }
+
+    /// Checkpoint stage whose existence means "resume" (training steps).
+    fn stage(self) -> Option<&'static str> {
+        match self {
+            Step::Train => Some("stage1"),
+            Step::RetrainCrt => Some("crt"),
+            Step::RetrainLws => Some("lws"),
+            Step::Eval => None,
+        }
+    }
+
+    /// The steps a grid's heads need, in order.
+    pub fn plan(heads: &[String]) -> Vec<Step> {
+        let mut steps = vec![Step::Train];
+        if heads.iter().any(|h| h == "crt") {
+            steps.push(Step::RetrainCrt);
+        }
+        if heads.iter().any(|h| h == "lws") {
+            steps.push(Step::RetrainLws);
+        }
+        steps.push(Step::Eval);
+        steps
+    }
+
+    /// Arguments of the `lt-cli` command; `resume` adds `--resume`.
+    pub fn args(self, config: &Path, heads: &[String], resume: bool) -> Vec<OsString> {
+        let mut a: Vec<OsString> = match self {
+            Step::Train => vec!["train".into()],
+            Step::RetrainCrt => vec!["retrain".into(), "--head".into(), "crt".into()],
+            Step::RetrainLws => vec!["retrain".into(), "--head".into(), "lws".into()],
+            Step::Eval => vec!["eval".into()],
+        };
+        a.push("--config".into());
+        a.push(config.into());
+        if self == Step::Eval {
+            for h in heads {
+                a.push("--head".into());
+                // lt-cli spells its head values in kebab case.
+                a.push(h.replace('_', "-").into());
+            }
+        }
+        if resume {
+            a.push("--resume".into());
+        }
+        a
+    }
+}
+
+/// What is left to do in a cell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CellState {
+    /// `results.json` holds every requested head.
+    Finished,
+    /// These steps are left, each with whether it resumes a checkpoint.
+    Pending(Vec<(Step, bool)>),
+}
+
+/// Heads present in a cell's `results.json` (empty if none or unreadable).
+fn evaluated_heads(cell: &Cell) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct Head {
+        head: String,
+    }
+    #[derive(Deserialize)]
+    struct Results {
+        heads: Vec<Head>,
+    }
+    std::fs::read(cell.dir.join(RESULTS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Results>(&b).ok())
+        .map(|r| r.heads.into_iter().map(|h| h.head).collect())
+        .unwrap_or_default()
+}
+
+/// Works out what a cell still needs from the files in its directory.
+pub fn cell_state(cell: &Cell, heads: &[String]) -> CellState {
+    let done = evaluated_heads(cell);
+    if heads.iter().all(|h| done.contains(h)) {
+        return CellState::Finished;
+    }
+    let pending = Step::plan(heads)
+        .into_iter()
+        .filter(|s| *s == Step::Eval || !cell.marker(*s).exists())
+        .map(|s| {
+            let resume = s.stage().is_some_and(|stage| {
+                cell.dir
+                    .join("checkpoints")
+                    .join(format!("{stage}_last.safetensors"))
+                    .exists()
+            });
+            (s, resume)
+        })
+        .collect();
+    CellState::Pending(pending)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    lt_data::fsutil::write_atomic(path, bytes)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes a cell's `config.toml`, `cell.json` and config digest, refusing a
+/// config that differs from the one the cell already started with.
+fn prepare(grid: &Grid, cell: &Cell) -> anyhow::Result<PathBuf> {
+    let text = grid.config_text(cell)?;
+    let digest = lt_data::fsutil::sha256_hex(text.as_bytes());
+    let digest_path = cell.digest_path();
+    if let Ok(old) = std::fs::read_to_string(&digest_path) {
+        if old.trim() != digest {
+            bail!(
+                "cell {}: its config changed since it started (grid {}); delete {} to redo \
+                 the cell, or restore the grid",
+                cell.name(),
+                grid.path.display(),
+                cell.dir.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(cell.dir.join(".sweep"))
+        .with_context(|| format!("creating {}", cell.dir.display()))?;
+    write_atomic(&cell.config_path(), text.as_bytes())?;
+    write_atomic(
+        &cell.dir.join(CELL_FILE),
+        &serde_json::to_vec_pretty(&cell.info)?,
+    )?;
+    write_atomic(&digest_path, format!("{digest}\n").as_bytes())?;
+    Ok(cell.config_path())
+}
+
+/// Runs one `lt-cli` command with its output appended to
+/// `<cell>/logs/<step>.log`; a failure quotes the end of the log.
+fn run_step(cli: &Path, cell: &Cell, step: Step, args: &[OsString]) -> anyhow::Result<()> {
+    let log_path = cell.dir.join("logs").join(format!("{}.log", step.name()));
+    std::fs::create_dir_all(log_path.parent().expect("has a parent"))?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let command_line = format!("{} {}", cli.display(), shown.join(" "));
+    writeln!(log, "$ {command_line}")?;
+    let status = Command::new(cli)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .status()
+        .with_context(|| format!("cannot start {}", cli.display()))?;
+    if !status.success() {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+        bail!(
+            "cell {}: `{command_line}` failed ({status}); full log: {}\n{tail}",
+            cell.name(),
+            log_path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The lt-cli binary: `--lt-cli`, or built next to this xtask.
+fn locate_lt_cli(args: &SweepArgs) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &args.lt_cli {
+        if !p.is_file() {
+            bail!("--lt-cli {}: no such file", p.display());
+        }
+        return Ok(p.clone());
+    }
+    // `cargo xtask` runs <target>/release/xtask; build lt-cli into the same
+    // target directory so the two come from the same sources.
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the xtask binary is not inside a target directory")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["build", "--release", "-p", "lt-cli"])
+        .env("CARGO_TARGET_DIR", target);
+    if let Some(f) = &args.features {
+        cmd.args(["--features", f]);
+    }
+    tracing::info!(target = %target.display(), "building lt-cli (cargo build --release -p lt-cli)");
+    let status = cmd.status().context("cannot run cargo")?;
+    if !status.success() {
+        bail!("`cargo build --release -p lt-cli` failed ({status})");
+    }
+    let cli = target
+        .join("release")
+        .join(format!("lt-cli{}", std::env::consts::EXE_SUFFIX));
+    if !cli.is_file() {
+        bail!("built lt-cli but {} does not exist", cli.display());
+    }
+    Ok(cli)
+}
+
+/// Runs `sweep`.
+pub fn run(args: SweepArgs) -> anyhow::Result<()> {
+    let grid = Grid::load(&args.grid, &args.set)?;
+    let cells = grid.cells();
+    if args.report_only {
+        return write_report(&grid.out_dir);
+    }
+    let states: Vec<CellState> = cells.iter().map(|c| cell_state(c, &grid.heads)).collect();
+    let total: usize = states
+        .iter()
+        .map(|s| match s {
+            CellState::Finished => 0,
+            CellState::Pending(p) => p.len(),
+        })
+        .sum();
+    let finished = states.iter().filter(|s| **s == CellState::Finished).count();
+    tracing::info!(
+        grid = %grid.name,
+        cells = cells.len(),
+        finished,
+        steps = total,
+        out = %grid.out_dir.display(),
+        "sweep"
+    );
+    if args.dry_run {
+        print!("{}", dry_run_text(&grid, &cells, &states));
+        return Ok(());
+    }
+    if total > 0 {
+        let cli = locate_lt_cli(&args)?;
+        let bar = ProgressBar::new(total as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} steps (eta {eta}) {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        for (cell, state) in cells.iter().zip(&states) {
+            let CellState::Pending(steps) = state else {
+                continue;
+            };
+            let config = prepare(&grid, cell)?;
+            for &(step, resume) in steps {
+                bar.set_message(format!("{} {}", cell.name(), step.name()));
+                let start = Instant::now();
+                bar.suspend(|| {
+                    tracing::info!(
+                        cell = %cell.name(),
+                        step = step.name(),
+                        resume,
+                        "starting"
+                    )
+                });
+                run_step(&cli, cell, step, &step.args(&config, &grid.heads, resume))?;
+                if step != Step::Eval {
+                    write_atomic(&cell.marker(step), b"done\n")?;
+                }
+                bar.suspend(|| {
+                    tracing::info!(
+                        cell = %cell.name(),
+                        step = step.name(),
+                        seconds = format!("{:.1}", start.elapsed().as_secs_f64()),
+                        "finished"
+                    )
+                });
+                bar.inc(1);
+            }
+            if cell_state(cell, &grid.heads) != CellState::Finished {
+                bail!(
+                    "cell {}: `lt-cli eval` succeeded but {} lacks some of the heads {:?}",
+                    cell.name(),
+                    cell.dir.join(RESULTS_FILE).display(),
+                    grid.heads
+                );
+            }
+        }
+        bar.finish_and_clear();
+    }
+    if args.no_report {
+        return Ok(());
+    }
+    write_report(&grid.out_dir)
+}
+
+fn write_report(out_dir: &Path) -> anyhow::Result<()> {
+    let r = lt_metrics::report::regenerate(out_dir)
+        .with_context(|| format!("report of {}", out_dir.display()))?;
+    for w in &r.warnings {
+        tracing::warn!("{w}");
+    }
+    println!(
+        "report of {} runs: {} tables and {} plots in {}",
+        r.runs,
+        r.tables.len(),
+        r.plots.len(),
+        r.out_dir.display()
+    );
+    println!("{}", r.out_dir.join("summary.md").display());
+    Ok(())
+}
+
+/// The `--dry-run` listing: every cell with its state and pending commands.
+fn dry_run_text(grid: &Grid, cells: &[Cell], states: &[CellState]) -> String {
+    let mut s = format!(
+        "grid `{}`: {} cells ({} datasets x {} samplers x {} seeds), heads {}\n",
+        grid.name,
+        cells.len(),
+        grid.datasets.len(),
+        grid.samplers.len(),
+        grid.seeds.len(),
+        grid.heads.join(", ")
+    );
+    for (cell, state) in cells.iter().zip(states) {
+        match state {
+            CellState::Finished => s.push_str(&format!("{}: finished\n", cell.dir.display())),
+            CellState::Pending(steps) => {
+                s.push_str(&format!("{}:\n", cell.dir.display()));
+                for &(step, resume) in steps {
+                    let args: Vec<String> = step
+                        .args(&cell.config_path(), &grid.heads, resume)
+                        .iter()
+                        .map(|a| a.to_string_lossy().into_owned())
+                        .collect();
+                    s.push_str(&format!("  lt-cli {}\n", args.join(" ")));
+                }
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+run_dir = "runs/base"
+[data]
+root = "data/cifar10"
+train_list = "train.txt"
+[model]
+arch = "resnet8"
+[stage1]
+epochs = 30
+batch_size = 128
+lr = 0.1
+"#;
+
+    const GRID: &str = r#"
+name = "g"
+base_config = "base.toml"
+out_dir = "runs/sweeps/g"
+seeds = [0, 1]
+heads = ["lws", "joint", "crt"]
+[overrides]
+"stage2.crt.epochs" = 3
+[samplers]
+ib = { kind = "instance_balanced", label = "IB" }
+cb = { kind = "class_balanced" }
+pb = { kind = "progressively_balanced" }
+[datasets.c10_r100]
+data.train_list = "data/cifar10/cifar10_lt_r100_train.txt"
+[datasets.c10_r10]
+data = { train_list = "data/cifar10/cifar10_lt_r10_train.txt" }
+stage1.epochs = 10
+"#;
+
+    fn grid(text: &str, sets: &[&str]) -> anyhow::Result<Grid> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("base.toml"), BASE).unwrap();
+        let path = dir.path().join("grid.toml");
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        Grid::parse(text, &path, &sets)
+    }
+
+    #[test]
+    fn grid_keeps_file_order_and_paper_head_order() {
+        let g = grid(GRID, &[]).unwrap();
+        let keys: Vec<&str> = g.samplers.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["ib", "cb", "pb"]);
+        assert_eq!(g.samplers[0].label, "IB");
+        assert_eq!(g.samplers[1].label, "cb");
+        assert!(!g.samplers[0].strategy.contains_key("label"));
+        let ds: Vec<&str> = g.datasets.iter().map(|d| d.key.as_str()).collect();
+        assert_eq!(ds, ["c10_r100", "c10_r10"]);
+        assert_eq!(g.heads, ["joint", "crt", "lws"]);
+        let cells = g.cells();
+        assert_eq!(cells.len(), 2 * 3 * 2);
+        assert_eq!(
+            cells[0].dir,
+            PathBuf::from("runs/sweeps/g/c10_r100/ib/seed0")
+        );
+        assert_eq!(cells[11].name(), "c10_r10/pb/seed1");
+        assert_eq!(cells[11].info.sampler_order, 2);
+        assert_eq!(cells[11].info.dataset_order, 1);
+    }
+
+    #[test]
+    fn cell_configs_merge_in_order() {
+        let g = grid(GRID, &["device=cuda:0", "stage1.lr=0.2"]).unwrap();
+        let cells = g.cells();
+        let c = g.config(&cells[11]).unwrap();
+        assert_eq!(c["seed"].as_integer(), Some(1));
+        assert_eq!(
+            c["run_dir"].as_str(),
+            Some("runs/sweeps/g/c10_r10/pb/seed1")
+        );
+        assert_eq!(c["name"].as_str(), Some("c10_r10/pb/seed1"));
+        assert_eq!(c["device"].as_str(), Some("cuda:0"));
+        let s1 = c["stage1"].as_table().unwrap();
+        assert_eq!(s1["epochs"].as_integer(), Some(10));
+        assert_eq!(s1["lr"].as_float(), Some(0.2));
+        assert_eq!(s1["batch_size"].as_integer(), Some(128));
+        // PB takes its planned length from the cell's stage-1 epochs.
+        let sampler = s1["sampler"].as_table().unwrap();
+        assert_eq!(sampler["kind"].as_str(), Some("progressively_balanced"));
+        assert_eq!(sampler["total_epochs"].as_integer(), Some(10));
+        assert_eq!(c["stage2"]["crt"]["epochs"].as_integer(), Some(3));
+        assert_eq!(
+            c["data"]["train_list"].as_str(),
+            Some("data/cifar10/cifar10_lt_r10_train.txt")
+        );
+        assert_eq!(c["data"]["root"].as_str(), Some("data/cifar10"));
+        let c0 = g.config(&cells[0]).unwrap();
+        assert_eq!(c0["stage1"]["epochs"].as_integer(), Some(30));
+        assert_eq!(
+            c0["stage1"]["sampler"]["kind"].as_str(),
+            Some("instance_balanced")
+        );
+        let text = g.config_text(&cells[0]).unwrap();
+        assert!(text.starts_with("# Cell c10_r100/ib/seed0 of grid `g`"));
+        let back: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(back, c0);
+    }
+
+    #[test]
+    fn grid_errors_name_the_key() {
+        let cases = [
+            (GRID.replace("seeds = [0, 1]", "seeds = []"), "seeds"),
+            (
+                GRID.replace("seeds = [0, 1]", "seeds = [1, 1]"),
+                "listed twice",
+            ),
+            (GRID.replace("\"crt\"]", "\"crt\", \"knn\"]"), "knn"),
+            (
+                GRID.replace("class_balanced", "class_balancd"),
+                "samplers.cb",
+            ),
+            (
+                GRID.replace("[samplers]\nib", "[samplers]\n\"i b\""),
+                "samplers.i b",
+            ),
+            (GRID.replace("name = \"g\"", "name = \"g\"\nfoo = 1"), "foo"),
+            (GRID.replace("base.toml", "missing.toml"), "missing.toml"),
+        ];
+        for (text, needle) in cases {
+            let e = format!("{:#}", grid(&text, &[]).unwrap_err());
+            assert!(e.contains(needle), "{needle}: {e}");
+            assert!(e.contains("grid.toml"), "{e}");
+        }
+        let e = grid(GRID, &["novalue"]).unwrap_err().to_string();
+        assert!(e.contains("KEY=VALUE"), "{e}");
+    }
+
+    #[test]
+    fn merge_is_deep_and_follows_dotted_keys() {
+        let mut a: toml::Table = toml::from_str("[x]\ny = 1\nz = 2\n").unwrap();
+        let b: toml::Table = toml::from_str("\"x.z\" = 3\n[x.w]\nv = 4\n").unwrap();
+        merge(&mut a, &b);
+        assert_eq!(a["x"]["y"].as_integer(), Some(1));
+        assert_eq!(a["x"]["z"].as_integer(), Some(3));
+        assert_eq!(a["x"]["w"]["v"].as_integer(), Some(4));
+        let c: toml::Table = toml::from_str("x = 5\n").unwrap();
+        merge(&mut a, &c);
+        assert_eq!(a["x"].as_integer(), Some(5));
+    }
+
+    #[test]
+    fn steps_and_arguments() {
+        let heads: Vec<String> = ["joint", "tau_norm", "lws"].map(String::from).to_vec();
+        assert_eq!(
+            Step::plan(&heads),
+            [Step::Train, Step::RetrainLws, Step::Eval]
+        );
+        let a = Step::Eval.args(Path::new("c/config.toml"), &heads, false);
+        let a: Vec<String> = a.iter().map(|s| s.to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            a,
+            [
+                "eval",
+                "--config",
+                "c/config.toml",
+                "--head",
+                "joint",
+                "--head",
+                "tau-norm",
+                "--head",
+                "lws"
+            ]
+        );
+        let a = Step::RetrainCrt.args(Path::new("c.toml"), &heads, true);
+        let a: Vec<String> = a.iter().map(|s| s.to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            a,
+            ["retrain", "--head", "crt", "--config", "c.toml", "--resume"]
+        );
+    }
+
+    #[test]
+    fn state_follows_markers_checkpoints_and_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let cell = Cell {
+            dir: dir.path().join("cell"),
+            info: CellInfo {
+                dataset: "d".into(),
+                dataset_order: 0,
+                sampler: "s".into(),
+                sampler_label: None,
+                sampler_order: 0,
+                seed: 0,
+            },
+        };
+        let heads: Vec<String> = ["joint", "crt"].map(String::from).to_vec();
+        let pending = |v: &[(Step, bool)]| CellState::Pending(v.to_vec());
+        assert_eq!(
+            cell_state(&cell, &heads),
+            pending(&[
+                (Step::Train, false),
+                (Step::RetrainCrt, false),
+                (Step::Eval, false)
+            ])
+        );
+        // Killed during stage 1: resume it.
+        std::fs::create_dir_all(cell.dir.join("checkpoints")).unwrap();
+        std::fs::write(cell.dir.join("checkpoints/stage1_last.safetensors"), b"x").unwrap();
+        assert_eq!(
+            cell_state(&cell, &heads),
+            pending(&[
+                (Step::Train, true),
+                (Step::RetrainCrt, false),
+                (Step::Eval, false)
+            ])
+        );
+        std::fs::create_dir_all(cell.dir.join(".sweep")).unwrap();
+        std::fs::write(cell.marker(Step::Train), b"done").unwrap();
+        assert_eq!(
+            cell_state(&cell, &heads),
+            pending(&[(Step::RetrainCrt, false), (Step::Eval, false)])
+        );
+        // Results without cRT are not finished; with it they are.
+        let results = |heads: &str| {
+            std::fs::write(
+                cell.dir.join(RESULTS_FILE),
+                format!("{{\"heads\": [{heads}]}}"),
+            )
+            .unwrap()
+        };
+        results(r#"{"head": "joint"}"#);
+        assert!(matches!(cell_state(&cell, &heads), CellState::Pending(_)));
+        results(r#"{"head": "joint"}, {"head": "crt"}"#);
+        assert_eq!(cell_state(&cell, &heads), CellState::Finished);
+    }
+
+    #[test]
+    fn a_changed_config_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("base.toml"), BASE).unwrap();
+        let out = dir.path().join("out");
+        let text = GRID.replace("runs/sweeps/g", &out.display().to_string());
+        let path = dir.path().join("grid.toml");
+        let g = Grid::parse(&text, &path, &[]).unwrap();
+        let cell = &g.cells()[0];
+        let config = prepare(&g, cell).unwrap();
+        assert!(config.is_file());
+        let info: CellInfo =
+            serde_json::from_slice(&std::fs::read(cell.dir.join(CELL_FILE)).unwrap()).unwrap();
+        assert_eq!(info, cell.info);
+        prepare(&g, cell).unwrap();
+        let g2 = Grid::parse(&text, &path, &["stage1.lr=0.3".into()]).unwrap();
+        let e = prepare(&g2, cell).unwrap_err().to_string();
+        assert!(
+            e.contains("changed") && e.contains("c10_r100/ib/seed0"),
+            "{e}"
+        );
+    }
+}
