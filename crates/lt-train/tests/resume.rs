@@ -1,0 +1,158 @@
+//! Resuming equals an uninterrupted run, bit for bit; a non-finite loss stops
+//! training with a clear error and keeps the last good checkpoint.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use lt_train::checkpoint::load_checkpoint;
+use lt_train::config::ExperimentConfig;
+use lt_train::experiment::Experiment;
+use lt_train::run_dir::read_records;
+use lt_train::stage2::{retrain, Stage2Head};
+use lt_train::{RunOptions, StartMode, TrainError};
+
+const STAGES: &str = r#"
+[stage1]
+epochs = 2
+batch_size = 8
+lr = 0.05
+sampler = { kind = "class_balanced" }
+schedule = { kind = "cosine", per = "iteration", warmup_epochs = 1 }
+[stage2.crt]
+epochs = 2
+batch_size = 8
+lr = 0.05
+[stage2.lws]
+epochs = 1
+batch_size = 8
+"#;
+
+fn open(data: &Path, run: &Path, extra: &str) -> Experiment {
+    let text = common::config(data, run, extra);
+    let cfg = ExperimentConfig::from_toml_str(&text, "tiny.toml").unwrap();
+    Experiment::open(cfg, "config.toml").unwrap()
+}
+
+fn opts(start: StartMode, stop: Option<usize>) -> RunOptions {
+    RunOptions {
+        start,
+        stop_after_epoch: stop,
+    }
+}
+
+fn assert_same_tensors(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>, what: &str) {
+    let mut ka: Vec<_> = a.keys().collect();
+    let mut kb: Vec<_> = b.keys().collect();
+    ka.sort();
+    kb.sort();
+    assert_eq!(ka, kb, "{what}: different tensor names");
+    for k in ka {
+        let x = a[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let y = b[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let same = x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(same, "{what}: tensor `{k}` differs");
+    }
+}
+
+#[test]
+fn resume_equals_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::make_dataset(&data);
+    let dev = Device::Cpu;
+
+    // Uninterrupted: 2 epochs of stage 1, 2 of cRT.
+    let a = open(&data, &tmp.path().join("a"), STAGES);
+    lt_train::stage1::train_stage1(&a, opts(StartMode::Fresh, None)).unwrap();
+    retrain(&a, Stage2Head::Crt, opts(StartMode::Fresh, None)).unwrap();
+
+    // Interrupted after each first epoch, then resumed.
+    let b = open(&data, &tmp.path().join("b"), STAGES);
+    let r = lt_train::stage1::train_stage1(&b, opts(StartMode::Fresh, Some(1))).unwrap();
+    assert_eq!(r.epochs, 1);
+    let r = lt_train::stage1::train_stage1(&b, opts(StartMode::Resume, None)).unwrap();
+    assert_eq!((r.resumed_from, r.epochs), (Some(1), 2));
+    retrain(&b, Stage2Head::Crt, opts(StartMode::Fresh, Some(1))).unwrap();
+    retrain(&b, Stage2Head::Crt, opts(StartMode::Resume, None)).unwrap();
+
+    for stage in ["stage1", "crt"] {
+        for (pa, pb) in [
+            (a.run.last_checkpoint(stage), b.run.last_checkpoint(stage)),
+            (a.run.best_checkpoint(stage), b.run.best_checkpoint(stage)),
+        ] {
+            let (ta, ma) = load_checkpoint(&pa, &dev).unwrap();
+            let (tb, mb) = load_checkpoint(&pb, &dev).unwrap();
+            let has_momentum = ta.keys().any(|k| k.starts_with("momentum."));
+            let is_best = pa.to_string_lossy().ends_with("_best.safetensors");
+            assert_eq!(has_momentum, !is_best, "{}", pa.display());
+            assert_same_tensors(&ta, &tb, &pa.display().to_string());
+            assert_eq!(ma, mb, "{stage}: metadata differs");
+        }
+    }
+    // The metrics log holds each epoch once, with the same numbers.
+    let strip = |p: &Path| {
+        read_records(p)
+            .unwrap()
+            .into_iter()
+            .map(|mut r| {
+                r.images_per_sec = 0.0;
+                r
+            })
+            .collect::<Vec<_>>()
+    };
+    let (ra, rb) = (strip(&a.run.metrics()), strip(&b.run.metrics()));
+    assert_eq!(ra.len(), 4);
+    assert_eq!(ra, rb);
+
+    // Resuming with a config that trains differently is refused.
+    let changed = STAGES.replace("lr = 0.05\nsampler", "lr = 0.07\nsampler");
+    let c = open(&data, &tmp.path().join("b"), &changed);
+    let e = lt_train::stage1::train_stage1(&c, opts(StartMode::Resume, None)).unwrap_err();
+    assert!(e.to_string().contains("another config"), "{e}");
+    // Starting fresh over an existing run needs --overwrite.
+    let e = lt_train::stage1::train_stage1(&b, opts(StartMode::Fresh, None)).unwrap_err();
+    assert!(e.to_string().contains("--overwrite"), "{e}");
+}
+
+#[test]
+fn non_finite_loss_stops_and_keeps_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::make_dataset(&data);
+    // A sane first epoch, then an absurd learning rate from epoch 2 on.
+    let stages = r#"
+[stage1]
+epochs = 3
+batch_size = 8
+lr = 0.05
+schedule = { kind = "step", milestones = [1], gamma = 1e35 }
+"#;
+    let exp = open(&data, &tmp.path().join("run"), stages);
+    let last = exp.run.last_checkpoint("stage1");
+    let err = lt_train::stage1::train_stage1(&exp, opts(StartMode::Fresh, None)).unwrap_err();
+    match &err {
+        TrainError::NonFiniteLoss { epoch, step, .. } => {
+            assert_eq!(*epoch, 2, "{err}");
+            assert!(*step >= 1);
+        }
+        other => panic!("expected a non-finite loss error, got {other}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains("epoch 2") && msg.contains("last good checkpoint"),
+        "{msg}"
+    );
+    let (tensors, meta) = load_checkpoint(&last, &Device::Cpu).unwrap();
+    assert_eq!(meta.epoch, 1);
+    for (k, t) in tensors {
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(
+            v.iter().all(|x| x.is_finite()),
+            "{k} is not finite in the kept checkpoint"
+        );
+    }
+    assert_eq!(read_records(&exp.run.metrics()).unwrap().len(), 1);
+}
