@@ -151,6 +151,47 @@ pub fn read_split_list(
     Ok(dataset)
 }
 
+/// The split-list entries of `indices` of a file-backed dataset, with paths
+/// relative to `image_root` (so a subset, e.g. a long-tailed one, can be
+/// written with [`write_split_list`] and shared). In-memory images and files
+/// outside `image_root` cannot be listed and are errors.
+pub fn dataset_entries(
+    dataset: &Dataset,
+    indices: &[usize],
+    image_root: &Path,
+) -> Result<Vec<SplitEntry>> {
+    indices
+        .iter()
+        .map(|&i| {
+            if i >= dataset.len() {
+                return Err(DataError::IndexOutOfRange {
+                    batch: 0,
+                    index: i,
+                    len: dataset.len(),
+                });
+            }
+            let ImageSource::File(p) = dataset.image(i) else {
+                return Err(DataError::layout(
+                    image_root,
+                    format!("sample {i} is an in-memory image and has no path to list"),
+                ));
+            };
+            let rel = p.strip_prefix(image_root).map_err(|_| {
+                DataError::layout(
+                    p,
+                    format!("is not under the image root {}", image_root.display()),
+                )
+            })?;
+            let text = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            Ok(SplitEntry::new(text, dataset.label(i)))
+        })
+        .collect()
+}
+
 /// The text of a split list: one `path label` line per entry, `\n`-terminated.
 pub fn split_list_text(entries: &[SplitEntry]) -> String {
     let mut s = String::with_capacity(entries.len() * 32);
@@ -324,6 +365,23 @@ mod tests {
         assert!(e.contains("empty"), "{e}");
         let e = err_of("a/1.jpg 99999999999\n", None);
         assert!(e.contains("list.txt:1"), "{e}");
+    }
+
+    #[test]
+    fn subsets_of_a_dataset_can_be_listed() {
+        let (dir, list) = fixture();
+        std::fs::write(&list, "a/1.jpg 0\na/2.jpg 0\nb/with space.jpg 1\n").unwrap();
+        let d = read_split_list(&list, dir.path(), None).unwrap();
+        let e = dataset_entries(&d, &[2, 0], dir.path()).unwrap();
+        assert_eq!(
+            e,
+            [
+                SplitEntry::new("b/with space.jpg", 1),
+                SplitEntry::new("a/1.jpg", 0)
+            ]
+        );
+        assert!(dataset_entries(&d, &[3], dir.path()).is_err());
+        assert!(dataset_entries(&d, &[0], Path::new("/elsewhere")).is_err());
     }
 
     #[test]
