@@ -555,14 +555,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Writes a cell's `config.toml`, `cell.json` and config digest, refusing a
-/// config that differs from the one the cell already started with.
-fn prepare(grid: &Grid, cell: &Cell) -> anyhow::Result<PathBuf> {
-    let text = grid.config_text(cell)?;
-    let digest = lt_data::fsutil::sha256_hex(text.as_bytes());
-    let digest_path = cell.digest_path();
-    if let Ok(old) = std::fs::read_to_string(&digest_path) {
-        if old.trim() != digest {
+/// Refuses a cell whose config differs from the one it started with: its
+/// checkpoints and results belong to the old one.
+fn check_unchanged(grid: &Grid, cell: &Cell, text: &str) -> anyhow::Result<()> {
+    if let Ok(old) = std::fs::read_to_string(cell.digest_path()) {
+        if old.trim() != lt_data::fsutil::sha256_hex(text.as_bytes()) {
             bail!(
                 "cell {}: its config changed since it started (grid {}); delete {} to redo \
                  the cell, or restore the grid",
@@ -572,6 +569,13 @@ fn prepare(grid: &Grid, cell: &Cell) -> anyhow::Result<PathBuf> {
             );
         }
     }
+    Ok(())
+}
+
+/// Writes a cell's `config.toml`, `cell.json` and config digest.
+fn prepare(grid: &Grid, cell: &Cell) -> anyhow::Result<PathBuf> {
+    let text = grid.config_text(cell)?;
+    check_unchanged(grid, cell, &text)?;
     std::fs::create_dir_all(cell.dir.join(".sweep"))
         .with_context(|| format!("creating {}", cell.dir.display()))?;
     write_atomic(&cell.config_path(), text.as_bytes())?;
@@ -579,7 +583,8 @@ fn prepare(grid: &Grid, cell: &Cell) -> anyhow::Result<PathBuf> {
         &cell.dir.join(CELL_FILE),
         &serde_json::to_vec_pretty(&cell.info)?,
     )?;
-    write_atomic(&digest_path, format!("{digest}\n").as_bytes())?;
+    let digest = lt_data::fsutil::sha256_hex(text.as_bytes());
+    write_atomic(&cell.digest_path(), format!("{digest}\n").as_bytes())?;
     Ok(cell.config_path())
 }
 
@@ -662,6 +667,9 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     let cells = grid.cells();
     if args.report_only {
         return write_report(&grid.out_dir);
+    }
+    for cell in &cells {
+        check_unchanged(&grid, cell, &grid.config_text(cell)?)?;
     }
     let states: Vec<CellState> = cells.iter().map(|c| cell_state(c, &grid.heads)).collect();
     let total: usize = states
