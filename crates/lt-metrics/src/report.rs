@@ -84,12 +84,12 @@ const SAMPLER_KINDS: [(&str, &str); 4] = [
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     /// A file or directory could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (shown in the message, so not chained as a source).
+        error: std::io::Error,
     },
     /// A results or cell file is not JSON of the expected shape (or a report
     /// file could not be serialised).
@@ -131,7 +131,7 @@ impl ReportError {
 pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
     lt_data::fsutil::write_atomic(path, bytes).map_err(|e| ReportError::Io {
         path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
+        error: std::io::Error::other(e.to_string()),
     })
 }
 

@@ -177,9 +177,9 @@ fn null_as_nan<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
 
 /// Reads and parses a JSON file; errors name the file (and the line).
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
-    let bytes = std::fs::read(path).map_err(|source| ReportError::Io {
+    let bytes = std::fs::read(path).map_err(|error| ReportError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     serde_json::from_slice(&bytes).map_err(|e| ReportError::Json {
         path: path.to_path_buf(),
@@ -191,14 +191,22 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
 /// [`RESULTS_FILE`], in sorted order. Report output, checkpoint, feature,
 /// log and hidden directories are not searched.
 pub fn find_runs(root: &Path) -> Result<Vec<PathBuf>, ReportError> {
-    let meta = std::fs::metadata(root).map_err(|source| ReportError::Io {
-        path: root.to_path_buf(),
-        source,
-    })?;
+    let meta = match std::fs::metadata(root) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ReportError::NoRuns(root.to_path_buf()))
+        }
+        Err(error) => {
+            return Err(ReportError::Io {
+                path: root.to_path_buf(),
+                error,
+            })
+        }
+    };
     if !meta.is_dir() {
         return Err(ReportError::Io {
             path: root.to_path_buf(),
-            source: std::io::Error::other("not a directory"),
+            error: std::io::Error::other("not a directory"),
         });
     }
     let mut found = Vec::new();
@@ -207,14 +215,14 @@ pub fn find_runs(root: &Path) -> Result<Vec<PathBuf>, ReportError> {
         if dir.join(RESULTS_FILE).is_file() {
             found.push(dir.clone());
         }
-        let entries = std::fs::read_dir(&dir).map_err(|source| ReportError::Io {
+        let entries = std::fs::read_dir(&dir).map_err(|error| ReportError::Io {
             path: dir.clone(),
-            source,
+            error,
         })?;
         for entry in entries {
-            let entry = entry.map_err(|source| ReportError::Io {
+            let entry = entry.map_err(|error| ReportError::Io {
                 path: dir.clone(),
-                source,
+                error,
             })?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
@@ -284,6 +292,7 @@ mod tests {
                 .to_vec()
         );
         let e = find_runs(&dir.path().join("missing")).unwrap_err();
+        assert!(matches!(e, ReportError::NoRuns(_)), "{e}");
         assert!(e.to_string().contains("missing"), "{e}");
     }
 }

@@ -32,9 +32,9 @@ fn ck_err(path: &Path, message: impl Into<String>) -> ReportError {
 /// little-endian header length, the JSON header, then the data; the header
 /// entries are parsed with the `safetensors` crate's own types.
 pub fn read_tensor(path: &Path, name: &str) -> Result<(Vec<usize>, Vec<f64>), ReportError> {
-    let io = |e: std::io::Error| ReportError::Io {
+    let io = |error: std::io::Error| ReportError::Io {
         path: path.to_path_buf(),
-        source: e,
+        error,
     };
     let mut f = File::open(path).map_err(io)?;
     let file_len = f.metadata().map_err(io)?.len();
