@@ -124,6 +124,7 @@ struct RetrainArgs {
 enum EvalHead {
     Joint,
     Ncm,
+    #[value(alias = "tau_norm")]
     TauNorm,
     Crt,
     Lws,

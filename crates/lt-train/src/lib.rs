@@ -1,6 +1,87 @@
 //! lt-train: optimiser, learning-rate schedules, checkpoints, experiment
 //! configuration, the stage-1 and stage-2 training loops and the evaluation of
-//! every classifier head.
+//! every classifier head of Kang et al., "Decoupling Representation and
+//! Classifier for Long-Tailed Recognition" (ICLR 2020).
+//!
+//! # Pieces
+//!
+//! | module | what |
+//! |---|---|
+//! | [`optim`] | [`optim::SgdMomentum`]: SGD with momentum, L2 decay on trained tensors only, Nesterov, state by name |
+//! | [`schedule`] | cosine (per epoch or iteration, `pre_1_1` / `post_1_1` offset), step, linear warm-up |
+//! | [`checkpoint`] | atomic safetensors checkpoints (model + momentum + JSON metadata) |
+//! | [`config`] | the TOML experiment config; errors name the file and key |
+//! | [`experiment`] | an opened config: device, split lists, run directory, split hashes |
+//! | [`stage1`] | joint training with any sampler and augmentation |
+//! | [`stage2`] | cRT and LWS on the frozen backbone (`bn = train | eval`, cached-feature fast path) |
+//! | [`heads`] | joint, NCM, tau-norm (whole tau curve), cRT and LWS from one stage-1 checkpoint; `results.json` |
+//! | [`trainer`] | the shared epoch loop: evaluation, best / last checkpoints, `metrics.jsonl`, `--resume`, non-finite loss stop |
+//!
+//! # Example: the optimiser and a schedule
+//!
+//! ```
+//! use candle_core::{Device, Tensor, Var};
+//! use lt_train::optim::{SgdConfig, SgdMomentum};
+//! use lt_train::schedule::ScheduleConfig;
+//!
+//! # fn main() -> Result<(), lt_train::TrainError> {
+//! // Reference 5-epoch LWS schedule: per-epoch cosine from 0.2, `pre_1_1`.
+//! let schedule = ScheduleConfig::default().build(0.2, 5, 100)?;
+//! let lrs: Vec<f64> = (0..5).map(|e| (schedule.lr(e, 0) * 1000.0).round() / 1000.0).collect();
+//! assert_eq!(lrs, [0.2, 0.181, 0.131, 0.069, 0.019]);
+//!
+//! // One SGD step on loss = 3 * w: v = g + wd * w = 3.5, w = 1 - 0.1 * 3.5.
+//! let w = Var::from_tensor(&Tensor::new(&[1f32], &Device::Cpu)?)?;
+//! let cfg = SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 0.5, nesterov: false };
+//! let mut opt = SgdMomentum::new(vec![("w".into(), w.clone())], cfg)?;
+//! opt.backward_step(&(w.as_tensor() * 3.0)?.sum_all()?)?;
+//! assert!((w.as_tensor().to_vec1::<f32>()?[0] - 0.65).abs() < 1e-6);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Example: a whole experiment
+//!
+//! What `lt-cli train`, `retrain` and `eval` do (needs the data of the config):
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use lt_heads::HeadKind;
+//! use lt_train::config::ExperimentConfig;
+//! use lt_train::experiment::Experiment;
+//! use lt_train::stage2::Stage2Head;
+//! use lt_train::RunOptions;
+//!
+//! # fn main() -> Result<(), lt_train::TrainError> {
+//! let cfg = ExperimentConfig::load(
+//!     Path::new("configs/cifar100_lt_r100_short.toml"),
+//!     &["stage1.epochs=2".to_string()],
+//! )?;
+//! let exp = Experiment::open(cfg, "config.toml")?;
+//! let report = lt_train::stage1::train_stage1(&exp, RunOptions::default())?;
+//! println!("best val top-1 {:?}", report.best);
+//! lt_train::stage2::retrain(&exp, Stage2Head::Crt, RunOptions::default())?;
+//! lt_train::stage2::retrain(&exp, Stage2Head::Lws, RunOptions::default())?;
+//! let heads = [HeadKind::Joint, HeadKind::Ncm, HeadKind::TauNorm, HeadKind::Crt, HeadKind::Lws];
+//! let results = lt_train::heads::evaluate_heads(&exp, &heads, false)?;
+//! print!("{}", results.table());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Reference behaviour and switches
+//!
+//! Defaults follow the official code (see `decoupling.md`): SGD momentum 0.9
+//! with dampening 0 and decay on every trained tensor; per-epoch cosine to 0
+//! stepped at the start of each epoch (`cosine_offset = "pre_1_1"` by default:
+//! the reference's PyTorch version is unknown, and `pre_1_1` starts at the base
+//! rate and never wastes an epoch at lr 0); stage 2 restarts the schedule with a
+//! fresh optimiser; cRT re-initialises the head and uses the class-balanced
+//! sampler (class cycle, 4 per class); LWS trains scales (bias included) on the
+//! instance-balanced train set; stage-2 BN normalises with batch statistics and
+//! keeps updating its running statistics (`bn = "train"`); NCM and tau-norm use
+//! the stage-1 statistics; model selection on the best validation epoch, with
+//! the last epoch reported as well.
 #![warn(missing_docs)]
 
 pub mod checkpoint;
