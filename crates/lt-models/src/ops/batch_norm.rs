@@ -8,6 +8,7 @@
 //! the input gradient), with channels or planes spread over rayon.
 
 use super::cpu::f32_slice;
+use super::simd;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -53,35 +54,6 @@ fn plane_grain(hw: usize) -> usize {
     (16 * 1024 / hw.max(1)).max(1)
 }
 
-/// Sums of `v - k` and `(v - k)^2`. Sixteen f32 lanes vectorise; they are
-/// flushed to f64 every 4096 elements so long planes keep their accuracy.
-/// The shift `k` (a sample of the channel) avoids the cancellation of
-/// `E[x^2] - E[x]^2` when the mean is large compared with the spread.
-fn shifted_sums(v: &[f32], k: f32) -> (f64, f64) {
-    let (mut s, mut s2) = (0f64, 0f64);
-    for block in v.chunks(4096) {
-        let mut a = [0f32; 16];
-        let mut b = [0f32; 16];
-        let chunks = block.chunks_exact(16);
-        let rest = chunks.remainder();
-        for ch in chunks {
-            for l in 0..16 {
-                let d = ch[l] - k;
-                a[l] += d;
-                b[l] += d * d;
-            }
-        }
-        for &x in rest {
-            let d = x - k;
-            a[0] += d;
-            b[0] += d * d;
-        }
-        s += a.iter().map(|&x| f64::from(x)).sum::<f64>();
-        s2 += b.iter().map(|&x| f64::from(x)).sum::<f64>();
-    }
-    (s, s2)
-}
-
 /// Per-channel batch mean and biased variance, channels in parallel.
 fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f32>, Vec<f32>) {
     let m = (n * hw) as f64;
@@ -94,7 +66,7 @@ fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f32>, Vec<f32
             let k = x[ch * hw];
             let (mut s, mut s2) = (0f64, 0f64);
             for i in 0..n {
-                let (a, b) = shifted_sums(&x[(i * c + ch) * hw..(i * c + ch + 1) * hw], k);
+                let (a, b) = simd::shifted_sums(&x[(i * c + ch) * hw..(i * c + ch + 1) * hw], k);
                 s += a;
                 s2 += b;
             }
@@ -126,22 +98,9 @@ fn affine_epilogue(
         .with_min_len(plane_grain(hw))
         .for_each(|(p, yp)| {
             let ch = p % c;
-            let (a, b) = (a[ch], b[ch]);
-            let xp = &x[p * hw..(p + 1) * hw];
-            match (residual, relu) {
-                (None, false) => yp.iter_mut().zip(xp).for_each(|(o, &v)| *o = v * a + b),
-                (None, true) => yp
-                    .iter_mut()
-                    .zip(xp)
-                    .for_each(|(o, &v)| *o = (v * a + b).max(0.0)),
-                (Some(r), _) => {
-                    let rp = &r[p * hw..(p + 1) * hw];
-                    for ((o, &v), &r) in yp.iter_mut().zip(xp).zip(rp) {
-                        let t = v * a + b + r;
-                        *o = if relu { t.max(0.0) } else { t };
-                    }
-                }
-            }
+            let r = p * hw..(p + 1) * hw;
+            let rp = residual.map(|res| &res[r.clone()]);
+            simd::affine_plane(&x[r], rp, a[ch], b[ch], relu, yp);
         });
     y
 }
@@ -194,7 +153,6 @@ pub(crate) fn bn_train_bwd(
     relu: bool,
     want_dz: bool,
 ) -> BnGrads {
-    let masked = |yv: f32, d: f32| if relu && yv <= 0.0 { 0.0 } else { d };
     // Pass 1: per channel, sum(d) and sum(d * (x - mean)).
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
@@ -203,16 +161,9 @@ pub(crate) fn bn_train_bwd(
             let (mut s, mut sx) = (0f64, 0f64);
             for i in 0..n {
                 let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                let (xp, yp, dp) = (&x[r.clone()], &y[r.clone()], &dy[r]);
-                let mut a = [0f32; 8];
-                let mut b = [0f32; 8];
-                for j in 0..hw {
-                    let d = masked(yp[j], dp[j]);
-                    a[j % 8] += d;
-                    b[j % 8] += d * (xp[j] - mean);
-                }
-                s += a.iter().map(|&v| f64::from(v)).sum::<f64>();
-                sx += b.iter().map(|&v| f64::from(v)).sum::<f64>();
+                let (a, b) = simd::masked_sums(&x[r.clone()], &y[r.clone()], &dy[r], mean, relu);
+                s += a;
+                sx += b;
             }
             (s, sx)
         })
@@ -244,17 +195,9 @@ pub(crate) fn bn_train_bwd(
     };
     if hw > 0 {
         let plane = |p: usize, dxp: &mut [f32], dzp: Option<&mut [f32]>| {
-            let (k1, k2, k3) = coef[p % c];
             let r = p * hw..(p + 1) * hw;
-            let (xp, yp, dp) = (&x[r.clone()], &y[r.clone()], &dy[r]);
-            for j in 0..hw {
-                dxp[j] = masked(yp[j], dp[j]) * k1 + xp[j] * k2 + k3;
-            }
-            if let Some(dzp) = dzp {
-                for j in 0..hw {
-                    dzp[j] = masked(yp[j], dp[j]);
-                }
-            }
+            let k = coef[p % c];
+            simd::bn_dx_plane(&x[r.clone()], &y[r.clone()], &dy[r], k, relu, dxp, dzp);
         };
         let grain = plane_grain(hw);
         match dz.as_mut() {
@@ -597,35 +540,29 @@ impl CustomOp3 for AffineBwdOp {
                 l1.dims()
             );
         }
-        let relu = self.relu;
-        let masked = |yv: f32, d: f32| if relu && yv <= 0.0 { 0.0 } else { d };
-        let sums: Vec<(f32, f32)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (mut s, mut sx) = (0f64, 0f64);
-                for i in 0..n {
-                    let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                    for ((&xv, &yv), &d) in x[r.clone()].iter().zip(&y[r.clone()]).zip(&dy[r]) {
-                        let d = f64::from(masked(yv, d));
-                        s += d;
-                        sx += d * f64::from(xv);
-                    }
-                }
-                (sx as f32, s as f32)
-            })
-            .collect();
         let mut dx = vec![0f32; x.len()];
-        if hw > 0 {
+        // Per plane: dx and the plane's (sum(d * x), sum(d)), then per channel.
+        let plane_sums: Vec<(f64, f64)> = if hw == 0 {
+            Vec::new()
+        } else {
             dx.par_chunks_mut(hw)
                 .enumerate()
                 .with_min_len(plane_grain(hw))
-                .for_each(|(p, dxp)| {
-                    let a = self.scale[p % c];
+                .map(|(p, dxp)| {
                     let r = p * hw..(p + 1) * hw;
-                    for ((o, &yv), &d) in dxp.iter_mut().zip(&y[r.clone()]).zip(&dy[r]) {
-                        *o = masked(yv, d) * a;
-                    }
-                });
+                    let a = self.scale[p % c];
+                    simd::affine_bwd_plane(&x[r.clone()], &y[r.clone()], &dy[r], a, self.relu, dxp)
+                })
+                .collect()
+        };
+        let mut sums = vec![(0f32, 0f32); c];
+        for (ch, sum) in sums.iter_mut().enumerate() {
+            let (mut sx, mut s) = (0f64, 0f64);
+            for i in 0..n {
+                sx += plane_sums[i * c + ch].0;
+                s += plane_sums[i * c + ch].1;
+            }
+            *sum = (sx as f32, s as f32);
         }
         *self.sums.lock().map_err(|_| poisoned())? = Some(sums.into_iter().unzip());
         Ok((CpuStorage::F32(dx), l1.shape().clone()))

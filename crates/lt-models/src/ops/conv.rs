@@ -6,7 +6,8 @@
 //! looped inside each kernel: a grouped convolution costs one task per image,
 //! not one candle op per group.
 
-use super::cpu::{f32_slice, sgemm, split_range, threads, Mat};
+use super::cpu::{f32_slice, sgemm, split_range, threads, Mat, MatMut};
+use super::simd;
 use super::Conv2dParams;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
@@ -125,6 +126,15 @@ impl ConvGeom {
 /// Unfolds one group of one image, `x` `(cig, H, W)`, into `col`
 /// `(cig * KH * KW, OH * OW)`.
 fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
+    if g.stride == 1 && g.ow == g.w {
+        im2col_same(g, x, col);
+    } else {
+        im2col_rows(g, x, col);
+    }
+}
+
+/// [`im2col`], one output row at a time (any geometry).
+fn im2col_rows(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
     let (hw, ohw, s) = (g.hw(), g.ohw(), g.stride);
     for c in 0..g.cig() {
         let xc = &x[c * hw..(c + 1) * hw];
@@ -151,6 +161,50 @@ fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
                                 *o = *v;
                             }
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col`] for stride 1 and "same" width (`OW == W`): each row of `col`
+/// is the input plane shifted by a constant flat offset, so it is one
+/// contiguous copy followed by zeroing the columns that wrapped around
+/// (instead of one short copy per output row).
+fn im2col_same(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
+    let (hw, ohw, w) = (g.hw(), g.ohw(), g.w);
+    for ki in 0..g.kh {
+        // Output rows whose input row `oy + ki - pad` is inside the image.
+        let oy_lo = g.pad.saturating_sub(ki).min(g.oh);
+        let oy_hi = (g.h + g.pad).saturating_sub(ki).min(g.oh).max(oy_lo);
+        for kj in 0..g.kw {
+            let (lo, hi) = g.ow_range(kj);
+            // Flat source offset of output element (oy, ox): (ki-pad)*W + kj-pad.
+            let off = (ki * w + kj) as isize - (g.pad * w + g.pad) as isize;
+            // Destination range whose source lies inside the plane; the few
+            // elements clipped here are wrapped columns, zeroed below.
+            let a = ((oy_lo * w) as isize).max(-off) as usize;
+            let b = ((oy_hi * w) as isize)
+                .min(hw as isize - off)
+                .max(a as isize) as usize;
+            for c in 0..g.cig() {
+                let row = (c * g.kh + ki) * g.kw + kj;
+                let dst = &mut col[row * ohw..(row + 1) * ohw];
+                let xc = &x[c * hw..(c + 1) * hw];
+                dst[..oy_lo * w].fill(0.0);
+                dst[oy_hi * w..].fill(0.0);
+                if a < b {
+                    let src = (a as isize + off) as usize;
+                    dst[a..b].copy_from_slice(&xc[src..src + (b - a)]);
+                }
+                dst[oy_lo * w..a].fill(0.0);
+                dst[b..oy_hi * w].fill(0.0);
+                // Wrapped columns: a strided loop over rows per column (a
+                // slice fill per row would be a libc call for one element).
+                for t in (0..lo).chain(hi..w) {
+                    for oy in oy_lo..oy_hi {
+                        dst[oy * w + t] = 0.0;
                     }
                 }
             }
@@ -247,8 +301,11 @@ pub(crate) fn conv_fwd(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
                 cog,
                 ohw,
                 kdim,
-                &mut yi[grp * cog * ohw..(grp + 1) * cog * ohw],
-                ohw,
+                MatMut {
+                    data: &mut yi[grp * cog * ohw..(grp + 1) * cog * ohw],
+                    rs: ohw,
+                    cs: 1,
+                },
                 false,
                 Mat {
                     data: &w[grp * cog * kdim..(grp + 1) * cog * kdim],
@@ -267,8 +324,52 @@ pub(crate) fn conv_fwd(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     y
 }
 
-/// `dx = conv^T(dy, w)`: per image and group, `dx_g = col2im(W_g^T * dy_g)`.
+/// For a stride-1 convolution, the input gradient is itself a stride-1
+/// convolution of `dy` with the spatially flipped, in/out-swapped kernel and
+/// padding `K - 1 - P`: the forward kernel's long reduction (`C_out * K * K`)
+/// beats a gemm over only `C_out` followed by a col2im scatter.
+fn flipped_geometry(g: &ConvGeom) -> Option<ConvGeom> {
+    if g.stride != 1 || g.kh != g.kw || g.pad + 1 > g.kh {
+        return None;
+    }
+    let p = Conv2dParams {
+        stride: 1,
+        padding: g.kh - 1 - g.pad,
+        groups: g.groups,
+    };
+    let t = ConvGeom::new(
+        &[g.n, g.c_out, g.oh, g.ow],
+        &[g.c_in, g.cog(), g.kh, g.kw],
+        p,
+    )
+    .ok()?;
+    (t.oh == g.h && t.ow == g.w).then_some(t)
+}
+
+/// `W'[g*cig + ci, co, ki, kj] = W[g*cog + co, ci, K-1-ki, K-1-kj]`.
+fn flip_kernel(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
+    let (cig, cog, kk) = (g.cig(), g.cog(), g.kh * g.kw);
+    let mut out = vec![0f32; w.len()];
+    for grp in 0..g.groups {
+        for co in 0..cog {
+            for ci in 0..cig {
+                let src = &w[((grp * cog + co) * cig + ci) * kk..][..kk];
+                let dst = &mut out[((grp * cig + ci) * cog + co) * kk..][..kk];
+                for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                    *d = *s;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `dx = conv^T(dy, w)`.
 pub(crate) fn conv_bwd_data(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    if let Some(t) = flipped_geometry(g) {
+        return conv_fwd(&t, dy, &flip_kernel(g, w));
+    }
+    // General stride: per image and group, `dx_g = col2im(W_g^T * dy_g)`.
     let (cig, cog, kdim, hw, ohw) = (g.cig(), g.cog(), g.kdim(), g.hw(), g.ohw());
     let par = inner_parallelism(g.n);
     let mut dx = vec![0f32; g.n * g.c_in * hw];
@@ -287,9 +388,19 @@ pub(crate) fn conv_bwd_data(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
             };
             let dxg = &mut dxi[grp * cig * hw..(grp + 1) * cig * hw];
             if g.pointwise() {
-                sgemm(kdim, ohw, cog, dxg, ohw, false, lhs, rhs, par);
+                let dst = MatMut {
+                    data: dxg,
+                    rs: ohw,
+                    cs: 1,
+                };
+                sgemm(kdim, ohw, cog, dst, false, lhs, rhs, par);
             } else {
-                sgemm(kdim, ohw, cog, dcol, ohw, false, lhs, rhs, par);
+                let dst = MatMut {
+                    data: &mut *dcol,
+                    rs: ohw,
+                    cs: 1,
+                };
+                sgemm(kdim, ohw, cog, dst, false, lhs, rhs, par);
                 col2im(g, dcol, dxg);
             }
         }
@@ -298,6 +409,11 @@ pub(crate) fn conv_bwd_data(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
 }
 
 /// `dw = sum_n dy_n * im2col(x_n)^T`, accumulated per worker then summed.
+///
+/// Both factors have the reduction (`OH * OW`) contiguous, so one must be
+/// repacked: the product is oriented so that it is `dy` (`C_out` rows), not
+/// the im2col matrix (`C_in * K * K` rows), which means accumulating into
+/// the transposed gradient `(C_in/g * K * K, C_out/g)` per group.
 pub(crate) fn conv_bwd_filter(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (cig, cog, kdim, hw, ohw) = (g.cig(), g.cog(), g.kdim(), g.hw(), g.ohw());
     let w_len = g.c_out * kdim;
@@ -308,7 +424,8 @@ pub(crate) fn conv_bwd_filter(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         inner_parallelism(g.n)
     };
     let partial = |part: usize| {
-        let mut dw = vec![0f32; w_len];
+        // Per group, column-major (cog x kdim): element (co, j) at j * cog + co.
+        let mut dwt = vec![0f32; w_len];
         let mut col = vec![0f32; g.col_len()];
         for i in split_range(g.n, parts, part) {
             let xi = &x[i * g.c_in * hw..(i + 1) * g.c_in * hw];
@@ -325,8 +442,11 @@ pub(crate) fn conv_bwd_filter(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                     cog,
                     kdim,
                     ohw,
-                    &mut dw[grp * cog * kdim..(grp + 1) * cog * kdim],
-                    kdim,
+                    MatMut {
+                        data: &mut dwt[grp * cog * kdim..(grp + 1) * cog * kdim],
+                        rs: 1,
+                        cs: cog,
+                    },
                     true,
                     Mat {
                         data: &dyi[grp * cog * ohw..(grp + 1) * cog * ohw],
@@ -342,19 +462,31 @@ pub(crate) fn conv_bwd_filter(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 );
             }
         }
-        dw
+        dwt
     };
-    if parts == 1 {
-        return partial(0);
+    let dwt = if parts == 1 {
+        partial(0)
+    } else {
+        (0..parts)
+            .into_par_iter()
+            .map(partial)
+            .reduce_with(|mut a, b| {
+                simd::add_assign(&mut a, &b);
+                a
+            })
+            .unwrap_or_else(|| vec![0f32; w_len])
+    };
+    let mut dw = vec![0f32; w_len];
+    for grp in 0..g.groups {
+        let src = &dwt[grp * cog * kdim..(grp + 1) * cog * kdim];
+        let dst = &mut dw[grp * cog * kdim..(grp + 1) * cog * kdim];
+        for co in 0..cog {
+            for j in 0..kdim {
+                dst[co * kdim + j] = src[j * cog + co];
+            }
+        }
     }
-    (0..parts)
-        .into_par_iter()
-        .map(partial)
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            a
-        })
-        .unwrap_or_else(|| vec![0f32; w_len])
+    dw
 }
 
 /// Forward convolution `(x, w) -> y` with its own backward.
@@ -522,6 +654,26 @@ mod tests {
             let lhs: f32 = col.iter().zip(&c).map(|(a, b)| a * b).sum();
             let rhs: f32 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
             assert_eq!(lhs, rhs, "shape {h}x{w} k{k} s{s} p{p}");
+        }
+    }
+
+    #[test]
+    fn same_width_im2col_matches_row_by_row() {
+        for (h, w, k, p) in [
+            (5, 7, 3, 1),
+            (8, 8, 3, 1),
+            (9, 6, 7, 3),
+            (4, 4, 5, 2),
+            (3, 3, 1, 0),
+        ] {
+            let g = geom(h, w, k, 1, p);
+            assert_eq!(g.ow, w);
+            let x: Vec<f32> = (0..2 * h * w).map(|i| i as f32 + 1.0).collect();
+            let mut fast = vec![f32::NAN; g.kdim() * g.ohw()];
+            let mut slow = vec![f32::NAN; g.kdim() * g.ohw()];
+            im2col_same(&g, &x, &mut fast);
+            im2col_rows(&g, &x, &mut slow);
+            assert_eq!(fast, slow, "shape {h}x{w} k{k} p{p}");
         }
     }
 

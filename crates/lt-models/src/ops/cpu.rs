@@ -25,6 +25,43 @@ pub(crate) fn f32_slice<'a>(
     }
 }
 
+/// Asks the C allocator to keep freed memory for reuse instead of returning
+/// it to the operating system (glibc only; a no-op returning `false`
+/// elsewhere). See [`super::retain_freed_memory`].
+pub(crate) fn retain_freed_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::raw::c_int;
+        extern "C" {
+            fn mallopt(param: c_int, value: c_int) -> c_int;
+        }
+        // glibc's <malloc.h> values.
+        const M_TRIM_THRESHOLD: c_int = -1;
+        const M_MMAP_THRESHOLD: c_int = -3;
+        // The largest mmap threshold glibc accepts on 64-bit targets (32 MiB):
+        // blocks below it come from the heap and are recycled.
+        const MMAP_THRESHOLD_MAX: c_int = 32 << 20;
+        // SAFETY: `mallopt` only updates allocator parameters under the
+        // allocator's own lock; both parameters and values are valid.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) == 1
+                && mallopt(M_TRIM_THRESHOLD, c_int::MAX) == 1
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
+/// Applies [`retain_freed_memory`] once per process.
+pub(crate) fn retain_freed_memory_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        retain_freed_memory();
+    });
+}
+
 /// Number of worker threads of the current rayon pool.
 pub(crate) fn threads() -> usize {
     rayon::current_num_threads().max(1)
@@ -48,13 +85,27 @@ pub(crate) struct Mat<'a> {
     pub cs: usize,
 }
 
+/// A writable matrix view, see [`Mat`].
+#[derive(Debug)]
+pub(crate) struct MatMut<'a> {
+    pub data: &'a mut [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
 /// Largest offset touched by a `rows x cols` view with these strides.
 fn last_offset(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
     (rows - 1) * rs + (cols - 1) * cs
 }
 
 /// `dst (m x n) = lhs (m x k) * rhs (k x n)`, or `dst += ...` when
-/// `accumulate` is true. `dst` is row-major with row stride `dst_rs`.
+/// `accumulate` is true.
+///
+/// The `gemm` crate's micro-kernel reads the `m` side of `lhs` and the `k`
+/// side of `rhs` contiguously once it has oriented the product along a
+/// column-major `dst`; operands with other layouts are repacked on every
+/// call, which for large operands costs as much as the product. Callers pick
+/// the orientation accordingly (see the weight gradient).
 ///
 /// Every view is checked to lie inside its slice, so the call is safe for any
 /// arguments; an out-of-bounds view panics, which would be a kernel bug.
@@ -63,8 +114,7 @@ pub(crate) fn sgemm(
     m: usize,
     n: usize,
     k: usize,
-    dst: &mut [f32],
-    dst_rs: usize,
+    dst: MatMut<'_>,
     accumulate: bool,
     lhs: Mat<'_>,
     rhs: Mat<'_>,
@@ -76,13 +126,15 @@ pub(crate) fn sgemm(
     if k == 0 {
         if !accumulate {
             for r in 0..m {
-                dst[r * dst_rs..r * dst_rs + n].fill(0.0);
+                for c in 0..n {
+                    dst.data[r * dst.rs + c * dst.cs] = 0.0;
+                }
             }
         }
         return;
     }
     assert!(
-        last_offset(m, n, dst_rs, 1) < dst.len(),
+        last_offset(m, n, dst.rs, dst.cs) < dst.data.len(),
         "sgemm: dst view out of bounds"
     );
     assert!(
@@ -102,9 +154,9 @@ pub(crate) fn sgemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
+            dst.data.as_mut_ptr(),
+            dst.cs as isize,
+            dst.rs as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.cs as isize,
@@ -154,8 +206,11 @@ mod tests {
             m,
             n,
             k,
-            &mut c,
-            n,
+            MatMut {
+                data: &mut c,
+                rs: n,
+                cs: 1,
+            },
             true,
             Mat {
                 data: &a,

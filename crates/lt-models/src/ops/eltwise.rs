@@ -3,6 +3,7 @@
 //! accumulation, each a full pass with its own allocation).
 
 use super::cpu::f32_slice;
+use super::simd;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -33,11 +34,7 @@ impl CustomOp2 for AddReluOp {
         let mut y = vec![0f32; a.len()];
         y.par_chunks_mut(GRAIN)
             .zip(a.par_chunks(GRAIN).zip(b.par_chunks(GRAIN)))
-            .for_each(|(y, (a, b))| {
-                for ((o, &a), &b) in y.iter_mut().zip(a).zip(b) {
-                    *o = (a + b).max(0.0);
-                }
-            });
+            .for_each(|(y, (a, b))| simd::add_relu(a, b, y));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -80,11 +77,7 @@ impl CustomOp2 for ReluMaskOp {
         let mut dz = vec![0f32; y.len()];
         dz.par_chunks_mut(GRAIN)
             .zip(y.par_chunks(GRAIN).zip(dy.par_chunks(GRAIN)))
-            .for_each(|(o, (y, dy))| {
-                for ((o, &y), &d) in o.iter_mut().zip(y).zip(dy) {
-                    *o = if y > 0.0 { d } else { 0.0 };
-                }
-            });
+            .for_each(|(o, (y, dy))| simd::relu_mask(y, dy, o));
         Ok((CpuStorage::F32(dz), l1.shape().clone()))
     }
 }

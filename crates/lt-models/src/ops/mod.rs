@@ -13,14 +13,33 @@ mod cpu;
 mod eltwise;
 mod pool;
 pub mod reference;
+mod simd;
 
 use batch_norm::Epilogue;
 
 /// Whether every operand can go through the project's CPU kernels (f32 on
 /// the CPU); anything else takes the `reference` path.
 fn on_kernels(ts: &[&Tensor]) -> bool {
-    ts.iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+    let yes = ts
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    if yes {
+        cpu::retain_freed_memory_once();
+    }
+    yes
+}
+
+/// Makes the C allocator keep freed memory for reuse (glibc: raises the mmap
+/// and trim thresholds); returns whether it applied (`false` off glibc).
+///
+/// A training step frees and re-allocates the same activation-sized blocks
+/// every step. By default glibc serves blocks from 128 KiB up with fresh
+/// `mmap`s and unmaps them on free, so every step pays a page fault per
+/// 4 KiB touched, which measured here cost more than the convolutions
+/// themselves. The kernels call this once, the first time they run; the
+/// price is that the process keeps its peak heap size.
+pub fn retain_freed_memory() -> bool {
+    cpu::retain_freed_memory()
 }
 
 /// Geometry of a 2-D convolution (dilation is always 1).

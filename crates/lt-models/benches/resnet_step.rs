@@ -1,0 +1,259 @@
+//! Training-step throughput of a backbone + linear head, the same step as the
+//! peer script `shared/bench/torch_resnet_step.py`: forward, cross-entropy,
+//! backward, SGD (momentum 0.9, weight decay 5e-4) on random data.
+//!
+//! ```text
+//! cargo bench -p lt-models --bench resnet_step -- --model resnet32 --batch 128 \
+//!     --threads 2 --steps 10 --warmup 3 [--classes 100] [--size 32] [--profile]
+//! ```
+//!
+//! Prints one JSON line: model, batch, size, threads, `img_per_s_median`,
+//! `step_ms` (timed steps), `cpu_ms_median` (process CPU time per step, which
+//! other load on the machine barely moves), `peak_rss_mb` (VmHWM) and the
+//! load average at the start. `--profile` also prints, to stderr, the median
+//! split of a step into forward / backward / optimiser.
+
+use candle_core::{backprop::GradStore, DType, Device, Result, Tensor, Var};
+use lt_models::{Arch, Backbone, BnMode};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use std::str::FromStr;
+use std::time::Instant;
+
+struct Args {
+    model: String,
+    batch: usize,
+    size: Option<usize>,
+    classes: usize,
+    threads: usize,
+    steps: usize,
+    warmup: usize,
+    profile: bool,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        model: "resnet32".into(),
+        batch: 128,
+        size: None,
+        classes: 100,
+        threads: 2,
+        steps: 10,
+        warmup: 3,
+        profile: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().unwrap_or_else(|| panic!("{name} needs a value"));
+        let int = |name: &str, v: String| -> usize {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}: expected a non-negative integer, got {v:?}"))
+        };
+        match arg.as_str() {
+            "--model" => a.model = value("--model"),
+            "--batch" => a.batch = int("--batch", value("--batch")),
+            "--size" => a.size = Some(int("--size", value("--size"))),
+            "--classes" => a.classes = int("--classes", value("--classes")),
+            "--threads" => a.threads = int("--threads", value("--threads")),
+            "--steps" => a.steps = int("--steps", value("--steps")),
+            "--warmup" => a.warmup = int("--warmup", value("--warmup")),
+            "--profile" => a.profile = true,
+            // cargo bench passes --bench to every bench binary.
+            "--bench" => {}
+            other => panic!("unknown argument {other:?}"),
+        }
+    }
+    assert!(
+        a.steps > 0 && a.batch > 0,
+        "--steps and --batch must be positive"
+    );
+    a
+}
+
+#[repr(C)]
+struct Timespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+#[cfg(target_os = "linux")]
+extern "C" {
+    fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+}
+
+/// CPU time used so far by all threads of this process, in ms (0 off Linux).
+fn process_cpu_ms() -> f64 {
+    #[cfg(target_os = "linux")]
+    {
+        const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
+        let mut ts = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec (two 64-bit fields on
+        // 64-bit Linux), and the clock id is a constant the kernel knows.
+        if unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut ts) } == 0 {
+            return ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6;
+        }
+    }
+    0.0
+}
+
+/// A `kB` field of `/proc/self/status`, in MiB.
+fn status_mb(field: &str) -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// SGD with momentum and weight decay, PyTorch semantics (dampening 0):
+/// `g' = g + wd * w; v = mu * v + g'; w -= lr * v`.
+struct Sgd {
+    params: Vec<(Var, Option<Tensor>)>,
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+}
+
+impl Sgd {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        for (w, v) in &mut self.params {
+            let Some(g) = grads.get(w.as_tensor()) else {
+                continue;
+            };
+            let g = (g + (w.as_tensor() * self.weight_decay)?)?;
+            let nv = match v.take() {
+                Some(v) => ((v * self.momentum)? + g)?,
+                None => g,
+            };
+            w.set(&(w.as_tensor() - (&nv * self.lr)?)?)?;
+            *v = Some(nv);
+        }
+        Ok(())
+    }
+}
+
+fn randn(rng: &mut ChaCha8Rng, shape: &[usize], std: f32) -> Result<Tensor> {
+    let normal = Normal::new(0.0f32, std).expect("valid normal");
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| normal.sample(rng)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)
+}
+
+fn main() -> Result<()> {
+    let args = parse_args();
+    // candle's matmul reads its thread count from RAYON_NUM_THREADS. Its
+    // elementwise ops run on a separate spin-waiting pool sized by
+    // CANDLE_NUM_THREADS; next to the kernels' rayon pool that pool only
+    // oversubscribes the cores (measured: ~25% of the step's CPU time went
+    // to its spin loops), so it is kept to the calling thread unless the
+    // environment says otherwise. Set here, before any other thread exists.
+    std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build_global()
+        .expect("rayon pool");
+    let load = load_average();
+    let arch = Arch::from_str(&args.model).unwrap_or_else(|e| panic!("--model: {e}"));
+    let size = args.size.unwrap_or(
+        if args.model.starts_with("resnet")
+            && matches!(
+                args.model.as_str(),
+                "resnet8" | "resnet20" | "resnet32" | "resnet56"
+            )
+        {
+            32
+        } else {
+            224
+        },
+    );
+    let dev = Device::Cpu;
+    let backbone = Backbone::new(arch, &dev, 0).map_err(candle_core::Error::wrap)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let d = backbone.feature_dim();
+    let bound = 1.0 / (d as f32).sqrt();
+    let fc_w = Var::from_tensor(&randn(&mut rng, &[args.classes, d], bound)?)?;
+    let fc_b = Var::from_tensor(&Tensor::zeros(args.classes, DType::F32, &dev)?)?;
+    let mut params: Vec<(Var, Option<Tensor>)> = backbone
+        .parameters()
+        .into_iter()
+        .map(|(_, v)| (v, None))
+        .collect();
+    params.push((fc_w.clone(), None));
+    params.push((fc_b.clone(), None));
+    let mut sgd = Sgd {
+        params,
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+    };
+
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    let mut split: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..args.warmup + args.steps {
+        let x = randn(&mut rng, &[args.batch, 3, size, size], 1.0)?;
+        let labels: Vec<u32> = (0..args.batch)
+            .map(|_| rng.random_range(0..args.classes as u32))
+            .collect();
+        let y = Tensor::from_vec(labels, args.batch, &dev)?;
+        let (c0, t0) = (process_cpu_ms(), Instant::now());
+        let feats = backbone
+            .forward_t(&x, BnMode::Train)
+            .map_err(candle_core::Error::wrap)?;
+        let logits = feats
+            .matmul(&fc_w.as_tensor().t()?)?
+            .broadcast_add(fc_b.as_tensor())?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        let t1 = Instant::now();
+        let grads = loss.backward()?;
+        let t2 = Instant::now();
+        sgd.step(&grads)?;
+        drop(grads);
+        let t3 = Instant::now();
+        if i >= args.warmup {
+            wall.push((t3 - t0).as_secs_f64() * 1e3);
+            cpu.push(process_cpu_ms() - c0);
+            split[0].push((t1 - t0).as_secs_f64() * 1e3);
+            split[1].push((t2 - t1).as_secs_f64() * 1e3);
+            split[2].push((t3 - t2).as_secs_f64() * 1e3);
+        }
+    }
+    let med = median(&wall);
+    if args.profile {
+        eprintln!(
+            "median ms: forward {:.1}, backward {:.1}, sgd {:.1}",
+            median(&split[0]),
+            median(&split[1]),
+            median(&split[2])
+        );
+    }
+    let steps: Vec<String> = wall.iter().map(|t| format!("{t:.1}")).collect();
+    println!(
+        "{{\"model\": \"{}\", \"batch\": {}, \"size\": {size}, \"threads\": {}, \"framework\": \"lt-models\", \"img_per_s_median\": {:.1}, \"step_ms\": [{}], \"cpu_ms_median\": {:.1}, \"peak_rss_mb\": {:.0}, \"loadavg\": \"{load}\"}}",
+        args.model,
+        args.batch,
+        args.threads,
+        args.batch as f64 / med * 1e3,
+        steps.join(", "),
+        median(&cpu),
+        status_mb("VmHWM:").unwrap_or(f64::NAN),
+    );
+    Ok(())
+}

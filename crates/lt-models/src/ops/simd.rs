@@ -1,0 +1,264 @@
+//! Elementwise and reduction loops over one plane (or chunk) of f32, compiled
+//! for AVX-512, AVX2 + FMA and the baseline, and picked at run time.
+//!
+//! The workspace builds for the portable baseline (SSE2), where these loops
+//! run four lanes wide; the dispatch gives them the machine's full width
+//! without `target-cpu=native`. Reductions keep explicit lane accumulators in
+//! a fixed order, so every code path gives bit-identical results.
+
+/// Defines `pub(crate) fn $name(args) -> ret` that runs `$body` compiled
+/// with the best instruction set the CPU reports.
+macro_rules! dispatch {
+    ($(#[$m:meta])* fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn imp($($arg: $ty),*) $(-> $ret)? $body
+
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn v4($($arg: $ty),*) $(-> $ret)? {
+                    imp($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn v3($($arg: $ty),*) $(-> $ret)? {
+                    imp($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports every feature `v4` is compiled for.
+                    return unsafe { v4($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU supports every feature `v3` is compiled for.
+                    return unsafe { v3($($arg),*) };
+                }
+            }
+            imp($($arg),*)
+        }
+    };
+}
+
+/// Lanes of the explicit accumulators: two AVX-512 registers' worth.
+const L: usize = 32;
+
+/// Folds lane accumulators to f64 in a fixed order.
+#[inline(always)]
+fn fold(acc: &[f32; L]) -> f64 {
+    acc.iter().map(|&v| f64::from(v)).sum()
+}
+
+dispatch! {
+    /// `(sum(v - k), sum((v - k)^2))`, f32 lanes flushed to f64 every 4096
+    /// elements so long planes keep their accuracy.
+    fn shifted_sums(v: &[f32], k: f32) -> (f64, f64) {
+        let (mut s, mut s2) = (0f64, 0f64);
+        for block in v.chunks(4096) {
+            let mut a = [0f32; L];
+            let mut b = [0f32; L];
+            let chunks = block.chunks_exact(L);
+            let rest = chunks.remainder();
+            for ch in chunks {
+                for l in 0..L {
+                    let d = ch[l] - k;
+                    a[l] += d;
+                    b[l] += d * d;
+                }
+            }
+            for (l, &x) in rest.iter().enumerate() {
+                let d = x - k;
+                a[l] += d;
+                b[l] += d * d;
+            }
+            s += fold(&a);
+            s2 += fold(&b);
+        }
+        (s, s2)
+    }
+}
+
+dispatch! {
+    /// `out = max?(x * a + b (+ r), 0)`.
+    fn affine_plane(x: &[f32], r: Option<&[f32]>, a: f32, b: f32, relu: bool, out: &mut [f32]) {
+        let n = out.len();
+        let x = &x[..n];
+        match (r, relu) {
+            (None, false) => {
+                for i in 0..n {
+                    out[i] = x[i] * a + b;
+                }
+            }
+            (None, true) => {
+                for i in 0..n {
+                    out[i] = (x[i] * a + b).max(0.0);
+                }
+            }
+            (Some(r), false) => {
+                let r = &r[..n];
+                for i in 0..n {
+                    out[i] = x[i] * a + b + r[i];
+                }
+            }
+            (Some(r), true) => {
+                let r = &r[..n];
+                for i in 0..n {
+                    out[i] = (x[i] * a + b + r[i]).max(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// `d` where the ReLU output `y` is positive, else 0 (PyTorch's relu').
+#[inline(always)]
+fn mask(relu: bool, y: f32, d: f32) -> f32 {
+    if !relu || y > 0.0 {
+        d
+    } else {
+        0.0
+    }
+}
+
+dispatch! {
+    /// `(sum(d), sum(d * (x - mean)))` with `d = dy` masked by `y > 0` when
+    /// `relu` is set.
+    fn masked_sums(x: &[f32], y: &[f32], dy: &[f32], mean: f32, relu: bool) -> (f64, f64) {
+        let n = x.len();
+        let (y, dy) = (&y[..n], &dy[..n]);
+        let mut a = [0f32; L];
+        let mut b = [0f32; L];
+        let full = n / L * L;
+        let mut i = 0;
+        while i < full {
+            for l in 0..L {
+                let d = mask(relu, y[i + l], dy[i + l]);
+                a[l] += d;
+                b[l] += d * (x[i + l] - mean);
+            }
+            i += L;
+        }
+        for l in 0..n - full {
+            let d = mask(relu, y[full + l], dy[full + l]);
+            a[l] += d;
+            b[l] += d * (x[full + l] - mean);
+        }
+        (fold(&a), fold(&b))
+    }
+}
+
+dispatch! {
+    /// `dx = d * k1 + x * k2 + k3` with `d` as in [`masked_sums`]; also
+    /// `dz = d` when asked.
+    fn bn_dx_plane(
+        x: &[f32],
+        y: &[f32],
+        dy: &[f32],
+        k: (f32, f32, f32),
+        relu: bool,
+        dx: &mut [f32],
+        dz: Option<&mut [f32]>,
+    ) {
+        let n = dx.len();
+        let (x, y, dy) = (&x[..n], &y[..n], &dy[..n]);
+        let (k1, k2, k3) = k;
+        for i in 0..n {
+            dx[i] = mask(relu, y[i], dy[i]) * k1 + x[i] * k2 + k3;
+        }
+        if let Some(dz) = dz {
+            let dz = &mut dz[..n];
+            for i in 0..n {
+                dz[i] = mask(relu, y[i], dy[i]);
+            }
+        }
+    }
+}
+
+dispatch! {
+    /// `(sum(d * x), sum(d))` and `dx = d * a`, `d` as in [`masked_sums`].
+    fn affine_bwd_plane(x: &[f32], y: &[f32], dy: &[f32], a: f32, relu: bool, dx: &mut [f32]) -> (f64, f64) {
+        let n = dx.len();
+        let (x, y, dy) = (&x[..n], &y[..n], &dy[..n]);
+        let mut sx = [0f32; L];
+        let mut s = [0f32; L];
+        let full = n / L * L;
+        let mut i = 0;
+        while i < full {
+            for l in 0..L {
+                let d = mask(relu, y[i + l], dy[i + l]);
+                sx[l] += d * x[i + l];
+                s[l] += d;
+                dx[i + l] = d * a;
+            }
+            i += L;
+        }
+        for l in 0..n - full {
+            let d = mask(relu, y[full + l], dy[full + l]);
+            sx[l] += d * x[full + l];
+            s[l] += d;
+            dx[full + l] = d * a;
+        }
+        (fold(&sx), fold(&s))
+    }
+}
+
+dispatch! {
+    /// `out = max(a + b, 0)`.
+    fn add_relu(a: &[f32], b: &[f32], out: &mut [f32]) {
+        let n = out.len();
+        let (a, b) = (&a[..n], &b[..n]);
+        for i in 0..n {
+            out[i] = (a[i] + b[i]).max(0.0);
+        }
+    }
+}
+
+dispatch! {
+    /// `out = dy * (y > 0)`.
+    fn relu_mask(y: &[f32], dy: &[f32], out: &mut [f32]) {
+        let n = out.len();
+        let (y, dy) = (&y[..n], &dy[..n]);
+        for i in 0..n {
+            out[i] = mask(true, y[i], dy[i]);
+        }
+    }
+}
+
+dispatch! {
+    /// `out += v`.
+    fn add_assign(out: &mut [f32], v: &[f32]) {
+        let n = out.len();
+        let v = &v[..n];
+        for i in 0..n {
+            out[i] += v[i];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shifted_sums_are_exact_on_integers() {
+        let v: Vec<f32> = (0..10_001).map(|i| (i % 7) as f32).collect();
+        let (s, s2) = shifted_sums(&v, 3.0);
+        let want: f64 = v.iter().map(|&x| f64::from(x) - 3.0).sum();
+        let want2: f64 = v.iter().map(|&x| (f64::from(x) - 3.0).powi(2)).sum();
+        assert_eq!((s, s2), (want, want2));
+    }
+
+    #[test]
+    fn masked_sums_skip_non_positive_outputs() {
+        let x = [1.0, 2.0, 3.0, 4.0, 5.0];
+        let y = [1.0, 0.0, -1.0, 2.0, 0.5];
+        let dy = [1.0, 10.0, 100.0, 2.0, 3.0];
+        assert_eq!(masked_sums(&x, &y, &dy, 1.0, true), (6.0, 6.0 + 12.0));
+        assert_eq!(masked_sums(&x, &y, &dy, 0.0, false).0, 116.0);
+    }
+}
