@@ -385,3 +385,17 @@ fn add_relu_matches_reference_and_finite_differences() {
         |t| reference::add_relu(&t[0], &t[1]),
     );
 }
+
+#[test]
+fn max_pool2d_gives_ties_to_the_first_maximum_and_reference_splits_them() {
+    let x =
+        Var::from_tensor(&Tensor::ones((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let grad = |y: Tensor| to_vec(y.backward().unwrap().get(x.as_tensor()).unwrap());
+    let ours = grad(ops::max_pool2d(x.as_tensor(), 2, 2, 0).unwrap());
+    assert_eq!(ours, vec![1.0, 0.0, 0.0, 0.0]);
+    // `with_reference_ops` really switches path: candle's composition shares
+    // the gradient among tied maxima.
+    let shared = grad(ops::with_reference_ops(|| ops::max_pool2d(x.as_tensor(), 2, 2, 0)).unwrap());
+    assert!(shared.iter().all(|&g| g > 0.0 && g < 1.0), "{shared:?}");
+    assert!((shared.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+}

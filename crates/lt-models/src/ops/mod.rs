@@ -6,6 +6,7 @@
 //! ops, which also serve as the test oracle (`reference` module).
 
 use candle_core::{DType, Result, Tensor};
+use std::cell::Cell;
 
 mod batch_norm;
 mod conv;
@@ -20,13 +21,35 @@ use batch_norm::Epilogue;
 /// Whether every operand can go through the project's CPU kernels (f32 on
 /// the CPU); anything else takes the `reference` path.
 fn on_kernels(ts: &[&Tensor]) -> bool {
-    let yes = ts
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    let yes = !FORCE_REFERENCE.with(Cell::get)
+        && ts
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
     if yes {
         cpu::retain_freed_memory_once();
     }
     yes
+}
+
+thread_local! {
+    static FORCE_REFERENCE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every entry point of this module on the `reference` path
+/// in the calling thread (other threads are unaffected): the oracle for
+/// whole-model comparisons and a way to rule the kernels out when debugging.
+///
+/// Only the forward pass needs to run inside `f`: a tensor's backward
+/// follows the path its forward took.
+pub fn with_reference_ops<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FORCE_REFERENCE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(FORCE_REFERENCE.with(|c| c.replace(true)));
+    f()
 }
 
 /// Makes the C allocator keep freed memory for reuse (glibc: raises the mmap
