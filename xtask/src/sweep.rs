@@ -1050,4 +1050,30 @@ stage1.epochs = 10
             "{e}"
         );
     }
+
+    #[test]
+    fn shipped_grids_make_valid_configs() {
+        let grids = Path::new(env!("CARGO_MANIFEST_DIR")).join("../grids");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&grids).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let g = Grid::load(&path, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+            for cell in g.cells() {
+                let text = g.config_text(&cell).unwrap();
+                let origin = format!("{} cell {}", path.display(), cell.name());
+                let cfg = lt_train::config::ExperimentConfig::from_toml_str(&text, &origin)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(cfg.seed, cell.info.seed);
+                assert_eq!(cfg.run_dir, cell.dir);
+            }
+            checked += 1;
+        }
+        assert!(
+            checked >= 2,
+            "expected grids/tiny.toml and the sampling study"
+        );
+    }
 }

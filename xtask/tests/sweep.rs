@@ -249,9 +249,10 @@ fn report_only_and_bad_grids() {
     assert!(calls(d).is_empty());
 }
 
-/// The tiny grid CI runs, with the real `lt-cli` (built in release by the
-/// sweep) on CIFAR-10-LT from `data/cifar10` (`cargo xtask fetch-data cifar10
-/// --source ../shared/data/cifar10-jpg.tar.gz` first). Minutes on a CPU:
+/// The tiny grid CI runs, with the real `lt-cli` on CIFAR-10-LT from
+/// `data/cifar10` (`cargo xtask fetch-data cifar10 --source
+/// ../shared/data/cifar10-jpg.tar.gz` first). The sweep builds lt-cli in
+/// release unless `LT_CLI` names a binary. Minutes on a CPU:
 /// `cargo test -p xtask --test sweep -- --ignored`.
 #[test]
 #[ignore = "trains for real: needs data/cifar10 and minutes of CPU"]
@@ -264,11 +265,12 @@ fn tiny_grid_end_to_end() {
     );
     let out_dir = root.join("runs/sweeps/tiny");
     let _ = std::fs::remove_dir_all(&out_dir);
-    let status = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .current_dir(root)
-        .args(["sweep", "grids/tiny.toml"])
-        .status()
-        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.current_dir(root).args(["sweep", "grids/tiny.toml"]);
+    if let Some(cli) = std::env::var_os("LT_CLI") {
+        cmd.arg("--lt-cli").arg(cli);
+    }
+    let status = cmd.status().unwrap();
     assert!(status.success());
     let md = std::fs::read_to_string(out_dir.join("report/summary.md")).unwrap();
     for row in [
