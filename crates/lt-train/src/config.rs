@@ -485,8 +485,9 @@ pub fn parse_device(spec: &str) -> Result<candle_core::Device, TrainError> {
     })?;
     if !candle_core::utils::cuda_is_available() {
         return Err(TrainError::Device(format!(
-            "`device = \"{spec}\"` but this build has no CUDA support (rebuild with the `cuda` \
-             feature on a machine with the CUDA toolkit, or use `device = \"cpu\"`)"
+            "`device = \"{spec}\"` but this build has no CUDA support (build with \
+             `cargo build --release -p lt-cli --features cuda` on a machine with the CUDA \
+             toolkit, or use `--set device=cpu`)"
         )));
     }
     candle_core::Device::new_cuda(ordinal)
@@ -535,17 +536,30 @@ impl ExperimentConfig {
                         let k = k.to_string();
                         match k.rsplit_once("\nin `") {
                             Some((msg, key)) => {
-                                format!("key `{}`: {msg}", key.trim_end().trim_end_matches('`'))
+                                let mut key = key.trim_end().trim_end_matches('`').to_string();
+                                // Name the unknown key itself, not only its table.
+                                if let Some(field) = msg
+                                    .strip_prefix("unknown field `")
+                                    .and_then(|r| r.split('`').next())
+                                {
+                                    key = format!("{key}.{field}");
+                                }
+                                format!("key `{key}`: {msg}")
                             }
                             None => k,
                         }
                     }
                     None => span_err.message().to_string(),
                 };
-                return Err(TrainError::Config(format!(
-                    "{origin}: {msg}\n{}",
-                    span_err.to_string().trim_end()
-                )));
+                // The span error ends with the same message; keep its location
+                // and snippet only.
+                let span = span_err.to_string();
+                let span = span
+                    .trim_end()
+                    .strip_suffix(span_err.message())
+                    .unwrap_or(&span)
+                    .trim_end();
+                return Err(TrainError::Config(format!("{origin}: {msg}\n{span}")));
             }
         };
         cfg.validate()
@@ -841,7 +855,8 @@ lr = 0.1
             .unwrap_err()
             .to_string();
         assert!(e.contains("cfg.toml"), "{e}");
-        assert!(e.contains("key `stage1`") && e.contains("epochz"), "{e}");
+        assert!(e.contains("key `stage1.epochz`"), "{e}");
+        assert!(e.contains("line"), "the location is kept: {e}");
     }
 
     #[test]
