@@ -282,6 +282,13 @@ fn run(command: Command) -> Result<()> {
                 results.group_sizes[1],
                 results.group_sizes[2]
             );
+            let s1 = &results.stage1;
+            println!(
+                "stage-1 checkpoint: {} (epoch {}; last epoch {})",
+                s1.model_select,
+                s1.epoch,
+                s1.last_epoch.map_or("?".to_string(), |e| e.to_string())
+            );
             print!("{}", results.table());
             if let Some(t) = &results.tau_sweep {
                 println!(

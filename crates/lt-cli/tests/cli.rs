@@ -153,8 +153,12 @@ fn every_command_end_to_end() {
     let again = lt_cli(&refs);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
-    // Resuming a finished run is a no-op that succeeds.
-    call(&["train", "--resume"]);
+    // Resuming a finished run is a no-op that succeeds and reports the last epoch.
+    let out = call(&["train", "--resume"]);
+    assert!(
+        out.contains("resumed after epoch 2") && out.contains("last epoch: val top-1"),
+        "{out}"
+    );
 
     // Stage 2.
     let out = call(&["retrain", "--head", "crt"]);
@@ -195,6 +199,8 @@ fn every_command_end_to_end() {
     let curve = results["tau_sweep"]["curve"].as_array().unwrap();
     assert_eq!(curve.len(), 21);
     assert!(results["stage1"]["best_val"]["epoch"].is_number());
+    assert!(results["stage1"]["last_val"]["top1"].is_number());
+    assert!(results["stage1"]["last_test"]["top1"].is_number());
 
     // Only some heads.
     let out = call(&["eval", "--head", "joint", "--head", "ncm"]);

@@ -87,6 +87,12 @@ pub struct Stage1Summary {
     pub last_epoch: Option<usize>,
     /// Best validation epoch and value.
     pub best_val: Option<BestMetric>,
+    /// Validation (and test, if evaluated) metrics of the last epoch, from
+    /// `metrics.jsonl`, so that both the last and the best-validation epoch
+    /// are reported.
+    pub last_val: Option<SplitMetrics>,
+    /// Test metrics of the last epoch, when stage 1 evaluated test.
+    pub last_test: Option<SplitMetrics>,
 }
 
 /// `results.json`.
@@ -257,12 +263,22 @@ fn stage1_summary(exp: &Experiment, path: &std::path::Path, epoch: usize) -> Sta
     let meta: Option<crate::checkpoint::CheckpointMeta> = std::fs::read(&last_meta)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
+    let last_epoch = meta.as_ref().map(|m| m.epoch);
+    let last_record = crate::run_dir::read_records(&exp.run.metrics())
+        .ok()
+        .and_then(|rs| {
+            rs.into_iter()
+                .rev()
+                .find(|r| r.stage == crate::stage1::STAGE && Some(r.epoch) == last_epoch)
+        });
     Stage1Summary {
         model_select: exp.config.stage1.model_select.as_str().into(),
         checkpoint: path.display().to_string(),
         epoch,
-        last_epoch: meta.as_ref().map(|m| m.epoch),
+        last_epoch,
         best_val: meta.and_then(|m| m.best),
+        last_val: last_record.as_ref().and_then(|r| r.val.clone()),
+        last_test: last_record.and_then(|r| r.test),
     }
 }
 

@@ -387,6 +387,18 @@ pub(crate) fn run_loop(
     if resumed_from == Some(spec.epochs) {
         tracing::info!(stage, "already complete ({} epochs)", spec.epochs);
     }
+    if last_val.is_none() && last_test.is_none() {
+        // Nothing ran in this process (a finished run resumed): report the
+        // last epoch from the log.
+        if let Some(r) = crate::run_dir::read_records(&metrics_path)?
+            .into_iter()
+            .rev()
+            .find(|r| r.stage == stage && r.epoch == end_epoch.max(start_epoch))
+        {
+            last_val = r.val;
+            last_test = r.test;
+        }
+    }
     if end_epoch < spec.epochs {
         tracing::info!(
             stage,
