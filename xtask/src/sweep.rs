@@ -590,7 +590,13 @@ fn prepare(grid: &Grid, cell: &Cell) -> anyhow::Result<PathBuf> {
 
 /// Runs one `lt-cli` command with its output appended to
 /// `<cell>/logs/<step>.log`; a failure quotes the end of the log.
-fn run_step(cli: &Path, cell: &Cell, step: Step, args: &[OsString]) -> anyhow::Result<()> {
+fn run_step(
+    cli: &Path,
+    cell: &Cell,
+    step: Step,
+    args: &[OsString],
+    lock: &SweepLock,
+) -> anyhow::Result<()> {
     let log_path = cell.dir.join("logs").join(format!("{}.log", step.name()));
     std::fs::create_dir_all(log_path.parent().expect("has a parent"))?;
     let mut log = std::fs::OpenOptions::new()
@@ -604,14 +610,18 @@ fn run_step(cli: &Path, cell: &Cell, step: Step, args: &[OsString]) -> anyhow::R
         .collect();
     let command_line = format!("{} {}", cli.display(), shown.join(" "));
     writeln!(log, "$ {command_line}")?;
-    let status = Command::new(cli)
+    let mut child = Command::new(cli)
         .args(args)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
-        .status()
+        .spawn()
         .with_context(|| format!("cannot start {}", cli.display()))?;
+    lock.record_child(Some(child.id()))?;
+    let status = child.wait();
+    lock.record_child(None)?;
+    let status = status.with_context(|| format!("waiting for {}", cli.display()))?;
     if !status.success() {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -623,6 +633,66 @@ fn run_step(cli: &Path, cell: &Cell, step: Step, args: &[OsString]) -> anyhow::R
         );
     }
     Ok(())
+}
+
+/// Keeps two sweeps (or a new sweep and the `lt-cli` of a killed one) from
+/// working in the same output directory at once: `<out_dir>/.sweep.lock`
+/// holds the sweep's process id and that of its running `lt-cli`; it is
+/// removed when the sweep ends.
+#[derive(Debug)]
+struct SweepLock {
+    path: PathBuf,
+}
+
+/// Whether a process is alive, where `/proc` tells; elsewhere assumed alive
+/// (the lock then has to be removed by hand after a crash).
+fn process_alive(pid: u32) -> bool {
+    if Path::new("/proc/self").exists() {
+        Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
+    }
+}
+
+impl SweepLock {
+    fn acquire(out_dir: &Path) -> anyhow::Result<SweepLock> {
+        std::fs::create_dir_all(out_dir)
+            .with_context(|| format!("creating {}", out_dir.display()))?;
+        let path = out_dir.join(".sweep.lock");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let alive: Vec<u32> = text
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .filter(|&p| process_alive(p))
+                .collect();
+            if !alive.is_empty() {
+                bail!(
+                    "{}: a sweep or its lt-cli (pid {alive:?}) is still working in {}; wait for \
+                     it or stop it (delete the lock if no such process is running)",
+                    path.display(),
+                    out_dir.display()
+                );
+            }
+        }
+        let lock = SweepLock { path };
+        lock.record_child(None)?;
+        Ok(lock)
+    }
+
+    fn record_child(&self, child: Option<u32>) -> anyhow::Result<()> {
+        let mut text = std::process::id().to_string();
+        if let Some(c) = child {
+            text.push_str(&format!(" {c}"));
+        }
+        text.push('\n');
+        write_atomic(&self.path, text.as_bytes())
+    }
+}
+
+impl Drop for SweepLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// The lt-cli binary: `--lt-cli`, or built next to this xtask.
@@ -693,6 +763,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if total > 0 {
+        let lock = SweepLock::acquire(&grid.out_dir)?;
         let cli = locate_lt_cli(&args)?;
         let bar = ProgressBar::new(total as u64);
         bar.set_style(
@@ -718,7 +789,13 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
                         "starting"
                     )
                 });
-                run_step(&cli, cell, step, &step.args(&config, &grid.heads, resume))?;
+                run_step(
+                    &cli,
+                    cell,
+                    step,
+                    &step.args(&config, &grid.heads, resume),
+                    &lock,
+                )?;
                 if step != Step::Eval {
                     write_atomic(&cell.marker(step), b"done\n")?;
                 }
@@ -1075,5 +1152,21 @@ stage1.epochs = 10
             checked >= 2,
             "expected grids/tiny.toml and the sampling study"
         );
+    }
+
+    #[test]
+    fn the_lock_keeps_out_a_second_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = SweepLock::acquire(dir.path()).unwrap();
+        let e = SweepLock::acquire(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("still working"), "{e}");
+        drop(lock);
+        assert!(!dir.path().join(".sweep.lock").exists());
+        let _again = SweepLock::acquire(dir.path()).unwrap();
+        if Path::new("/proc/self").exists() {
+            // A lock left by processes that are gone is taken over.
+            std::fs::write(dir.path().join(".sweep.lock"), "4294967290 4294967291\n").unwrap();
+            SweepLock::acquire(dir.path()).unwrap();
+        }
     }
 }
