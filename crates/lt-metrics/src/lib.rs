@@ -20,7 +20,7 @@
 //! [`report`] turns a directory of runs (each with the `results.json` of
 //! `lt-cli eval`) into CSV / JSON / markdown tables with mean ± std over seeds
 //! and, with the default feature `plot`, the study's figures as PNG and SVG
-//! ([`plot`], drawn with an embedded font: no system font needed). Depend on
+//! (module `plot`, drawn with an embedded font: no system font needed). Depend on
 //! `lt-metrics` with `default-features = false` to leave plotting out.
 //!
 //! ```
