@@ -125,28 +125,61 @@ fn mask(relu: bool, y: f32, d: f32) -> f32 {
     }
 }
 
+/// Splits three equal-length slices into `L`-element arrays plus the tails;
+/// array operands let the compiler drop bounds checks and keep the lane
+/// accumulators in registers.
+#[inline(always)]
+fn lanes3<'a>(
+    x: &'a [f32],
+    y: &'a [f32],
+    z: &'a [f32],
+) -> (
+    impl Iterator<Item = (&'a [f32; L], &'a [f32; L], &'a [f32; L])>,
+    (&'a [f32], &'a [f32], &'a [f32]),
+) {
+    let n = x.len();
+    let (y, z) = (&y[..n], &z[..n]);
+    let full = n / L * L;
+    let it = x[..full]
+        .chunks_exact(L)
+        .zip(y[..full].chunks_exact(L))
+        .zip(z[..full].chunks_exact(L))
+        .map(|((a, b), c)| {
+            let a: &[f32; L] = a.try_into().expect("chunk of L");
+            let b: &[f32; L] = b.try_into().expect("chunk of L");
+            let c: &[f32; L] = c.try_into().expect("chunk of L");
+            (a, b, c)
+        });
+    (it, (&x[full..], &y[full..], &z[full..]))
+}
+
 dispatch! {
     /// `(sum(d), sum(d * (x - mean)))` with `d = dy` masked by `y > 0` when
     /// `relu` is set.
     fn masked_sums(x: &[f32], y: &[f32], dy: &[f32], mean: f32, relu: bool) -> (f64, f64) {
-        let n = x.len();
-        let (y, dy) = (&y[..n], &dy[..n]);
         let mut a = [0f32; L];
         let mut b = [0f32; L];
-        let full = n / L * L;
-        let mut i = 0;
-        while i < full {
-            for l in 0..L {
-                let d = mask(relu, y[i + l], dy[i + l]);
-                a[l] += d;
-                b[l] += d * (x[i + l] - mean);
+        let (body, (xt, yt, dt)) = lanes3(x, y, dy);
+        if relu {
+            for (xc, yc, dc) in body {
+                for l in 0..L {
+                    let d = mask(true, yc[l], dc[l]);
+                    a[l] += d;
+                    b[l] += d * (xc[l] - mean);
+                }
             }
-            i += L;
+        } else {
+            for (xc, _, dc) in body {
+                for l in 0..L {
+                    a[l] += dc[l];
+                    b[l] += dc[l] * (xc[l] - mean);
+                }
+            }
         }
-        for l in 0..n - full {
-            let d = mask(relu, y[full + l], dy[full + l]);
+        for l in 0..xt.len() {
+            let d = mask(relu, yt[l], dt[l]);
             a[l] += d;
-            b[l] += d * (x[full + l] - mean);
+            b[l] += d * (xt[l] - mean);
         }
         (fold(&a), fold(&b))
     }
@@ -183,25 +216,23 @@ dispatch! {
     /// `(sum(d * x), sum(d))` and `dx = d * a`, `d` as in [`masked_sums`].
     fn affine_bwd_plane(x: &[f32], y: &[f32], dy: &[f32], a: f32, relu: bool, dx: &mut [f32]) -> (f64, f64) {
         let n = dx.len();
-        let (x, y, dy) = (&x[..n], &y[..n], &dy[..n]);
         let mut sx = [0f32; L];
         let mut s = [0f32; L];
-        let full = n / L * L;
-        let mut i = 0;
-        while i < full {
+        let (body, (xt, yt, dt)) = lanes3(&x[..n], y, dy);
+        let (dx_body, dx_tail) = dx.split_at_mut(n / L * L);
+        for ((xc, yc, dc), o) in body.zip(dx_body.chunks_exact_mut(L)) {
             for l in 0..L {
-                let d = mask(relu, y[i + l], dy[i + l]);
-                sx[l] += d * x[i + l];
+                let d = mask(relu, yc[l], dc[l]);
+                sx[l] += d * xc[l];
                 s[l] += d;
-                dx[i + l] = d * a;
+                o[l] = d * a;
             }
-            i += L;
         }
-        for l in 0..n - full {
-            let d = mask(relu, y[full + l], dy[full + l]);
-            sx[l] += d * x[full + l];
+        for l in 0..xt.len() {
+            let d = mask(relu, yt[l], dt[l]);
+            sx[l] += d * xt[l];
             s[l] += d;
-            dx[full + l] = d * a;
+            dx_tail[l] = d * a;
         }
         (fold(&sx), fold(&s))
     }
