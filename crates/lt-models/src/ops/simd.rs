@@ -128,15 +128,17 @@ fn mask(relu: bool, y: f32, d: f32) -> f32 {
 /// Splits three equal-length slices into `L`-element arrays plus the tails;
 /// array operands let the compiler drop bounds checks and keep the lane
 /// accumulators in registers.
+/// Three `L`-element chunks.
+type Lanes3<'a> = (&'a [f32; L], &'a [f32; L], &'a [f32; L]);
+/// The tails of three slices.
+type Tails3<'a> = (&'a [f32], &'a [f32], &'a [f32]);
+
 #[inline(always)]
 fn lanes3<'a>(
     x: &'a [f32],
     y: &'a [f32],
     z: &'a [f32],
-) -> (
-    impl Iterator<Item = (&'a [f32; L], &'a [f32; L], &'a [f32; L])>,
-    (&'a [f32], &'a [f32], &'a [f32]),
-) {
+) -> (impl Iterator<Item = Lanes3<'a>>, Tails3<'a>) {
     let n = x.len();
     let (y, z) = (&y[..n], &z[..n]);
     let full = n / L * L;
