@@ -70,16 +70,18 @@ pub fn extract_features(
     let device = backbone.device().clone();
     let mut chunks = Vec::with_capacity(batches.len());
     let mut labels = Vec::with_capacity(ds.len());
+    let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
     let mut expected = 0usize;
-    for batch in loader.epoch(0, batches) {
+    for (batch, size) in loader.epoch(0, batches).zip(sizes) {
         let batch = batch.map_err(data_err)?;
-        if batch.indices.first() != Some(&expected) || batch.indices.len() != batch.len() {
+        // A skipped (unreadable) image would misalign features and labels.
+        if !batch.indices.iter().copied().eq(expected..expected + size) {
             return Err(TrainError::Invalid(format!(
                 "{what}: an image was skipped near dataset index {expected}; features need \
                  every image (set `data.on_unreadable = \"abort\"` to see which)"
             )));
         }
-        expected += batch.len();
+        expected += size;
         let images = batch.images.to_device(&device)?;
         let f = backbone
             .forward_t(&images, mode)
