@@ -156,3 +156,98 @@ schedule = { kind = "step", milestones = [1], gamma = 1e35 }
     }
     assert_eq!(read_records(&exp.run.metrics()).unwrap().len(), 1);
 }
+
+#[test]
+fn stage2_bn_modes_and_cached_feature_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::make_dataset(&data);
+    let dev = Device::Cpu;
+    let buffers = |t: &HashMap<String, Tensor>| -> Vec<(String, Vec<f32>)> {
+        let mut v: Vec<_> = t
+            .iter()
+            .filter(|(k, _)| k.contains("running_"))
+            .map(|(k, t)| {
+                (
+                    k.clone(),
+                    t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let stage1 = STAGES.replace(
+        "epochs = 2\nbatch_size = 8\nlr = 0.05\nsampler",
+        "epochs = 1\nbatch_size = 8\nlr = 0.05\nsampler",
+    );
+    let run = tmp.path().join("run");
+
+    // Reference stage 2: BN in train mode refreshes the running statistics.
+    let exp = open(&data, &run, &stage1);
+    lt_train::stage1::train_stage1(&exp, opts(StartMode::Fresh, None)).unwrap();
+    let (s1, _) = load_checkpoint(&exp.run.last_checkpoint("stage1"), &dev).unwrap();
+    retrain(&exp, Stage2Head::Crt, opts(StartMode::Fresh, None)).unwrap();
+    let (crt, _) = load_checkpoint(&exp.run.last_checkpoint("crt"), &dev).unwrap();
+    assert_ne!(
+        buffers(&s1),
+        buffers(&crt),
+        "bn = train must update the statistics"
+    );
+
+    // Frozen BN without augmentation: the head trains on cached features,
+    // the backbone is untouched, and resuming still reproduces the run.
+    let fast = format!("{stage1}\n").replace(
+        "[stage2.crt]\nepochs = 2",
+        "[stage2.crt]\nbn = \"eval\"\naugment = false\nepochs = 2",
+    );
+    assert!(fast.contains("augment = false"));
+    let exp = open(&data, &run, &fast);
+    retrain(&exp, Stage2Head::Crt, opts(StartMode::Overwrite, None)).unwrap();
+    let (full, _) = load_checkpoint(&exp.run.last_checkpoint("crt"), &dev).unwrap();
+    assert_eq!(
+        buffers(&s1),
+        buffers(&full),
+        "bn = eval must keep the statistics"
+    );
+    let w1 = s1["fc.weight"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let w2 = full["fc.weight"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_ne!(w1, w2, "the cRT head is re-initialised and trained");
+    let full = full.clone();
+    retrain(&exp, Stage2Head::Crt, opts(StartMode::Overwrite, Some(1))).unwrap();
+    retrain(&exp, Stage2Head::Crt, opts(StartMode::Resume, None)).unwrap();
+    let (resumed, _) = load_checkpoint(&exp.run.last_checkpoint("crt"), &dev).unwrap();
+    assert_same_tensors(&full, &resumed, "cached-feature cRT");
+
+    // Frozen BN with augmentation: per-batch forward in eval mode.
+    let aug = fast
+        .replace("augment = false", "augment = true")
+        .replace("[stage2.lws]\n", "[stage2.lws]\nbn = \"eval\"\n");
+    assert!(aug.contains("[stage2.lws]\nbn = \"eval\""));
+    let exp = open(&data, &run, &aug);
+    retrain(&exp, Stage2Head::Lws, opts(StartMode::Fresh, None)).unwrap();
+    let (lws, _) = load_checkpoint(&exp.run.last_checkpoint("lws"), &dev).unwrap();
+    assert!(lws.contains_key("fc.scales"));
+    assert_eq!(
+        buffers(&s1),
+        buffers(&lws),
+        "bn = eval must keep the statistics"
+    );
+    assert_eq!(
+        lws["fc.weight"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap(),
+        w1,
+        "LWS keeps W frozen"
+    );
+}
