@@ -7,6 +7,7 @@
 //! not one candle op per group.
 
 use super::cpu::{f32_slice, sgemm, split_range, threads, Mat, MatMut};
+use super::direct;
 use super::simd;
 use super::Conv2dParams;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -67,35 +68,35 @@ impl ConvGeom {
         })
     }
 
-    fn cig(&self) -> usize {
+    pub(crate) fn cig(&self) -> usize {
         self.c_in / self.groups
     }
-    fn cog(&self) -> usize {
+    pub(crate) fn cog(&self) -> usize {
         self.c_out / self.groups
     }
     /// Rows of the im2col matrix of one group.
-    fn kdim(&self) -> usize {
+    pub(crate) fn kdim(&self) -> usize {
         self.cig() * self.kh * self.kw
     }
-    fn hw(&self) -> usize {
+    pub(crate) fn hw(&self) -> usize {
         self.h * self.w
     }
-    fn ohw(&self) -> usize {
+    pub(crate) fn ohw(&self) -> usize {
         self.oh * self.ow
     }
     /// A 1x1, stride-1, unpadded convolution reads the input as its own
     /// im2col matrix.
-    fn pointwise(&self) -> bool {
+    pub(crate) fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
     }
-    fn col_len(&self) -> usize {
+    pub(crate) fn col_len(&self) -> usize {
         if self.pointwise() {
             0
         } else {
             self.kdim() * self.ohw()
         }
     }
-    fn out_shape(&self) -> Shape {
+    pub(crate) fn out_shape(&self) -> Shape {
         Shape::from((self.n, self.c_out, self.oh, self.ow))
     }
 
@@ -285,8 +286,14 @@ where
 /// `y = conv(x, w)`: per image and group, `y_g = W_g * im2col(x_g)`.
 pub(crate) fn conv_fwd(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (cig, cog, kdim, hw, ohw) = (g.cig(), g.cog(), g.kdim(), g.hw(), g.ohw());
-    let par = inner_parallelism(g.n);
     let mut y = vec![0f32; g.n * g.c_out * ohw];
+    if let Some(plan) = direct_plan(g, w) {
+        for_each_image(&mut y, g.c_out * ohw, plan.scratch_len(), |i, yi, xpad| {
+            plan.run(&x[i * g.c_in * hw..(i + 1) * g.c_in * hw], yi, xpad);
+        });
+        return y;
+    }
+    let par = inner_parallelism(g.n);
     for_each_image(&mut y, g.c_out * ohw, g.col_len(), |i, yi, col| {
         let xi = &x[i * g.c_in * hw..(i + 1) * g.c_in * hw];
         for grp in 0..g.groups {
@@ -322,6 +329,27 @@ pub(crate) fn conv_fwd(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
         }
     });
     y
+}
+
+thread_local! {
+    static PORTABLE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the direct (AVX-512) convolution disabled in this thread,
+/// so tests cover the portable im2col + gemm path on any machine.
+#[cfg(test)]
+pub(crate) fn with_portable_conv<R>(f: impl FnOnce() -> R) -> R {
+    let old = PORTABLE_ONLY.with(|c| c.replace(true));
+    let r = f();
+    PORTABLE_ONLY.with(|c| c.set(old));
+    r
+}
+
+fn direct_plan(g: &ConvGeom, w: &[f32]) -> Option<direct::Plan> {
+    if PORTABLE_ONLY.with(std::cell::Cell::get) {
+        return None;
+    }
+    direct::Plan::new(g, w)
 }
 
 /// For a stride-1 convolution, the input gradient is itself a stride-1

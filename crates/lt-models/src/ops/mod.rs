@@ -11,6 +11,7 @@ use std::cell::Cell;
 mod batch_norm;
 mod conv;
 mod cpu;
+mod direct;
 mod eltwise;
 mod pool;
 pub mod reference;
