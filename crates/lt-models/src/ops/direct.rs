@@ -49,7 +49,7 @@ impl Plan {
     }
 
     fn with_min_efficiency(g: &ConvGeom, w: &[f32], min_efficiency: f64) -> Option<Self> {
-        if !avx512() || g.stride != 1 || g.kh != g.kw || g.cog() % MR != 0 {
+        if !avx512() || g.stride != 1 || g.kh != g.kw || !g.cog().is_multiple_of(MR) {
             return None;
         }
         let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);

@@ -11,6 +11,9 @@ use std::cell::Cell;
 mod batch_norm;
 mod conv;
 mod cpu;
+// AVX-512 intrinsics and target features are stable since Rust 1.89; the
+// module is only compiled into paths chosen at run time on AVX-512 CPUs.
+#[clippy::msrv = "1.89"]
 mod direct;
 mod eltwise;
 mod pool;
