@@ -194,10 +194,42 @@ struct SplitStatsArgs {
     json: bool,
 }
 
+/// Appends a line to the command's output (printed once at the end).
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+/// Appends text to the command's output.
+macro_rules! outp {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = write!($out, $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
-    match run(cli.command) {
+    let mut out = String::new();
+    let result = run(cli.command, &mut out);
+    // The output goes out in one write; a closed pipe (`| head`) is not an error.
+    let written = {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(out.as_bytes())
+            .and_then(|()| stdout.flush())
+    };
+    if let Err(e) = written {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: writing output: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -225,13 +257,13 @@ fn open(args: &ConfigArgs, config_file: &str) -> Result<Experiment> {
     Ok(exp)
 }
 
-fn run(command: Command) -> Result<()> {
+fn run(command: Command, out: &mut String) -> Result<()> {
     match command {
         Command::Train(a) => {
             let exp = open(&a.config, "config.toml")?;
             let report = lt_train::stage1::train_stage1(&exp, a.start.options())
                 .context("stage-1 training failed")?;
-            print_report(&report);
+            print_report(out, &report);
         }
         Command::Retrain(a) => {
             let which = match a.head {
@@ -241,7 +273,7 @@ fn run(command: Command) -> Result<()> {
             let exp = open(&a.config, &format!("config.{}.toml", which.stage()))?;
             let report = lt_train::stage2::retrain(&exp, which, a.start.options())
                 .with_context(|| format!("{} training failed", which.stage()))?;
-            print_report(&report);
+            print_report(out, &report);
         }
         Command::Eval(a) => {
             let exp = open(&a.config, "config.eval.toml")?;
@@ -272,7 +304,8 @@ fn run(command: Command) -> Result<()> {
                 k
             };
             let results = heads::evaluate_heads(&exp, &kinds, all).context("evaluation failed")?;
-            println!(
+            outln!(
+                out,
                 "{} on {} ({} classes; groups by {}: many {} / medium {} / few {})",
                 results.config_name,
                 results.split.as_str(),
@@ -283,30 +316,33 @@ fn run(command: Command) -> Result<()> {
                 results.group_sizes[2]
             );
             let s1 = &results.stage1;
-            println!(
+            outln!(
+                out,
                 "stage-1 checkpoint: {} (epoch {}; last epoch {})",
                 s1.model_select,
                 s1.epoch,
                 s1.last_epoch.map_or("?".to_string(), |e| e.to_string())
             );
-            print!("{}", results.table());
+            outp!(out, "{}", results.table());
             if let Some(t) = &results.tau_sweep {
-                println!(
+                outln!(
+                    out,
                     "tau-norm: tau = {} (chosen on {})",
                     t.chosen,
                     t.select_split.as_str()
                 );
             }
             for s in &results.skipped {
-                println!("skipped {s}: not trained");
+                outln!(out, "skipped {s}: not trained");
             }
-            println!("wrote {}", exp.run.results().display());
+            outln!(out, "wrote {}", exp.run.results().display());
         }
         Command::TauSweep(a) => {
             let exp = open(&a, "config.eval.toml")?;
             let sweep = heads::run_tau_sweep(&exp).context("tau sweep failed")?;
             let report_name = sweep.report_split.as_str();
-            println!(
+            outln!(
+                out,
                 "{:>5} | {:>8} | {:>8} | {:>8} | {:>8} | {:>8}",
                 "tau",
                 format!("{}", sweep.select_split.as_str()),
@@ -318,7 +354,8 @@ fn run(command: Command) -> Result<()> {
             for p in &sweep.curve {
                 let pct =
                     |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.2}", 100.0 * x));
-                println!(
+                outln!(
+                    out,
                     "{:>5.2} | {:>8.2} | {:>8} | {:>8} | {:>8} | {:>8}",
                     p.tau,
                     100.0 * p.select.top1,
@@ -328,8 +365,8 @@ fn run(command: Command) -> Result<()> {
                     pct(p.report.as_ref().map(|r| r.top1)),
                 );
             }
-            println!("chosen tau = {}", sweep.chosen);
-            println!("wrote {}", exp.run.tau_sweep().display());
+            outln!(out, "chosen tau = {}", sweep.chosen);
+            outln!(out, "wrote {}", exp.run.tau_sweep().display());
         }
         Command::Features(a) => {
             let exp = open(&a.config, "config.eval.toml")?;
@@ -364,35 +401,44 @@ fn run(command: Command) -> Result<()> {
             let files = heads::export_features(&exp, &splits, head, a.out.as_deref())
                 .context("feature export failed")?;
             for f in files {
-                println!("wrote {}", f.display());
+                outln!(out, "wrote {}", f.display());
             }
         }
-        Command::SplitStats(a) => split_stats(&a)?,
+        Command::SplitStats(a) => split_stats(out, &a)?,
     }
     Ok(())
 }
 
-fn print_report(r: &TrainReport) {
+fn print_report(out: &mut String, r: &TrainReport) {
     let pct = |v: f64| format!("{:.2}", 100.0 * v);
     if let Some(from) = r.resumed_from {
-        println!("{}: resumed after epoch {from}", r.stage);
+        outln!(out, "{}: resumed after epoch {from}", r.stage);
     }
-    println!(
+    outln!(
+        out,
         "{}: {} of {} epochs, {} steps",
-        r.stage, r.epochs, r.total_epochs, r.global_step
+        r.stage,
+        r.epochs,
+        r.total_epochs,
+        r.global_step
     );
     if let Some(v) = &r.last_val {
-        println!("  last epoch: val top-1 {}", pct(v.top1));
+        outln!(out, "  last epoch: val top-1 {}", pct(v.top1));
     }
     if let Some(t) = &r.last_test {
-        println!("  last epoch: test top-1 {}", pct(t.top1));
+        outln!(out, "  last epoch: test top-1 {}", pct(t.top1));
     }
     if let Some(b) = &r.best {
-        println!("  best val:   top-1 {} at epoch {}", pct(b.value), b.epoch);
+        outln!(
+            out,
+            "  best val:   top-1 {} at epoch {}",
+            pct(b.value),
+            b.epoch
+        );
     }
-    println!("  last checkpoint: {}", r.last_checkpoint.display());
+    outln!(out, "  last checkpoint: {}", r.last_checkpoint.display());
     if let Some(p) = &r.best_checkpoint {
-        println!("  best checkpoint: {}", p.display());
+        outln!(out, "  best checkpoint: {}", p.display());
     }
 }
 
@@ -411,7 +457,7 @@ struct SplitStatsOut {
     counts: Vec<usize>,
 }
 
-fn split_stats(a: &SplitStatsArgs) -> Result<()> {
+fn split_stats(out_text: &mut String, a: &SplitStatsArgs) -> Result<()> {
     let labels: Vec<u32> = match &a.image_root {
         Some(root) => lt_data::split_list::read_split_list(&a.list, root, a.num_classes)
             .map_err(anyhow::Error::new)?
@@ -458,26 +504,37 @@ fn split_stats(a: &SplitStatsArgs) -> Result<()> {
         counts: stats.counts().to_vec(),
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!(out_text, "{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("list:            {}", out.list);
-    println!("images:          {}", out.total);
-    println!("classes:         {}", out.num_classes);
-    println!("max / min count: {} / {}", out.max_count, out.min_count);
-    match out.imbalance_ratio {
-        Some(r) => println!("imbalance ratio: {r:.2}"),
-        None => println!("imbalance ratio: undefined (a class has no image)"),
-    }
-    println!("rule:            {}", out.rule);
-    println!(
-        "groups:          many {} / medium {} / few {}",
-        out.many, out.medium, out.few
+    outln!(out_text, "list:            {}", out.list);
+    outln!(out_text, "images:          {}", out.total);
+    outln!(out_text, "classes:         {}", out.num_classes);
+    outln!(
+        out_text,
+        "max / min count: {} / {}",
+        out.max_count,
+        out.min_count
     );
-    println!("counts per class:");
+    match out.imbalance_ratio {
+        Some(r) => outln!(out_text, "imbalance ratio: {r:.2}"),
+        None => outln!(
+            out_text,
+            "imbalance ratio: undefined (a class has no image)"
+        ),
+    }
+    outln!(out_text, "rule:            {}", out.rule);
+    outln!(
+        out_text,
+        "groups:          many {} / medium {} / few {}",
+        out.many,
+        out.medium,
+        out.few
+    );
+    outln!(out_text, "counts per class:");
     for (i, chunk) in out.counts.chunks(10).enumerate() {
         let row: Vec<String> = chunk.iter().map(|c| format!("{c:>6}")).collect();
-        println!("  {:>5}: {}", i * 10, row.join(""));
+        outln!(out_text, "  {:>5}: {}", i * 10, row.join(""));
     }
     Ok(())
 }
