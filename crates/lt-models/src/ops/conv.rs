@@ -352,6 +352,13 @@ fn direct_plan(g: &ConvGeom, w: &[f32]) -> Option<direct::Plan> {
     direct::Plan::new(g, w)
 }
 
+fn direct_filter_plan(g: &ConvGeom) -> Option<direct::FilterPlan> {
+    if PORTABLE_ONLY.with(std::cell::Cell::get) {
+        return None;
+    }
+    direct::FilterPlan::new(g)
+}
+
 /// For a stride-1 convolution, the input gradient is itself a stride-1
 /// convolution of `dy` with the spatially flipped, in/out-swapped kernel and
 /// padding `K - 1 - P`: the forward kernel's long reduction (`C_out * K * K`)
@@ -446,6 +453,27 @@ pub(crate) fn conv_bwd_filter(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (cig, cog, kdim, hw, ohw) = (g.cig(), g.cog(), g.kdim(), g.hw(), g.ohw());
     let w_len = g.c_out * kdim;
     let parts = threads().min(g.n).max(1);
+    if let Some(plan) = direct_filter_plan(g) {
+        let partial = |part: usize| {
+            let mut lanes = vec![0f32; plan.lanes_len()];
+            let mut scratch = vec![0f32; plan.scratch_len()];
+            for i in split_range(g.n, parts, part) {
+                let xi = &x[i * g.c_in * hw..(i + 1) * g.c_in * hw];
+                let dyi = &dy[i * g.c_out * ohw..(i + 1) * g.c_out * ohw];
+                plan.accumulate(xi, dyi, &mut lanes, &mut scratch);
+            }
+            lanes
+        };
+        let lanes = (0..parts)
+            .into_par_iter()
+            .map(partial)
+            .reduce_with(|mut a, b| {
+                simd::add_assign(&mut a, &b);
+                a
+            })
+            .unwrap_or_else(|| vec![0f32; plan.lanes_len()]);
+        return plan.finish(&lanes);
+    }
     let par = if parts > 1 {
         Parallelism::None
     } else {
