@@ -330,7 +330,7 @@ unsafe fn wtile<const NK: usize>(
     k0: usize,
 ) {
     use std::arch::x86_64::*;
-    debug_assert!(offs.len() == NK && d.len() >= MR * p_len && p_len % V == 0);
+    debug_assert!(offs.len() == NK && d.len() >= MR * p_len && p_len.is_multiple_of(V));
     debug_assert!(offs.iter().all(|&o| o as usize + p_len <= x.len()));
     debug_assert!(k0 + NK <= kdim && out.len() >= MR * kdim * V);
     let (xp, dp) = (x.as_ptr(), d.as_ptr());
