@@ -132,12 +132,12 @@ impl SgdMomentum {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            let w = var.as_tensor();
-            let g = if wd != 0.0 {
-                (g + (w * wd)?)?
-            } else {
-                g.clone()
-            };
+            // Everything below works on detached tensors: an update computed
+            // from the variable itself would record the op graph, and each
+            // momentum buffer would keep every earlier one alive.
+            let w = var.as_detached_tensor();
+            let g = g.detach();
+            let g = if wd != 0.0 { (g + (&w * wd)?)? } else { g };
             let d = if mu != 0.0 {
                 let v = match self.momentum.get(name) {
                     Some(v) => ((v * mu)? + &g)?,
@@ -261,6 +261,9 @@ mod tests {
             }
             close(&values(&w), &hw);
         }
+        // The buffers are plain values, not graph nodes that would keep every
+        // earlier step alive.
+        assert!(opt.state_tensors().values().all(|t| !t.track_op()));
         // Never decayed nor moved: it had no gradient.
         assert_eq!(values(&frozen), vec![3.0, 4.0]);
         assert!(!opt.state_tensors().contains_key("momentum.frozen"));
