@@ -7,7 +7,7 @@
 //! then normalise + epilogue) and the backward two more (per-channel sums, then
 //! the input gradient), with channels or planes spread over rayon.
 
-use super::cpu::f32_slice;
+use super::cpu::{f32_slice, par_zeroed, par_zeroed2};
 use super::simd;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -89,20 +89,15 @@ fn affine_epilogue(
     b: &[f32],
     relu: bool,
 ) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
     if hw == 0 {
-        return y;
+        return vec![0f32; x.len()];
     }
-    y.par_chunks_mut(hw)
-        .enumerate()
-        .with_min_len(plane_grain(hw))
-        .for_each(|(p, yp)| {
-            let ch = p % c;
-            let r = p * hw..(p + 1) * hw;
-            let rp = residual.map(|res| &res[r.clone()]);
-            simd::affine_plane(&x[r], rp, a[ch], b[ch], relu, yp);
-        });
-    y
+    par_zeroed(x.len(), hw, |p, yp| {
+        let ch = p % c;
+        let r = p * hw..(p + 1) * hw;
+        let rp = residual.map(|res| &res[r.clone()]);
+        simd::affine_plane(&x[r], rp, a[ch], b[ch], relu, yp);
+    })
 }
 
 /// Forward batch norm with batch statistics and an epilogue.
@@ -187,33 +182,19 @@ pub(crate) fn bn_train_bwd(
             (k1 as f32, k2 as f32, k3 as f32)
         })
         .collect();
-    let mut dx = vec![0f32; x.len()];
-    let mut dz = if want_dz {
-        Some(vec![0f32; x.len()])
-    } else {
-        None
+    let plane = |p: usize, dxp: &mut [f32], dzp: Option<&mut [f32]>| {
+        let r = p * hw..(p + 1) * hw;
+        let k = coef[p % c];
+        simd::bn_dx_plane(&x[r.clone()], &y[r.clone()], &dy[r], k, relu, dxp, dzp);
     };
-    if hw > 0 {
-        let plane = |p: usize, dxp: &mut [f32], dzp: Option<&mut [f32]>| {
-            let r = p * hw..(p + 1) * hw;
-            let k = coef[p % c];
-            simd::bn_dx_plane(&x[r.clone()], &y[r.clone()], &dy[r], k, relu, dxp, dzp);
-        };
-        let grain = plane_grain(hw);
-        match dz.as_mut() {
-            Some(dz) => dx
-                .par_chunks_mut(hw)
-                .zip(dz.par_chunks_mut(hw))
-                .enumerate()
-                .with_min_len(grain)
-                .for_each(|(p, (dxp, dzp))| plane(p, dxp, Some(dzp))),
-            None => dx
-                .par_chunks_mut(hw)
-                .enumerate()
-                .with_min_len(grain)
-                .for_each(|(p, dxp)| plane(p, dxp, None)),
-        }
-    }
+    let (dx, dz) = if hw == 0 {
+        (vec![0f32; x.len()], want_dz.then(|| vec![0f32; x.len()]))
+    } else if want_dz {
+        let (dx, dz) = par_zeroed2(x.len(), hw, |p, dxp, dzp| plane(p, dxp, Some(dzp)));
+        (dx, Some(dz))
+    } else {
+        (par_zeroed(x.len(), hw, |p, dxp| plane(p, dxp, None)), None)
+    };
     BnGrads {
         dx,
         dgamma,

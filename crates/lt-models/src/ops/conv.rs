@@ -6,7 +6,7 @@
 //! looped inside each kernel: a grouped convolution costs one task per image,
 //! not one candle op per group.
 
-use super::cpu::{f32_slice, sgemm, split_range, threads, Mat, MatMut};
+use super::cpu::{f32_slice, par_zeroed_init, sgemm, split_range, threads, Mat, MatMut};
 use super::direct;
 use super::simd;
 use super::Conv2dParams;
@@ -260,41 +260,34 @@ fn inner_parallelism(n: usize) -> Parallelism {
     }
 }
 
-/// Runs `f(image_index, out_image, scratch)` for every image, in parallel
-/// when the batch is large enough; `scratch` holds `scratch_len` floats.
-fn for_each_image<F>(out: &mut [f32], per_image: usize, scratch_len: usize, f: F)
+/// Builds the `n * per_image` output, running `f(image_index, out_image,
+/// scratch)` on every (zeroed) image in parallel; `scratch` holds
+/// `scratch_len` floats, one buffer per rayon job.
+fn map_images<F>(n: usize, per_image: usize, scratch_len: usize, f: F) -> Vec<f32>
 where
     F: Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
 {
     if per_image == 0 {
-        return;
+        return Vec::new();
     }
-    let n = out.len() / per_image;
-    if n >= 2 && threads() > 1 {
-        out.par_chunks_mut(per_image).enumerate().for_each_init(
-            || vec![0f32; scratch_len],
-            |scratch, (i, o)| f(i, o, scratch),
-        );
-    } else {
-        let mut scratch = vec![0f32; scratch_len];
-        for (i, o) in out.chunks_mut(per_image).enumerate() {
-            f(i, o, &mut scratch);
-        }
-    }
+    par_zeroed_init(
+        n * per_image,
+        per_image,
+        || vec![0f32; scratch_len],
+        |scratch, i, o| f(i, o, scratch),
+    )
 }
 
 /// `y = conv(x, w)`: per image and group, `y_g = W_g * im2col(x_g)`.
 pub(crate) fn conv_fwd(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (cig, cog, kdim, hw, ohw) = (g.cig(), g.cog(), g.kdim(), g.hw(), g.ohw());
-    let mut y = vec![0f32; g.n * g.c_out * ohw];
     if let Some(plan) = direct_plan(g, w) {
-        for_each_image(&mut y, g.c_out * ohw, plan.scratch_len(), |i, yi, xpad| {
+        return map_images(g.n, g.c_out * ohw, plan.scratch_len(), |i, yi, xpad| {
             plan.run(&x[i * g.c_in * hw..(i + 1) * g.c_in * hw], yi, xpad);
         });
-        return y;
     }
     let par = inner_parallelism(g.n);
-    for_each_image(&mut y, g.c_out * ohw, g.col_len(), |i, yi, col| {
+    map_images(g.n, g.c_out * ohw, g.col_len(), |i, yi, col| {
         let xi = &x[i * g.c_in * hw..(i + 1) * g.c_in * hw];
         for grp in 0..g.groups {
             let xg = &xi[grp * cig * hw..(grp + 1) * cig * hw];
@@ -327,8 +320,7 @@ pub(crate) fn conv_fwd(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
                 par,
             );
         }
-    });
-    y
+    })
 }
 
 thread_local! {
@@ -407,8 +399,7 @@ pub(crate) fn conv_bwd_data(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     // General stride: per image and group, `dx_g = col2im(W_g^T * dy_g)`.
     let (cig, cog, kdim, hw, ohw) = (g.cig(), g.cog(), g.kdim(), g.hw(), g.ohw());
     let par = inner_parallelism(g.n);
-    let mut dx = vec![0f32; g.n * g.c_in * hw];
-    for_each_image(&mut dx, g.c_in * hw, g.col_len(), |i, dxi, dcol| {
+    map_images(g.n, g.c_in * hw, g.col_len(), |i, dxi, dcol| {
         let dyi = &dy[i * g.c_out * ohw..(i + 1) * g.c_out * ohw];
         for grp in 0..g.groups {
             let lhs = Mat {
@@ -439,8 +430,7 @@ pub(crate) fn conv_bwd_data(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
                 col2im(g, dcol, dxg);
             }
         }
-    });
-    dx
+    })
 }
 
 /// `dw = sum_n dy_n * im2col(x_n)^T`, accumulated per worker then summed.

@@ -2,6 +2,8 @@
 //! bounds-checked front end to the `gemm` crate.
 
 use candle_core::{bail, CpuStorage, Layout, Result};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// The contiguous `f32` data behind `storage` as seen through `layout`.
 ///
@@ -65,6 +67,85 @@ pub(crate) fn retain_freed_memory_once() {
 /// Number of worker threads of the current rayon pool.
 pub(crate) fn threads() -> usize {
     rayon::current_num_threads().max(1)
+}
+
+/// Views an initialised `MaybeUninit` chunk as plain floats.
+///
+/// # Safety
+/// Every element of `c` must have been initialised.
+unsafe fn assume_init(c: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the caller
+    // guarantees every element is initialised.
+    unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// Builds a vector of `len` floats in parallel: chunk `i` (`chunk` floats,
+/// the last one shorter) is zero-filled by a rayon worker and handed at once,
+/// still in that worker's cache, to `f(&mut state, i, chunk)`, with one
+/// `state` from `init` per rayon job.
+///
+/// `vec![0.0; len]` on the calling thread would zero every output serially
+/// before the parallel kernel overwrites it: with large activations that
+/// was a tenth of a training step, all of it on one core.
+pub(crate) fn par_zeroed_init<S, I, F>(len: usize, chunk: usize, init: I, f: F) -> Vec<f32>
+where
+    I: Fn() -> S + Sync + Send,
+    F: Fn(&mut S, usize, &mut [f32]) + Sync + Send,
+{
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    if len > 0 {
+        let grain = (16 * 1024 / chunk.max(1)).max(1);
+        v.spare_capacity_mut()[..len]
+            .par_chunks_mut(chunk.max(1))
+            .enumerate()
+            .with_min_len(grain)
+            .for_each_init(init, |state, (i, c)| {
+                c.fill(MaybeUninit::new(0.0));
+                // SAFETY: every element of `c` was initialised just above.
+                f(state, i, unsafe { assume_init(c) });
+            });
+    }
+    // SAFETY: the chunks cover `0..len` exactly and each was initialised
+    // (a panic in `f` unwinds before this line and drops `v` empty).
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// [`par_zeroed_init`] without per-job state.
+pub(crate) fn par_zeroed<F>(len: usize, chunk: usize, f: F) -> Vec<f32>
+where
+    F: Fn(usize, &mut [f32]) + Sync + Send,
+{
+    par_zeroed_init(len, chunk, || (), |_, i, c| f(i, c))
+}
+
+/// Two vectors of `len` floats built chunk by chunk like [`par_zeroed`].
+pub(crate) fn par_zeroed2<F>(len: usize, chunk: usize, f: F) -> (Vec<f32>, Vec<f32>)
+where
+    F: Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
+{
+    let mut a: Vec<f32> = Vec::with_capacity(len);
+    let mut b: Vec<f32> = Vec::with_capacity(len);
+    if len > 0 {
+        let grain = (16 * 1024 / chunk.max(1)).max(1);
+        a.spare_capacity_mut()[..len]
+            .par_chunks_mut(chunk.max(1))
+            .zip(b.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)))
+            .enumerate()
+            .with_min_len(grain)
+            .for_each(|(i, (ca, cb))| {
+                ca.fill(MaybeUninit::new(0.0));
+                cb.fill(MaybeUninit::new(0.0));
+                // SAFETY: every element of both chunks was initialised above.
+                f(i, unsafe { assume_init(ca) }, unsafe { assume_init(cb) });
+            });
+    }
+    // SAFETY: as in `par_zeroed_init`, for both vectors.
+    unsafe {
+        a.set_len(len);
+        b.set_len(len);
+    }
+    (a, b)
 }
 
 /// Splits `0..len` into `parts` contiguous ranges of nearly equal size.
@@ -177,6 +258,23 @@ pub(crate) fn sgemm(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn par_zeroed_visits_every_chunk_once_zeroed() {
+        let v = par_zeroed(1000, 7, |i, c| {
+            assert!(c.iter().all(|&x| x == 0.0));
+            c.iter_mut().for_each(|x| *x = i as f32);
+        });
+        assert_eq!(v.len(), 1000);
+        assert!(v.iter().enumerate().all(|(j, &x)| x == (j / 7) as f32));
+        let (a, b) = par_zeroed2(10, 4, |i, a, b| {
+            a.fill(i as f32);
+            b.fill(-(i as f32));
+        });
+        assert_eq!(a, [0., 0., 0., 0., 1., 1., 1., 1., 2., 2.]);
+        assert_eq!(b, [0., 0., 0., 0., -1., -1., -1., -1., -2., -2.]);
+        assert!(par_zeroed(0, 4, |_, _| unreachable!()).is_empty());
+    }
 
     #[test]
     fn split_range_covers_everything_once() {

@@ -2,10 +2,9 @@
 //! (candle's `relu` backward alone is a comparison, a cast, a product and an
 //! accumulation, each a full pass with its own allocation).
 
-use super::cpu::f32_slice;
+use super::cpu::{f32_slice, par_zeroed};
 use super::simd;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// Elements per rayon task.
 const GRAIN: usize = 16 * 1024;
@@ -31,10 +30,10 @@ impl CustomOp2 for AddReluOp {
             bail!("{OP}: shapes {:?} and {:?} differ", l1.dims(), l2.dims());
         }
         let (a, b) = (f32_slice(s1, l1, OP)?, f32_slice(s2, l2, OP)?);
-        let mut y = vec![0f32; a.len()];
-        y.par_chunks_mut(GRAIN)
-            .zip(a.par_chunks(GRAIN).zip(b.par_chunks(GRAIN)))
-            .for_each(|(y, (a, b))| simd::add_relu(a, b, y));
+        let y = par_zeroed(a.len(), GRAIN, |i, y| {
+            let r = i * GRAIN..i * GRAIN + y.len();
+            simd::add_relu(&a[r.clone()], &b[r], y);
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -74,10 +73,10 @@ impl CustomOp2 for ReluMaskOp {
             bail!("{OP}: shapes {:?} and {:?} differ", l1.dims(), l2.dims());
         }
         let (y, dy) = (f32_slice(s1, l1, OP)?, f32_slice(s2, l2, OP)?);
-        let mut dz = vec![0f32; y.len()];
-        dz.par_chunks_mut(GRAIN)
-            .zip(y.par_chunks(GRAIN).zip(dy.par_chunks(GRAIN)))
-            .for_each(|(o, (y, dy))| simd::relu_mask(y, dy, o));
+        let dz = par_zeroed(y.len(), GRAIN, |i, o| {
+            let r = i * GRAIN..i * GRAIN + o.len();
+            simd::relu_mask(&y[r.clone()], &dy[r], o);
+        });
         Ok((CpuStorage::F32(dz), l1.shape().clone()))
     }
 }
