@@ -399,3 +399,12 @@ fn max_pool2d_gives_ties_to_the_first_maximum_and_reference_splits_them() {
     assert!(shared.iter().all(|&g| g > 0.0 && g < 1.0), "{shared:?}");
     assert!((shared.iter().sum::<f32>() - 1.0).abs() < 1e-6);
 }
+
+#[test]
+fn conv2d_handles_kernels_larger_than_the_image() {
+    // Deep layers of an ImageNet ResNet on small inputs see 1x1 and 2x2 maps.
+    conv_case(2, 8, (1, 1), 8, (3, 3), geom(1, 1, 1));
+    conv_case(1, 4, (2, 2), 8, (3, 3), geom(1, 1, 1));
+    conv_case(1, 3, (3, 3), 4, (7, 7), geom(2, 3, 1));
+    conv_case(2, 8, (1, 1), 16, (3, 3), geom(2, 1, 2));
+}

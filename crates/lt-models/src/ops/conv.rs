@@ -185,7 +185,9 @@ fn im2col_same(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
             let off = (ki * w + kj) as isize - (g.pad * w + g.pad) as isize;
             // Destination range whose source lies inside the plane; the few
             // elements clipped here are wrapped columns, zeroed below.
-            let a = ((oy_lo * w) as isize).max(-off) as usize;
+            // Clamped to the valid rows: with a kernel larger than the
+            // image (1x1 maps deep in a network), `-off` can pass them.
+            let a = ((oy_lo * w) as isize).max(-off).min((oy_hi * w) as isize) as usize;
             let b = ((oy_hi * w) as isize)
                 .min(hw as isize - off)
                 .max(a as isize) as usize;
@@ -711,6 +713,11 @@ mod tests {
             (9, 6, 7, 3),
             (4, 4, 5, 2),
             (3, 3, 1, 0),
+            // Kernels larger than the image.
+            (1, 1, 3, 1),
+            (2, 2, 5, 2),
+            (1, 3, 3, 1),
+            (2, 1, 7, 3),
         ] {
             let g = geom(h, w, k, 1, p);
             assert_eq!(g.ow, w);
