@@ -1,9 +1,48 @@
 //! Tensor operations the backbones are built from.
 //!
-//! Every function here is the single entry point the models call. On the CPU
-//! they dispatch to the project's own kernels (custom ops with their own
-//! backward); on any other device they fall back to compositions of candle's
-//! ops, which also serve as the test oracle (`reference` module).
+//! Every function here is the single entry point the models call. For `f32`
+//! tensors on the CPU they run the project's own kernels: candle custom ops
+//! whose backward passes are custom ops too, parallel over the batch (or
+//! over channels) with rayon. Any other dtype or device falls back to
+//! compositions of candle's ops in [`reference`](mod@reference), which also serve as the
+//! test oracle; [`with_reference_ops`] forces that path.
+//!
+//! | entry point | forward | backward |
+//! |---|---|---|
+//! | [`conv2d`] | direct AVX-512 kernel (stride 1, channels per group a multiple of 8) or im2col + `gemm` | input: the forward kernel on the flipped weights (stride 1) or gemm + col2im; weights: direct kernel or gemm |
+//! | [`batch_norm_train`], [`batch_norm_relu_train`], [`batch_norm_add_relu_train`] | statistics pass, then one normalise (+ residual, + ReLU) pass | two passes (per-channel sums, input gradient) |
+//! | [`batch_norm_eval`], [`batch_norm_relu_eval`], [`batch_norm_add_relu_eval`] | one per-channel affine pass | one pass |
+//! | [`max_pool2d`] | one pass, keeps the argmax | scatter to the argmax |
+//! | [`add_relu`] | one pass | one pass |
+//!
+//! Use the fused `*_relu_*` / `*_add_relu_*` forms where a ReLU or a residual
+//! connection follows: each saves candle a full-size elementwise op forward
+//! and three or four backward (comparison, cast, product, accumulation).
+//!
+//! # Performance notes for binaries
+//!
+//! * The kernels make glibc keep freed memory (see [`retain_freed_memory`]).
+//! * candle runs its own elementwise ops (gradient accumulation, mainly) on
+//!   a separate spin-waiting thread pool sized by `CANDLE_NUM_THREADS`; next
+//!   to the kernels' rayon pool it oversubscribes the cores. Training
+//!   binaries should set `CANDLE_NUM_THREADS=1` before candle starts any
+//!   thread (the `resnet_step` bench does), and size rayon with
+//!   `RAYON_NUM_THREADS` or a global pool.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use lt_models::ops::{self, Conv2dParams};
+//!
+//! let x = Tensor::ones((2, 8, 6, 6), candle_core::DType::F32, &Device::Cpu)?;
+//! let w = Tensor::ones((8, 8, 3, 3), candle_core::DType::F32, &Device::Cpu)?;
+//! let p = Conv2dParams { stride: 1, padding: 1, groups: 1 };
+//! let y = ops::conv2d(&x, &w, p)?;
+//! assert_eq!(y.dims(), &[2, 8, 6, 6]);
+//! // The centre of the map sees all 8 * 3 * 3 ones.
+//! let centre: f32 = y.get(0)?.get(0)?.get(3)?.get(3)?.to_scalar()?;
+//! assert_eq!(centre, 72.0);
+//! # Ok::<(), candle_core::Error>(())
+//! ```
 
 use candle_core::{DType, Result, Tensor};
 use std::cell::Cell;
