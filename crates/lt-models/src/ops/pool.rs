@@ -65,35 +65,69 @@ fn pool_fwd(x: &[f32], g: &PoolGeom) -> (Vec<f32>, Vec<u32>) {
     y.par_chunks_mut(ohw)
         .zip(idx.par_chunks_mut(ohw))
         .enumerate()
-        .for_each(|(p, (yp, ip))| {
-            let xp = &x[p * hw..(p + 1) * hw];
-            for oy in 0..g.oh {
-                let (y0, y1) = g.window(oy, g.h);
-                for ox in 0..g.ow {
-                    let (x0, x1) = g.window(ox, g.w);
-                    let mut best = f32::NEG_INFINITY;
-                    let mut at = y0 * g.w + x0;
-                    for iy in y0..y1 {
-                        for ix in x0..x1 {
-                            let v = xp[iy * g.w + ix];
-                            if v > best || v.is_nan() {
-                                best = v;
-                                at = iy * g.w + ix;
-                                if v.is_nan() {
-                                    break;
-                                }
-                            }
-                        }
-                        if best.is_nan() {
-                            break;
-                        }
-                    }
-                    yp[oy * g.ow + ox] = best;
-                    ip[oy * g.ow + ox] = at as u32;
+        .for_each(|(p, (yp, ip))| pool_plane(&x[p * hw..(p + 1) * hw], g, yp, ip));
+    (y, idx)
+}
+
+super::simd::dispatch! {
+    /// [`pool_plane_impl`] for the CPU's best instruction set.
+    fn pool_plane(xp: &[f32], g: &PoolGeom, yp: &mut [f32], ip: &mut [u32]) {
+        pool_plane_impl(xp, g, yp, ip)
+    }
+}
+
+/// Pools one plane. Candidates are visited window row by window row and,
+/// within a row, kernel column by kernel column for a whole output row at a
+/// time (a strided, branch-light inner loop over `ox`), which keeps
+/// PyTorch's order: a strictly larger value or the first NaN replaces the
+/// running maximum, so the first maximum in row-major window order wins.
+#[inline(always)]
+fn pool_plane_impl(xp: &[f32], g: &PoolGeom, yp: &mut [f32], ip: &mut [u32]) {
+    let s = g.stride;
+    // One input row split into its `s` phases: `phases[r * pw + j] =
+    // xrow[j * s + r]`, so a kernel column reads a contiguous run.
+    let pw = g.w.div_ceil(s);
+    let mut phases = vec![f32::NEG_INFINITY; s * pw];
+    for oy in 0..g.oh {
+        let (y0, y1) = g.window(oy, g.h);
+        let best = &mut yp[oy * g.ow..(oy + 1) * g.ow];
+        let arg = &mut ip[oy * g.ow..(oy + 1) * g.ow];
+        best.fill(f32::NEG_INFINITY);
+        for (ox, a) in arg.iter_mut().enumerate() {
+            *a = (y0 * g.w + g.window(ox, g.w).0) as u32;
+        }
+        for iy in y0..y1 {
+            let xrow = &xp[iy * g.w..(iy + 1) * g.w];
+            for (ix, &v) in xrow.iter().enumerate() {
+                phases[(ix % s) * pw + ix / s] = v;
+            }
+            for kj in 0..g.kernel {
+                // Output columns whose input column `ox * s + kj - pad` is inside.
+                let lo = g.pad.saturating_sub(kj).div_ceil(s);
+                let hi = if g.w + g.pad > kj {
+                    ((g.w + g.pad - kj - 1) / s + 1).min(g.ow)
+                } else {
+                    0
+                };
+                if lo >= hi {
+                    continue;
+                }
+                // Input column of `lo`, then every `s`-th: phase `r`, from `j0`.
+                let ix0 = lo * s + kj - g.pad;
+                let (r, j0) = (ix0 % s, ix0 / s);
+                let src = &phases[r * pw + j0..r * pw + j0 + (hi - lo)];
+                let first = (iy * g.w + ix0) as u32;
+                let step = s as u32;
+                let runs = best[lo..hi].iter_mut().zip(&mut arg[lo..hi]).zip(src);
+                for (t, ((b, a), &v)) in runs.enumerate() {
+                    // Branch-free select, so the loop vectorises.
+                    let take = v > *b || (v.is_nan() && !b.is_nan());
+                    *b = if take { v } else { *b };
+                    *a = if take { first + t as u32 * step } else { *a };
                 }
             }
-        });
-    (y, idx)
+        }
+    }
 }
 
 /// Max pooling `x -> y`, keeping the argmax for the backward pass.
@@ -208,6 +242,59 @@ mod tests {
         let (y, idx) = pool_fwd(&[-5.0, -3.0, -3.0, -7.0], &g);
         assert_eq!(y, vec![-3.0]);
         assert_eq!(idx, vec![1]);
+    }
+
+    /// Window by window, PyTorch's loop.
+    fn naive(x: &[f32], g: &PoolGeom) -> (Vec<f32>, Vec<u32>) {
+        let (mut y, mut idx) = (Vec::new(), Vec::new());
+        for oy in 0..g.oh {
+            let (y0, y1) = g.window(oy, g.h);
+            for ox in 0..g.ow {
+                let (x0, x1) = g.window(ox, g.w);
+                let (mut best, mut at) = (f32::NEG_INFINITY, y0 * g.w + x0);
+                for iy in y0..y1 {
+                    for ix in x0..x1 {
+                        let v = x[iy * g.w + ix];
+                        if v > best || (v.is_nan() && !best.is_nan()) {
+                            best = v;
+                            at = iy * g.w + ix;
+                        }
+                    }
+                }
+                y.push(best);
+                idx.push(at as u32);
+            }
+        }
+        (y, idx)
+    }
+
+    #[test]
+    fn row_sweep_matches_window_by_window_with_ties_and_nans() {
+        for (h, w, k, s, p) in [
+            (9, 7, 3, 2, 1),
+            (6, 6, 2, 2, 0),
+            (5, 8, 3, 1, 1),
+            (7, 7, 5, 3, 2),
+            (2, 3, 3, 2, 1),
+        ] {
+            let g = PoolGeom::new(h, w, k, s, p).unwrap();
+            // Few distinct values, so windows have ties; a NaN and -inf too.
+            let mut x: Vec<f32> = (0..h * w).map(|i| ((i * 7 + 3) % 5) as f32).collect();
+            x[h * w / 2] = f32::NAN;
+            x[0] = f32::NEG_INFINITY;
+            let (mut y, mut idx) = (vec![0f32; g.oh * g.ow], vec![0u32; g.oh * g.ow]);
+            pool_plane(&x, &g, &mut y, &mut idx);
+            let (y_want, idx_want) = naive(&x, &g);
+            assert_eq!(idx, idx_want, "{h}x{w} k{k} s{s} p{p}");
+            for (a, b) in y.iter().zip(&y_want) {
+                assert!(a == b || (a.is_nan() && b.is_nan()));
+            }
+        }
+        // An all -inf window keeps its first element.
+        let g = PoolGeom::new(2, 2, 2, 2, 0).unwrap();
+        let (mut y, mut idx) = (vec![0f32; 1], vec![7u32; 1]);
+        pool_plane(&[f32::NEG_INFINITY; 4], &g, &mut y, &mut idx);
+        assert_eq!((y[0], idx[0]), (f32::NEG_INFINITY, 0));
     }
 
     #[test]

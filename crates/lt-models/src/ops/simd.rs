@@ -45,6 +45,8 @@ macro_rules! dispatch {
     };
 }
 
+pub(crate) use dispatch;
+
 /// Lanes of the explicit accumulators: two AVX-512 registers' worth.
 const L: usize = 32;
 
