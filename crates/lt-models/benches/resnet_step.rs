@@ -12,6 +12,11 @@
 //! other load on the machine barely moves), `peak_rss_mb` (VmHWM) and the
 //! load average at the start. `--profile` also prints, to stderr, the median
 //! split of a step into forward / backward / optimiser.
+//!
+//! The network is `lt_models::Backbone` (any `--model` it knows) plus a
+//! linear head. `--fused-conv-bn` instead builds the CIFAR ResNet here from
+//! `ops::conv2d_batch_norm*_train` (same layers, same step), to measure what
+//! fusing each convolution with its batch norm gains.
 
 use candle_core::{backprop::GradStore, DType, Device, Result, Tensor, Var};
 use lt_models::{Arch, Backbone, BnMode};
@@ -30,6 +35,7 @@ struct Args {
     steps: usize,
     warmup: usize,
     profile: bool,
+    fused: bool,
 }
 
 fn parse_args() -> Args {
@@ -42,6 +48,7 @@ fn parse_args() -> Args {
         steps: 10,
         warmup: 3,
         profile: false,
+        fused: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -59,6 +66,7 @@ fn parse_args() -> Args {
             "--steps" => a.steps = int("--steps", value("--steps")),
             "--warmup" => a.warmup = int("--warmup", value("--warmup")),
             "--profile" => a.profile = true,
+            "--fused-conv-bn" => a.fused = true,
             // cargo bench passes --bench to every bench binary.
             "--bench" => {}
             other => panic!("unknown argument {other:?}"),
@@ -154,6 +162,117 @@ fn randn(rng: &mut ChaCha8Rng, shape: &[usize], std: f32) -> Result<Tensor> {
     Tensor::from_vec(v, shape, &Device::Cpu)
 }
 
+/// A CIFAR ResNet (3 stages of 16/32/64, 1x1 projection shortcuts, global
+/// average pool) written with the fused conv + BN entry points, with the
+/// running statistics updated as `BatchNorm2d` does.
+struct FusedCifarResNet {
+    stem: ConvBn,
+    blocks: Vec<(ConvBn, ConvBn, Option<ConvBn>)>,
+}
+
+struct ConvBn {
+    w: Var,
+    gamma: Var,
+    beta: Var,
+    running: (Var, Var),
+    p: lt_models::ops::Conv2dParams,
+}
+
+impl ConvBn {
+    fn new(rng: &mut ChaCha8Rng, cin: usize, cout: usize, k: usize, stride: usize) -> Result<Self> {
+        let std = (2.0 / (k * k * cout) as f32).sqrt();
+        let dev = Device::Cpu;
+        Ok(Self {
+            w: Var::from_tensor(&randn(rng, &[cout, cin, k, k], std)?)?,
+            gamma: Var::from_tensor(&Tensor::ones(cout, DType::F32, &dev)?)?,
+            beta: Var::from_tensor(&Tensor::zeros(cout, DType::F32, &dev)?)?,
+            running: (
+                Var::from_tensor(&Tensor::zeros(cout, DType::F32, &dev)?)?,
+                Var::from_tensor(&Tensor::ones(cout, DType::F32, &dev)?)?,
+            ),
+            p: lt_models::ops::Conv2dParams {
+                stride,
+                padding: k / 2,
+                groups: 1,
+            },
+        })
+    }
+
+    fn vars(&self) -> [Var; 3] {
+        [self.w.clone(), self.gamma.clone(), self.beta.clone()]
+    }
+
+    /// `relu?(bn(conv(x)) (+ residual))`, updating the running statistics.
+    fn forward(&self, x: &Tensor, relu: bool, residual: Option<&Tensor>) -> Result<Tensor> {
+        use lt_models::ops;
+        let (w, g, b) = (
+            self.w.as_tensor(),
+            self.gamma.as_tensor(),
+            self.beta.as_tensor(),
+        );
+        let eps = lt_models::BN_EPS;
+        let (y, mean, var) = match (residual, relu) {
+            (Some(r), _) => ops::conv2d_batch_norm_add_relu_train(x, w, self.p, r, g, b, eps)?,
+            (None, true) => ops::conv2d_batch_norm_relu_train(x, w, self.p, g, b, eps)?,
+            (None, false) => ops::conv2d_batch_norm_train(x, w, self.p, g, b, eps)?,
+        };
+        let (n, _, h, wd) = y.dims4()?;
+        let count = (n * h * wd) as f64;
+        let m = lt_models::BN_MOMENTUM;
+        let (rm, rv) = &self.running;
+        rm.set(&((rm.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
+        rv.set(&((rv.as_tensor() * (1.0 - m))? + (var * (m * count / (count - 1.0)))?)?)?;
+        Ok(y)
+    }
+}
+
+impl FusedCifarResNet {
+    fn new(depth: usize, rng: &mut ChaCha8Rng) -> Result<Self> {
+        let per_stage = (depth - 2) / 6;
+        let stem = ConvBn::new(rng, 3, 16, 3, 1)?;
+        let mut blocks = Vec::new();
+        let mut cin = 16;
+        for (stage, &width) in [16, 32, 64].iter().enumerate() {
+            for i in 0..per_stage {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                let c1 = ConvBn::new(rng, cin, width, 3, stride)?;
+                let c2 = ConvBn::new(rng, width, width, 3, 1)?;
+                let sc = (stride != 1 || cin != width)
+                    .then(|| ConvBn::new(rng, cin, width, 1, stride))
+                    .transpose()?;
+                blocks.push((c1, c2, sc));
+                cin = width;
+            }
+        }
+        Ok(Self { stem, blocks })
+    }
+
+    fn vars(&self) -> Vec<Var> {
+        let mut v = self.stem.vars().to_vec();
+        for (c1, c2, sc) in &self.blocks {
+            v.extend(c1.vars());
+            v.extend(c2.vars());
+            if let Some(sc) = sc {
+                v.extend(sc.vars());
+            }
+        }
+        v
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = self.stem.forward(x, true, None)?;
+        for (c1, c2, sc) in &self.blocks {
+            let h = c1.forward(&x, true, None)?;
+            let shortcut = match sc {
+                Some(sc) => sc.forward(&x, false, None)?,
+                None => x.clone(),
+            };
+            x = c2.forward(&h, true, Some(&shortcut))?;
+        }
+        x.mean((2, 3))
+    }
+}
+
 fn main() -> Result<()> {
     let args = parse_args();
     // candle's matmul reads its thread count from RAYON_NUM_THREADS. Its
@@ -187,15 +306,30 @@ fn main() -> Result<()> {
     let dev = Device::Cpu;
     let backbone = Backbone::new(arch, &dev, 0).map_err(candle_core::Error::wrap)?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let fused = if args.fused {
+        let depth = match arch {
+            Arch::ResNet8 => 8,
+            Arch::ResNet20 => 20,
+            Arch::ResNet32 => 32,
+            Arch::ResNet56 => 56,
+            _ => panic!("--fused-conv-bn: only the CIFAR ResNets (resnet8/20/32/56)"),
+        };
+        Some(FusedCifarResNet::new(depth, &mut rng)?)
+    } else {
+        None
+    };
     let d = backbone.feature_dim();
     let bound = 1.0 / (d as f32).sqrt();
     let fc_w = Var::from_tensor(&randn(&mut rng, &[args.classes, d], bound)?)?;
     let fc_b = Var::from_tensor(&Tensor::zeros(args.classes, DType::F32, &dev)?)?;
-    let mut params: Vec<(Var, Option<Tensor>)> = backbone
-        .parameters()
-        .into_iter()
-        .map(|(_, v)| (v, None))
-        .collect();
+    let mut params: Vec<(Var, Option<Tensor>)> = match &fused {
+        Some(net) => net.vars().into_iter().map(|v| (v, None)).collect(),
+        None => backbone
+            .parameters()
+            .into_iter()
+            .map(|(_, v)| (v, None))
+            .collect(),
+    };
     params.push((fc_w.clone(), None));
     params.push((fc_b.clone(), None));
     let mut sgd = Sgd {
@@ -214,9 +348,12 @@ fn main() -> Result<()> {
             .collect();
         let y = Tensor::from_vec(labels, args.batch, &dev)?;
         let (c0, t0) = (process_cpu_ms(), Instant::now());
-        let feats = backbone
-            .forward_t(&x, BnMode::Train)
-            .map_err(candle_core::Error::wrap)?;
+        let feats = match &fused {
+            Some(net) => net.forward(&x)?,
+            None => backbone
+                .forward_t(&x, BnMode::Train)
+                .map_err(candle_core::Error::wrap)?,
+        };
         let logits = feats
             .matmul(&fc_w.as_tensor().t()?)?
             .broadcast_add(fc_b.as_tensor())?;
@@ -246,10 +383,11 @@ fn main() -> Result<()> {
     }
     let steps: Vec<String> = wall.iter().map(|t| format!("{t:.1}")).collect();
     println!(
-        "{{\"model\": \"{}\", \"batch\": {}, \"size\": {size}, \"threads\": {}, \"framework\": \"lt-models\", \"img_per_s_median\": {:.1}, \"step_ms\": [{}], \"cpu_ms_median\": {:.1}, \"peak_rss_mb\": {:.0}, \"loadavg\": \"{load}\"}}",
+        "{{\"model\": \"{}\", \"batch\": {}, \"size\": {size}, \"threads\": {}, \"framework\": \"lt-models{}\", \"img_per_s_median\": {:.1}, \"step_ms\": [{}], \"cpu_ms_median\": {:.1}, \"peak_rss_mb\": {:.0}, \"loadavg\": \"{load}\"}}",
         args.model,
         args.batch,
         args.threads,
+        if args.fused { " (fused conv+bn)" } else { "" },
         args.batch as f64 / med * 1e3,
         steps.join(", "),
         median(&cpu),

@@ -408,3 +408,98 @@ fn conv2d_handles_kernels_larger_than_the_image() {
     conv_case(1, 3, (3, 3), 4, (7, 7), geom(2, 3, 1));
     conv_case(2, 8, (1, 1), 16, (3, 3), geom(2, 1, 2));
 }
+
+#[test]
+fn conv2d_batch_norm_variants_match_reference_and_finite_differences() {
+    let eps = 1e-5;
+    // (n, c_in, h, w, c_out, k, stride, padding, groups): direct-kernel and
+    // im2col shapes, strided, grouped, pointwise, batch 1.
+    for (n, ci, h, w, co, k, s, pad, groups) in [
+        (2, 4, 6, 6, 8, 3, 1, 1, 1),
+        (3, 3, 7, 5, 6, 3, 2, 1, 1),
+        (1, 8, 5, 5, 8, 1, 1, 0, 2),
+        (2, 8, 6, 6, 16, 3, 1, 1, 2),
+    ] {
+        let p = geom(s, pad, groups);
+        let x = randn(&[n, ci, h, w], 61);
+        let wt = (randn(&[co, ci / groups, k, k], 62) * 0.3).unwrap();
+        let (g, b) = bn_params(co, 63);
+        let what = |v: &str| format!("{v} n{n} c{ci}->{co} {h}x{w} k{k} s{s} p{pad} g{groups}");
+        let inputs = [x.clone(), wt.clone(), g.clone(), b.clone()];
+        check_op(
+            &what("conv2d_batch_norm_train"),
+            &inputs,
+            16,
+            |t| Ok(ops::conv2d_batch_norm_train(&t[0], &t[1], p, &t[2], &t[3], eps)?.0),
+            |t| {
+                Ok(reference::batch_norm_train(
+                    &reference::conv2d(&t[0], &t[1], p)?,
+                    &t[2],
+                    &t[3],
+                    eps,
+                )?
+                .0)
+            },
+        );
+        check_op(
+            &what("conv2d_batch_norm_relu_train"),
+            &inputs,
+            16,
+            |t| Ok(ops::conv2d_batch_norm_relu_train(&t[0], &t[1], p, &t[2], &t[3], eps)?.0),
+            |t| {
+                Ok(reference::batch_norm_relu_train(
+                    &reference::conv2d(&t[0], &t[1], p)?,
+                    &t[2],
+                    &t[3],
+                    eps,
+                )?
+                .0)
+            },
+        );
+        let y_dims = ops::conv2d(&x, &wt, p).unwrap().dims().to_vec();
+        let r = randn(&y_dims, 64);
+        check_op(
+            &what("conv2d_batch_norm_add_relu_train"),
+            &[x.clone(), wt.clone(), r.clone(), g.clone(), b.clone()],
+            16,
+            |t| {
+                Ok(ops::conv2d_batch_norm_add_relu_train(
+                    &t[0], &t[1], p, &t[2], &t[3], &t[4], eps,
+                )?
+                .0)
+            },
+            |t| {
+                let z = reference::conv2d(&t[0], &t[1], p)?;
+                Ok(reference::batch_norm_add_relu_train(&z, &t[2], &t[3], &t[4], eps)?.0)
+            },
+        );
+        let (_, m, v) = ops::conv2d_batch_norm_relu_train(&x, &wt, p, &g, &b, eps).unwrap();
+        let z = reference::conv2d(&x, &wt, p).unwrap();
+        let (_, m_ref, v_ref) = reference::batch_norm_train(&z, &g, &b, eps).unwrap();
+        assert_close("fused conv mean", &m, &m_ref, 1e-4);
+        assert_close("fused conv variance", &v, &v_ref, 1e-4);
+    }
+}
+
+#[test]
+fn conv2d_batch_norm_skips_the_gradient_of_an_untracked_input() {
+    // An image batch is a plain tensor: only the parameters get gradients.
+    let x = randn(&[2, 3, 5, 5], 71);
+    let w = Var::from_tensor(&randn(&[8, 3, 3, 3], 72)).unwrap();
+    let (g, b) = bn_params(8, 73);
+    let (g, b) = (Var::from_tensor(&g).unwrap(), Var::from_tensor(&b).unwrap());
+    let p = geom(1, 1, 1);
+    let (y, _, _) =
+        ops::conv2d_batch_norm_relu_train(&x, w.as_tensor(), p, g.as_tensor(), b.as_tensor(), 1e-5)
+            .unwrap();
+    let grads = (&y * &randn(y.dims(), 74))
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(grads.get(&x).is_none());
+    for v in [&w, &g, &b] {
+        assert!(grads.get(v.as_tensor()).is_some());
+    }
+}

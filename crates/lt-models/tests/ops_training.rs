@@ -21,8 +21,9 @@ fn labels(rng: &mut ChaCha8Rng, n: usize, classes: u32) -> Tensor {
     Tensor::from_vec(v, n, &Device::Cpu).unwrap()
 }
 
-/// A residual network covering every entry point: conv (3x3, strided, 1x1),
-/// BN (+ReLU, +add+ReLU), max-pool, global average pool, linear.
+/// A residual network covering the training entry points: conv (3x3,
+/// strided, grouped, 1x1), fused conv + BN (+ReLU, +add+ReLU), BN, max-pool,
+/// then global average pool and linear.
 struct TinyNet {
     vars: Vec<Var>,
 }
@@ -54,12 +55,12 @@ impl TinyNet {
             padding,
             groups,
         };
-        let h = ops::conv2d(x, v[0], p(1, 1, 1))?;
-        let (h, _, _) = ops::batch_norm_relu_train(&h, v[1], v[2], eps)?;
-        let b = ops::conv2d(&h, v[3], p(2, 1, 2))?;
+        // Fused conv + BN for the body, separate ops for the shortcut.
+        let (h, _, _) = ops::conv2d_batch_norm_relu_train(x, v[0], p(1, 1, 1), v[1], v[2], eps)?;
         let s = ops::conv2d(&h, v[6], p(2, 0, 1))?;
         let (s, _, _) = ops::batch_norm_train(&s, v[7], v[8], eps)?;
-        let (h, _, _) = ops::batch_norm_add_relu_train(&b, &s, v[4], v[5], eps)?;
+        let (h, _, _) =
+            ops::conv2d_batch_norm_add_relu_train(&h, v[3], p(2, 1, 2), &s, v[4], v[5], eps)?;
         let h = ops::max_pool2d(&h, 3, 2, 1)?;
         let f = h.mean((2, 3))?;
         let logits = f.matmul(&v[9].t()?)?.broadcast_add(v[10])?;

@@ -25,7 +25,7 @@ pub(crate) enum Epilogue {
 }
 
 impl Epilogue {
-    fn relu(self) -> bool {
+    pub(crate) fn relu(self) -> bool {
         !matches!(self, Self::Identity)
     }
 }

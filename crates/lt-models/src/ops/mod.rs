@@ -49,6 +49,7 @@ use std::cell::Cell;
 
 mod batch_norm;
 mod conv;
+mod conv_bn;
 mod cpu;
 // AVX-512 intrinsics and target features are stable since Rust 1.89; the
 // module is only compiled into paths chosen at run time on AVX-512 CPUs.
@@ -262,6 +263,67 @@ fn batch_norm_eval_impl(
         &scale.contiguous()?,
         &shift.contiguous()?,
         batch_norm::ChannelAffineOp { relu },
+    )
+}
+
+/// `batch_norm_train(conv2d(x, w, p), weight, bias, eps)` as one op:
+/// the gradient between the convolution and the batch norm stays inside the
+/// op (see the module docs). Returns `(y, mean, var)` as
+/// [`batch_norm_train`] does.
+pub fn conv2d_batch_norm_train(
+    x: &Tensor,
+    w: &Tensor,
+    p: Conv2dParams,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if !on_kernels(&[x, w, weight, bias]) {
+        return reference::batch_norm_train(&reference::conv2d(x, w, p)?, weight, bias, eps);
+    }
+    conv_bn::conv2d_batch_norm_train(x, w, p, None, weight, bias, eps, Epilogue::Identity)
+}
+
+/// `relu(batch_norm_train(conv2d(x, w, p), ...))` as one op; see
+/// [`conv2d_batch_norm_train`].
+pub fn conv2d_batch_norm_relu_train(
+    x: &Tensor,
+    w: &Tensor,
+    p: Conv2dParams,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if !on_kernels(&[x, w, weight, bias]) {
+        return reference::batch_norm_relu_train(&reference::conv2d(x, w, p)?, weight, bias, eps);
+    }
+    conv_bn::conv2d_batch_norm_train(x, w, p, None, weight, bias, eps, Epilogue::Relu)
+}
+
+/// `relu(batch_norm_train(conv2d(x, w, p), ...) + residual)` as one op: the
+/// second convolution of a ResNet block; see [`conv2d_batch_norm_train`].
+pub fn conv2d_batch_norm_add_relu_train(
+    x: &Tensor,
+    w: &Tensor,
+    p: Conv2dParams,
+    residual: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if !on_kernels(&[x, w, residual, weight, bias]) {
+        let z = reference::conv2d(x, w, p)?;
+        return reference::batch_norm_add_relu_train(&z, residual, weight, bias, eps);
+    }
+    conv_bn::conv2d_batch_norm_train(
+        x,
+        w,
+        p,
+        Some(residual),
+        weight,
+        bias,
+        eps,
+        Epilogue::AddRelu,
     )
 }
 
