@@ -11,13 +11,21 @@
 //! |---|---|---|
 //! | [`conv2d`] | direct AVX-512 kernel (stride 1, channels per group a multiple of 8) or im2col + `gemm` | input: the forward kernel on the flipped weights (stride 1) or gemm + col2im; weights: direct kernel or gemm |
 //! | [`batch_norm_train`], [`batch_norm_relu_train`], [`batch_norm_add_relu_train`] | statistics pass, then one normalise (+ residual, + ReLU) pass | two passes (per-channel sums, input gradient) |
+//! | [`conv2d_batch_norm_train`], [`conv2d_batch_norm_relu_train`], [`conv2d_batch_norm_add_relu_train`] | the two above in one op | the two above, the gradient between them kept inside the op |
 //! | [`batch_norm_eval`], [`batch_norm_relu_eval`], [`batch_norm_add_relu_eval`] | one per-channel affine pass | one pass |
 //! | [`max_pool2d`] | one pass, keeps the argmax | scatter to the argmax |
 //! | [`add_relu`] | one pass | one pass |
 //!
-//! Use the fused `*_relu_*` / `*_add_relu_*` forms where a ReLU or a residual
-//! connection follows: each saves candle a full-size elementwise op forward
-//! and three or four backward (comparison, cast, product, accumulation).
+//! Use the fused forms wherever the graph allows: `*_relu_*` / `*_add_relu_*`
+//! where a ReLU or a residual connection follows (each saves candle a
+//! full-size elementwise op forward and three or four backward: comparison,
+//! cast, product, accumulation), and `conv2d_batch_norm*` for a convolution
+//! followed by its batch norm. candle's backward accumulates every gradient
+//! that crosses an op boundary into a fresh zeroed tensor (a memset and an
+//! add over the whole activation, on the calling thread while the kernels'
+//! workers wait); inside a fused op it never crosses one. Measured on the
+//! CIFAR ResNet-32 training step (batch 128, 2 threads): fusing every
+//! conv with its BN made the step about 5% faster.
 //!
 //! # Performance notes for binaries
 //!
