@@ -164,14 +164,13 @@ fn conv_case(
 
 fn main() -> Result<()> {
     let args = parse_args();
+    // candle's own ops (the reference) keep their default threading.
     std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
     rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads)
         .build_global()
         .expect("rayon pool");
-    let c = 64;
     let (bn_w, bn_b) = (randn(&[16], 3), randn(&[16], 4));
-    let _ = c;
     let mut cases = vec![
         conv_case("cifar-stage1", [128, 16, 32, 32], 16, 3, 1, 1, 1),
         conv_case("cifar-stage2", [128, 32, 16, 16], 32, 3, 1, 1, 1),
