@@ -348,8 +348,9 @@ stage2_section!(
 
 stage2_section!(
     /// `[stage2.lws]`: learnable weight scaling. Defaults are the reference:
-    /// 5 epochs on the instance-balanced train set, otherwise as cRT. The
-    /// scales start at 1 on the frozen joint head.
+    /// 5 epochs on the train set (not on val) with the class-balanced sampler
+    /// (class cycle, 4 per class, as the official `cls_lws.yaml`), otherwise
+    /// as cRT. The scales start at 1 on the frozen joint head.
     LwsConfig {},
     LwsConfig {
         epochs: 5,
@@ -358,7 +359,7 @@ stage2_section!(
         momentum: 0.9,
         weight_decay: 5e-4,
         nesterov: false,
-        sampler: Strategy::InstanceBalanced,
+        sampler: Strategy::class_balanced(),
         epoch_length: EpochLength::Floor,
         shuffle_in_batch: true,
         schedule: ScheduleConfig::default(),
@@ -821,7 +822,7 @@ lr = 0.1
         assert_eq!(c.stage2.crt.sampler, Strategy::class_balanced());
         assert_eq!(c.stage2.crt.init, CrtInit::Reinit);
         assert_eq!(c.stage2.lws.epochs, 5);
-        assert_eq!(c.stage2.lws.sampler, Strategy::InstanceBalanced);
+        assert_eq!(c.stage2.lws.sampler, Strategy::class_balanced());
         assert_eq!(c.stage1.model_select, ModelSelect::BestVal);
         assert_eq!(c.report_split(), Split::Val);
         // Round trip through the saved copy.
@@ -892,7 +893,7 @@ lr = 0.1
         let text = format!("{MINIMAL}[stage2.lws]\nlr = 0.05\n");
         let c = ExperimentConfig::from_toml_str(&text, "cfg.toml").unwrap();
         assert_eq!((c.stage2.lws.lr, c.stage2.lws.epochs), (0.05, 5));
-        assert_eq!(c.stage2.lws.sampler, Strategy::InstanceBalanced);
+        assert_eq!(c.stage2.lws.sampler, Strategy::class_balanced());
         let text = MINIMAL.replace("epochs = 2", "epochs = 2\nschedule = { warmup_epochs = 5 }");
         let e = ExperimentConfig::from_toml_str(&text, "cfg.toml")
             .unwrap_err()

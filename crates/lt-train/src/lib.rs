@@ -78,7 +78,7 @@
 //! rate and never wastes an epoch at lr 0); stage 2 restarts the schedule with a
 //! fresh optimiser; cRT re-initialises the head and uses the class-balanced
 //! sampler (class cycle, 4 per class); LWS trains scales (bias included) on the
-//! instance-balanced train set; stage-2 BN normalises with batch statistics and
+//! train set with the same class-balanced sampler; stage-2 BN normalises with batch statistics and
 //! keeps updating its running statistics (`bn = "train"`); NCM and tau-norm use
 //! the stage-1 statistics; model selection on the best validation epoch, with
 //! the last epoch reported as well.

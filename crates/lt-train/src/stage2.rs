@@ -3,7 +3,8 @@
 //! * **cRT**: a linear head, re-initialised by default, trained with the
 //!   class-balanced sampler (class cycle, 4 per class).
 //! * **LWS**: per-class scales `s_j` on the frozen joint head
-//!   (`z_j = s_j (w_j . f + b_j)`), trained on the instance-balanced train set.
+//!   (`z_j = s_j (w_j . f + b_j)`), trained on the train set (not on val)
+//!   with the class-balanced sampler, as the official `cls_lws.yaml`.
 //!
 //! Backbone parameters are never given to the optimiser and the features are
 //! detached before the head. With `bn = "train"` (the reference) the backbone

@@ -57,6 +57,15 @@ fn paper_recipes_have_the_reference_values() {
         );
         assert_eq!((c.stage2.crt.epochs, c.stage2.crt.lr), (10, 0.2));
         assert_eq!(c.stage2.lws.epochs, 5);
+        // Official cls_crt.yaml and cls_lws.yaml: ClassAwareSampler, 4 per class.
+        assert_eq!(
+            c.stage2.crt.sampler,
+            lt_samplers::Strategy::class_balanced()
+        );
+        assert_eq!(
+            c.stage2.lws.sampler,
+            lt_samplers::Strategy::class_balanced()
+        );
     }
     let inat = load("inaturalist2018_r50_ib_e90.toml");
     assert_eq!(inat.stage1.weight_decay, 1e-4);
