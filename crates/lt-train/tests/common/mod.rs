@@ -18,7 +18,7 @@ fn write_image(path: &Path, class: usize, index: usize) {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let noise = ((state >> 33) % 61) as i32 - 30;
-        let stripe = if (x / 4 + y / 4 + class as u32) % 2 == 0 {
+        let stripe = if (x / 4 + y / 4 + class as u32) & 1 == 0 {
             25
         } else {
             -25
