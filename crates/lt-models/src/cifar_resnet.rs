@@ -44,7 +44,7 @@ impl CifarResNetConfig {
     /// [`CifarResNet::new`].
     pub fn from_depth(depth: usize) -> Self {
         // An invalid depth maps to 0 blocks, which `validate` reports.
-        let blocks_per_stage = if depth >= 8 && (depth - 2) % 6 == 0 {
+        let blocks_per_stage = if depth >= 8 && (depth - 2).is_multiple_of(6) {
             (depth - 2) / 6
         } else {
             0

@@ -69,7 +69,7 @@ impl ParamBuilder {
         kernel: usize,
         params: Conv2dParams,
     ) -> Result<Conv> {
-        if params.groups == 0 || c_in % params.groups != 0 || c_out % params.groups != 0 {
+        if params.groups == 0 || !c_in.is_multiple_of(params.groups) || !c_out.is_multiple_of(params.groups) {
             return Err(ModelError::InvalidConfig(format!(
                 "{name}: {c_in} -> {c_out} channels are not divisible into {} groups",
                 params.groups
