@@ -1,6 +1,7 @@
 //! `lt-cli`: the command line of the long-tailed recognition workspace.
 //!
 //! ```text
+//! lt-cli run       --config configs/X.toml [--resume | --overwrite]   (train, cRT, LWS, eval all)
 //! lt-cli train     --config configs/X.toml [--resume | --overwrite] [--set key=value ...]
 //! lt-cli retrain   --config configs/X.toml --head crt|lws [--resume | --overwrite]
 //! lt-cli eval      --config configs/X.toml [--head joint|ncm|tau-norm|crt|lws|all]
@@ -43,6 +44,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole pipeline: stage 1, cRT, LWS, then every head evaluated.
+    Run(TrainArgs),
     /// Stage 1: train the backbone and the joint linear head.
     Train(TrainArgs),
     /// Stage 2: re-train a classifier (cRT or LWS) on the frozen backbone.
@@ -63,7 +66,7 @@ enum Command {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 struct ConfigArgs {
     /// Experiment config (TOML).
     #[arg(long)]
@@ -73,7 +76,7 @@ struct ConfigArgs {
     set: Vec<String>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 struct StartArgs {
     /// Continue from the last checkpoint of this stage.
     #[arg(long, conflicts_with = "overwrite")]
@@ -273,6 +276,31 @@ fn open(args: &ConfigArgs, config_file: &str) -> Result<Experiment> {
 
 fn run(command: Command, out: &mut String) -> Result<()> {
     match command {
+        Command::Run(a) => {
+            let stages = [
+                Command::Train(TrainArgs {
+                    config: a.config.clone(),
+                    start: a.start.clone(),
+                }),
+                Command::Retrain(RetrainArgs {
+                    config: a.config.clone(),
+                    head: RetrainHead::Crt,
+                    start: a.start.clone(),
+                }),
+                Command::Retrain(RetrainArgs {
+                    config: a.config.clone(),
+                    head: RetrainHead::Lws,
+                    start: a.start.clone(),
+                }),
+                Command::Eval(EvalArgs {
+                    config: a.config,
+                    head: vec![EvalHead::All],
+                }),
+            ];
+            for stage in stages {
+                run(stage, out)?;
+            }
+        }
         Command::Train(a) => {
             let exp = open(&a.config, "config.toml")?;
             let report = lt_train::stage1::train_stage1(&exp, a.start.options())

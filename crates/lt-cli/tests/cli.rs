@@ -257,6 +257,18 @@ fn every_command_end_to_end() {
     ]);
     assert!(out.contains("many 2 / medium 1 / few 2"), "{out}");
     assert!(out.contains("train_count"), "{out}");
+
+    // The whole pipeline in one command, replacing the run above.
+    let out = call(&["run", "--overwrite"]);
+    for part in ["stage1: 2 of 2 epochs", "| Joint |", "| cRT |", "| LWS |"] {
+        assert!(out.contains(part), "{part} missing:\n{out}");
+    }
+    assert!(run.join("results.json").is_file());
+
+    // Tables and plots of the run, without training.
+    let out = ok(&["report", run.to_str().unwrap()]);
+    assert!(out.starts_with("1 runs:"), "{out}");
+    assert!(run.join("report/summary.md").is_file());
 }
 
 #[test]

@@ -69,7 +69,10 @@ impl ParamBuilder {
         kernel: usize,
         params: Conv2dParams,
     ) -> Result<Conv> {
-        if params.groups == 0 || !c_in.is_multiple_of(params.groups) || !c_out.is_multiple_of(params.groups) {
+        if params.groups == 0
+            || !c_in.is_multiple_of(params.groups)
+            || !c_out.is_multiple_of(params.groups)
+        {
             return Err(ModelError::InvalidConfig(format!(
                 "{name}: {c_in} -> {c_out} channels are not divisible into {} groups",
                 params.groups
