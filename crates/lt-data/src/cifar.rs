@@ -155,7 +155,7 @@ pub fn parse_cifar_bytes(bytes: &[u8], path: &Path, kind: CifarKind) -> Result<V
             path: path.to_path_buf(),
         });
     }
-    if bytes.len() % rec != 0 {
+    if !bytes.len().is_multiple_of(rec) {
         return Err(DataError::CifarFormat {
             path: path.to_path_buf(),
             message: format!(
@@ -323,7 +323,7 @@ pub(crate) mod tests {
         let k = CifarKind::Cifar10;
         for (i, f) in k.files(CifarSplit::Train).iter().enumerate() {
             let bytes: Vec<u8> = (0..10u8)
-                .filter(|l| (*l as usize + i) % 2 == 0 || i == 0)
+                .filter(|l| (*l as usize + i).is_multiple_of(2) || i == 0)
                 .flat_map(|l| record(k, l))
                 .collect();
             std::fs::write(dir.path().join(f), bytes).unwrap();

@@ -444,7 +444,7 @@ fn check_sharding(config: &SamplerConfig) -> Result<(), SamplerError> {
             world_size: config.world_size,
         });
     }
-    if config.batch_size % config.world_size != 0 {
+    if !config.batch_size.is_multiple_of(config.world_size) {
         return Err(SamplerError::BatchNotDivisible {
             batch_size: config.batch_size,
             world_size: config.world_size,
