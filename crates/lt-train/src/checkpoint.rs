@@ -11,7 +11,6 @@
 //! people and tools; loading trusts only the copy inside the safetensors file.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -27,35 +26,13 @@ const META_KEY: &str = "lt_train";
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Writes `bytes` to `path` atomically: temp file in the same directory,
-/// flushed and synced, then renamed over `path`.
+/// flushed and synced, then renamed over `path` (the workspace's one
+/// implementation, `lt_data::fsutil::write_atomic`, with the error mapped).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| TrainError::io(path, std::io::Error::other("path has no file name")))?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(TrainError::io(path, e));
-    }
-    // Persist the rename itself; not every platform can open a directory.
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    lt_data::fsutil::write_atomic(path, bytes).map_err(|e| match e {
+        lt_data::error::DataError::Io { path, source } => TrainError::Io { path, source },
+        other => TrainError::io(path, std::io::Error::other(other.to_string())),
+    })
 }
 
 /// Serialises `value` as pretty JSON and writes it atomically.
