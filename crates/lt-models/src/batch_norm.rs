@@ -22,6 +22,7 @@
 //! statistics are updated by the forward pass itself, never by the optimiser.
 
 use crate::error::{ModelError, Result};
+use crate::init::Conv;
 use crate::ops;
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -59,7 +60,7 @@ impl From<bool> for BnMode {
 
 /// What follows the normalisation in one fused pass.
 #[derive(Debug, Clone, Copy)]
-enum Epilogue<'a> {
+pub(crate) enum Epilogue<'a> {
     None,
     Relu,
     AddRelu(&'a Tensor),
@@ -159,6 +160,47 @@ impl BatchNorm2d {
         mode: BnMode,
     ) -> Result<Tensor> {
         self.forward_with(x, Epilogue::AddRelu(residual), mode)
+    }
+
+    /// `self.forward_t(conv(x))` with `epilogue`. In [`BnMode::Train`] the
+    /// convolution and the normalisation run as one fused op, which spares
+    /// the zero-fill and the separate pass over the convolution's output
+    /// (measured ~5% of a ResNet-32 training step); eval uses the plain ops.
+    pub(crate) fn forward_conv_t(
+        &self,
+        conv: &Conv,
+        x: &Tensor,
+        epilogue: Epilogue<'_>,
+        mode: BnMode,
+    ) -> Result<Tensor> {
+        if mode == BnMode::Eval {
+            return self.forward_with(&conv.forward(x)?, epilogue, mode);
+        }
+        let (n, _c, h, w_) = x.dims4()?;
+        let (c_out, _, kh, kw) = conv.weight().dims4()?;
+        let p = conv.params();
+        let out = |size: usize, k: usize| (size + 2 * p.padding).saturating_sub(k) / p.stride + 1;
+        let count = n * out(h, kh) * out(w_, kw);
+        if count < 2 {
+            return Err(ModelError::BatchTooSmall {
+                layer: self.name.clone(),
+                shape: vec![n, c_out, out(h, kh), out(w_, kw)],
+            });
+        }
+        let (cw, w, b) = (
+            conv.weight(),
+            self.weight.as_tensor(),
+            self.bias.as_tensor(),
+        );
+        let (y, mean, var) = match epilogue {
+            Epilogue::None => ops::conv2d_batch_norm_train(x, cw, p, w, b, BN_EPS)?,
+            Epilogue::Relu => ops::conv2d_batch_norm_relu_train(x, cw, p, w, b, BN_EPS)?,
+            Epilogue::AddRelu(r) => {
+                ops::conv2d_batch_norm_add_relu_train(x, cw, p, r, w, b, BN_EPS)?
+            }
+        };
+        self.update_running_stats(&mean, &var, count)?;
+        Ok(y)
     }
 
     fn forward_with(&self, x: &Tensor, epilogue: Epilogue<'_>, mode: BnMode) -> Result<Tensor> {

@@ -1,6 +1,6 @@
 //! The residual block shared by every backbone.
 
-use crate::batch_norm::{BatchNorm2d, BnMode};
+use crate::batch_norm::{BatchNorm2d, BnMode, Epilogue};
 use crate::error::Result;
 use crate::init::{Conv, ParamBuilder};
 use crate::ops::Conv2dParams;
@@ -85,15 +85,15 @@ impl Block {
 
     pub(crate) fn forward_t(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
         let shortcut = match &self.downsample {
-            Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, mode)?,
+            Some((conv, bn)) => bn.forward_conv_t(conv, x, Epilogue::None, mode)?,
             None => x.clone(),
         };
         let mut y = x.clone();
         for (conv, bn) in &self.inner {
-            y = bn.forward_relu_t(&conv.forward(&y)?, mode)?;
+            y = bn.forward_conv_t(conv, &y, Epilogue::Relu, mode)?;
         }
         let (conv, bn) = &self.last;
-        bn.forward_add_relu_t(&conv.forward(&y)?, &shortcut, mode)
+        bn.forward_conv_t(conv, &y, Epilogue::AddRelu(&shortcut), mode)
     }
 }
 

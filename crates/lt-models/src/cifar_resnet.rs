@@ -12,7 +12,7 @@
 //! `layer{2,3}.0.downsample.1.*`, where `bn*.*` stands for `weight`, `bias`,
 //! `running_mean`, `running_var`.
 
-use crate::batch_norm::{BatchNorm2d, BnMode};
+use crate::batch_norm::{BatchNorm2d, BnMode, Epilogue};
 use crate::block::{check_input, global_avg_pool, Block, ConvSpec};
 use crate::error::{ModelError, Result};
 use crate::init::{Conv, ParamBuilder};
@@ -150,7 +150,9 @@ impl CifarResNet {
     /// Features `(N, feature_dim)` of images `(N, C, H, W)` of any size.
     pub fn forward_t(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
         check_input(x, self.config.in_channels)?;
-        let mut x = self.bn1.forward_relu_t(&self.conv1.forward(x)?, mode)?;
+        let mut x = self
+            .bn1
+            .forward_conv_t(&self.conv1, x, Epilogue::Relu, mode)?;
         for block in self.layers.iter().flatten() {
             x = block.forward_t(&x, mode)?;
         }

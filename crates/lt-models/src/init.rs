@@ -39,6 +39,14 @@ impl Conv {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(crate::ops::conv2d(x, self.weight.as_tensor(), self.params)?)
     }
+
+    pub(crate) fn weight(&self) -> &Tensor {
+        self.weight.as_tensor()
+    }
+
+    pub(crate) fn params(&self) -> Conv2dParams {
+        self.params
+    }
 }
 
 /// Creates a model's variables in a fixed order from one seeded stream and

@@ -7,7 +7,7 @@
 //! `floor(planes * width_per_group / 64) * groups`. Global average pooling
 //! over any input size ends the network; there is no classifier.
 
-use crate::batch_norm::{BatchNorm2d, BnMode};
+use crate::batch_norm::{BatchNorm2d, BnMode, Epilogue};
 use crate::block::{check_input, global_avg_pool, Block, ConvSpec};
 use crate::error::{ModelError, Result};
 use crate::init::{Conv, ParamBuilder};
@@ -225,7 +225,9 @@ impl ResNet {
     /// Features `(N, feature_dim)` of images `(N, C, H, W)` of any size.
     pub fn forward_t(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
         check_input(x, self.config.in_channels)?;
-        let x = self.bn1.forward_relu_t(&self.conv1.forward(x)?, mode)?;
+        let x = self
+            .bn1
+            .forward_conv_t(&self.conv1, x, Epilogue::Relu, mode)?;
         let mut x = ops::max_pool2d(&x, 3, 2, 1)?;
         for block in self.layers.iter().flatten() {
             x = block.forward_t(&x, mode)?;
