@@ -4,6 +4,7 @@ use crate::arch::{Arch, ArchConfig};
 use crate::batch_norm::BnMode;
 use crate::cifar_resnet::CifarResNet;
 use crate::error::Result;
+use crate::precision::Precision;
 use crate::resnet::ResNet;
 use crate::store::{LoadReport, ParamStore};
 use candle_core::{Device, Tensor, Var};
@@ -25,6 +26,7 @@ enum Net {
 pub struct Backbone {
     arch: Arch,
     net: Net,
+    precision: Precision,
 }
 
 impl Backbone {
@@ -35,7 +37,22 @@ impl Backbone {
             ArchConfig::Cifar(c) => Net::Cifar(CifarResNet::new(&c, device, seed)?),
             ArchConfig::ImageNet(c) => Net::ImageNet(ResNet::new(&c, device, seed)?),
         };
-        Ok(Self { arch, net })
+        Ok(Self {
+            arch,
+            net,
+            precision: Precision::F32,
+        })
+    }
+
+    /// Sets the dtype of the forward pass (see [`Precision`]); the
+    /// variables stay f32 and the features are always f32.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    /// The dtype of the forward pass.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The architecture.
@@ -60,9 +77,16 @@ impl Backbone {
     /// running statistics still updated" training.
     pub fn forward_t(&self, x: &Tensor, mode: impl Into<BnMode>) -> Result<Tensor> {
         let mode = mode.into();
+        let dtype = self.precision.compute_dtype();
+        // Only bf16 casts: an f32 model keeps whatever dtype it is given.
+        let x = if self.precision == Precision::F32 || x.dtype() == dtype {
+            x.clone()
+        } else {
+            x.to_dtype(dtype)?
+        };
         match &self.net {
-            Net::Cifar(n) => n.forward_t(x, mode),
-            Net::ImageNet(n) => n.forward_t(x, mode),
+            Net::Cifar(n) => n.forward_t(&x, mode),
+            Net::ImageNet(n) => n.forward_t(&x, mode),
         }
     }
 

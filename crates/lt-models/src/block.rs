@@ -4,7 +4,7 @@ use crate::batch_norm::{BatchNorm2d, BnMode, Epilogue};
 use crate::error::Result;
 use crate::init::{Conv, ParamBuilder};
 use crate::ops::Conv2dParams;
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 /// `relu(body(x) + shortcut(x))`, where `body` is a chain of conv + BN pairs
 /// with a ReLU between consecutive pairs, and `shortcut` is the identity or a
@@ -98,7 +98,12 @@ impl Block {
 }
 
 /// Global average pooling: `(N, C, H, W)` -> `(N, C)`, any spatial size.
+/// Features are always averaged (and returned) in f32, also under bf16
+/// mixed precision: the head and the loss run in f32.
 pub(crate) fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    if matches!(x.dtype(), DType::BF16 | DType::F16) {
+        return Ok(x.to_dtype(DType::F32)?.mean((2, 3))?);
+    }
     Ok(x.mean((2, 3))?)
 }
 

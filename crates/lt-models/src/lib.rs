@@ -97,6 +97,7 @@ pub mod cifar_resnet;
 pub mod error;
 pub mod init;
 pub mod ops;
+pub mod precision;
 pub mod resnet;
 pub mod store;
 
@@ -105,5 +106,6 @@ pub use backbone::Backbone;
 pub use batch_norm::{BatchNorm2d, BnMode, BN_EPS, BN_MOMENTUM};
 pub use cifar_resnet::{CifarResNet, CifarResNetConfig};
 pub use error::{ModelError, Result, ShapeMismatch, StateDictMismatch};
+pub use precision::Precision;
 pub use resnet::{BlockKind, ResNet, ResNetConfig};
 pub use store::{LoadReport, ParamStore};

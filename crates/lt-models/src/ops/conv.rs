@@ -15,7 +15,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Shapes of one convolution, validated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct ConvGeom {
     pub n: usize,
     pub c_in: usize,

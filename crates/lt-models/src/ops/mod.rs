@@ -5,7 +5,11 @@
 //! whose backward passes are custom ops too, parallel over the batch (or
 //! over channels) with rayon. Any other dtype or device falls back to
 //! compositions of candle's ops in [`reference`](mod@reference), which also serve as the
-//! test oracle; [`with_reference_ops`] forces that path.
+//! test oracle; [`with_reference_ops`] forces that path. With the `cuda`
+//! feature, convolutions and max-pooling on CUDA devices (f32, bf16, f16)
+//! run the project's CUDA ops instead: cuDNN forward, backward-data and
+//! backward-filter with groups, and a max-pool kernel with a deterministic
+//! backward. Half-precision convolutions on the CPU are computed in f32.
 //!
 //! | entry point | forward | backward |
 //! |---|---|---|
@@ -59,6 +63,8 @@ mod batch_norm;
 mod conv;
 mod conv_bn;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 // AVX-512 intrinsics and target features are stable since Rust 1.89; the
 // module is only compiled into paths chosen at run time on AVX-512 CPUs.
 #[clippy::msrv = "1.89"]
@@ -81,6 +87,29 @@ fn on_kernels(ts: &[&Tensor]) -> bool {
         cpu::retain_freed_memory_once();
     }
     yes
+}
+
+/// Whether `x` goes through the project's CUDA ops (feature `cuda`: f32,
+/// bf16 or f16 on a CUDA device, reference ops not forced).
+#[cfg(feature = "cuda")]
+fn on_cuda(x: &Tensor) -> bool {
+    !FORCE_REFERENCE.with(Cell::get) && cuda::is_cuda_float(x)
+}
+
+/// A convolution off the CPU f32 kernels: cuDNN on CUDA; on the CPU, half
+/// precision is computed in f32 (candle has no CPU half convolution) and
+/// rounded back; anything else through candle's ops.
+fn conv2d_other(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if on_cuda(x) {
+        return cuda::conv2d(x, w, p);
+    }
+    if x.device().is_cpu() && matches!(x.dtype(), DType::BF16 | DType::F16) {
+        let dtype = x.dtype();
+        let (x32, w32) = (x.to_dtype(DType::F32)?, w.to_dtype(DType::F32)?);
+        return conv2d(&x32, &w32, p)?.to_dtype(dtype);
+    }
+    reference::conv2d(x, w, p)
 }
 
 thread_local! {
@@ -144,7 +173,7 @@ impl Default for Conv2dParams {
 /// Any stride, padding, group count and kernel size (square or not).
 pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
     if !on_kernels(&[x, w]) {
-        return reference::conv2d(x, w, p);
+        return conv2d_other(x, w, p);
     }
     x.contiguous()?
         .apply_op2(&w.contiguous()?, conv::Conv2dOp { params: p })
@@ -156,6 +185,14 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
 /// As in PyTorch, the padding is at most half the kernel, the output size is
 /// rounded down, and the first maximum of a window takes the whole gradient.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if on_cuda(x) {
+        return cuda::max_pool2d(x, kernel, stride, padding);
+    }
+    if x.device().is_cpu() && matches!(x.dtype(), DType::BF16 | DType::F16) {
+        let pooled = max_pool2d(&x.to_dtype(DType::F32)?, kernel, stride, padding)?;
+        return pooled.to_dtype(x.dtype());
+    }
     if !on_kernels(&[x]) {
         return reference::max_pool2d(x, kernel, stride, padding);
     }
@@ -287,7 +324,7 @@ pub fn conv2d_batch_norm_train(
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     if !on_kernels(&[x, w, weight, bias]) {
-        return reference::batch_norm_train(&reference::conv2d(x, w, p)?, weight, bias, eps);
+        return reference::batch_norm_train(&conv2d_other(x, w, p)?, weight, bias, eps);
     }
     conv_bn::conv2d_batch_norm_train(x, w, p, None, weight, bias, eps, Epilogue::Identity)
 }
@@ -303,7 +340,7 @@ pub fn conv2d_batch_norm_relu_train(
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     if !on_kernels(&[x, w, weight, bias]) {
-        return reference::batch_norm_relu_train(&reference::conv2d(x, w, p)?, weight, bias, eps);
+        return reference::batch_norm_relu_train(&conv2d_other(x, w, p)?, weight, bias, eps);
     }
     conv_bn::conv2d_batch_norm_train(x, w, p, None, weight, bias, eps, Epilogue::Relu)
 }
@@ -320,7 +357,7 @@ pub fn conv2d_batch_norm_add_relu_train(
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     if !on_kernels(&[x, w, residual, weight, bias]) {
-        let z = reference::conv2d(x, w, p)?;
+        let z = conv2d_other(x, w, p)?;
         return reference::batch_norm_add_relu_train(&z, residual, weight, bias, eps);
     }
     conv_bn::conv2d_batch_norm_train(

@@ -97,8 +97,15 @@ pub fn batch_norm_eval(
 ) -> Result<Tensor> {
     let scale = (weight / (running_var + eps)?.sqrt()?)?;
     let shift = (bias - (running_mean * &scale)?)?;
-    x.broadcast_mul(&per_channel(&scale)?)?
-        .broadcast_add(&per_channel(&shift)?)
+    // Half-precision inputs (f32 parameters) are normalised in f32.
+    let xf = if x.dtype() == scale.dtype() {
+        x.clone()
+    } else {
+        x.to_dtype(scale.dtype())?
+    };
+    xf.broadcast_mul(&per_channel(&scale)?)?
+        .broadcast_add(&per_channel(&shift)?)?
+        .to_dtype(x.dtype())
 }
 
 /// `relu(batch_norm(x))`, composed.
