@@ -10,6 +10,13 @@
 //!   biased one, `n = N * H * W`), as `torch.nn.BatchNorm2d` does.
 //! * [`BnMode::Eval`]: normalise with the running statistics; nothing changes.
 //!
+//! # Synchronised statistics
+//!
+//! While a [`crate::sync_bn`] reducer is installed on the thread, training
+//! mode normalises with the mean and variance of the global batch of all
+//! data-parallel ranks (SyncBN) and updates the running statistics with them;
+//! without one (the default) nothing changes.
+//!
 //! # Frozen parameters, running statistics still updated
 //!
 //! The decoupling paper's stage 2 (cRT, LWS) freezes every backbone parameter,
@@ -173,7 +180,7 @@ impl BatchNorm2d {
         epilogue: Epilogue<'_>,
         mode: BnMode,
     ) -> Result<Tensor> {
-        if mode == BnMode::Eval {
+        if mode == BnMode::Eval || crate::sync_bn::active().is_some() {
             return self.forward_with(&conv.forward(x)?, epilogue, mode);
         }
         let (n, _c, h, w_) = x.dims4()?;
@@ -228,6 +235,9 @@ impl BatchNorm2d {
                         shape: x.dims().to_vec(),
                     });
                 }
+                if let Some(reducer) = crate::sync_bn::active() {
+                    return self.forward_sync(x, epilogue, &reducer);
+                }
                 let (y, mean, var) = match epilogue {
                     Epilogue::None => ops::batch_norm_train(x, w, b, BN_EPS)?,
                     Epilogue::Relu => ops::batch_norm_relu_train(x, w, b, BN_EPS)?,
@@ -237,6 +247,24 @@ impl BatchNorm2d {
                 Ok(y)
             }
         }
+    }
+
+    /// Training mode with statistics of the global batch (see
+    /// [`crate::sync_bn`]); composed from candle ops, epilogue included.
+    fn forward_sync(
+        &self,
+        x: &Tensor,
+        epilogue: Epilogue<'_>,
+        reducer: &std::sync::Arc<dyn crate::sync_bn::StatReducer>,
+    ) -> Result<Tensor> {
+        let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
+        let (y, mean, var, total) = crate::sync_bn::batch_norm_train(x, w, b, BN_EPS, reducer)?;
+        self.update_running_stats(&mean, &var, total)?;
+        Ok(match epilogue {
+            Epilogue::None => y,
+            Epilogue::Relu => y.relu()?,
+            Epilogue::AddRelu(r) => (y + r)?.relu()?,
+        })
     }
 
     /// `running = (1 - m) * running + m * batch`, with the unbiased variance.

@@ -100,6 +100,7 @@ pub mod ops;
 pub mod precision;
 pub mod resnet;
 pub mod store;
+pub mod sync_bn;
 
 pub use arch::{Arch, ArchConfig};
 pub use backbone::Backbone;
