@@ -45,6 +45,7 @@ use lt_models::Arch;
 use lt_samplers::{EpochLength, Strategy};
 use serde::{Deserialize, Serialize};
 
+use crate::dist::DistConfig;
 use crate::schedule::ScheduleConfig;
 use crate::TrainError;
 
@@ -75,6 +76,9 @@ pub struct ExperimentConfig {
     /// Evaluation of the heads.
     #[serde(default)]
     pub eval: EvalConfig,
+    /// Data-parallel settings (used when launched with several ranks).
+    #[serde(default, skip_serializing_if = "DistConfig::is_default")]
+    pub dist: DistConfig,
 }
 
 fn default_device() -> String {
@@ -570,6 +574,7 @@ impl ExperimentConfig {
 
     /// Checks values serde cannot (ranges, consistency); errors name the key.
     pub fn validate(&self) -> Result<(), String> {
+        self.dist.validate()?;
         let s1 = &self.stage1;
         if s1.epochs == 0 {
             return Err("key `stage1.epochs`: must be at least 1".into());
@@ -712,6 +717,13 @@ impl ExperimentConfig {
             .ok_or_else(|| err("not an object".into()))?;
         for k in ["name", "run_dir", "device", "eval"] {
             obj.remove(k);
+        }
+        // Of `[dist]`, only SyncBN changes what is computed (the bucket size
+        // and the timeout do not), and the world size is not in the config
+        // at all, so a run may resume on another number of ranks.
+        obj.remove("dist");
+        if self.dist.sync_bn {
+            obj.insert("sync_bn".into(), serde_json::Value::Bool(true));
         }
         if let Some(d) = obj.get_mut("data").and_then(|d| d.as_object_mut()) {
             for k in ["threads", "prefetch_batches", "cache_decoded"] {

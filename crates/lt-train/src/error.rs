@@ -47,6 +47,10 @@ pub enum TrainError {
     /// head that was never trained).
     #[error("{0}")]
     Invalid(String),
+    /// A collective of data-parallel training failed or timed out (the
+    /// message names the rank and the collective).
+    #[error("distributed: {0}")]
+    Dist(String),
     /// Tensor error.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -7,6 +7,7 @@ use lt_heads::Classifier;
 use lt_metrics::Evaluation;
 use lt_models::{Backbone, BnMode};
 
+use crate::dist::Dist;
 use crate::experiment::sequential_batches;
 use crate::progress;
 use crate::run_dir::SplitMetrics;
@@ -57,21 +58,31 @@ pub(crate) fn metrics_err(e: lt_metrics::MetricsError) -> TrainError {
 /// Runs the backbone over every image of the loader's dataset, in order, with
 /// BN in `mode` (normally [`BnMode::Eval`]). Every image must be readable: a
 /// skipped image would misalign features and labels.
+///
+/// With several ranks ([`Dist`]) each rank runs its contiguous share of the
+/// split ([`Dist::shard`]) and the rows are assembled on every rank by one
+/// all-reduce of the zero-padded `(N, d)` matrix, so every rank ends with the
+/// features of the whole split (and evaluation, NCM class means and the tau
+/// sweep then agree on every rank).
 pub fn extract_features(
     backbone: &Backbone,
     loader: &Loader,
     batch_size: usize,
     mode: BnMode,
     what: &str,
+    dist: &Dist,
 ) -> Result<Features, TrainError> {
     let ds = loader.dataset().clone();
-    let batches = sequential_batches(ds.len(), batch_size);
+    let shard = dist.shard(ds.len());
+    let batches: Vec<Vec<usize>> = sequential_batches(shard.len(), batch_size)
+        .into_iter()
+        .map(|b| b.into_iter().map(|i| i + shard.start).collect())
+        .collect();
     let bar = progress::bar(batches.len() as u64, what);
     let device = backbone.device().clone();
     let mut chunks = Vec::with_capacity(batches.len());
-    let mut labels = Vec::with_capacity(ds.len());
     let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
-    let mut expected = 0usize;
+    let mut expected = shard.start;
     for (batch, size) in loader.epoch(0, batches).zip(sizes) {
         let batch = batch.map_err(data_err)?;
         // A skipped (unreadable) image would misalign features and labels.
@@ -88,21 +99,32 @@ pub fn extract_features(
             .map_err(model_err)?
             .detach();
         chunks.push(f);
-        labels.extend(batch.indices.iter().map(|&i| ds.label(i)));
         bar.inc(1);
     }
     bar.finish_and_clear();
-    if expected != ds.len() {
+    if expected != shard.end {
         return Err(TrainError::Invalid(format!(
-            "{what}: {expected} of {} images were loaded",
-            ds.len()
+            "{what}: {} of {} images were loaded",
+            expected - shard.start,
+            shard.len()
         )));
     }
-    let features = if chunks.is_empty() {
-        Tensor::zeros((0, backbone.feature_dim()), DType::F32, &device)?
+    let d = backbone.feature_dim();
+    let mut features = if chunks.is_empty() {
+        Tensor::zeros((0, d), DType::F32, &device)?
     } else {
         Tensor::cat(&chunks, 0)?
     };
+    if dist.is_distributed() {
+        let dtype = features.dtype();
+        let zeros = |rows: usize| Tensor::zeros((rows, d), dtype, &device);
+        let padded = Tensor::cat(
+            &[zeros(shard.start)?, features, zeros(ds.len() - shard.end)?],
+            0,
+        )?;
+        features = dist.comm().all_reduce_tensor(&padded)?;
+    }
+    let labels = (0..ds.len()).map(|i| ds.label(i)).collect();
     Ok(Features { features, labels })
 }
 

@@ -11,6 +11,7 @@ use lt_data::transform::{Preset, Transform};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{parse_device, ExperimentConfig, Split};
+use crate::dist::{Communicator, Dist, DistEnv};
 use crate::eval::data_err;
 use crate::run_dir::RunDir;
 use crate::TrainError;
@@ -68,6 +69,9 @@ pub struct Experiment {
     pub data_info: DataInfo,
     /// SHA-256 of the resolved config.
     pub config_hash: String,
+    /// The data-parallel group this process belongs to (one rank when not
+    /// launched distributed).
+    pub dist: Dist,
 }
 
 fn summarise(list: &Path, ds: &Dataset) -> Result<SplitSummary, TrainError> {
@@ -86,6 +90,56 @@ impl Experiment {
     /// the resolved config as `<run_dir>/<config_file>` plus `data.json`.
     pub fn open(config: ExperimentConfig, config_file: &str) -> Result<Self, TrainError> {
         let device = parse_device(&config.device)?;
+        Self::open_on(config, config_file, device, Dist::single())
+    }
+
+    /// [`open`](Self::open) as one rank of a data-parallel run launched with
+    /// `env` (see [`DistEnv`]): a CUDA `device` becomes `cuda:LOCAL_RANK`,
+    /// the ranks connect (NCCL on CUDA with the `nccl` feature, TCP
+    /// otherwise), and only rank 0 writes files. Every rank must see the
+    /// split lists and images; the run directory must be shared between ranks
+    /// (as a shared file system across machines) for `--resume` and stage 2,
+    /// which read checkpoints that rank 0 wrote.
+    pub fn open_distributed(
+        mut config: ExperimentConfig,
+        config_file: &str,
+        env: &DistEnv,
+    ) -> Result<Self, TrainError> {
+        if config.device.starts_with("cuda") {
+            config.device = format!("cuda:{}", env.local_rank);
+        }
+        let device = parse_device(&config.device)?;
+        let comm = env.connect(&config.dist, &device)?;
+        tracing::info!(
+            rank = env.rank,
+            world_size = env.world_size,
+            local_rank = env.local_rank,
+            device = %config.device,
+            sync_bn = config.dist.sync_bn,
+            "joined the data-parallel group"
+        );
+        let dist = Dist::new(comm, config.dist);
+        Self::open_on(config, config_file, device, dist)
+    }
+
+    /// [`open`](Self::open) as one rank of a group already connected through
+    /// `comm` (the in-process backend of tests, for instance).
+    pub fn open_with(
+        config: ExperimentConfig,
+        config_file: &str,
+        comm: std::sync::Arc<dyn Communicator>,
+    ) -> Result<Self, TrainError> {
+        let device = parse_device(&config.device)?;
+        let dist = Dist::new(comm, config.dist);
+        Self::open_on(config, config_file, device, dist)
+    }
+
+    fn open_on(
+        config: ExperimentConfig,
+        config_file: &str,
+        device: candle_core::Device,
+        dist: Dist,
+    ) -> Result<Self, TrainError> {
         let d = &config.data;
         let train = lt_data::split_list::read_split_list(&d.train_list, &d.root, d.num_classes)
             .map_err(data_err)?;
@@ -140,13 +194,35 @@ impl Experiment {
             }
         }
         let run = RunDir::new(&config.run_dir);
-        run.create()?;
         let config_hash = config.hash()?;
-        crate::checkpoint::write_atomic(
-            &run.root().join(config_file),
-            config.to_toml()?.as_bytes(),
-        )?;
-        crate::checkpoint::write_json_atomic(&run.data_info(), &data_info)?;
+        if dist.is_main() {
+            run.create()?;
+            crate::checkpoint::write_atomic(
+                &run.root().join(config_file),
+                config.to_toml()?.as_bytes(),
+            )?;
+            crate::checkpoint::write_json_atomic(&run.data_info(), &data_info)?;
+        }
+        // Every rank must train the same thing on the same data.
+        let mut identity = format!(
+            "{} {} {} {}",
+            config.stage_hash("stage1")?,
+            config.stage_hash("crt")?,
+            config.stage_hash("lws")?,
+            data_info.train.sha256
+        )
+        .into_bytes();
+        let mine = identity.clone();
+        dist.comm().broadcast_bytes(&mut identity)?;
+        if identity != mine {
+            return Err(TrainError::Dist(format!(
+                "rank {}: the config or the training list differs from rank 0's (stage hashes \
+                 and list SHA-256 `{}` vs `{}`)",
+                dist.rank(),
+                String::from_utf8_lossy(&mine),
+                String::from_utf8_lossy(&identity)
+            )));
+        }
         Ok(Self {
             config,
             device,
@@ -157,6 +233,7 @@ impl Experiment {
             train_stats,
             data_info,
             config_hash,
+            dist,
         })
     }
 

@@ -182,6 +182,7 @@ fn extract_splits(
             exp.config.eval.batch_size,
             BnMode::Eval,
             &format!("{tag} {}", s.as_str()),
+            &exp.dist,
         )?;
         by_split.insert(s, f);
     }
@@ -409,7 +410,9 @@ pub fn evaluate_heads(
         tau_sweep: tau_result,
         skipped,
     };
-    write_json_atomic(&exp.run.results(), &out)?;
+    if exp.dist.is_main() {
+        write_json_atomic(&exp.run.results(), &out)?;
+    }
     Ok(out)
 }
 
@@ -419,7 +422,9 @@ pub fn run_tau_sweep(exp: &Experiment) -> Result<TauSweep, TrainError> {
     let splits = [exp.config.eval.tau_select_split, exp.config.report_split()];
     let feats = extract_splits(exp, &net.backbone, &splits, "stage1")?;
     let sweep = tau_sweep(exp, &net, &feats)?;
-    write_json_atomic(&exp.run.tau_sweep(), &sweep)?;
+    if exp.dist.is_main() {
+        write_json_atomic(&exp.run.tau_sweep(), &sweep)?;
+    }
     Ok(sweep)
 }
 
@@ -482,6 +487,7 @@ pub fn export_features(
             exp.config.eval.batch_size,
             BnMode::Eval,
             &format!("features {}", s.as_str()),
+            &exp.dist,
         )?;
         let logits = classifier.logits(&f.features)?;
         let labels = f.labels_tensor(&exp.device)?;
@@ -497,7 +503,9 @@ pub fn export_features(
         let bytes =
             safetensors::tensor::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), None)
                 .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
-        crate::checkpoint::write_atomic(&path, &bytes)?;
+        if exp.dist.is_main() {
+            crate::checkpoint::write_atomic(&path, &bytes)?;
+        }
         tracing::info!(split = s.as_str(), rows = f.len(), path = %path.display(), "exported features");
         written.push(path);
     }

@@ -16,6 +16,7 @@
 //! | [`stage2`] | cRT and LWS on the frozen backbone (`bn = train | eval`, cached-feature fast path) |
 //! | [`heads`] | joint, NCM, tau-norm (whole tau curve), cRT and LWS from one stage-1 checkpoint; `results.json` |
 //! | [`trainer`] | the shared epoch loop: evaluation, best / last checkpoints, `metrics.jsonl`, `--resume`, non-finite loss stop |
+//! | [`dist`] | data-parallel training: communicators (in-process, TCP, NCCL), gradient averaging, SyncBN, the launch environment |
 //!
 //! # Example: the optimiser and a schedule
 //!
@@ -86,6 +87,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod experiment;

@@ -122,6 +122,11 @@ impl SgdMomentum {
         self.params.iter().map(|(n, _)| n.as_str())
     }
 
+    /// The optimised parameters (name, variable), sorted by name.
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
     /// Applies one update with the gradients in `grads`. Returns the number of
     /// parameters that had a gradient (and were therefore updated).
     pub fn step(&mut self, grads: &GradStore) -> Result<usize, TrainError> {

@@ -56,6 +56,7 @@ impl TrainModel for Stage1Model<'_> {
             self.exp.config.eval.batch_size,
             BnMode::Eval,
             &format!("eval {}", split.as_str()),
+            &self.exp.dist,
         )?;
         evaluate_head(
             &self.net.head,
@@ -104,8 +105,8 @@ pub fn train_stage1(exp: &Experiment, options: RunOptions) -> Result<TrainReport
             batch_size: s1.batch_size,
             epoch_length: s1.epoch_length,
             seed: derive_seed(cfg.seed, Purpose::Stage1Sampler),
-            rank: 0,
-            world_size: 1,
+            rank: exp.dist.rank(),
+            world_size: exp.dist.world_size(),
             shuffle_in_batch: s1.shuffle_in_batch,
         },
     )

@@ -192,6 +192,7 @@ impl TrainModel for Stage2Model<'_> {
                     self.exp.config.eval.batch_size,
                     BnMode::Eval,
                     "eval val",
+                    &self.exp.dist,
                 )?;
                 if self.bn == BnMode::Eval {
                     self.val_cache = Some(f.clone());
@@ -279,8 +280,8 @@ pub fn retrain(
             batch_size: spec.batch_size,
             epoch_length: spec.epoch_length,
             seed: derive_seed(cfg.seed, sampler_purpose),
-            rank: 0,
-            world_size: 1,
+            rank: exp.dist.rank(),
+            world_size: exp.dist.world_size(),
             shuffle_in_batch: spec.shuffle_in_batch,
         },
     )
@@ -311,6 +312,7 @@ pub fn retrain(
             cfg.eval.batch_size,
             BnMode::Eval,
             "train features",
+            &exp.dist,
         )?)
     } else {
         None

@@ -179,7 +179,9 @@ pub(crate) fn run_loop(
             global_step = meta.global_step;
             best = meta.best.clone();
             resumed_from = Some(meta.epoch);
-            truncate_records(&metrics_path, stage, start_epoch)?;
+            if exp.dist.is_main() {
+                truncate_records(&metrics_path, stage, start_epoch)?;
+            }
             tracing::info!(
                 stage,
                 epoch = start_epoch,
@@ -196,16 +198,29 @@ pub(crate) fn run_loop(
                     last_path.display()
                 )));
             }
-            for p in [&last_path, &best_path] {
-                for f in [p.clone(), crate::checkpoint::meta_path(p)] {
-                    if f.exists() {
-                        std::fs::remove_file(&f).map_err(|e| TrainError::io(&f, e))?;
+            if exp.dist.is_main() {
+                for p in [&last_path, &best_path] {
+                    for f in [p.clone(), crate::checkpoint::meta_path(p)] {
+                        if f.exists() {
+                            std::fs::remove_file(&f).map_err(|e| TrainError::io(&f, e))?;
+                        }
                     }
                 }
+                truncate_records(&metrics_path, stage, 0)?;
             }
-            truncate_records(&metrics_path, stage, 0)?;
         }
     }
+    let dist = &exp.dist;
+    if dist.is_distributed() {
+        // Every rank starts from rank 0's weights (they already agree when
+        // built from the same seed or checkpoint; this makes it a guarantee).
+        // Also the first collective: no rank writes before all have checked
+        // their start mode against the files.
+        let from_main = dist.broadcast_tensors(&model.tensors())?;
+        model.load(&from_main, Path::new("rank 0"))?;
+    }
+    // SyncBN, when configured: BN in training mode uses global statistics.
+    let _sync_bn = dist.sync_bn();
 
     let end_epoch = spec
         .options
@@ -243,7 +258,10 @@ pub(crate) fn run_loop(
                     loss: l,
                 });
             }
-            opt.backward_step(&loss)?;
+            let mut grads = loss.backward()?;
+            // After backward, not overlapped with it: candle has no hooks.
+            dist.average_gradients(&mut grads, opt.params())?;
+            opt.step(&grads)?;
             global_step += 1;
             let b = labels.dim(0)?;
             let hits = logits
@@ -306,6 +324,10 @@ pub(crate) fn run_loop(
         }
         bar.finish_and_clear();
         let elapsed = started.elapsed().as_secs_f64();
+        // Training loss and accuracy of the global batch stream.
+        let mut totals = [loss_sum, correct as f64, seen as f64];
+        dist.sum_f64(&mut totals)?;
+        let [loss_sum, correct, seen] = totals;
 
         let evaluate_now = (epoch + 1) % spec.eval_every == 0 || epoch + 1 == spec.epochs;
         let val = if evaluate_now && spec.eval_val {
@@ -337,9 +359,9 @@ pub(crate) fn run_loop(
             epoch: epoch + 1,
             global_step,
             lr,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_top1: correct as f64 / seen.max(1) as f64,
-            images_per_sec: seen as f64 / elapsed.max(1e-9),
+            train_loss: loss_sum / seen.max(1.0),
+            train_top1: correct / seen.max(1.0),
+            images_per_sec: seen / elapsed.max(1e-9),
             val: val.clone(),
             test: test.clone(),
             is_best,
@@ -358,7 +380,9 @@ pub(crate) fn run_loop(
         );
         // The record goes first: if the process dies before the checkpoint is
         // renamed into place, a resume redoes this epoch and drops the record.
-        append_record(&metrics_path, &record)?;
+        if dist.is_main() {
+            append_record(&metrics_path, &record)?;
+        }
         let meta =
             CheckpointMeta {
                 format_version: FORMAT_VERSION,
@@ -376,14 +400,21 @@ pub(crate) fn run_loop(
                 config_hash: spec.config_hash.clone(),
                 lr,
             };
-        let tensors = model.tensors();
-        if is_best {
-            save_checkpoint(&best_path, &tensors, &BTreeMap::new(), &meta)?;
+        // Only rank 0 writes: every rank holds the same weights, and the
+        // sampler state is that of the global stream (no rank or world size
+        // in it), so any number of ranks can resume from it.
+        if dist.is_main() {
+            let tensors = model.tensors();
+            if is_best {
+                save_checkpoint(&best_path, &tensors, &BTreeMap::new(), &meta)?;
+            }
+            save_checkpoint(&last_path, &tensors, &opt.state_tensors(), &meta)?;
         }
-        save_checkpoint(&last_path, &tensors, &opt.state_tensors(), &meta)?;
         last_val = val;
         last_test = test;
     }
+    // The next stage may read what rank 0 just wrote.
+    dist.comm().barrier()?;
     if resumed_from == Some(spec.epochs) {
         tracing::info!(stage, "already complete ({} epochs)", spec.epochs);
     }
