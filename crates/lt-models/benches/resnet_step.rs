@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! cargo bench -p lt-models --bench resnet_step -- --model resnet32 --batch 128 \
-//!     --threads 2 --steps 10 --warmup 3 [--classes 100] [--size 32] [--profile]
+//!     --threads 2 --steps 10 --warmup 3 [--classes 100] [--size 32] [--profile] \
+//!     [--device cpu|cuda:N] [--precision f32|bf16]
 //! ```
 //!
 //! Prints one JSON line: model, batch, size, threads, `img_per_s_median`,
@@ -14,12 +15,16 @@
 //! split of a step into forward / backward / optimiser.
 //!
 //! The network is `lt_models::Backbone` (any `--model` it knows) plus a
-//! linear head. `--fused-conv-bn` instead builds the CIFAR ResNet here from
-//! `ops::conv2d_batch_norm*_train` (same layers, same step), to measure what
-//! fusing each convolution with its batch norm gains.
+//! linear head.
+//!
+//! On a GPU (a build with `--features cuda`): `--device cuda:0` and
+//! `--precision bf16` (f32 master weights, bf16 activations; see
+//! `lt_models::precision`). The device is synchronised around every timed
+//! step, so the times are the GPU's. `benches/gpu_bench.sh` runs this and the
+//! PyTorch peer (`benches/torch_gpu_step.py`) side by side.
 
 use candle_core::{backprop::GradStore, DType, Device, Result, Tensor, Var};
-use lt_models::{Arch, Backbone, BnMode};
+use lt_models::{Arch, Backbone, BnMode, Precision};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -35,7 +40,8 @@ struct Args {
     steps: usize,
     warmup: usize,
     profile: bool,
-    fused: bool,
+    device: String,
+    precision: Precision,
 }
 
 fn parse_args() -> Args {
@@ -48,7 +54,8 @@ fn parse_args() -> Args {
         steps: 10,
         warmup: 3,
         profile: false,
-        fused: false,
+        device: "cpu".into(),
+        precision: Precision::F32,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -66,7 +73,12 @@ fn parse_args() -> Args {
             "--steps" => a.steps = int("--steps", value("--steps")),
             "--warmup" => a.warmup = int("--warmup", value("--warmup")),
             "--profile" => a.profile = true,
-            "--fused-conv-bn" => a.fused = true,
+            "--device" => a.device = value("--device"),
+            "--precision" => {
+                let v = value("--precision");
+                a.precision = serde_json::from_value(serde_json::Value::String(v.clone()))
+                    .unwrap_or_else(|_| panic!("--precision: expected f32 or bf16, got {v:?}"));
+            }
             // cargo bench passes --bench to every bench binary.
             "--bench" => {}
             other => panic!("unknown argument {other:?}"),
@@ -162,117 +174,6 @@ fn randn(rng: &mut ChaCha8Rng, shape: &[usize], std: f32) -> Result<Tensor> {
     Tensor::from_vec(v, shape, &Device::Cpu)
 }
 
-/// A CIFAR ResNet (3 stages of 16/32/64, 1x1 projection shortcuts, global
-/// average pool) written with the fused conv + BN entry points, with the
-/// running statistics updated as `BatchNorm2d` does.
-struct FusedCifarResNet {
-    stem: ConvBn,
-    blocks: Vec<(ConvBn, ConvBn, Option<ConvBn>)>,
-}
-
-struct ConvBn {
-    w: Var,
-    gamma: Var,
-    beta: Var,
-    running: (Var, Var),
-    p: lt_models::ops::Conv2dParams,
-}
-
-impl ConvBn {
-    fn new(rng: &mut ChaCha8Rng, cin: usize, cout: usize, k: usize, stride: usize) -> Result<Self> {
-        let std = (2.0 / (k * k * cout) as f32).sqrt();
-        let dev = Device::Cpu;
-        Ok(Self {
-            w: Var::from_tensor(&randn(rng, &[cout, cin, k, k], std)?)?,
-            gamma: Var::from_tensor(&Tensor::ones(cout, DType::F32, &dev)?)?,
-            beta: Var::from_tensor(&Tensor::zeros(cout, DType::F32, &dev)?)?,
-            running: (
-                Var::from_tensor(&Tensor::zeros(cout, DType::F32, &dev)?)?,
-                Var::from_tensor(&Tensor::ones(cout, DType::F32, &dev)?)?,
-            ),
-            p: lt_models::ops::Conv2dParams {
-                stride,
-                padding: k / 2,
-                groups: 1,
-            },
-        })
-    }
-
-    fn vars(&self) -> [Var; 3] {
-        [self.w.clone(), self.gamma.clone(), self.beta.clone()]
-    }
-
-    /// `relu?(bn(conv(x)) (+ residual))`, updating the running statistics.
-    fn forward(&self, x: &Tensor, relu: bool, residual: Option<&Tensor>) -> Result<Tensor> {
-        use lt_models::ops;
-        let (w, g, b) = (
-            self.w.as_tensor(),
-            self.gamma.as_tensor(),
-            self.beta.as_tensor(),
-        );
-        let eps = lt_models::BN_EPS;
-        let (y, mean, var) = match (residual, relu) {
-            (Some(r), _) => ops::conv2d_batch_norm_add_relu_train(x, w, self.p, r, g, b, eps)?,
-            (None, true) => ops::conv2d_batch_norm_relu_train(x, w, self.p, g, b, eps)?,
-            (None, false) => ops::conv2d_batch_norm_train(x, w, self.p, g, b, eps)?,
-        };
-        let (n, _, h, wd) = y.dims4()?;
-        let count = (n * h * wd) as f64;
-        let m = lt_models::BN_MOMENTUM;
-        let (rm, rv) = &self.running;
-        rm.set(&((rm.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
-        rv.set(&((rv.as_tensor() * (1.0 - m))? + (var * (m * count / (count - 1.0)))?)?)?;
-        Ok(y)
-    }
-}
-
-impl FusedCifarResNet {
-    fn new(depth: usize, rng: &mut ChaCha8Rng) -> Result<Self> {
-        let per_stage = (depth - 2) / 6;
-        let stem = ConvBn::new(rng, 3, 16, 3, 1)?;
-        let mut blocks = Vec::new();
-        let mut cin = 16;
-        for (stage, &width) in [16, 32, 64].iter().enumerate() {
-            for i in 0..per_stage {
-                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
-                let c1 = ConvBn::new(rng, cin, width, 3, stride)?;
-                let c2 = ConvBn::new(rng, width, width, 3, 1)?;
-                let sc = (stride != 1 || cin != width)
-                    .then(|| ConvBn::new(rng, cin, width, 1, stride))
-                    .transpose()?;
-                blocks.push((c1, c2, sc));
-                cin = width;
-            }
-        }
-        Ok(Self { stem, blocks })
-    }
-
-    fn vars(&self) -> Vec<Var> {
-        let mut v = self.stem.vars().to_vec();
-        for (c1, c2, sc) in &self.blocks {
-            v.extend(c1.vars());
-            v.extend(c2.vars());
-            if let Some(sc) = sc {
-                v.extend(sc.vars());
-            }
-        }
-        v
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = self.stem.forward(x, true, None)?;
-        for (c1, c2, sc) in &self.blocks {
-            let h = c1.forward(&x, true, None)?;
-            let shortcut = match sc {
-                Some(sc) => sc.forward(&x, false, None)?,
-                None => x.clone(),
-            };
-            x = c2.forward(&h, true, Some(&shortcut))?;
-        }
-        x.mean((2, 3))
-    }
-}
-
 fn main() -> Result<()> {
     let args = parse_args();
     // candle's matmul reads its thread count from RAYON_NUM_THREADS. Its
@@ -303,33 +204,28 @@ fn main() -> Result<()> {
             224
         },
     );
-    let dev = Device::Cpu;
-    let backbone = Backbone::new(arch, &dev, 0).map_err(candle_core::Error::wrap)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let fused = if args.fused {
-        let depth = match arch {
-            Arch::ResNet8 => 8,
-            Arch::ResNet20 => 20,
-            Arch::ResNet32 => 32,
-            Arch::ResNet56 => 56,
-            _ => panic!("--fused-conv-bn: only the CIFAR ResNets (resnet8/20/32/56)"),
-        };
-        Some(FusedCifarResNet::new(depth, &mut rng)?)
-    } else {
-        None
+    let dev = match args.device.as_str() {
+        "cpu" => Device::Cpu,
+        spec => {
+            let ordinal = spec
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("--device: expected cpu or cuda:N, got {spec:?}"));
+            Device::new_cuda(ordinal)?
+        }
     };
+    let mut backbone = Backbone::new(arch, &dev, 0).map_err(candle_core::Error::wrap)?;
+    backbone.set_precision(args.precision);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
     let d = backbone.feature_dim();
     let bound = 1.0 / (d as f32).sqrt();
-    let fc_w = Var::from_tensor(&randn(&mut rng, &[args.classes, d], bound)?)?;
+    let fc_w = Var::from_tensor(&randn(&mut rng, &[args.classes, d], bound)?.to_device(&dev)?)?;
     let fc_b = Var::from_tensor(&Tensor::zeros(args.classes, DType::F32, &dev)?)?;
-    let mut params: Vec<(Var, Option<Tensor>)> = match &fused {
-        Some(net) => net.vars().into_iter().map(|v| (v, None)).collect(),
-        None => backbone
-            .parameters()
-            .into_iter()
-            .map(|(_, v)| (v, None))
-            .collect(),
-    };
+    let mut params: Vec<(Var, Option<Tensor>)> = backbone
+        .parameters()
+        .into_iter()
+        .map(|(_, v)| (v, None))
+        .collect();
     params.push((fc_w.clone(), None));
     params.push((fc_b.clone(), None));
     let mut sgd = Sgd {
@@ -342,27 +238,32 @@ fn main() -> Result<()> {
     let (mut wall, mut cpu) = (Vec::new(), Vec::new());
     let mut split: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for i in 0..args.warmup + args.steps {
-        let x = randn(&mut rng, &[args.batch, 3, size, size], 1.0)?;
+        let x = randn(&mut rng, &[args.batch, 3, size, size], 1.0)?.to_device(&dev)?;
         let labels: Vec<u32> = (0..args.batch)
             .map(|_| rng.random_range(0..args.classes as u32))
             .collect();
         let y = Tensor::from_vec(labels, args.batch, &dev)?;
+        dev.synchronize()?;
         let (c0, t0) = (process_cpu_ms(), Instant::now());
-        let feats = match &fused {
-            Some(net) => net.forward(&x)?,
-            None => backbone
-                .forward_t(&x, BnMode::Train)
-                .map_err(candle_core::Error::wrap)?,
-        };
+        let feats = backbone
+            .forward_t(&x, BnMode::Train)
+            .map_err(candle_core::Error::wrap)?;
         let logits = feats
             .matmul(&fc_w.as_tensor().t()?)?
             .broadcast_add(fc_b.as_tensor())?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        if args.profile {
+            dev.synchronize()?;
+        }
         let t1 = Instant::now();
         let grads = loss.backward()?;
+        if args.profile {
+            dev.synchronize()?;
+        }
         let t2 = Instant::now();
         sgd.step(&grads)?;
         drop(grads);
+        dev.synchronize()?;
         let t3 = Instant::now();
         if i >= args.warmup {
             wall.push((t3 - t0).as_secs_f64() * 1e3);
@@ -383,11 +284,12 @@ fn main() -> Result<()> {
     }
     let steps: Vec<String> = wall.iter().map(|t| format!("{t:.1}")).collect();
     println!(
-        "{{\"model\": \"{}\", \"batch\": {}, \"size\": {size}, \"threads\": {}, \"framework\": \"lt-models{}\", \"img_per_s_median\": {:.1}, \"step_ms\": [{}], \"cpu_ms_median\": {:.1}, \"peak_rss_mb\": {:.0}, \"loadavg\": \"{load}\"}}",
+        "{{\"model\": \"{}\", \"batch\": {}, \"size\": {size}, \"threads\": {}, \"device\": \"{}\", \"precision\": \"{}\", \"framework\": \"lt-models\", \"img_per_s_median\": {:.1}, \"step_ms\": [{}], \"cpu_ms_median\": {:.1}, \"peak_rss_mb\": {:.0}, \"loadavg\": \"{load}\"}}",
         args.model,
         args.batch,
         args.threads,
-        if args.fused { " (fused conv+bn)" } else { "" },
+        args.device,
+        args.precision,
         args.batch as f64 / med * 1e3,
         steps.join(", "),
         median(&cpu),
