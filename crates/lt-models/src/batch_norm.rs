@@ -260,10 +260,16 @@ impl BatchNorm2d {
         let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
         let (y, mean, var, total) = crate::sync_bn::batch_norm_train(x, w, b, BN_EPS, reducer)?;
         self.update_running_stats(&mean, &var, total)?;
+        // ReLU with PyTorch's derivative (0 at 0), as the fused kernels; candle's
+        // `relu` passes the gradient at 0.
+        let relu = |z: Tensor| -> Result<Tensor> {
+            let positive = z.gt(0.0)?.to_dtype(z.dtype())?;
+            Ok((z * positive)?)
+        };
         Ok(match epilogue {
             Epilogue::None => y,
-            Epilogue::Relu => y.relu()?,
-            Epilogue::AddRelu(r) => (y + r)?.relu()?,
+            Epilogue::Relu => relu(y)?,
+            Epilogue::AddRelu(r) => relu((y + r)?)?,
         })
     }
 

@@ -224,3 +224,59 @@ fn resnext_bf16_features_track_f32_on_gpu() {
     let e = rel_err(&b, &a);
     assert!(e < 5e-2, "bf16 ResNeXt-50 features off by {e}");
 }
+
+#[test]
+fn cuda_batch_norm_matches_the_cpu_kernels() {
+    let Some(dev) = gpu("cuda_batch_norm") else {
+        return;
+    };
+    let shape = [8, 16, 9, 9];
+    let x = (randn(20, &shape) * 3.0 + 1.5).unwrap();
+    let r = randn(21, &shape);
+    let gamma = (randn(22, &[16]) * 0.2 + 1.0).unwrap();
+    let beta = randn(23, &[16]);
+    // 0: bn, 1: relu(bn), 2: relu(bn + r)
+    for epilogue in 0..3 {
+        let run = |dev: &Device, dtype: DType| {
+            let vars: Vec<Var> = [&x, &r, &gamma, &beta]
+                .iter()
+                .map(|t| Var::from_tensor(&t.to_device(dev).unwrap()).unwrap())
+                .collect();
+            let xt = vars[0].as_tensor().to_dtype(dtype).unwrap();
+            let rt = vars[1].as_tensor().to_dtype(dtype).unwrap();
+            let (g, b) = (vars[2].as_tensor(), vars[3].as_tensor());
+            let (y, mean, var) = match epilogue {
+                0 => ops::batch_norm_train(&xt, g, b, 1e-5),
+                1 => ops::batch_norm_relu_train(&xt, g, b, 1e-5),
+                _ => ops::batch_norm_add_relu_train(&xt, &rt, g, b, 1e-5),
+            }
+            .unwrap();
+            let w = randn(24, &shape).to_device(dev).unwrap();
+            let loss = (y.to_dtype(DType::F32).unwrap() * w)
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let grads = loss.backward().unwrap();
+            let mut out = vec![y, mean, var];
+            for (i, v) in vars.iter().enumerate() {
+                match grads.get(v.as_tensor()) {
+                    Some(g) => out.push(g.clone()),
+                    None => assert!(i == 1 && epilogue != 2, "no gradient for input {i}"),
+                }
+            }
+            out
+        };
+        let want = run(&Device::Cpu, DType::F32);
+        for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 3e-2)] {
+            let got = run(&dev, dtype);
+            assert_eq!(got.len(), want.len());
+            for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+                let e = rel_err(a, b);
+                assert!(
+                    e < tol,
+                    "epilogue {epilogue} {dtype:?}: output {k} off by {e}"
+                );
+            }
+        }
+    }
+}

@@ -8,8 +8,9 @@
 //! test oracle; [`with_reference_ops`] forces that path. With the `cuda`
 //! feature, convolutions and max-pooling on CUDA devices (f32, bf16, f16)
 //! run the project's CUDA ops instead: cuDNN forward, backward-data and
-//! backward-filter with groups, and a max-pool kernel with a deterministic
-//! backward. Half-precision convolutions on the CPU are computed in f32.
+//! backward-filter with groups, batch norm with batch statistics fused with
+//! its epilogue (f32 or bf16 activations, f32 statistics), and a max-pool
+//! kernel with a deterministic backward. Half-precision convolutions on the CPU are computed in f32.
 //!
 //! | entry point | forward | backward |
 //! |---|---|---|
@@ -94,6 +95,12 @@ fn on_kernels(ts: &[&Tensor]) -> bool {
 #[cfg(feature = "cuda")]
 fn on_cuda(x: &Tensor) -> bool {
     !FORCE_REFERENCE.with(Cell::get) && cuda::is_cuda_float(x)
+}
+
+/// Whether batch norm on `x` goes through the fused CUDA kernels.
+#[cfg(feature = "cuda")]
+fn on_cuda_bn(x: &Tensor) -> bool {
+    !FORCE_REFERENCE.with(Cell::get) && cuda::bn_supported(x)
 }
 
 /// A convolution off the CPU f32 kernels: cuDNN on CUDA; on the CPU, half
@@ -211,6 +218,10 @@ pub fn batch_norm_train(
     bias: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if on_cuda_bn(x) {
+        return cuda::batch_norm_train(x, None, weight, bias, eps, Epilogue::Identity);
+    }
     if !on_kernels(&[x, weight, bias]) {
         return reference::batch_norm_train(x, weight, bias, eps);
     }
@@ -228,6 +239,10 @@ pub fn batch_norm_relu_train(
     bias: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if on_cuda_bn(x) {
+        return cuda::batch_norm_train(x, None, weight, bias, eps, Epilogue::Relu);
+    }
     if !on_kernels(&[x, weight, bias]) {
         return reference::batch_norm_relu_train(x, weight, bias, eps);
     }
@@ -243,6 +258,10 @@ pub fn batch_norm_add_relu_train(
     bias: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if on_cuda_bn(x) {
+        return cuda::batch_norm_train(x, Some(residual), weight, bias, eps, Epilogue::AddRelu);
+    }
     if !on_kernels(&[x, residual, weight, bias]) {
         return reference::batch_norm_add_relu_train(x, residual, weight, bias, eps);
     }
@@ -324,7 +343,7 @@ pub fn conv2d_batch_norm_train(
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     if !on_kernels(&[x, w, weight, bias]) {
-        return reference::batch_norm_train(&conv2d_other(x, w, p)?, weight, bias, eps);
+        return batch_norm_train(&conv2d_other(x, w, p)?, weight, bias, eps);
     }
     conv_bn::conv2d_batch_norm_train(x, w, p, None, weight, bias, eps, Epilogue::Identity)
 }
@@ -340,7 +359,7 @@ pub fn conv2d_batch_norm_relu_train(
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     if !on_kernels(&[x, w, weight, bias]) {
-        return reference::batch_norm_relu_train(&conv2d_other(x, w, p)?, weight, bias, eps);
+        return batch_norm_relu_train(&conv2d_other(x, w, p)?, weight, bias, eps);
     }
     conv_bn::conv2d_batch_norm_train(x, w, p, None, weight, bias, eps, Epilogue::Relu)
 }
@@ -358,7 +377,7 @@ pub fn conv2d_batch_norm_add_relu_train(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     if !on_kernels(&[x, w, residual, weight, bias]) {
         let z = conv2d_other(x, w, p)?;
-        return reference::batch_norm_add_relu_train(&z, residual, weight, bias, eps);
+        return batch_norm_add_relu_train(&z, residual, weight, bias, eps);
     }
     conv_bn::conv2d_batch_norm_train(
         x,

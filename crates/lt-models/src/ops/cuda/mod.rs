@@ -6,11 +6,19 @@
 //!   that sends each gradient to the first maximum of its window, as
 //!   PyTorch does (candle's CUDA max-pool has no backward with padding).
 //!
-//! Batch norm on CUDA goes through the composed `reference` ops, in f32 for
-//! half inputs (statistics in f32, as mixed precision needs).
+//! * [`batch_norm_train`]: batch statistics fused with the residual add and
+//!   the ReLU, two kernels each way, f32 or bf16 activations with f32
+//!   statistics (see `batch_norm.rs`).
+//!
+//! Kernels other than cuDNN's are compiled with NVRTC the first time they are
+//! used. Batch norm with running statistics (eval) goes through the composed
+//! `reference` ops, in f32 for half inputs.
 
+mod batch_norm;
 mod conv;
 mod pool;
+
+pub(crate) use batch_norm::batch_norm_train;
 
 use super::Conv2dParams;
 use candle_core::cuda_backend::cudarc::cudnn::safe::Cudnn;
@@ -84,6 +92,11 @@ fn with_workspace<R>(
 /// Whether `t` is on a CUDA device in a dtype the CUDA ops take.
 pub(crate) fn is_cuda_float(t: &Tensor) -> bool {
     t.device().is_cuda() && matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16)
+}
+
+/// Whether the fused CUDA batch norm takes `x` (f32 or bf16 on CUDA).
+pub(crate) fn bn_supported(x: &Tensor) -> bool {
+    x.device().is_cuda() && matches!(x.dtype(), DType::F32 | DType::BF16)
 }
 
 /// `conv2d(x, w)` through cuDNN, with backward.
