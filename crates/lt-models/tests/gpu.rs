@@ -231,9 +231,9 @@ fn cuda_batch_norm_matches_the_cpu_kernels() {
         return;
     };
     let shape = [8, 16, 9, 9];
-    let x = (randn(20, &shape) * 3.0 + 1.5).unwrap();
+    let x = randn(20, &shape).affine(3.0, 1.5).unwrap();
     let r = randn(21, &shape);
-    let gamma = (randn(22, &[16]) * 0.2 + 1.0).unwrap();
+    let gamma = randn(22, &[16]).affine(0.2, 1.0).unwrap();
     let beta = randn(23, &[16]);
     // 0: bn, 1: relu(bn), 2: relu(bn + r)
     for epilogue in 0..3 {
