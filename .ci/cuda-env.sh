@@ -47,7 +47,8 @@ _lt_cuda_packages=(
 _lt_cuda_install() {
     local marker="$LT_CUDA_HOME/.installed"
     local want
-    want="$(printf '%s\n' "${_lt_cuda_packages[@]}")"
+    # The marker records the packages and the stub's revision.
+    want="$(printf '%s\n' "${_lt_cuda_packages[@]}" "libcuda-stub-2")"
     if [[ -f "$marker" && "$(cat "$marker")" == "$want" ]]; then
         return 0
     fi
@@ -71,8 +72,10 @@ _lt_cuda_install() {
         ln -sf "$so" "$LT_CUDA_HOME/lib/${base%%.so.*}.so"
     done
 
-    # The driver stub: every `cu*` function cudarc's driver bindings declare, as
-    # an empty function. Its soname is the driver's, so binaries record
+    # The driver stub: every `cu*` function cudarc's driver bindings declare,
+    # each returning CUDA_ERROR_NO_DEVICE (100), so that a binary run against
+    # the stub (CI, with LD_LIBRARY_PATH set) reports "no device" instead of
+    # misbehaving. Its soname is the driver's, so binaries record
     # `libcuda.so.1` and bind to the real driver at run time.
     local cudarc_sys
     cudarc_sys="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.*/src/driver/sys 2>/dev/null | tail -n 1)"
@@ -81,7 +84,7 @@ _lt_cuda_install() {
         return 1
     fi
     grep -rhoE '\bfn cu[A-Za-z0-9_]+\(' "$cudarc_sys" | sed -e 's/^fn //' -e 's/($//' | sort -u \
-        | awk '{ printf "void %s(void) {}\n", $1 }' > "$LT_CUDA_HOME/libcuda-stub.c"
+        | awk '{ printf "int %s(void) { return 100; }\n", $1 }' > "$LT_CUDA_HOME/libcuda-stub.c"
     gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$LT_CUDA_HOME/lib/libcuda.so.1" \
         "$LT_CUDA_HOME/libcuda-stub.c" || return 1
     ln -sf libcuda.so.1 "$LT_CUDA_HOME/lib/libcuda.so"
