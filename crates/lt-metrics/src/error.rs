@@ -33,6 +33,20 @@ pub enum MetricsError {
         num_classes: usize,
     },
 
+    /// A per-sample score is impossible (prediction out of range, or a
+    /// confidence outside (0, 1], which non-finite logits produce).
+    #[error("invalid score at row {row}: {reason}")]
+    BadScore {
+        /// Row of the sample.
+        row: usize,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A tensor operation failed while scoring logits on their device.
+    #[error("scoring logits on the device: {0}")]
+    Device(String),
+
     /// A logit is NaN or infinite.
     #[error("non-finite logit {value} at row {row}, class {class}")]
     NonFiniteLogit {

@@ -93,6 +93,90 @@ pub fn evaluate(
     rule: &GroupRule,
 ) -> Result<Evaluation, MetricsError> {
     check(logits, num_classes, labels)?;
+    let scores = host_sample_scores(logits, num_classes, labels);
+    evaluate_scores(&scores, num_classes, labels, train_stats, rule)
+}
+
+/// What every metric of [`Evaluation`] needs from one sample's logits: the
+/// prediction, the label's rank and the confidence. Computing these where the
+/// logits live (see `device::sample_scores` with the `candle` feature) and
+/// passing them to [`evaluate_scores`] moves `N x 3` numbers to the host
+/// instead of `N x C` logits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleScore {
+    /// Predicted class: the first index of the largest logit.
+    pub pred: u32,
+    /// Number of classes ranked ahead of the label (larger logit, or equal
+    /// with a smaller index): the sample is top-k correct when this is < k.
+    pub label_rank: u32,
+    /// Largest softmax probability, `1 / sum_j exp(z_j - max)`.
+    pub confidence: f64,
+}
+
+/// Per-sample scores of validated row-major logits (host side).
+pub(crate) fn host_sample_scores(logits: &[f32], c: usize, labels: &[u32]) -> Vec<SampleScore> {
+    logits
+        .chunks_exact(c)
+        .zip(labels)
+        .map(|(row, &label)| {
+            let pred = argmax(row);
+            SampleScore {
+                pred: pred as u32,
+                label_rank: rank(row, label as usize) as u32,
+                confidence: max_probability(row, row[pred]),
+            }
+        })
+        .collect()
+}
+
+/// [`evaluate`] from per-sample scores (one per label) instead of logits.
+///
+/// Fails on an empty input, a score count other than the label count, a
+/// label or prediction not below C, a confidence outside (0, 1], or training
+/// statistics for another number of classes.
+pub fn evaluate_scores(
+    scores: &[SampleScore],
+    num_classes: usize,
+    labels: &[u32],
+    train_stats: &ClassStats,
+    rule: &GroupRule,
+) -> Result<Evaluation, MetricsError> {
+    if num_classes == 0 {
+        return Err(MetricsError::ZeroClasses);
+    }
+    if labels.is_empty() {
+        return Err(MetricsError::Empty);
+    }
+    if scores.len() != labels.len() {
+        return Err(MetricsError::LengthMismatch {
+            labels: labels.len(),
+            predictions: scores.len(),
+        });
+    }
+    for (row, (s, &label)) in scores.iter().zip(labels).enumerate() {
+        if label as usize >= num_classes {
+            return Err(MetricsError::LabelOutOfRange {
+                row,
+                label,
+                num_classes,
+            });
+        }
+        if s.pred as usize >= num_classes {
+            return Err(MetricsError::BadScore {
+                row,
+                reason: format!("prediction {} not below {num_classes} classes", s.pred),
+            });
+        }
+        if !(s.confidence > 0.0 && s.confidence <= 1.0) {
+            return Err(MetricsError::BadScore {
+                row,
+                reason: format!(
+                    "confidence {} outside (0, 1] (non-finite logits?)",
+                    s.confidence
+                ),
+            });
+        }
+    }
     if train_stats.num_classes() != num_classes {
         return Err(MetricsError::StatsMismatch {
             stats: train_stats.num_classes(),
@@ -109,21 +193,21 @@ pub fn evaluate(
     let mut correct = vec![0usize; c];
     let mut predicted = vec![0usize; c];
     let mut binner = Binner::new(ECE_BINS);
-    for (row, &label) in logits.chunks_exact(c).zip(labels) {
+    for (score, &label) in scores.iter().zip(labels) {
         let y = label as usize;
-        let pred = argmax(row);
+        let pred = score.pred as usize;
         let hit = pred == y;
-        predictions.push(pred as u32);
+        predictions.push(score.pred);
         support[y] += 1;
         predicted[pred] += 1;
         if hit {
             top1 += 1;
             correct[y] += 1;
         }
-        if rank(row, y) < k {
+        if (score.label_rank as usize) < k {
             topk += 1;
         }
-        binner.add(max_probability(row, row[pred]), hit);
+        binner.add(score.confidence, hit);
     }
 
     let per_class: Vec<f64> = (0..c)

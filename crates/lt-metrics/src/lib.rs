@@ -55,6 +55,8 @@
 
 mod calibration;
 mod confusion;
+#[cfg(feature = "candle")]
+pub mod device;
 mod error;
 mod evaluation;
 #[cfg(feature = "plot")]
@@ -66,5 +68,7 @@ mod table;
 pub use calibration::{calibration, Calibration, CalibrationBin, ECE_BINS};
 pub use confusion::ConfusionMatrix;
 pub use error::MetricsError;
-pub use evaluation::{evaluate, predictions, top_k_accuracy, Evaluation, TOP5};
+pub use evaluation::{
+    evaluate, evaluate_scores, predictions, top_k_accuracy, Evaluation, SampleScore, TOP5,
+};
 pub use table::{markdown_table, mean_std};
