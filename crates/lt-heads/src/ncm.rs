@@ -47,7 +47,9 @@ impl NcmHead {
     ///
     /// The mean `mu` used by `cl2n` is the mean over all `N` training features
     /// (each instance weighted equally, not a mean of class means). Sums are
-    /// accumulated in f64 on the host; the result lives on `features`' device.
+    /// accumulated in f64: on the host for CPU features, on the device
+    /// otherwise (a GPU: the features never leave it, only the `(C, d)` sums
+    /// come back). The result lives on `features`' device.
     ///
     /// Fails when a label is not below `num_classes`, when a class has no
     /// feature, when the shapes disagree, or when a feature is NaN or infinite.
@@ -93,42 +95,11 @@ impl NcmHead {
             return Err(HeadError::EmptyClass { class });
         }
 
-        // First pass: the instance-weighted mean (and the finiteness check).
-        let mut mean = vec![0f64; d];
-        for_each_block(features, n, d, |first_row, block| {
-            if let Some(i) = block.iter().position(|v| !v.is_finite()) {
-                return Err(HeadError::NonFiniteFeature {
-                    row: first_row + i / d,
-                    col: i % d,
-                });
-            }
-            for row in block.chunks_exact(d) {
-                for (m, &v) in mean.iter_mut().zip(row) {
-                    *m += f64::from(v);
-                }
-            }
-            Ok(())
-        })?;
-        for m in &mut mean {
-            *m /= n as f64;
-        }
-
-        // Second pass: class sums of the transformed features.
-        let mut sums = vec![0f64; num_classes * d];
-        let mut x = vec![0f64; d];
-        for_each_block(features, n, d, |first_row, block| {
-            for (row, &label) in block.chunks_exact(d).zip(&labels[first_row..]) {
-                for (xi, &v) in x.iter_mut().zip(row) {
-                    *xi = f64::from(v);
-                }
-                transform_row(&mut x, &mean, config.feature);
-                let sum = &mut sums[label as usize * d..(label as usize + 1) * d];
-                for (s, &xi) in sum.iter_mut().zip(&x) {
-                    *s += xi;
-                }
-            }
-            Ok(())
-        })?;
+        let (mean, sums) = if features.device().is_cpu() {
+            host_sums(features, labels, n, d, num_classes, config.feature)?
+        } else {
+            device_sums(features, labels, n, d, num_classes, config.feature)?
+        };
         let centroids: Vec<f32> = sums
             .chunks_exact(d)
             .zip(&counts)
@@ -288,6 +259,108 @@ impl NcmHead {
     }
 }
 
+/// Instance mean `(d)` and class sums `(C * d)` of the transformed features,
+/// in f64 on the host, streaming the features a block at a time.
+fn host_sums(
+    features: &Tensor,
+    labels: &[u32],
+    n: usize,
+    d: usize,
+    num_classes: usize,
+    feature: NcmFeature,
+) -> Result<(Vec<f64>, Vec<f64>), HeadError> {
+    // First pass: the instance-weighted mean (and the finiteness check).
+    let mut mean = vec![0f64; d];
+    for_each_block(features, n, d, |first_row, block| {
+        if let Some(i) = block.iter().position(|v| !v.is_finite()) {
+            return Err(HeadError::NonFiniteFeature {
+                row: first_row + i / d,
+                col: i % d,
+            });
+        }
+        for row in block.chunks_exact(d) {
+            for (m, &v) in mean.iter_mut().zip(row) {
+                *m += f64::from(v);
+            }
+        }
+        Ok(())
+    })?;
+    for m in &mut mean {
+        *m /= n as f64;
+    }
+
+    // Second pass: class sums of the transformed features.
+    let mut sums = vec![0f64; num_classes * d];
+    let mut x = vec![0f64; d];
+    for_each_block(features, n, d, |first_row, block| {
+        for (row, &label) in block.chunks_exact(d).zip(&labels[first_row..]) {
+            for (xi, &v) in x.iter_mut().zip(row) {
+                *xi = f64::from(v);
+            }
+            transform_row(&mut x, &mean, feature);
+            let sum = &mut sums[label as usize * d..(label as usize + 1) * d];
+            for (s, &xi) in sum.iter_mut().zip(&x) {
+                *s += xi;
+            }
+        }
+        Ok(())
+    })?;
+    Ok((mean, sums))
+}
+
+/// [`host_sums`] on the features' device (a GPU): the same f64 sums with
+/// candle ops (class sums by `index_add`), a block of rows at a time, so the
+/// features never leave the device; only the `(C, d)` sums come back.
+fn device_sums(
+    features: &Tensor,
+    labels: &[u32],
+    n: usize,
+    d: usize,
+    num_classes: usize,
+    feature: NcmFeature,
+) -> Result<(Vec<f64>, Vec<f64>), HeadError> {
+    let dev = features.device();
+    let rows = (BLOCK_VALUES / d).max(1);
+    let block = |start: usize| -> candle_core::Result<Tensor> {
+        features
+            .narrow(0, start, rows.min(n - start))?
+            .to_dtype(DType::F64)
+    };
+    let mut total = Tensor::zeros(d, DType::F64, dev)?;
+    let mut start = 0;
+    while start < n {
+        let x = block(start)?;
+        // `0 * x` is NaN exactly where x is not finite.
+        let bad: f64 = x.affine(0.0, 0.0)?.sum_all()?.to_scalar()?;
+        if bad != 0.0 {
+            // Name the offending value as the host path does.
+            host_sums(features, labels, n, d, num_classes, feature)?;
+        }
+        total = (total + x.sum(0)?)?;
+        start += rows;
+    }
+    let mean = (total / n as f64)?;
+    let mut sums = Tensor::zeros((num_classes, d), DType::F64, dev)?;
+    let mut start = 0;
+    while start < n {
+        let mut x = block(start)?;
+        let len = x.dim(0)?;
+        if feature == NcmFeature::Cl2n {
+            x = x.broadcast_sub(&mean)?;
+        }
+        if feature != NcmFeature::Un {
+            let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(NORM_EPS)?;
+            x = x.broadcast_div(&norm)?;
+        }
+        let idx = Tensor::from_slice(&labels[start..start + len], len, dev)?;
+        sums = sums.index_add(&idx, &x, 0)?;
+        start += len;
+    }
+    let mean = mean.to_vec1::<f64>()?;
+    let sums = sums.flatten_all()?.to_vec1::<f64>()?;
+    Ok((mean, sums))
+}
+
 /// Calls `f(first_row, values)` on consecutive row blocks of the `(n, d)`
 /// tensor, copied to the host a few MiB at a time so that fitting on a large
 /// training set never holds a second full copy of the features.
@@ -379,5 +452,40 @@ impl Classifier for NcmHead {
 impl Module for NcmHead {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         self.logits(xs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The device path (run here on the CPU) gives the host path's sums, for
+    /// every feature transform, across several blocks, and names a
+    /// non-finite feature the same way.
+    #[test]
+    fn device_sums_equal_host_sums() {
+        let (n, d, c) = (BLOCK_VALUES / 8 * 2 + 37, 8, 5);
+        let values: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 4.0)
+            .collect();
+        let features = Tensor::from_vec(values, (n, d), &Device::Cpu).unwrap();
+        let labels: Vec<u32> = (0..n as u32).map(|i| (i * 13) % c as u32).collect();
+        for feature in [NcmFeature::Un, NcmFeature::L2n, NcmFeature::Cl2n] {
+            let (hm, hs) = host_sums(&features, &labels, n, d, c, feature).unwrap();
+            let (dm, ds) = device_sums(&features, &labels, n, d, c, feature).unwrap();
+            for (a, b) in hm.iter().zip(&dm).chain(hs.iter().zip(&ds)) {
+                assert!(
+                    (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+                    "{feature:?}: {a} vs {b}"
+                );
+            }
+        }
+        let mut bad: Vec<f32> = features.flatten_all().unwrap().to_vec1().unwrap();
+        bad[3 * d + 2] = f32::INFINITY;
+        let bad = Tensor::from_vec(bad, (n, d), &Device::Cpu).unwrap();
+        match device_sums(&bad, &labels, n, d, c, NcmFeature::L2n) {
+            Err(HeadError::NonFiniteFeature { row: 3, col: 2 }) => {}
+            other => panic!("expected the non-finite feature at (3, 2), got {other:?}"),
+        }
     }
 }
