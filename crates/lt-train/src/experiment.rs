@@ -11,7 +11,7 @@ use lt_data::transform::{Preset, Transform};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{parse_device, ExperimentConfig, Split};
-use crate::dist::{Communicator, Dist, DistEnv};
+use crate::dist::{Communicator, Dist, DistEnv, SingleProcess};
 use crate::eval::data_err;
 use crate::run_dir::RunDir;
 use crate::TrainError;
@@ -90,7 +90,8 @@ impl Experiment {
     /// the resolved config as `<run_dir>/<config_file>` plus `data.json`.
     pub fn open(config: ExperimentConfig, config_file: &str) -> Result<Self, TrainError> {
         let device = parse_device(&config.device)?;
-        Self::open_on(config, config_file, device, Dist::single())
+        let dist = Dist::new(std::sync::Arc::new(SingleProcess), config.dist);
+        Self::open_on(config, config_file, device, dist)
     }
 
     /// [`open`](Self::open) as one rank of a data-parallel run launched with

@@ -259,6 +259,17 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// A trained-looking scale and shift (not the initial 1 and 0).
+fn set_affine(bn: &BatchNorm2d) {
+    let dev = Device::Cpu;
+    bn.weight()
+        .set(&Tensor::new(&[1.3f32, 0.7, -0.4, 2.0], &dev).unwrap())
+        .unwrap();
+    bn.bias()
+        .set(&Tensor::new(&[0.2f32, -0.5, 0.1, 0.0], &dev).unwrap())
+        .unwrap();
+}
+
 #[test]
 fn sync_bn_equals_one_bn_over_the_concatenated_batch() {
     const W: usize = 3;
@@ -268,6 +279,7 @@ fn sync_bn_equals_one_bn_over_the_concatenated_batch() {
     let residual = wave((6, 4, 3, 5), 2.0);
     let reference = {
         let bn = BatchNorm2d::new("bn", 4, &Device::Cpu).unwrap();
+        set_affine(&bn);
         let xv = Var::from_tensor(&x).unwrap();
         let y = bn
             .forward_add_relu_t(xv.as_tensor(), &residual, BnMode::Train)
@@ -295,6 +307,7 @@ fn sync_bn_equals_one_bn_over_the_concatenated_batch() {
         );
         let _guard = dist.sync_bn().expect("sync_bn on, 3 ranks");
         let bn = BatchNorm2d::new("bn", 4, &Device::Cpu).unwrap();
+        set_affine(&bn);
         let xv = Var::from_tensor(&rows(&x2)).unwrap();
         let y = bn
             .forward_add_relu_t(xv.as_tensor(), &rows(&r2), BnMode::Train)

@@ -11,6 +11,7 @@ use crate::TrainError;
 #[derive(Debug, Clone)]
 enum Payload {
     Sum(Vec<f32>),
+    SumF64(Vec<f64>),
     Broadcast(Vec<u8>),
     Barrier,
 }
@@ -19,6 +20,7 @@ impl Payload {
     fn kind(&self) -> &'static str {
         match self {
             Payload::Sum(_) => "all_reduce_sum",
+            Payload::SumF64(_) => "all_reduce_sum_f64",
             Payload::Broadcast(_) => "broadcast",
             Payload::Barrier => "barrier",
         }
@@ -181,6 +183,23 @@ fn reduce(deposits: Vec<Payload>) -> Result<Payload, String> {
             }
             Ok(Payload::Sum(acc))
         }
+        Payload::SumF64(first) => {
+            let mut acc = first.clone();
+            for (r, p) in deposits.iter().enumerate().skip(1) {
+                let Payload::SumF64(v) = p else {
+                    unreachable!()
+                };
+                if v.len() != acc.len() {
+                    return Err(format!(
+                        "rank 0 reduces {} values but rank {r} reduces {}",
+                        acc.len(),
+                        v.len()
+                    ));
+                }
+                acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+            }
+            Ok(Payload::SumF64(acc))
+        }
         Payload::Broadcast(b) => Ok(Payload::Broadcast(b.clone())),
         Payload::Barrier => Ok(Payload::Barrier),
     }
@@ -206,6 +225,15 @@ impl Communicator for InProcess {
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<(), TrainError> {
         let out = self.collective(Payload::Sum(buf.to_vec()))?;
         let Payload::Sum(v) = &*out else {
+            unreachable!("checked in reduce")
+        };
+        buf.copy_from_slice(v);
+        Ok(())
+    }
+
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<(), TrainError> {
+        let out = self.collective(Payload::SumF64(buf.to_vec()))?;
+        let Payload::SumF64(v) = &*out else {
             unreachable!("checked in reduce")
         };
         buf.copy_from_slice(v);

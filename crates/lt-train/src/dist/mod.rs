@@ -96,16 +96,26 @@ pub trait Communicator: Send + Sync + std::fmt::Debug {
     /// rank receives bit-identical values.
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<(), TrainError>;
 
+    /// [`all_reduce_sum`](Self::all_reduce_sum) in f64 (SyncBN statistics,
+    /// loss sums and counts).
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<(), TrainError>;
+
     /// Replaces `buf` on every rank by rank 0's `buf` (lengths may differ).
     fn broadcast_bytes(&self, buf: &mut Vec<u8>) -> Result<(), TrainError>;
 
     /// Returns once every rank has called it.
     fn barrier(&self) -> Result<(), TrainError>;
 
-    /// [`all_reduce_sum`](Self::all_reduce_sum) of a tensor (any shape, any
-    /// float dtype; computed in f32). The default goes through host memory;
-    /// a device backend overrides it to reduce in place on the device.
+    /// [`all_reduce_sum`](Self::all_reduce_sum) of a tensor (any shape;
+    /// summed in f64 for f64 tensors, in f32 otherwise). The default goes
+    /// through host memory; a device backend overrides it to reduce on the
+    /// device.
     fn all_reduce_tensor(&self, t: &Tensor) -> Result<Tensor, TrainError> {
+        if t.dtype() == DType::F64 {
+            let mut host = t.detach().flatten_all()?.to_vec1::<f64>()?;
+            self.all_reduce_sum_f64(&mut host)?;
+            return Ok(Tensor::from_vec(host, t.shape(), t.device())?);
+        }
         let mut host = t
             .detach()
             .to_dtype(DType::F32)?
@@ -128,6 +138,9 @@ impl Communicator for SingleProcess {
         1
     }
     fn all_reduce_sum(&self, _buf: &mut [f32]) -> Result<(), TrainError> {
+        Ok(())
+    }
+    fn all_reduce_sum_f64(&self, _buf: &mut [f64]) -> Result<(), TrainError> {
         Ok(())
     }
     fn broadcast_bytes(&self, _buf: &mut Vec<u8>) -> Result<(), TrainError> {
@@ -367,12 +380,18 @@ impl Dist {
         Ok(out)
     }
 
-    /// Installs SyncBN on the calling thread when `sync_bn` is on and there is
-    /// more than one rank: until the guard is dropped, every batch norm in
-    /// training mode normalises with statistics of the global batch. `None`
-    /// leaves BN per rank.
+    /// Installs SyncBN on the calling thread when `sync_bn` is on: until the
+    /// guard is dropped, every batch norm in training mode normalises with
+    /// statistics of the global batch. `None` leaves BN per rank.
+    ///
+    /// With one rank too: a `sync_bn` run then computes the same thing (the
+    /// composed BN of `lt_models::sync_bn`) on any number of ranks, so its
+    /// results agree across world sizes to float rounding and it can resume
+    /// on another. The fused per-rank kernels agree with it to about 1e-6 per
+    /// step, but training amplifies any rounding difference (see the crate's
+    /// data-parallel tests), so a mix of the two would not reproduce a run.
     pub fn sync_bn(&self) -> Option<lt_models::sync_bn::SyncBnGuard> {
-        if self.config.sync_bn && self.is_distributed() {
+        if self.config.sync_bn {
             Some(lt_models::sync_bn::install(Arc::new(BnReducer(
                 self.comm.clone(),
             ))))
@@ -386,20 +405,7 @@ impl Dist {
         if !self.is_distributed() {
             return Ok(());
         }
-        // Split each value into an f32 high part and the f32 remainder so the
-        // sum keeps about 48 bits (counts of images stay exact).
-        let mut buf: Vec<f32> = values
-            .iter()
-            .flat_map(|&v| {
-                let hi = v as f32;
-                [hi, (v - hi as f64) as f32]
-            })
-            .collect();
-        self.comm.all_reduce_sum(&mut buf)?;
-        for (v, pair) in values.iter_mut().zip(buf.chunks_exact(2)) {
-            *v = pair[0] as f64 + pair[1] as f64;
-        }
-        Ok(())
+        self.comm.all_reduce_sum_f64(values)
     }
 
     /// The contiguous slice `[start, end)` of `0..n` this rank handles when a

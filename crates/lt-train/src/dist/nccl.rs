@@ -11,7 +11,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
+use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, ValidAsZeroBits};
+use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, NcclType, ReduceOp};
+use candle_core::cuda_backend::CudaDType;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Device, Storage, Tensor};
 
@@ -139,15 +141,27 @@ impl NcclCommunicator {
         })
     }
 
-    /// Sums a contiguous f32 CUDA tensor across ranks into a new tensor.
+    /// Sums a CUDA tensor across ranks into a new tensor: in f64 for f64
+    /// tensors, in f32 otherwise.
     fn all_reduce_device(&self, t: &Tensor) -> Result<Tensor, TrainError> {
+        if t.dtype() == DType::F64 {
+            self.reduce_as::<f64>(t, DType::F64)
+        } else {
+            self.reduce_as::<f32>(t, DType::F32)
+        }
+    }
+
+    fn reduce_as<T>(&self, t: &Tensor, dtype: DType) -> Result<Tensor, TrainError>
+    where
+        T: NcclType + CudaDType + DeviceRepr + ValidAsZeroBits,
+    {
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let what = format!("NCCL all-reduce #{seq} ({} values)", t.elem_count());
-        let src = t.detach().to_dtype(DType::F32)?.contiguous()?;
+        let src = t.detach().to_dtype(dtype)?.contiguous()?;
         let n = src.elem_count();
         let stream = self.device.cuda_stream();
         let mut out = stream
-            .alloc_zeros::<f32>(n)
+            .alloc_zeros::<T>(n)
             .map_err(|e| dist_err(format!("{what}: allocating: {e:?}")))?;
         {
             let (storage, layout) = src.storage_and_layout();
@@ -157,7 +171,7 @@ impl NcclCommunicator {
             let (start, end) = layout
                 .contiguous_offsets()
                 .ok_or_else(|| dist_err(format!("{what}: not contiguous")))?;
-            let slice = cs.as_cuda_slice::<f32>()?;
+            let slice = cs.as_cuda_slice::<T>()?;
             let view = slice.slice(start..end);
             let comm = self.comm.lock().unwrap_or_else(|e| e.into_inner());
             comm.0
@@ -190,6 +204,13 @@ impl Communicator for NcclCommunicator {
         Ok(())
     }
 
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<(), TrainError> {
+        let t = Tensor::from_slice(buf, buf.len(), &Device::Cuda(self.device.clone()))?;
+        let v = self.all_reduce_device(&t)?.to_vec1::<f64>()?;
+        buf.copy_from_slice(&v);
+        Ok(())
+    }
+
     fn broadcast_bytes(&self, buf: &mut Vec<u8>) -> Result<(), TrainError> {
         self.tcp.broadcast_bytes(buf)
     }
@@ -202,13 +223,8 @@ impl Communicator for NcclCommunicator {
         if t.device().is_cuda() {
             self.all_reduce_device(t)
         } else {
-            let mut host = t
-                .detach()
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            self.tcp.all_reduce_sum(&mut host)?;
-            Ok(Tensor::from_vec(host, t.shape(), t.device())?.to_dtype(t.dtype())?)
+            // Host tensors (none in a CUDA run) go over the TCP group.
+            self.tcp.all_reduce_tensor(t)
         }
     }
 }

@@ -27,12 +27,14 @@ const VERSION: u32 = 1;
 const OP_SUM: u8 = 1;
 const OP_BROADCAST: u8 = 2;
 const OP_BARRIER: u8 = 3;
+const OP_SUM_F64: u8 = 4;
 
 fn op_name(op: u8) -> &'static str {
     match op {
         OP_SUM => "all_reduce_sum",
         OP_BROADCAST => "broadcast",
         OP_BARRIER => "barrier",
+        OP_SUM_F64 => "all_reduce_sum_f64",
         _ => "unknown",
     }
 }
@@ -328,11 +330,12 @@ impl TcpCommunicator {
                     op_name(op),
                     op_name(rop)
                 ))
-            } else if op == OP_SUM && data.len() != acc.len() {
+            } else if (op == OP_SUM || op == OP_SUM_F64) && data.len() != acc.len() {
+                let size = if op == OP_SUM { 4 } else { 8 };
                 Some(format!(
                     "rank 0 reduces {} values but rank {r} reduces {}",
-                    acc.len() / 4,
-                    data.len() / 4
+                    acc.len() / size,
+                    data.len() / size
                 ))
             } else {
                 None
@@ -345,6 +348,12 @@ impl TcpCommunicator {
                 for (a, b) in acc.chunks_exact_mut(4).zip(data.chunks_exact(4)) {
                     let v = f32::from_le_bytes(a.try_into().expect("4 bytes"))
                         + f32::from_le_bytes(b.try_into().expect("4 bytes"));
+                    a.copy_from_slice(&v.to_le_bytes());
+                }
+            } else if op == OP_SUM_F64 {
+                for (a, b) in acc.chunks_exact_mut(8).zip(data.chunks_exact(8)) {
+                    let v = f64::from_le_bytes(a.try_into().expect("8 bytes"))
+                        + f64::from_le_bytes(b.try_into().expect("8 bytes"));
                     a.copy_from_slice(&v.to_le_bytes());
                 }
             }
@@ -401,6 +410,18 @@ impl Communicator for TcpCommunicator {
         let out = self.exchange(OP_SUM, bytes)?;
         for (v, b) in buf.iter_mut().zip(out.chunks_exact(4)) {
             *v = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+        }
+        Ok(())
+    }
+
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<(), TrainError> {
+        if self.world == 1 {
+            return Ok(());
+        }
+        let bytes: Vec<u8> = buf.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let out = self.exchange(OP_SUM_F64, bytes)?;
+        for (v, b) in buf.iter_mut().zip(out.chunks_exact(8)) {
+            *v = f64::from_le_bytes(b.try_into().expect("8 bytes"));
         }
         Ok(())
     }
