@@ -11,8 +11,17 @@
 //! lt-cli report    <results dir>
 //! ```
 //!
+//! `train`, `retrain` and `run` take `--nproc-per-node N` for data-parallel
+//! training with N processes on this machine (GPUs `cuda:0..N` when the
+//! config's device is CUDA, TCP between CPU processes otherwise). Several
+//! machines: set `NNODES`, `NODE_RANK`, `MASTER_ADDR` and `MASTER_PORT` and
+//! run the same command on each, or start each rank with `RANK`,
+//! `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR` and `MASTER_PORT` set.
+//!
 //! Only argument parsing and composition live here; everything else is in
 //! `lt-train` and the crates below it.
+
+mod launch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,6 +96,11 @@ struct StartArgs {
     /// Stop once this many epochs are complete (continue later with --resume).
     #[arg(long, value_name = "N")]
     stop_after_epoch: Option<usize>,
+    /// Data-parallel training with N processes on this machine (one per GPU
+    /// on CUDA); the batch size stays global and must be a multiple of the
+    /// number of ranks.
+    #[arg(long, value_name = "N")]
+    nproc_per_node: Option<usize>,
 }
 
 impl StartArgs {
@@ -229,9 +243,36 @@ fn main() -> ExitCode {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    let dist_env = match lt_train::dist::DistEnv::from_env() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rank = dist_env.as_ref().map_or(0, |e| e.rank);
+    // Ranks other than 0 only report warnings and errors, and draw no bars.
+    init_logging(if rank == 0 { &cli.log } else { "warn" });
+    if rank != 0 {
+        lt_train::progress::set_hidden(true);
+    }
+    if let Some(n) = launch_request(&cli.command) {
+        if std::env::var_os(launch::CHILD_ENV).is_none() {
+            return match run_launcher(n) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    }
     let mut out = String::new();
     let result = run(cli.command, &mut out);
+    if rank != 0 {
+        // Rank 0 prints the result; the others would print the same.
+        out.clear();
+    }
     // The output goes out in one write; a closed pipe (`| head`) is not an error.
     let written = {
         use std::io::Write as _;
@@ -269,9 +310,29 @@ fn init_logging(default: &str) {
 
 fn open(args: &ConfigArgs, config_file: &str) -> Result<Experiment> {
     let cfg = ExperimentConfig::load(&args.config, &args.set)?;
-    let exp = Experiment::open(cfg, config_file)
-        .with_context(|| format!("opening experiment {}", args.config.display()))?;
+    let exp = match lt_train::dist::DistEnv::from_env()? {
+        Some(env) if env.world_size > 1 => Experiment::open_distributed(cfg, config_file, &env),
+        _ => Experiment::open(cfg, config_file),
+    }
+    .with_context(|| format!("opening experiment {}", args.config.display()))?;
     Ok(exp)
+}
+
+/// `--nproc-per-node` of a command that trains.
+fn launch_request(command: &Command) -> Option<usize> {
+    match command {
+        Command::Run(a) | Command::Train(a) => a.start.nproc_per_node,
+        Command::Retrain(a) => a.start.nproc_per_node,
+        _ => None,
+    }
+}
+
+/// Re-runs this very command line as one child process per local rank.
+fn run_launcher(nproc_per_node: usize) -> Result<()> {
+    let plan = launch::Plan::new(nproc_per_node, |k| std::env::var(k).ok())?;
+    let program = std::env::current_exe().context("locating the lt-cli executable")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    launch::launch(&program, &args, &plan)
 }
 
 fn run(command: Command, out: &mut String) -> Result<()> {
