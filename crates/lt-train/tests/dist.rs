@@ -259,6 +259,9 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// Output, input gradient, γ and β gradients, running mean and variance.
+type BnOutcome = (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor);
+
 /// A trained-looking scale and shift (not the initial 1 and 0).
 fn set_affine(bn: &BatchNorm2d) {
     let dev = Device::Cpu;
@@ -327,10 +330,10 @@ fn sync_bn_equals_one_bn_over_the_concatenated_batch() {
             bn.running_var().as_tensor().clone(),
         )
     });
-    let cat = |f: fn(&(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)) -> Tensor| {
+    let cat = |f: fn(&BnOutcome) -> Tensor| {
         Tensor::cat(&per_rank.iter().map(f).collect::<Vec<_>>(), 0).unwrap()
     };
-    let sum = |f: fn(&(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)) -> Tensor| {
+    let sum = |f: fn(&BnOutcome) -> Tensor| {
         per_rank
             .iter()
             .map(f)
@@ -392,9 +395,9 @@ fn sgd() -> SgdConfig {
 type Outcome = (BTreeMap<String, Tensor>, BTreeMap<String, Tensor>);
 
 /// `STEPS` SGD steps of ResNet-8 + linear head. `slices`: for each optimiser
-/// step, the row ranges whose gradients are averaged (one range = one big
-/// batch; W ranges = W per-rank batches simulated one after the other).
-fn sequential(slices: &[std::ops::Range<usize>]) -> Outcome {
+/// step, the row slices (start, length) whose gradients are averaged (one
+/// slice = one big batch; W slices = W per-rank batches one after the other).
+fn sequential(slices: &[(usize, usize)]) -> Outcome {
     let net = Network::new(Arch::ResNet8, CLASSES, 11, &Device::Cpu).unwrap();
     let params = net.trainable(None).unwrap();
     let mut opt = SgdMomentum::new(params.clone(), sgd()).unwrap();
@@ -404,11 +407,10 @@ fn sequential(slices: &[std::ops::Range<usize>]) -> Outcome {
         let mut avg: BTreeMap<String, Tensor> = BTreeMap::new();
         for s in slices {
             let logits = net
-                .logits(&x.narrow(0, s.start, s.len()).unwrap(), BnMode::Train)
+                .logits(&x.narrow(0, s.0, s.1).unwrap(), BnMode::Train)
                 .unwrap();
             let loss =
-                candle_nn::loss::cross_entropy(&logits, &y.narrow(0, s.start, s.len()).unwrap())
-                    .unwrap();
+                candle_nn::loss::cross_entropy(&logits, &y.narrow(0, s.0, s.1).unwrap()).unwrap();
             let g = loss.backward().unwrap();
             for (name, v) in &params {
                 let gi = (g.get(v.as_tensor()).unwrap() / slices.len() as f64).unwrap();
@@ -492,7 +494,7 @@ fn worst(a: &BTreeMap<String, Tensor>, b: &BTreeMap<String, Tensor>) -> (f32, St
 
 #[test]
 fn ranks_with_sync_bn_match_one_process_with_the_whole_batch() {
-    let (w1, g1) = sequential(&[0..BATCH]);
+    let (w1, g1) = sequential(&[(0, BATCH)]);
     for world in [2, 4] {
         let ranks = data_parallel(world, true);
         // Every rank holds bit-identical weights.
@@ -514,8 +516,8 @@ fn ranks_with_sync_bn_match_one_process_with_the_whole_batch() {
 
 #[test]
 fn per_rank_bn_is_the_average_of_per_slice_gradients() {
-    let (w1, _) = sequential(&[0..BATCH]);
-    let (w_split, g_split) = sequential(&[0..4, 4..8]);
+    let (w1, _) = sequential(&[(0, BATCH)]);
+    let (w_split, g_split) = sequential(&[(0, 4), (4, 4)]);
     let ranks = data_parallel(2, false);
     let (gd, gk) = worst(&ranks[0].1, &g_split);
     assert!(gd < 2e-5, "gradient of {gk} off by {gd}");
