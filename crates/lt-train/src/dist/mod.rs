@@ -31,6 +31,31 @@
 //! candle has no backward hooks, so the all-reduce starts after `backward()`
 //! returns and does not overlap with it (PyTorch DDP overlaps the two).
 //!
+//! # What is and is not identical to one process
+//!
+//! * Sample stream: identical for every world size (lt-samplers' distributed
+//!   mode), so a run can resume on another number of ranks.
+//! * Gradients: the mean over the global batch, as one process, up to the
+//!   order of float sums. BN per rank (the default) normalises each rank's
+//!   slice on its own, a different (and the usual DDP) model; `sync_bn`
+//!   computes global statistics in f64 with the same composed BN on every
+//!   world size, one process included, so results agree across world sizes.
+//! * Augmentation: the loader keys a sample's random crop / flip by its
+//!   position in its rank's part of the epoch, so with random augmentation W
+//!   ranks draw other (equally distributed) augmentations than one process.
+//! * Files: rank 0 alone writes checkpoints (atomically), `metrics.jsonl`,
+//!   results and exported features; all ranks read the checkpoints of
+//!   earlier stages and `--resume`, so on several machines the run directory
+//!   must be on a shared file system.
+//! * Evaluation: each rank extracts features of its share of a split and one
+//!   all-reduce assembles the whole matrix on every rank (memory: N x d
+//!   floats per rank), from which every rank computes the same metrics, NCM
+//!   class means and tau sweep.
+//! * Failures: every collective waits at most `dist.timeout_s`; a peer that
+//!   exits closes its socket and the others stop at once with an error
+//!   naming it. On NCCL a watchdog ends a rank whose collective outlives the
+//!   timeout (NCCL itself would wait forever).
+//!
 //! # Example: two ranks as threads
 //!
 //! ```
