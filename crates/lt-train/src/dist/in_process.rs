@@ -42,6 +42,9 @@ struct State {
     outcomes: HashMap<u64, Outcome>,
     /// Ranks whose handle was dropped.
     departed: Vec<bool>,
+    /// The first failure (a departed peer, a timeout): reported by every
+    /// later wait, so all ranks name the cause, not each other.
+    failed: Option<String>,
 }
 
 #[derive(Debug)]
@@ -75,6 +78,7 @@ impl InProcess {
                 slots: vec![None; world],
                 outcomes: HashMap::new(),
                 departed: vec![false; world],
+                failed: None,
             }),
             cv: Condvar::new(),
         });
@@ -129,24 +133,31 @@ impl InProcess {
                 }
                 return r.map_err(|e| dist_err(format!("rank {}: {kind} #{seq}: {e}", self.rank)));
             }
+            if let Some(cause) = &st.failed {
+                let msg = format!("rank {}: {kind} #{seq}: group failed: {cause}", self.rank);
+                st.slots[self.rank] = None;
+                return Err(dist_err(msg));
+            }
             let missing: Vec<usize> = (0..world)
                 .filter(|&r| !matches!(st.slots[r], Some((q, _)) if q == seq))
                 .collect();
-            if let Some(&gone) = missing.iter().find(|&&r| st.departed[r]) {
-                st.slots[self.rank] = None;
-                return Err(dist_err(format!(
-                    "rank {}: {kind} #{seq}: rank {gone} left the group",
-                    self.rank
-                )));
-            }
             let now = Instant::now();
-            if now >= deadline {
-                st.slots[self.rank] = None;
-                return Err(dist_err(format!(
-                    "rank {}: {kind} #{seq} timed out after {:.1}s waiting for rank(s) {missing:?}",
-                    self.rank,
+            let cause = if let Some(&gone) = missing.iter().find(|&&r| st.departed[r]) {
+                Some(format!("rank {gone} left the group"))
+            } else if now >= deadline {
+                Some(format!(
+                    "timed out after {:.1}s waiting for rank(s) {missing:?}",
                     self.shared.timeout.as_secs_f64()
-                )));
+                ))
+            } else {
+                None
+            };
+            if let Some(cause) = cause {
+                let msg = format!("rank {}: {kind} #{seq}: {cause}", self.rank);
+                st.slots[self.rank] = None;
+                st.failed = Some(format!("{kind} #{seq}: {cause}"));
+                self.shared.cv.notify_all();
+                return Err(dist_err(msg));
             }
             st = self
                 .shared

@@ -274,9 +274,13 @@ impl TcpCommunicator {
         };
         result.map_err(|m| {
             let msg = format!("{what}: {m}");
-            // Closing every socket makes the other ranks fail at once instead
-            // of waiting for their own timeout.
-            for s in &links.streams {
+            // Rank 0 tells the others why (best effort), and closing every
+            // socket makes them fail at once instead of waiting for their own
+            // timeout.
+            for s in links.streams.iter_mut() {
+                if self.rank == 0 {
+                    let _ = write_msg(s, 0, seq, msg.as_bytes());
+                }
                 let _ = s.shutdown(Shutdown::Both);
             }
             links.failed = Some(msg.clone());
