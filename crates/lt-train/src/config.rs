@@ -41,7 +41,7 @@ use lt_data::loader::OnUnreadable;
 use lt_data::stats::GroupRule;
 use lt_data::transform::{Normalization, Preset};
 use lt_heads::{CrtInit, NcmConfig, TauBias};
-use lt_models::Arch;
+use lt_models::{Arch, Precision};
 use lt_samplers::{EpochLength, Strategy};
 use serde::{Deserialize, Serialize};
 
@@ -175,6 +175,18 @@ pub struct ModelConfig {
     /// `["layer4.", "fc."]` for Places-LT); default: everything.
     #[serde(default)]
     pub trainable_prefixes: Option<Vec<String>>,
+    /// Forward-pass dtype: `"f32"` (default) or `"bf16"` mixed precision
+    /// (f32 weights, BN statistics, features and loss; bf16 activations and
+    /// convolutions; see `lt_models::precision`). For GPUs; on the CPU bf16
+    /// is emulated and slower.
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub precision: Precision,
+}
+
+// Left out of the saved config when f32, so that configs written before the
+// key existed keep their hash.
+fn is_f32(p: &Precision) -> bool {
+    *p == Precision::F32
 }
 
 /// Which checkpoint of a training run is used afterwards.
@@ -859,6 +871,31 @@ lr = 0.1
             c.stage_hash("stage1").unwrap()
         );
         assert_ne!(d.stage_hash("crt").unwrap(), c.stage_hash("crt").unwrap());
+    }
+
+    #[test]
+    fn precision_is_a_model_key_that_enters_the_hash_only_when_set() {
+        let c = ExperimentConfig::from_toml_str(MINIMAL, "m.toml").unwrap();
+        assert_eq!(c.model.precision, Precision::F32);
+        assert!(!c.to_toml().unwrap().contains("precision"));
+        let text = MINIMAL.replace(
+            "arch = \"resnet8\"",
+            "arch = \"resnet8\"\nprecision = \"bf16\"",
+        );
+        let b = ExperimentConfig::from_toml_str(&text, "m.toml").unwrap();
+        assert_eq!(b.model.precision, Precision::Bf16);
+        assert_ne!(
+            b.stage_hash("stage1").unwrap(),
+            c.stage_hash("stage1").unwrap()
+        );
+        let text = MINIMAL.replace(
+            "arch = \"resnet8\"",
+            "arch = \"resnet8\"\nprecision = \"fp16\"",
+        );
+        let e = ExperimentConfig::from_toml_str(&text, "m.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.precision"), "{e}");
     }
 
     #[test]

@@ -171,11 +171,48 @@ pub fn evaluate_head(
     train_stats: &ClassStats,
     rule: &GroupRule,
 ) -> Result<(Evaluation, f64), TrainError> {
+    if !features.features.device().is_cpu() {
+        return evaluate_head_on_device(head, features, num_classes, train_stats, rule);
+    }
     let logits = logits_host(head, &features.features, 4096)?;
     let loss = mean_cross_entropy(&logits, num_classes, &features.labels);
     let e = lt_metrics::evaluate(&logits, num_classes, &features.labels, train_stats, rule)
         .map_err(metrics_err)?;
     Ok((e, loss))
+}
+
+/// [`evaluate_head`] for features on a GPU: logits, predictions, label ranks,
+/// confidences and per-sample losses are computed on the device a chunk at a
+/// time (`lt_metrics::device`), so only `N x 4` numbers reach the host, never
+/// the `N x C` logits (which matters for a tau-norm sweep over ImageNet-LT or
+/// iNaturalist). The metrics are those of the host path; the loss and the
+/// confidences are computed in f32 instead of f64.
+pub fn evaluate_head_on_device(
+    head: &dyn Classifier,
+    features: &Features,
+    num_classes: usize,
+    train_stats: &ClassStats,
+    rule: &GroupRule,
+) -> Result<(Evaluation, f64), TrainError> {
+    const CHUNK: usize = 4096;
+    let device = features.features.device().clone();
+    let n = features.features.dim(0)?;
+    let labels = features.labels_tensor(&device)?;
+    let mut scores = Vec::with_capacity(n);
+    let mut nll_sum = 0.0f64;
+    let mut start = 0;
+    while start < n {
+        let len = CHUNK.min(n - start);
+        let logits = head.logits(&features.features.narrow(0, start, len)?)?;
+        let (s, nll) = lt_metrics::device::sample_scores(&logits, &labels.narrow(0, start, len)?)
+            .map_err(metrics_err)?;
+        scores.extend(s);
+        nll_sum += nll.iter().sum::<f64>();
+        start += len;
+    }
+    let e = lt_metrics::evaluate_scores(&scores, num_classes, &features.labels, train_stats, rule)
+        .map_err(metrics_err)?;
+    Ok((e, nll_sum / n as f64))
 }
 
 /// The short per-epoch summary of an evaluation.
@@ -192,6 +229,38 @@ pub fn split_metrics(e: &Evaluation, loss: f64) -> SplitMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The device path (run here on the CPU) gives the host path's metrics.
+    #[test]
+    fn device_evaluation_matches_the_host() {
+        use lt_data::stats::GroupThresholds;
+        let (n, d, c) = (5000, 6, 4);
+        let f: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 7919) % 97) as f32 / 30.0 - 1.5)
+            .collect();
+        let features = Features {
+            features: Tensor::from_vec(f, (n, d), &Device::Cpu).unwrap(),
+            labels: (0..n as u32).map(|i| (i * 5) % c as u32).collect(),
+        };
+        let w: Vec<f32> = (0..c * d)
+            .map(|i| ((i * 31) % 11) as f32 / 5.0 - 1.0)
+            .collect();
+        let w = Tensor::from_vec(w, (c, d), &Device::Cpu).unwrap();
+        let b = Tensor::zeros(c, DType::F32, &Device::Cpu).unwrap();
+        let head = lt_heads::TauNormHead::new(&w, &b, 0.5, lt_heads::TauBias::Drop).unwrap();
+        let stats = ClassStats::from_counts(vec![300, 60, 10, 3]);
+        let rule = GroupRule::TrainCount(GroupThresholds::default());
+        let (want, want_loss) = evaluate_head(&head, &features, c, &stats, &rule).unwrap();
+        let (got, got_loss) = evaluate_head_on_device(&head, &features, c, &stats, &rule).unwrap();
+        assert_eq!(got.top1, want.top1);
+        assert_eq!(got.top5, want.top5);
+        assert_eq!(got.per_class, want.per_class);
+        assert!((got.ece - want.ece).abs() < 1e-6);
+        assert!(
+            (got_loss - want_loss).abs() < 1e-5 * want_loss.abs(),
+            "{got_loss} vs {want_loss}"
+        );
+    }
 
     #[test]
     fn cross_entropy_matches_candle() {

@@ -72,12 +72,13 @@ impl TrainModel for Stage1Model<'_> {
 pub fn train_stage1(exp: &Experiment, options: RunOptions) -> Result<TrainReport, TrainError> {
     let cfg = &exp.config;
     let s1 = &cfg.stage1;
-    let net = Network::new(
+    let mut net = Network::new(
         cfg.model.arch,
         exp.num_classes(),
         cfg.model_seed(),
         &exp.device,
     )?;
+    net.backbone.set_precision(cfg.model.precision);
     if let Some(p) = &cfg.model.pretrained {
         net.load_pretrained(p)?;
     }
@@ -178,12 +179,13 @@ pub fn load_selected(exp: &Experiment) -> Result<(Network, PathBuf, usize), Trai
             meta.config_hash
         );
     }
-    let net = Network::new(
+    let mut net = Network::new(
         exp.config.model.arch,
         exp.num_classes(),
         exp.config.model_seed(),
         &exp.device,
     )?;
+    net.backbone.set_precision(exp.config.model.precision);
     net.load_tensors(&tensors, &path)?;
     tracing::info!(checkpoint = %path.display(), epoch = meta.epoch, "loaded stage-1 network");
     Ok((net, path, meta.epoch))

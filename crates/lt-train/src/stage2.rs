@@ -401,8 +401,9 @@ pub fn load_selected(exp: &Experiment, which: Stage2Head) -> Result<LoadedStage2
         );
     }
     let cfg = &exp.config;
-    let backbone =
+    let mut backbone =
         Backbone::new(cfg.model.arch, &exp.device, cfg.model_seed()).map_err(model_err)?;
+    backbone.set_precision(cfg.model.precision);
     load_backbone(&backbone, &tensors, &path)?;
     let get = |name: &str| {
         tensors.get(name).cloned().ok_or_else(|| {
