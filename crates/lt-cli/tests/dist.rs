@@ -51,10 +51,9 @@ fn make_dataset(root: &Path) {
     }
 }
 
-/// A ResNet-8 config. Training uses the `cifar_eval` preset (no random
-/// augmentation): the loader keys augmentation draws by a sample's position
-/// in its rank's stream, so with random crops and flips W ranks draw other
-/// (equally distributed) augmentations than one process.
+/// A ResNet-8 config, trained with random crops and flips (`cifar_train`):
+/// each rank loads its slice of every global batch at the slice's global
+/// epoch position, so W ranks augment every sample as one process does.
 fn write_config(dir: &Path, data: &Path, epochs: usize, sampler: &str, sync_bn: bool) -> PathBuf {
     let text = format!(
         r#"
@@ -66,7 +65,7 @@ root = {root:?}
 train_list = {train:?}
 val_list = {val:?}
 num_classes = 4
-train_preset = "cifar_eval"
+train_preset = "cifar_train"
 eval_preset = "cifar_eval"
 threads = 1
 cache_decoded = true

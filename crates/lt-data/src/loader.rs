@@ -165,8 +165,40 @@ impl Loader {
     }
 
     /// Starts loading one epoch in the background and returns its batches in
-    /// order. Dropping the iterator early stops the work.
+    /// order. Dropping the iterator early stops the work. Sample `k` of the
+    /// epoch (counting through the batches) gets augmentation stream `k`.
     pub fn epoch(&self, epoch: u64, batches: Vec<Vec<usize>>) -> BatchIter {
+        let positions = batches
+            .iter()
+            .scan(0usize, |next, b| {
+                let first = *next;
+                *next += b.len();
+                Some(first)
+            })
+            .collect();
+        self.epoch_at(epoch, batches, positions)
+    }
+
+    /// [`Loader::epoch`] with the epoch position of each batch's first sample
+    /// given explicitly: a data-parallel rank that loads only its slice of
+    /// every global batch passes the slices' global positions, so that every
+    /// sample is augmented exactly as in a single-process run, whatever the
+    /// number of ranks.
+    ///
+    /// # Panics
+    ///
+    /// When `positions` and `batches` differ in length (a caller bug).
+    pub fn epoch_at(
+        &self,
+        epoch: u64,
+        batches: Vec<Vec<usize>>,
+        positions: Vec<usize>,
+    ) -> BatchIter {
+        assert_eq!(
+            positions.len(),
+            batches.len(),
+            "Loader::epoch_at: one position per batch"
+        );
         let capacity = self.shared.config.prefetch_batches;
         let (tx, rx) = bounded(capacity);
         let shared = self.shared.clone();
@@ -175,11 +207,8 @@ impl Loader {
             .name(format!("lt-data-epoch-{epoch}"))
             .spawn(move || {
                 let skipped_before = shared.skipped.load(Ordering::Relaxed);
-                let mut position = 0usize;
-                for (b, indices) in batches.into_iter().enumerate() {
-                    let n = indices.len();
+                for (b, (indices, position)) in batches.into_iter().zip(positions).enumerate() {
                     let result = shared.load(epoch, b, position, &indices);
-                    position += n;
                     let stop = result.is_err();
                     match result {
                         Ok(None) => continue,
@@ -519,6 +548,34 @@ mod tests {
         .unwrap();
         let one = l.load_batch(3, 5, &[9, 2, 6]).unwrap().unwrap();
         assert_eq!(images(&one), a[1]);
+
+        // Two data-parallel ranks, each loading its half of every global batch
+        // at the halves' global positions, see the single-process images.
+        let global = vec![vec![3, 1, 4, 8], vec![9, 2, 6, 0]];
+        let whole: Vec<Vec<f32>> = collect(&l, 3, global.clone()).iter().map(images).collect();
+        for rank in 0..2 {
+            let halves: Vec<Vec<usize>> = global
+                .iter()
+                .map(|b| b[2 * rank..2 * rank + 2].to_vec())
+                .collect();
+            let positions = vec![2 * rank, 4 + 2 * rank];
+            let got: Vec<Vec<f32>> = l
+                .epoch_at(3, halves, positions)
+                .map(|b| images(&b.unwrap()))
+                .collect();
+            for (g, w) in got.iter().zip(&whole) {
+                let per_image = w.len() / 4;
+                assert_eq!(g[..], w[2 * rank * per_image..(2 * rank + 2) * per_image]);
+            }
+        }
+        // Without the positions (counting from 0 on each rank), rank 1 would
+        // draw other augmentations.
+        let naive: Vec<Vec<f32>> = l
+            .epoch(3, global.iter().map(|b| b[2..].to_vec()).collect())
+            .map(|b| images(&b.unwrap()))
+            .collect();
+        let per_image = whole[0].len() / 4;
+        assert_ne!(naive[0][..], whole[0][2 * per_image..]);
     }
 
     fn jpeg_dataset(dir: &std::path::Path) -> Arc<Dataset> {

@@ -282,7 +282,13 @@ pub(crate) fn run_loop(
         let result: Result<(), TrainError> = match source {
             BatchSource::Images(loader) => {
                 let mut r = Ok(());
-                for (i, batch) in loader.epoch(epoch as u64, batches).enumerate() {
+                // Global epoch positions of this rank's slices, so that the
+                // augmentation of every sample is the single-process one.
+                let global = sampler.config().batch_size;
+                let offset = dist.rank() * sampler.local_batch_size();
+                let positions = (0..batches.len()).map(|i| i * global + offset).collect();
+                let epoch_batches = loader.epoch_at(epoch as u64, batches, positions);
+                for (i, batch) in epoch_batches.enumerate() {
                     let batch = match batch.map_err(data_err) {
                         Ok(b) => b,
                         Err(e) => {

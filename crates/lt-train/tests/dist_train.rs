@@ -36,8 +36,13 @@ sync_bn = {sync_bn}
 timeout_s = 60
 "#
     );
-    // No random augmentation: the loader keys a sample's augmentation by its
-    // position in its rank's stream (see `lt_train::dist`).
+    // No random augmentation here. Ranks load their slices at global epoch
+    // positions, so crops and flips equal one process's (checked image by
+    // image in lt-data's loader tests, and end to end on 2 ranks in lt-cli's
+    // dist tests); but on 4 and 8 ranks this fixture's second epoch with
+    // random crops ends 1.8e-3 (relative) away in one BN-bias momentum
+    // buffer, the same on 4 and 8 ranks, while the first epoch agrees to
+    // 3e-7. Until that is explained, the strict comparison runs without it.
     let text = common::config(data, run, &extra).replace("\"cifar_train\"", "\"cifar_eval\"");
     ExperimentConfig::from_toml_str(&text, "tiny.toml").unwrap()
 }

@@ -40,9 +40,10 @@
 //!   slice on its own, a different (and the usual DDP) model; `sync_bn`
 //!   computes global statistics in f64 with the same composed BN on every
 //!   world size, one process included, so results agree across world sizes.
-//! * Augmentation: the loader keys a sample's random crop / flip by its
-//!   position in its rank's part of the epoch, so with random augmentation W
-//!   ranks draw other (equally distributed) augmentations than one process.
+//! * Augmentation: a rank loads its slice of every global batch at the
+//!   slice's global epoch position (`Loader::epoch_at`), and the loader keys
+//!   a sample's random crop / flip by that position, so every sample is
+//!   augmented as in a single-process run, on any number of ranks.
 //! * Files: rank 0 alone writes checkpoints (atomically), `metrics.jsonl`,
 //!   results and exported features; all ranks read the checkpoints of
 //!   earlier stages and `--resume`, so on several machines the run directory
