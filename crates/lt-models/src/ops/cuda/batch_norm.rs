@@ -12,13 +12,12 @@
 //! residual's gradient) are handed out through [`Emit`], a no-input op that
 //! returns a stored device buffer as a tensor.
 
-use super::{device_of, Wrap};
+use super::{compiled_ptx, device_of, view, Wrap};
 use crate::ops::batch_norm::Epilogue;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
-use candle_core::cuda_backend::cudarc::nvrtc;
 use candle_core::cuda_backend::CudaDType;
 use candle_core::{
     bail, CpuStorage, CudaStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor,
@@ -163,13 +162,7 @@ INSTANTIATE(bf16, unsigned short)
 
 fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    PTX.get_or_init(|| {
-        nvrtc::compile_ptx(SOURCE)
-            .map(|p| p.to_src())
-            .map_err(|e| format!("compiling the batch-norm kernels: {e}"))
-    })
-    .as_deref()
-    .map_err(|e| candle_core::Error::Msg(e.clone()))
+    compiled_ptx(&PTX, SOURCE, "batch-norm")
 }
 
 fn suffix(dtype: DType) -> Result<&'static str> {
@@ -192,14 +185,6 @@ fn dims(l: &Layout) -> Result<(u32, u32, u32, u64)> {
         bail!("batch_norm (cuda): unsupported shape {:?}", l.dims());
     }
     Ok((n as u32, c as u32, (h * w) as u32, total as u64))
-}
-
-fn view<'a, T: CudaDType + DeviceRepr>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
-    if !l.is_contiguous() {
-        bail!("batch_norm (cuda): operands must be contiguous");
-    }
-    let slice: &CudaSlice<T> = s.as_cuda_slice::<T>()?;
-    Ok(slice.slice(l.start_offset()..l.start_offset() + l.shape().elem_count()))
 }
 
 fn grid(total: u64) -> LaunchConfig {
@@ -286,7 +271,7 @@ impl BnTrain {
         c: usize,
     ) -> Result<BnParams<'a>> {
         if self.epilogue == Epilogue::AddRelu {
-            let wb = view::<f32>(s3, l3)?;
+            let wb = view::<f32>(s3, l3, "batch_norm (cuda) operand")?;
             if wb.len() != 2 * c {
                 bail!(
                     "batch_norm (cuda): weight/bias of {} values for {c} channels",
@@ -296,7 +281,10 @@ impl BnTrain {
             let (g, b) = (wb.slice(0..c), wb.slice(c..2 * c));
             Ok((Some((s2, l2.clone())), g, b))
         } else {
-            let (g, b) = (view::<f32>(s2, l2)?, view::<f32>(s3, l3)?);
+            let (g, b) = (
+                view::<f32>(s2, l2, "batch_norm (cuda) operand")?,
+                view::<f32>(s3, l3, "batch_norm (cuda) operand")?,
+            );
             if g.len() != c || b.len() != c {
                 bail!(
                     "batch_norm (cuda): weight {:?} and bias {:?} for {c} channels",
@@ -318,7 +306,7 @@ fn run_fwd<T: CudaDType + DeviceRepr>(
     let (n, c, hw, total) = dims(l1)?;
     let sfx = suffix(s1.dtype())?;
     let dev = device_of(s1);
-    let x = view::<T>(s1, l1)?;
+    let x = view::<T>(s1, l1, "batch_norm (cuda) operand")?;
     let (residual, gamma, beta) = op.params(s2, l2, s3, l3, c as usize)?;
     let residual = match residual {
         Some((s, l)) => {
@@ -329,7 +317,7 @@ fn run_fwd<T: CudaDType + DeviceRepr>(
                     l1.dims()
                 );
             }
-            Some(view::<T>(s, &l)?)
+            Some(view::<T>(s, &l, "batch_norm (cuda) operand")?)
         }
         None => None,
     };
@@ -490,7 +478,11 @@ fn run_bwd<T: CudaDType + DeviceRepr>(
     }
     let sfx = suffix(s1.dtype())?;
     let dev = device_of(s1);
-    let (x, y, dy) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?, view::<T>(s3, l3)?);
+    let (x, y, dy) = (
+        view::<T>(s1, l1, "batch_norm (cuda) operand")?,
+        view::<T>(s2, l2, "batch_norm (cuda) operand")?,
+        view::<T>(s3, l3, "batch_norm (cuda) operand")?,
+    );
     let Some(stats) = op.stats.get() else {
         bail!("batch_norm backward (cuda): backward before forward");
     };
@@ -498,7 +490,7 @@ fn run_bwd<T: CudaDType + DeviceRepr>(
     let candle_core::Storage::Cuda(g_storage) = &*g_storage else {
         bail!("batch_norm backward (cuda): weight is not on the GPU");
     };
-    let gamma = view::<f32>(g_storage, g_layout)?;
+    let gamma = view::<f32>(g_storage, g_layout, "batch_norm (cuda) operand")?;
     let relu = i32::from(op.relu);
 
     // SAFETY: the kernels write every element.

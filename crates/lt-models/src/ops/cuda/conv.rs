@@ -13,7 +13,7 @@
 //! (`torch.backends.cudnn.allow_tf32 = True`) does; set `LT_CUDNN_TF32=0`
 //! for strict f32 (used when comparing against the CPU path).
 
-use super::{cudnn_handle, device_of, with_workspace, Wrap};
+use super::{cudnn_handle, device_of, view, with_workspace, Wrap};
 use crate::ops::conv::ConvGeom;
 use crate::ops::Conv2dParams;
 use candle_core::backend::BackendStorage;
@@ -21,13 +21,14 @@ use candle_core::cuda_backend::cudarc::cudnn::{
     safe::{ConvBackwardData, ConvBackwardFilter, ConvForward, Cudnn},
     sys, CudnnDataType,
 };
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
+use candle_core::cuda_backend::cudarc::driver::DeviceRepr;
 use candle_core::cuda_backend::CudaDType;
 use candle_core::{bail, CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use half::{bf16, f16};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::thread::LocalKey;
 
 /// Which of the three convolution passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,14 +38,33 @@ enum Pass {
     BackwardFilter,
 }
 
-/// Algorithm cache key: the pass, the geometry and the dtype.
-type AlgoKey = (Pass, ConvGeom, DType, u32);
+/// Algorithm cache key: the geometry, the dtype and the math mode.
+type AlgoKey = (ConvGeom, DType, u32);
+type AlgoCache<A> = RefCell<HashMap<AlgoKey, A>>;
 
 thread_local! {
     // cuDNN's heuristic query costs tens of microseconds; a training step asks
     // the same few dozen shapes every time. Thread-local because the cuDNN
     // handle (and candle's own) is per thread.
-    static ALGOS: RefCell<HashMap<AlgoKey, i32>> = RefCell::new(HashMap::new());
+    static FWD_ALGOS: AlgoCache<sys::cudnnConvolutionFwdAlgo_t> = RefCell::new(HashMap::new());
+    static BWD_DATA_ALGOS: AlgoCache<sys::cudnnConvolutionBwdDataAlgo_t> =
+        RefCell::new(HashMap::new());
+    static BWD_FILTER_ALGOS: AlgoCache<sys::cudnnConvolutionBwdFilterAlgo_t> =
+        RefCell::new(HashMap::new());
+}
+
+/// The algorithm for `key` from `cache`, or `pick`'s (then cached).
+fn algorithm<A: Copy + 'static>(
+    cache: &'static LocalKey<AlgoCache<A>>,
+    key: AlgoKey,
+    pick: impl FnOnce() -> Result<A>,
+) -> Result<A> {
+    if let Some(a) = cache.with(|m| m.borrow().get(&key).copied()) {
+        return Ok(a);
+    }
+    let a = pick()?;
+    cache.with(|m| m.borrow_mut().insert(key, a));
+    Ok(a)
 }
 
 fn tf32_allowed() -> bool {
@@ -64,19 +84,6 @@ fn math_type(dtype: DType) -> sys::cudnnMathType_t {
 
 fn i32s(v: [usize; 4]) -> [i32; 4] {
     v.map(|d| d as i32)
-}
-
-/// The contiguous view of an operand, from its layout's offset.
-fn view<'a, T: CudaDType + DeviceRepr>(
-    s: &'a CudaStorage,
-    l: &Layout,
-    what: &str,
-) -> Result<CudaView<'a, T>> {
-    if !l.is_contiguous() {
-        bail!("cudnn conv2d: {what} must be contiguous");
-    }
-    let slice: &CudaSlice<T> = s.as_cuda_slice::<T>()?;
-    Ok(slice.slice(l.start_offset()..l.start_offset() + l.shape().elem_count()))
 }
 
 /// Runs one pass for element type `T` (f32 accumulation).
@@ -111,15 +118,14 @@ where
     let w_desc = cudnn
         .create_4d_filter::<T>(nchw, i32s([g.c_out, g.cig(), g.kh, g.kw]))
         .w()?;
-    let key: AlgoKey = (pass, *g, T::DTYPE, math_type(T::DTYPE) as u32);
-    let cached = ALGOS.with(|m| m.borrow().get(&key).copied());
+    let key: AlgoKey = (*g, T::DTYPE, math_type(T::DTYPE) as u32);
     let one = (T::from_f64(1.0), T::from_f64(0.0));
 
     let out = match pass {
         Pass::Forward => {
             let (x, w) = (
-                view::<T>(a.0, a.1, "input")?,
-                view::<T>(b.0, b.1, "weight")?,
+                view::<T>(a.0, a.1, "cudnn conv2d input")?,
+                view::<T>(b.0, b.1, "cudnn conv2d weight")?,
             );
             let op = ConvForward {
                 conv: &conv,
@@ -127,15 +133,7 @@ where
                 w: &w_desc,
                 y: &y_desc,
             };
-            let algo = match cached {
-                // SAFETY: the value came from `algo as i32` below.
-                Some(a) => unsafe { std::mem::transmute::<i32, sys::cudnnConvolutionFwdAlgo_t>(a) },
-                None => {
-                    let a = op.pick_algorithm().w()?;
-                    ALGOS.with(|m| m.borrow_mut().insert(key, a as i32));
-                    a
-                }
-            };
+            let algo = algorithm(&FWD_ALGOS, key, || op.pick_algorithm().w())?;
             let bytes = op.get_workspace_size(algo).w()?;
             // SAFETY: cuDNN writes every output element (beta = 0).
             let mut y = unsafe { dev.alloc::<T>(g.n * g.c_out * g.oh * g.ow)? };
@@ -147,24 +145,17 @@ where
         }
         Pass::BackwardData => {
             // a = dy, b = w.
-            let (dy, w) = (view::<T>(a.0, a.1, "grad")?, view::<T>(b.0, b.1, "weight")?);
+            let (dy, w) = (
+                view::<T>(a.0, a.1, "cudnn conv2d gradient")?,
+                view::<T>(b.0, b.1, "cudnn conv2d weight")?,
+            );
             let op = ConvBackwardData {
                 conv: &conv,
                 dx: &x_desc,
                 w: &w_desc,
                 dy: &y_desc,
             };
-            let algo = match cached {
-                // SAFETY: the value came from `algo as i32` below.
-                Some(a) => unsafe {
-                    std::mem::transmute::<i32, sys::cudnnConvolutionBwdDataAlgo_t>(a)
-                },
-                None => {
-                    let a = op.pick_algorithm().w()?;
-                    ALGOS.with(|m| m.borrow_mut().insert(key, a as i32));
-                    a
-                }
-            };
+            let algo = algorithm(&BWD_DATA_ALGOS, key, || op.pick_algorithm().w())?;
             let bytes = op.get_workspace_size(algo).w()?;
             // SAFETY: cuDNN writes every element of dx (beta = 0).
             let mut dx = unsafe { dev.alloc::<T>(g.n * g.c_in * g.h * g.w)? };
@@ -176,24 +167,17 @@ where
         }
         Pass::BackwardFilter => {
             // a = x, b = dy.
-            let (x, dy) = (view::<T>(a.0, a.1, "input")?, view::<T>(b.0, b.1, "grad")?);
+            let (x, dy) = (
+                view::<T>(a.0, a.1, "cudnn conv2d input")?,
+                view::<T>(b.0, b.1, "cudnn conv2d gradient")?,
+            );
             let op = ConvBackwardFilter {
                 conv: &conv,
                 x: &x_desc,
                 dw: &w_desc,
                 dy: &y_desc,
             };
-            let algo = match cached {
-                // SAFETY: the value came from `algo as i32` below.
-                Some(a) => unsafe {
-                    std::mem::transmute::<i32, sys::cudnnConvolutionBwdFilterAlgo_t>(a)
-                },
-                None => {
-                    let a = op.pick_algorithm().w()?;
-                    ALGOS.with(|m| m.borrow_mut().insert(key, a as i32));
-                    a
-                }
-            };
+            let algo = algorithm(&BWD_FILTER_ALGOS, key, || op.pick_algorithm().w())?;
             let bytes = op.get_workspace_size(algo).w()?;
             // SAFETY: cuDNN writes every element of dw (beta = 0).
             let mut dw = unsafe { dev.alloc::<T>(g.c_out * g.cig() * g.kh * g.kw)? };

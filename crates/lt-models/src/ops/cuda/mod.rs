@@ -22,12 +22,13 @@ pub(crate) use batch_norm::batch_norm_train;
 
 use super::Conv2dParams;
 use candle_core::cuda_backend::cudarc::cudnn::safe::Cudnn;
-use candle_core::cuda_backend::cudarc::driver::CudaSlice;
-use candle_core::cuda_backend::{CudaDevice, DeviceId};
-use candle_core::{CudaStorage, DType, Result, Tensor};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
+use candle_core::cuda_backend::cudarc::nvrtc;
+use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
+use candle_core::{bail, CudaStorage, DType, Layout, Result, Tensor};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Maps foreign errors (cuDNN, NVRTC, driver) into candle's.
 trait Wrap<T> {
@@ -52,6 +53,36 @@ thread_local! {
 
 fn device_of(s: &CudaStorage) -> CudaDevice {
     s.device.clone()
+}
+
+/// The elements of a contiguous operand of type `T`, from its layout's
+/// offset; `what` names it in errors (wrong dtype or strided).
+fn view<'a, T: CudaDType + DeviceRepr>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<CudaView<'a, T>> {
+    if !l.is_contiguous() {
+        bail!("{what} must be contiguous");
+    }
+    let slice: &CudaSlice<T> = s.as_cuda_slice::<T>()?;
+    Ok(slice.slice(l.start_offset()..l.start_offset() + l.shape().elem_count()))
+}
+
+/// PTX of `source`, compiled by NVRTC once per process (`cell` keeps it, or
+/// the compile error, which every later call reports again).
+fn compiled_ptx(
+    cell: &'static OnceLock<std::result::Result<String, String>>,
+    source: &str,
+    what: &str,
+) -> Result<&'static str> {
+    cell.get_or_init(|| {
+        nvrtc::compile_ptx(source)
+            .map(|p| p.to_src())
+            .map_err(|e| format!("compiling the {what} kernels: {e}"))
+    })
+    .as_deref()
+    .map_err(|e| candle_core::Error::Msg(e.clone()))
 }
 
 fn cudnn_handle(dev: &CudaDevice) -> Result<Arc<Cudnn>> {

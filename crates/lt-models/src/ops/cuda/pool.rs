@@ -7,12 +7,10 @@
 //! That is a few extra reads of a small tensor, needs no atomics, and so
 //! gives the same bits on every run.
 
-use super::{device_of, Wrap};
-use candle_core::backend::BackendStorage;
+use super::{compiled_ptx, device_of, view, Wrap};
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::cudarc::nvrtc;
 use candle_core::{
-    bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor,
+    bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor,
 };
 use std::sync::OnceLock;
 
@@ -78,13 +76,7 @@ extern "C" __global__ void lt_max_pool_bwd(const float* x, const float* dy, floa
 
 fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    PTX.get_or_init(|| {
-        nvrtc::compile_ptx(SOURCE)
-            .map(|p| p.to_src())
-            .map_err(|e| format!("compiling the max-pool kernels: {e}"))
-    })
-    .as_deref()
-    .map_err(|e| candle_core::Error::Msg(e.clone()))
+    compiled_ptx(&PTX, SOURCE, "max-pool")
 }
 
 /// Geometry, validated as on the CPU path.
@@ -119,17 +111,6 @@ impl MaxPool2d {
     }
 }
 
-fn f32_view<'a>(
-    s: &'a CudaStorage,
-    l: &Layout,
-) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, f32>> {
-    if s.dtype() != DType::F32 || !l.is_contiguous() {
-        bail!("max_pool2d (cuda): expected a contiguous f32 tensor");
-    }
-    let slice = s.as_cuda_slice::<f32>()?;
-    Ok(slice.slice(l.start_offset()..l.start_offset() + l.shape().elem_count()))
-}
-
 impl CustomOp1 for MaxPool2d {
     fn name(&self) -> &'static str {
         "lt-cuda-max-pool2d"
@@ -143,7 +124,7 @@ impl CustomOp1 for MaxPool2d {
         let (n, c, h, oh, ow) = self.out_dims(l.dims())?;
         let w = l.dims()[3];
         let dev = device_of(s);
-        let x = f32_view(s, l)?;
+        let x = view::<f32>(s, l, "max_pool2d (cuda) input")?;
         let total = n * c * oh * ow;
         // SAFETY: the kernel writes every output element.
         let mut y = unsafe { dev.alloc::<f32>(total)? };
@@ -208,7 +189,8 @@ impl CustomOp2 for MaxPool2dBwd {
         }
         let w = xl.dims()[3];
         let dev = device_of(xs);
-        let (x, dy) = (f32_view(xs, xl)?, f32_view(dys, dyl)?);
+        let x = view::<f32>(xs, xl, "max_pool2d (cuda) input")?;
+        let dy = view::<f32>(dys, dyl, "max_pool2d (cuda) gradient")?;
         let total = n * c * h * w;
         // SAFETY: the kernel writes every element of dx.
         let mut dx = unsafe { dev.alloc::<f32>(total)? };
