@@ -349,8 +349,7 @@ fn device_sums(
             x = x.broadcast_sub(&mean)?;
         }
         if feature != NcmFeature::Un {
-            let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(NORM_EPS)?;
-            x = x.broadcast_div(&norm)?;
+            x = l2_normalise(&x)?;
         }
         let idx = Tensor::from_slice(&labels[start..start + len], len, dev)?;
         sums = sums.index_add(&idx, &x, 0)?;
