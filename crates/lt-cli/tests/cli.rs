@@ -6,36 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::write_image;
+
 const TRAIN_COUNTS: [usize; 5] = [60, 30, 15, 8, 4];
 const VAL_PER_CLASS: usize = 4;
 const TEST_PER_CLASS: usize = 6;
-
-/// Writes one 32x32 image: a class colour plus deterministic noise.
-fn write_image(path: &Path, class: usize, index: usize) {
-    let base = [
-        [200u8, 40, 40],
-        [40, 200, 40],
-        [40, 40, 200],
-        [200, 200, 40],
-        [40, 200, 200],
-    ][class];
-    let mut state = (class as u64 + 1) * 1_000_003 + index as u64 * 7919;
-    let img = image::RgbImage::from_fn(32, 32, |x, y| {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let noise = ((state >> 33) % 61) as i32 - 30;
-        let stripe = if (x / 4 + y / 4 + class as u32) & 1 == 0 {
-            25
-        } else {
-            -25
-        };
-        let px = |c: u8| (c as i32 + noise + stripe).clamp(0, 255) as u8;
-        image::Rgb([px(base[0]), px(base[1]), px(base[2])])
-    });
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    img.save(path).unwrap();
-}
 
 /// Generates the images and the three split lists under `root`.
 fn make_dataset(root: &Path) {
