@@ -58,6 +58,7 @@ impl Default for SamplerConfig {
 /// `{ kind = "progressively_balanced", total_epochs = 90 }`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", from = "StrategyRepr")]
+#[non_exhaustive]
 pub enum Strategy {
     /// q = 1: a fresh uniform permutation of the dataset each epoch;
     /// p_j = n_j / N.
@@ -217,6 +218,7 @@ impl fmt::Display for Strategy {
 /// How the class-balanced sampler chooses classes and items.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum CbDraw {
     /// Reference: walk the classes in a cycle reshuffled at every wrap; each
     /// visit takes `per_class` consecutive items from the class's own
@@ -239,6 +241,7 @@ impl fmt::Display for CbDraw {
 
 /// The schedule of l_t in the progressively-balanced sampler (t is 0-based).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum PbLambda {
     /// Reference: l_t = t / (T - 1): the first epoch is instance-balanced,
     /// epoch T - 1 (the last) fully class-balanced. Needs T >= 2.
@@ -265,6 +268,7 @@ impl fmt::Display for PbLambda {
 /// Serialised as `"floor"`, `"ceil"`, `"nominal"` or `{ batches = 100 }`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum EpochLength {
     /// Reference: floor(N / B), the partial batch dropped.
     #[default]

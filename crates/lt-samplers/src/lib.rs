@@ -113,6 +113,8 @@
 //! therefore small (the epoch counter and two integers per cycle) and a
 //! restored sampler draws exactly what an uninterrupted one would.
 
+#![warn(missing_docs)]
+
 mod config;
 mod cycle;
 mod error;
@@ -123,3 +125,8 @@ mod sampler;
 pub use config::{CbDraw, EpochLength, PbLambda, SamplerConfig, Strategy};
 pub use error::SamplerError;
 pub use sampler::{Sampler, SamplerState};
+
+/// The README's code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
