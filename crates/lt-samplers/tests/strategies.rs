@@ -89,6 +89,15 @@ fn progressive_moves_from_instance_to_class_balance() {
     )
     .unwrap();
     let n: usize = counts.iter().sum();
+    // n_c / N counted straight from the labels, independently of the library.
+    let mut label_counts = [0usize; 10];
+    for &label in &labels {
+        label_counts[label as usize] += 1;
+    }
+    let instance_shares: Vec<f64> = label_counts
+        .iter()
+        .map(|&n_c| n_c as f64 / labels.len() as f64)
+        .collect();
     for t in 0..total_epochs {
         let target = sampler.class_probabilities(t);
         let l = t as f64 / (total_epochs - 1) as f64;
@@ -97,8 +106,15 @@ fn progressive_moves_from_instance_to_class_balance() {
             assert!((p - formula).abs() < 1e-12);
         }
         if t == 0 {
-            assert_eq!(target, sampler.class_probabilities(0));
-            assert!((target[0] - 5000.0 / n as f64).abs() < 1e-12);
+            // Epoch 0 is instance-balanced: p_c = n_c / N for every class.
+            assert_eq!(target.len(), instance_shares.len());
+            for (c, (&p, &share)) in target.iter().zip(&instance_shares).enumerate() {
+                assert!(
+                    (p - share).abs() < 1e-12,
+                    "epoch 0, class {c}: p = {p} but n_c / N = {share}"
+                );
+            }
+            assert!((target[0] - 5000.0 / 12_406.0).abs() < 1e-12);
         }
         if t == total_epochs - 1 {
             assert!(target.iter().all(|&p| (p - 0.1).abs() < 1e-12));
@@ -112,7 +128,7 @@ fn progressive_moves_from_instance_to_class_balance() {
             assert!(!fits(&hist, &[0.1; 10]).0);
         }
         if t == total_epochs - 1 {
-            assert!(!fits(&hist, &sampler.class_probabilities(0)).0);
+            assert!(!fits(&hist, &instance_shares).0);
         }
     }
 }
