@@ -4,7 +4,8 @@
 #
 #   1. the machine: driver, GPU, PyTorch, and the CUDA libraries found;
 #   2. the GPU tests (cuDNN conv / max-pool vs the CPU kernels, bf16, ResNet
-#      trajectories; lt-train's device-side NCM / tau-norm / metrics);
+#      trajectories; lt-train's device-side NCM / tau-norm / metrics); a test
+#      that prints "skipped: no usable CUDA device" fails the check here;
 #   3. a short CIFAR-10-LT training run (configs/gpu_check.toml) on the CPU
 #      and on the GPU with strict f32 (LT_CUDNN_TF32=0): same batches, so the
 #      epoch losses must agree to ~1e-2 relative;
@@ -14,14 +15,15 @@
 # step runs even if an earlier one failed; the exit status is the number of
 # failed steps.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-gpu-out}
 B=gpu-bundle
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu-check.log") 2>&1
 failed=0
+failures=()
 step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
-fail() { echo "FAILED: $*"; failed=$((failed + 1)); }
+fail() { echo "FAILED: $*"; failed=$((failed + 1)); failures+=("$*"); }
 
 step "machine"
 nvidia-smi || fail "nvidia-smi"
@@ -57,8 +59,18 @@ if [ -n "$missing" ]; then
 fi
 
 step "GPU tests"
+# A GPU test without a usable device prints "<test>: skipped: ..." and passes
+# (that is what .ci/run relies on against the driver stub). Here a GPU is the
+# point, so a skip fails the step.
 for t in "$B"/run/gpu-*; do
-    "$t" --nocapture --test-threads 1 || fail "$(basename "$t")"
+    name=$(basename "$t")
+    "$t" --nocapture --test-threads 1 2>&1 | tee "$OUT/$name.out" || fail "$name"
+    # With --nocapture the message may follow "test <name> ... " on one line.
+    skipped=$(grep -oE '[A-Za-z0-9_]+: skipped: (no usable CUDA device|built without the .cuda. feature)' \
+        "$OUT/$name.out" | sed 's/: skipped: .*//' | sort -u | tr '\n' ' ')
+    if [ -n "$skipped" ]; then
+        fail "$name skipped GPU tests instead of running them: ${skipped% } (see $OUT/$name.out)"
+    fi
 done
 
 step "training: CPU vs GPU"
@@ -92,4 +104,5 @@ BENCH_BIN="$B/run/resnet_step" PEER_PYTHON="$PY" crates/lt-models/benches/gpu_be
     fail "benchmark"
 
 step "done: $failed failed step(s)"
+for f in "${failures[@]}"; do echo "FAILED: $f"; done
 exit "$failed"
