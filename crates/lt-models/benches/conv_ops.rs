@@ -9,7 +9,7 @@
 //! "ref_fwd_ms", "ref_fwd_bwd_ms", "gflops_fwd_bwd"}` (medians).
 
 use candle_core::{Device, Result, Tensor, Var};
-use lt_models::ops::{self, reference, Conv2dParams};
+use lt_models::ops::{self, reference, Conv2dParams, Epilogue};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -185,18 +185,22 @@ fn main() -> Result<()> {
     cases.push(Case {
         name: "bn-train 128x16x32x32".into(),
         inputs: vec![randn(&[128, 16, 32, 32], 5), bn_w.clone(), bn_b.clone()],
-        ours: Box::new(|t: &[Tensor]| Ok(ops::batch_norm_train(&t[0], &t[1], &t[2], 1e-5)?.0)),
-        refr: Box::new(
-            |t: &[Tensor]| Ok(reference::batch_norm_train(&t[0], &t[1], &t[2], 1e-5)?.0),
-        ),
+        ours: Box::new(|t: &[Tensor]| {
+            Ok(ops::batch_norm_train(&t[0], &t[1], &t[2], 1e-5, Epilogue::None)?.0)
+        }),
+        refr: Box::new(|t: &[Tensor]| {
+            Ok(reference::batch_norm_train(&t[0], &t[1], &t[2], 1e-5, Epilogue::None)?.0)
+        }),
         flops: 0.0,
     });
     cases.push(Case {
         name: "bn-relu-train 128x16x32x32".into(),
         inputs: vec![randn(&[128, 16, 32, 32], 5), bn_w.clone(), bn_b.clone()],
-        ours: Box::new(|t: &[Tensor]| Ok(ops::batch_norm_relu_train(&t[0], &t[1], &t[2], 1e-5)?.0)),
+        ours: Box::new(|t: &[Tensor]| {
+            Ok(ops::batch_norm_train(&t[0], &t[1], &t[2], 1e-5, Epilogue::Relu)?.0)
+        }),
         refr: Box::new(|t: &[Tensor]| {
-            Ok(reference::batch_norm_relu_train(&t[0], &t[1], &t[2], 1e-5)?.0)
+            Ok(reference::batch_norm_train(&t[0], &t[1], &t[2], 1e-5, Epilogue::Relu)?.0)
         }),
         flops: 0.0,
     });
@@ -209,10 +213,12 @@ fn main() -> Result<()> {
             bn_b,
         ],
         ours: Box::new(|t: &[Tensor]| {
-            Ok(ops::batch_norm_add_relu_train(&t[0], &t[1], &t[2], &t[3], 1e-5)?.0)
+            let e = Epilogue::AddRelu(&t[1]);
+            Ok(ops::batch_norm_train(&t[0], &t[2], &t[3], 1e-5, e)?.0)
         }),
         refr: Box::new(|t: &[Tensor]| {
-            Ok(reference::batch_norm_add_relu_train(&t[0], &t[1], &t[2], &t[3], 1e-5)?.0)
+            let e = Epilogue::AddRelu(&t[1]);
+            Ok(reference::batch_norm_train(&t[0], &t[2], &t[3], 1e-5, e)?.0)
         }),
         flops: 0.0,
     });

@@ -30,7 +30,7 @@
 
 use crate::error::{ModelError, Result};
 use crate::init::Conv;
-use crate::ops;
+use crate::ops::{self, Epilogue};
 use candle_core::{DType, Device, Tensor, Var};
 
 /// Numerical-stability term added to the variance (PyTorch's default).
@@ -63,14 +63,6 @@ impl From<bool> for BnMode {
             BnMode::Eval
         }
     }
-}
-
-/// What follows the normalisation in one fused pass.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Epilogue<'a> {
-    None,
-    Relu,
-    AddRelu(&'a Tensor),
 }
 
 /// A 2-D batch-normalisation layer over `(N, C, H, W)` inputs.
@@ -199,13 +191,7 @@ impl BatchNorm2d {
             self.weight.as_tensor(),
             self.bias.as_tensor(),
         );
-        let (y, mean, var) = match epilogue {
-            Epilogue::None => ops::conv2d_batch_norm_train(x, cw, p, w, b, BN_EPS)?,
-            Epilogue::Relu => ops::conv2d_batch_norm_relu_train(x, cw, p, w, b, BN_EPS)?,
-            Epilogue::AddRelu(r) => {
-                ops::conv2d_batch_norm_add_relu_train(x, cw, p, r, w, b, BN_EPS)?
-            }
-        };
+        let (y, mean, var) = ops::conv2d_batch_norm_train(x, cw, p, w, b, BN_EPS, epilogue)?;
         self.update_running_stats(&mean, &var, count)?;
         Ok(y)
     }
@@ -218,13 +204,7 @@ impl BatchNorm2d {
                 // forward pass, so backward must not compute gradients for them.
                 let rm = self.running_mean.as_tensor().detach();
                 let rv = self.running_var.as_tensor().detach();
-                Ok(match epilogue {
-                    Epilogue::None => ops::batch_norm_eval(x, w, b, &rm, &rv, BN_EPS)?,
-                    Epilogue::Relu => ops::batch_norm_relu_eval(x, w, b, &rm, &rv, BN_EPS)?,
-                    Epilogue::AddRelu(r) => {
-                        ops::batch_norm_add_relu_eval(x, r, w, b, &rm, &rv, BN_EPS)?
-                    }
-                })
+                Ok(ops::batch_norm_eval(x, w, b, &rm, &rv, BN_EPS, epilogue)?)
             }
             BnMode::Train => {
                 let (n, _c, h, w_) = x.dims4()?;
@@ -238,11 +218,7 @@ impl BatchNorm2d {
                 if let Some(reducer) = crate::sync_bn::active() {
                     return self.forward_sync(x, epilogue, &reducer);
                 }
-                let (y, mean, var) = match epilogue {
-                    Epilogue::None => ops::batch_norm_train(x, w, b, BN_EPS)?,
-                    Epilogue::Relu => ops::batch_norm_relu_train(x, w, b, BN_EPS)?,
-                    Epilogue::AddRelu(r) => ops::batch_norm_add_relu_train(x, r, w, b, BN_EPS)?,
-                };
+                let (y, mean, var) = ops::batch_norm_train(x, w, b, BN_EPS, epilogue)?;
                 self.update_running_stats(&mean, &var, count)?;
                 Ok(y)
             }

@@ -1,9 +1,9 @@
 //! The residual block shared by every backbone.
 
-use crate::batch_norm::{BatchNorm2d, BnMode, Epilogue};
+use crate::batch_norm::{BatchNorm2d, BnMode};
 use crate::error::Result;
 use crate::init::{Conv, ParamBuilder};
-use crate::ops::Conv2dParams;
+use crate::ops::{Conv2dParams, Epilogue};
 use candle_core::{DType, Tensor};
 
 /// `relu(body(x) + shortcut(x))`, where `body` is a chain of conv + BN pairs

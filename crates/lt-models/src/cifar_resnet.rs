@@ -12,11 +12,11 @@
 //! `layer{2,3}.0.downsample.1.*`, where `bn*.*` stands for `weight`, `bias`,
 //! `running_mean`, `running_var`.
 
-use crate::batch_norm::{BatchNorm2d, BnMode, Epilogue};
+use crate::batch_norm::{BatchNorm2d, BnMode};
 use crate::block::{check_input, global_avg_pool, Block, ConvSpec};
 use crate::error::{ModelError, Result};
 use crate::init::{Conv, ParamBuilder};
-use crate::ops::Conv2dParams;
+use crate::ops::{Conv2dParams, Epilogue};
 use crate::store::ParamStore;
 use candle_core::{Device, Tensor};
 

@@ -7,11 +7,11 @@
 //! `floor(planes * width_per_group / 64) * groups`. Global average pooling
 //! over any input size ends the network; there is no classifier.
 
-use crate::batch_norm::{BatchNorm2d, BnMode, Epilogue};
+use crate::batch_norm::{BatchNorm2d, BnMode};
 use crate::block::{check_input, global_avg_pool, Block, ConvSpec};
 use crate::error::{ModelError, Result};
 use crate::init::{Conv, ParamBuilder};
-use crate::ops::{self, Conv2dParams};
+use crate::ops::{self, Conv2dParams, Epilogue};
 use crate::store::ParamStore;
 use candle_core::{Device, Tensor};
 

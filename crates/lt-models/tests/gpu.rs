@@ -7,7 +7,7 @@
 //! relative for f32 and ~3e-2 for bf16.
 
 use candle_core::{DType, Device, Tensor, Var};
-use lt_models::ops::{self, Conv2dParams};
+use lt_models::ops::{self, Conv2dParams, Epilogue};
 use lt_models::{Arch, Backbone, BnMode, Precision};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -245,12 +245,12 @@ fn cuda_batch_norm_matches_the_cpu_kernels() {
             let xt = vars[0].as_tensor().to_dtype(dtype).unwrap();
             let rt = vars[1].as_tensor().to_dtype(dtype).unwrap();
             let (g, b) = (vars[2].as_tensor(), vars[3].as_tensor());
-            let (y, mean, var) = match epilogue {
-                0 => ops::batch_norm_train(&xt, g, b, 1e-5),
-                1 => ops::batch_norm_relu_train(&xt, g, b, 1e-5),
-                _ => ops::batch_norm_add_relu_train(&xt, &rt, g, b, 1e-5),
-            }
-            .unwrap();
+            let e = match epilogue {
+                0 => Epilogue::None,
+                1 => Epilogue::Relu,
+                _ => Epilogue::AddRelu(&rt),
+            };
+            let (y, mean, var) = ops::batch_norm_train(&xt, g, b, 1e-5, e).unwrap();
             let w = randn(24, &shape).to_device(dev).unwrap();
             let loss = (y.to_dtype(DType::F32).unwrap() * w)
                 .unwrap()

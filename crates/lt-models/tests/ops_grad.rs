@@ -3,7 +3,7 @@
 //! the reference computed in f64.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use lt_models::ops::{self, reference, Conv2dParams};
+use lt_models::ops::{self, reference, Conv2dParams, Epilogue};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -281,45 +281,46 @@ fn batch_norm_train_matches_reference_and_finite_differences() {
             &format!("batch_norm_train {n}x{c}x{h}x{w}"),
             &[x.clone(), g.clone(), b.clone()],
             24,
-            |t| Ok(ops::batch_norm_train(&t[0], &t[1], &t[2], eps)?.0),
-            |t| Ok(reference::batch_norm_train(&t[0], &t[1], &t[2], eps)?.0),
+            |t| Ok(ops::batch_norm_train(&t[0], &t[1], &t[2], eps, Epilogue::None)?.0),
+            |t| Ok(reference::batch_norm_train(&t[0], &t[1], &t[2], eps, Epilogue::None)?.0),
         );
-        let (_, mean, var) = ops::batch_norm_train(&x, &g, &b, eps).unwrap();
-        let (_, mean_ref, var_ref) = reference::batch_norm_train(&x, &g, &b, eps).unwrap();
+        let (_, mean, var) = ops::batch_norm_train(&x, &g, &b, eps, Epilogue::None).unwrap();
+        let (_, mean_ref, var_ref) =
+            reference::batch_norm_train(&x, &g, &b, eps, Epilogue::None).unwrap();
         assert_close("batch mean", &mean, &mean_ref, 1e-5);
         assert_close("batch variance", &var, &var_ref, 1e-5);
     }
 }
 
 #[test]
-fn batch_norm_relu_train_matches_reference_and_finite_differences() {
+fn batch_norm_train_relu_matches_reference_and_finite_differences() {
     let eps = 1e-5;
     let x = randn(&[3, 4, 5, 3], 21);
     let (g, b) = bn_params(4, 22);
     check_op(
-        "batch_norm_relu_train",
+        "batch_norm_train relu",
         &[x, g, b],
         24,
-        |t| Ok(ops::batch_norm_relu_train(&t[0], &t[1], &t[2], eps)?.0),
-        |t| Ok(reference::batch_norm_relu_train(&t[0], &t[1], &t[2], eps)?.0),
+        |t| Ok(ops::batch_norm_train(&t[0], &t[1], &t[2], eps, Epilogue::Relu)?.0),
+        |t| Ok(reference::batch_norm_train(&t[0], &t[1], &t[2], eps, Epilogue::Relu)?.0),
     );
 }
 
 #[test]
-fn batch_norm_add_relu_train_matches_reference_and_finite_differences() {
+fn batch_norm_train_add_relu_matches_reference_and_finite_differences() {
     let eps = 1e-5;
     let x = randn(&[2, 3, 4, 5], 31);
     let r = randn(&[2, 3, 4, 5], 32);
     let (g, b) = bn_params(3, 33);
     check_op(
-        "batch_norm_add_relu_train",
+        "batch_norm_train add_relu",
         &[x.clone(), r.clone(), g.clone(), b.clone()],
         24,
-        |t| Ok(ops::batch_norm_add_relu_train(&t[0], &t[1], &t[2], &t[3], eps)?.0),
-        |t| Ok(reference::batch_norm_add_relu_train(&t[0], &t[1], &t[2], &t[3], eps)?.0),
+        |t| Ok(ops::batch_norm_train(&t[0], &t[2], &t[3], eps, Epilogue::AddRelu(&t[1]))?.0),
+        |t| Ok(reference::batch_norm_train(&t[0], &t[2], &t[3], eps, Epilogue::AddRelu(&t[1]))?.0),
     );
-    let (_, m, v) = ops::batch_norm_add_relu_train(&x, &r, &g, &b, eps).unwrap();
-    let (_, m_ref, v_ref) = reference::batch_norm_train(&x, &g, &b, eps).unwrap();
+    let (_, m, v) = ops::batch_norm_train(&x, &g, &b, eps, Epilogue::AddRelu(&r)).unwrap();
+    let (_, m_ref, v_ref) = reference::batch_norm_train(&x, &g, &b, eps, Epilogue::None).unwrap();
     assert_close("fused mean", &m, &m_ref, 1e-5);
     assert_close("fused variance", &v, &v_ref, 1e-5);
 }
@@ -340,36 +341,31 @@ fn batch_norm_eval_variants_match_reference() {
             rv.to_dtype(t.dtype()).unwrap(),
         )
     };
-    let refr = |t: &[Tensor]| {
+    let refr = |t: &[Tensor], epilogue: Epilogue<'_>| {
         let (rm, rv) = stats(&t[0]);
-        reference::batch_norm_eval(&t[0], &t[1], &t[2], &rm, &rv, eps)
+        reference::batch_norm_eval(&t[0], &t[1], &t[2], &rm, &rv, eps, epilogue)
     };
     check_op(
         "batch_norm_eval",
         &[x.clone(), g.clone(), b.clone()],
         24,
-        |t| ops::batch_norm_eval(&t[0], &t[1], &t[2], &rm, &rv, eps),
-        refr,
+        |t| ops::batch_norm_eval(&t[0], &t[1], &t[2], &rm, &rv, eps, Epilogue::None),
+        |t| refr(t, Epilogue::None),
     );
     check_op(
-        "batch_norm_relu_eval",
+        "batch_norm_eval relu",
         &[x.clone(), g.clone(), b.clone()],
         24,
-        |t| ops::batch_norm_relu_eval(&t[0], &t[1], &t[2], &rm, &rv, eps),
-        |t| refr(t)?.relu(),
+        |t| ops::batch_norm_eval(&t[0], &t[1], &t[2], &rm, &rv, eps, Epilogue::Relu),
+        |t| refr(t, Epilogue::Relu),
     );
+    let without_residual = |t: &[Tensor]| [t[0].clone(), t[2].clone(), t[3].clone()];
     check_op(
-        "batch_norm_add_relu_eval",
+        "batch_norm_eval add_relu",
         &[x, r, g, b],
         24,
-        |t| ops::batch_norm_add_relu_eval(&t[0], &t[1], &t[2], &t[3], &rm, &rv, eps),
-        |t| {
-            let (rm, rv) = stats(&t[0]);
-            reference::add_relu(
-                &reference::batch_norm_eval(&t[0], &t[2], &t[3], &rm, &rv, eps)?,
-                &t[1],
-            )
-        },
+        |t| ops::batch_norm_eval(&t[0], &t[2], &t[3], &rm, &rv, eps, Epilogue::AddRelu(&t[1])),
+        |t| refr(&without_residual(t), Epilogue::AddRelu(&t[1])),
     );
 }
 
@@ -430,52 +426,47 @@ fn conv2d_batch_norm_variants_match_reference_and_finite_differences() {
             &what("conv2d_batch_norm_train"),
             &inputs,
             16,
-            |t| Ok(ops::conv2d_batch_norm_train(&t[0], &t[1], p, &t[2], &t[3], eps)?.0),
             |t| {
-                Ok(reference::batch_norm_train(
-                    &reference::conv2d(&t[0], &t[1], p)?,
-                    &t[2],
-                    &t[3],
-                    eps,
-                )?
-                .0)
+                let e = Epilogue::None;
+                Ok(ops::conv2d_batch_norm_train(&t[0], &t[1], p, &t[2], &t[3], eps, e)?.0)
+            },
+            |t| {
+                let e = Epilogue::None;
+                Ok(reference::conv2d_batch_norm_train(&t[0], &t[1], p, &t[2], &t[3], eps, e)?.0)
             },
         );
         check_op(
-            &what("conv2d_batch_norm_relu_train"),
+            &what("conv2d_batch_norm_train relu"),
             &inputs,
             16,
-            |t| Ok(ops::conv2d_batch_norm_relu_train(&t[0], &t[1], p, &t[2], &t[3], eps)?.0),
             |t| {
-                Ok(reference::batch_norm_relu_train(
-                    &reference::conv2d(&t[0], &t[1], p)?,
-                    &t[2],
-                    &t[3],
-                    eps,
-                )?
-                .0)
+                let e = Epilogue::Relu;
+                Ok(ops::conv2d_batch_norm_train(&t[0], &t[1], p, &t[2], &t[3], eps, e)?.0)
+            },
+            |t| {
+                let e = Epilogue::Relu;
+                Ok(reference::conv2d_batch_norm_train(&t[0], &t[1], p, &t[2], &t[3], eps, e)?.0)
             },
         );
         let y_dims = ops::conv2d(&x, &wt, p).unwrap().dims().to_vec();
         let r = randn(&y_dims, 64);
         check_op(
-            &what("conv2d_batch_norm_add_relu_train"),
+            &what("conv2d_batch_norm_train add_relu"),
             &[x.clone(), wt.clone(), r.clone(), g.clone(), b.clone()],
             16,
             |t| {
-                Ok(ops::conv2d_batch_norm_add_relu_train(
-                    &t[0], &t[1], p, &t[2], &t[3], &t[4], eps,
-                )?
-                .0)
+                let e = Epilogue::AddRelu(&t[2]);
+                Ok(ops::conv2d_batch_norm_train(&t[0], &t[1], p, &t[3], &t[4], eps, e)?.0)
             },
             |t| {
-                let z = reference::conv2d(&t[0], &t[1], p)?;
-                Ok(reference::batch_norm_add_relu_train(&z, &t[2], &t[3], &t[4], eps)?.0)
+                let e = Epilogue::AddRelu(&t[2]);
+                Ok(reference::conv2d_batch_norm_train(&t[0], &t[1], p, &t[3], &t[4], eps, e)?.0)
             },
         );
-        let (_, m, v) = ops::conv2d_batch_norm_relu_train(&x, &wt, p, &g, &b, eps).unwrap();
-        let z = reference::conv2d(&x, &wt, p).unwrap();
-        let (_, m_ref, v_ref) = reference::batch_norm_train(&z, &g, &b, eps).unwrap();
+        let (_, m, v) =
+            ops::conv2d_batch_norm_train(&x, &wt, p, &g, &b, eps, Epilogue::Relu).unwrap();
+        let (_, m_ref, v_ref) =
+            reference::conv2d_batch_norm_train(&x, &wt, p, &g, &b, eps, Epilogue::None).unwrap();
         assert_close("fused conv mean", &m, &m_ref, 1e-4);
         assert_close("fused conv variance", &v, &v_ref, 1e-4);
     }
@@ -489,9 +480,8 @@ fn conv2d_batch_norm_skips_the_gradient_of_an_untracked_input() {
     let (g, b) = bn_params(8, 73);
     let (g, b) = (Var::from_tensor(&g).unwrap(), Var::from_tensor(&b).unwrap());
     let p = geom(1, 1, 1);
-    let (y, _, _) =
-        ops::conv2d_batch_norm_relu_train(&x, w.as_tensor(), p, g.as_tensor(), b.as_tensor(), 1e-5)
-            .unwrap();
+    let (w_, g_, b_) = (w.as_tensor(), g.as_tensor(), b.as_tensor());
+    let (y, _, _) = ops::conv2d_batch_norm_train(&x, w_, p, g_, b_, 1e-5, Epilogue::Relu).unwrap();
     let grads = (&y * &randn(y.dims(), 74))
         .unwrap()
         .sum_all()

@@ -3,7 +3,7 @@
 //! small network written with `ops` directly and on the CIFAR ResNet-8.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use lt_models::ops::{self, Conv2dParams};
+use lt_models::ops::{self, Conv2dParams, Epilogue};
 use lt_models::{Arch, Backbone, BnMode};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -56,11 +56,12 @@ impl TinyNet {
             groups,
         };
         // Fused conv + BN for the body, separate ops for the shortcut.
-        let (h, _, _) = ops::conv2d_batch_norm_relu_train(x, v[0], p(1, 1, 1), v[1], v[2], eps)?;
-        let s = ops::conv2d(&h, v[6], p(2, 0, 1))?;
-        let (s, _, _) = ops::batch_norm_train(&s, v[7], v[8], eps)?;
         let (h, _, _) =
-            ops::conv2d_batch_norm_add_relu_train(&h, v[3], p(2, 1, 2), &s, v[4], v[5], eps)?;
+            ops::conv2d_batch_norm_train(x, v[0], p(1, 1, 1), v[1], v[2], eps, Epilogue::Relu)?;
+        let s = ops::conv2d(&h, v[6], p(2, 0, 1))?;
+        let (s, _, _) = ops::batch_norm_train(&s, v[7], v[8], eps, Epilogue::None)?;
+        let add = Epilogue::AddRelu(&s);
+        let (h, _, _) = ops::conv2d_batch_norm_train(&h, v[3], p(2, 1, 2), v[4], v[5], eps, add)?;
         let h = ops::max_pool2d(&h, 3, 2, 1)?;
         let f = h.mean((2, 3))?;
         let logits = f.matmul(&v[9].t()?)?.broadcast_add(v[10])?;

@@ -8,7 +8,7 @@ mod common;
 
 use candle_core::{Device, Tensor, D};
 use common::{randn, tvalues};
-use lt_models::ops::{reference, Conv2dParams};
+use lt_models::ops::{reference, Conv2dParams, Epilogue};
 use lt_models::{
     Backbone, BlockKind, BnMode, CifarResNet, CifarResNetConfig, ParamStore, ResNet, ResNetConfig,
     BN_EPS,
@@ -38,7 +38,7 @@ impl Weights {
         let g = |s: &str| &self.0[&format!("{name}.{s}")];
         match mode {
             BnMode::Train => {
-                reference::batch_norm_train(x, g("weight"), g("bias"), BN_EPS)
+                reference::batch_norm_train(x, g("weight"), g("bias"), BN_EPS, Epilogue::None)
                     .unwrap()
                     .0
             }
@@ -49,6 +49,7 @@ impl Weights {
                 g("running_mean"),
                 g("running_var"),
                 BN_EPS,
+                Epilogue::None,
             )
             .unwrap(),
         }

@@ -9,24 +9,26 @@
 
 use super::cpu::{f32_slice, par_zeroed, par_zeroed2};
 use super::simd;
+use super::Epilogue;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// What follows the per-channel affine map.
+/// An [`Epilogue`] without its residual, as the ops store it (the residual
+/// is one of their operands).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Epilogue {
-    /// `y = bn(x)`.
-    Identity,
-    /// `y = relu(bn(x))`.
+pub(crate) enum EpilogueKind {
+    /// [`Epilogue::None`].
+    None,
+    /// [`Epilogue::Relu`].
     Relu,
-    /// `y = relu(bn(x) + residual)`.
+    /// [`Epilogue::AddRelu`].
     AddRelu,
 }
 
-impl Epilogue {
+impl EpilogueKind {
     pub(crate) fn relu(self) -> bool {
-        !matches!(self, Self::Identity)
+        !matches!(self, Self::None)
     }
 }
 
@@ -208,14 +210,14 @@ pub(crate) fn bn_train_bwd(
 #[derive(Debug)]
 pub(crate) struct BnTrainOp {
     pub eps: f64,
-    pub epilogue: Epilogue,
+    pub epilogue: EpilogueKind,
     /// Filled by the forward pass; read by the caller (statistics) and by
     /// the backward pass.
     pub saved: Arc<OnceLock<BnSaved>>,
 }
 
 impl BnTrainOp {
-    pub fn new(eps: f64, epilogue: Epilogue) -> Self {
+    pub fn new(eps: f64, epilogue: EpilogueKind) -> Self {
         Self {
             eps,
             epilogue,
@@ -242,7 +244,7 @@ impl CustomOp3 for BnTrainOp {
         let dims = nchw(l1, OP)?;
         let c = dims.1;
         let x = f32_slice(s1, l1, OP)?;
-        let (residual, gamma, beta) = if self.epilogue == Epilogue::AddRelu {
+        let (residual, gamma, beta) = if self.epilogue == EpilogueKind::AddRelu {
             let r = f32_slice(s2, l2, OP)?;
             let wb = f32_slice(s3, l3, OP)?;
             if r.len() != x.len() || l2.dims() != l1.dims() {
@@ -293,7 +295,7 @@ impl CustomOp3 for BnTrainOp {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let add = self.epilogue == Epilogue::AddRelu;
+        let add = self.epilogue == EpilogueKind::AddRelu;
         let op = BnBwdOp {
             saved: self.saved.clone(),
             relu: self.epilogue.relu(),
@@ -388,16 +390,15 @@ impl CustomOp3 for BnBwdOp {
 /// Applies batch norm with batch statistics; returns `(y, mean, biased_var)`.
 pub(crate) fn batch_norm_train(
     x: &Tensor,
-    residual: Option<&Tensor>,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
-    epilogue: Epilogue,
+    epilogue: Epilogue<'_>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let op = BnTrainOp::new(eps, epilogue);
+    let op = BnTrainOp::new(eps, epilogue.kind());
     let saved = op.saved.clone();
     let x = x.contiguous()?;
-    let y = match residual {
+    let y = match epilogue.residual() {
         Some(r) => {
             let wb = Tensor::cat(&[weight, bias], 0)?;
             x.apply_op3(&r.contiguous()?, &wb.contiguous()?, op)?

@@ -8,10 +8,10 @@
 //! op for the backward pass, exactly as candle would keep the separate
 //! tensor.
 
-use super::batch_norm::{bn_train_bwd, bn_train_fwd, BnSaved, Epilogue};
+use super::batch_norm::{bn_train_bwd, bn_train_fwd, BnSaved, EpilogueKind};
 use super::conv::{conv_bwd_data, conv_bwd_filter, conv_fwd, ConvGeom};
 use super::cpu::f32_slice;
-use super::Conv2dParams;
+use super::{Conv2dParams, Epilogue};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -33,7 +33,7 @@ struct ConvBnOp {
     params: Conv2dParams,
     w_dims: (usize, usize, usize, usize),
     eps: f64,
-    epilogue: Epilogue,
+    epilogue: EpilogueKind,
     saved: Arc<OnceLock<Saved>>,
 }
 
@@ -65,7 +65,7 @@ impl CustomOp3 for ConvBnOp {
             );
         }
         let (w, gb) = packed.split_at(w_len);
-        let residual = if self.epilogue == Epilogue::AddRelu {
+        let residual = if self.epilogue == EpilogueKind::AddRelu {
             let r = f32_slice(s3, l3, OP)?;
             if l3.dims() != g.out_shape().dims() {
                 bail!(
@@ -109,7 +109,7 @@ impl CustomOp3 for ConvBnOp {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let add = self.epilogue == Epilogue::AddRelu;
+        let add = self.epilogue == EpilogueKind::AddRelu;
         let op = ConvBnBwdOp {
             saved: self.saved.clone(),
             relu: self.epilogue.relu(),
@@ -196,29 +196,27 @@ impl CustomOp3 for ConvBnBwdOp {
     }
 }
 
-/// See [`super::conv2d_batch_norm_train`]; `residual` only with `AddRelu`.
-#[allow(clippy::too_many_arguments)]
+/// See [`super::conv2d_batch_norm_train`].
 pub(crate) fn conv2d_batch_norm_train(
     x: &Tensor,
     w: &Tensor,
     p: Conv2dParams,
-    residual: Option<&Tensor>,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
-    epilogue: Epilogue,
+    epilogue: Epilogue<'_>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let op = ConvBnOp {
         params: p,
         w_dims: w.dims4()?,
         eps,
-        epilogue,
+        epilogue: epilogue.kind(),
         saved: Arc::new(OnceLock::new()),
     };
     let saved = op.saved.clone();
     let packed = Tensor::cat(&[&w.flatten_all()?, weight, bias], 0)?;
     let x = x.contiguous()?;
-    let third = match residual {
+    let third = match epilogue.residual() {
         Some(r) => r.contiguous()?,
         None => x.clone(),
     };

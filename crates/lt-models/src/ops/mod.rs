@@ -15,16 +15,18 @@
 //! | entry point | forward | backward |
 //! |---|---|---|
 //! | [`conv2d`] | direct AVX-512 kernel (stride 1, channels per group a multiple of 8) or im2col + `gemm` | input: the forward kernel on the flipped weights (stride 1) or gemm + col2im; weights: direct kernel or gemm |
-//! | [`batch_norm_train`], [`batch_norm_relu_train`], [`batch_norm_add_relu_train`] | statistics pass, then one normalise (+ residual, + ReLU) pass | two passes (per-channel sums, input gradient) |
-//! | [`conv2d_batch_norm_train`], [`conv2d_batch_norm_relu_train`], [`conv2d_batch_norm_add_relu_train`] | the two above in one op | the two above, the gradient between them kept inside the op |
-//! | [`batch_norm_eval`], [`batch_norm_relu_eval`], [`batch_norm_add_relu_eval`] | one per-channel affine pass | one pass |
+//! | [`batch_norm_train`] | statistics pass, then one normalise (+ residual, + ReLU) pass | two passes (per-channel sums, input gradient) |
+//! | [`conv2d_batch_norm_train`] | the two above in one op | the two above, the gradient between them kept inside the op |
+//! | [`batch_norm_eval`] | one per-channel affine pass (+ ReLU) | one pass |
 //! | [`max_pool2d`] | one pass, keeps the argmax | scatter to the argmax |
 //! | [`add_relu`] | one pass | one pass |
 //!
-//! Use the fused forms wherever the graph allows: `*_relu_*` / `*_add_relu_*`
+//! Every batch-norm entry point takes an [`Epilogue`]: [`Epilogue::None`],
+//! [`Epilogue::Relu`] or [`Epilogue::AddRelu`] with the residual. Use the
+//! fused epilogues wherever the graph allows: `Relu` / `AddRelu`
 //! where a ReLU or a residual connection follows (each saves candle a
 //! full-size elementwise op forward and three or four backward: comparison,
-//! cast, product, accumulation), and `conv2d_batch_norm*` for a convolution
+//! cast, product, accumulation), and [`conv2d_batch_norm_train`] for a convolution
 //! followed by its batch norm. candle's backward accumulates every gradient
 //! that crosses an op boundary into a fresh zeroed tensor (a memset and an
 //! add over the whole activation, on the calling thread while the kernels'
@@ -75,7 +77,7 @@ mod pool;
 pub mod reference;
 mod simd;
 
-use batch_norm::Epilogue;
+use batch_norm::EpilogueKind;
 
 /// Whether every operand can go through the project's CPU kernels (f32 on
 /// the CPU); anything else takes the `reference` path.
@@ -207,68 +209,81 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
         .apply_op1(pool::MaxPool2dOp::new(kernel, stride, padding))
 }
 
-/// Batch normalisation of `x` `(N, C, H, W)` with batch statistics.
+/// What follows the per-channel affine map of a batch norm, fused into the
+/// same pass: the `epilogue` argument of [`batch_norm_train`],
+/// [`batch_norm_eval`] and [`conv2d_batch_norm_train`] (and of their
+/// [`reference`](mod@reference) counterparts).
 ///
-/// Returns `(y, mean, var)` where `mean` and `var` are the per-channel batch mean
-/// and *biased* variance `(C,)`, detached, for the caller's running-statistics
-/// update (which uses the unbiased variance, as PyTorch does).
+/// With the kernels, the ReLU's gradient at exactly zero is zero (PyTorch's
+/// convention); the `reference` path uses candle's `relu`.
+#[derive(Debug, Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// `y = bn(x)`.
+    None,
+    /// `y = relu(bn(x))`: a batch norm followed by a ReLU.
+    Relu,
+    /// `y = relu(bn(x) + residual)`, the end of a ResNet block; the residual
+    /// has the shape of `x` (of the convolution's output for
+    /// [`conv2d_batch_norm_train`]) and receives a gradient.
+    AddRelu(&'a Tensor),
+}
+
+impl<'a> Epilogue<'a> {
+    /// The epilogue without its residual, as the ops store it.
+    pub(crate) fn kind(self) -> EpilogueKind {
+        match self {
+            Self::None => EpilogueKind::None,
+            Self::Relu => EpilogueKind::Relu,
+            Self::AddRelu(_) => EpilogueKind::AddRelu,
+        }
+    }
+
+    /// The residual of [`Epilogue::AddRelu`].
+    pub(crate) fn residual(self) -> Option<&'a Tensor> {
+        match self {
+            Self::AddRelu(r) => Some(r),
+            Self::None | Self::Relu => None,
+        }
+    }
+}
+
+/// [`on_kernels`] over `ts` and the epilogue's residual, if any.
+fn on_kernels_with(ts: &[&Tensor], epilogue: Epilogue<'_>) -> bool {
+    match epilogue.residual() {
+        Some(r) => on_kernels(&[ts, &[r]].concat()),
+        None => on_kernels(ts),
+    }
+}
+
+/// `epilogue(batch_norm(x))` for `x` `(N, C, H, W)` with batch statistics.
+///
+/// Returns `(y, mean, var)` where `mean` and `var` are the per-channel batch
+/// mean and *biased* variance `(C,)`, detached, for the caller's
+/// running-statistics update (which uses the unbiased variance, as PyTorch
+/// does). The epilogue is fused: one op (two passes) each way instead of a
+/// batch norm, an add and a ReLU.
 pub fn batch_norm_train(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
+    epilogue: Epilogue<'_>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     #[cfg(feature = "cuda")]
     if on_cuda_bn(x) {
-        return cuda::batch_norm_train(x, None, weight, bias, eps, Epilogue::Identity);
+        return cuda::batch_norm_train(x, weight, bias, eps, epilogue);
     }
-    if !on_kernels(&[x, weight, bias]) {
-        return reference::batch_norm_train(x, weight, bias, eps);
+    if !on_kernels_with(&[x, weight, bias], epilogue) {
+        return reference::batch_norm_train(x, weight, bias, eps, epilogue);
     }
-    batch_norm::batch_norm_train(x, None, weight, bias, eps, Epilogue::Identity)
+    batch_norm::batch_norm_train(x, weight, bias, eps, epilogue)
 }
 
-/// `relu(batch_norm(x))` with batch statistics, fused: one op (two passes)
-/// each way instead of a batch norm and a ReLU. Returns `(y, mean, var)` as
-/// [`batch_norm_train`] does.
+/// `epilogue(batch_norm(x))` for `x` `(N, C, H, W)` with fixed (running)
+/// statistics: a per-channel affine map.
 ///
-/// The ReLU's gradient at exactly zero is zero (PyTorch's convention).
-pub fn batch_norm_relu_train(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    eps: f64,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    #[cfg(feature = "cuda")]
-    if on_cuda_bn(x) {
-        return cuda::batch_norm_train(x, None, weight, bias, eps, Epilogue::Relu);
-    }
-    if !on_kernels(&[x, weight, bias]) {
-        return reference::batch_norm_relu_train(x, weight, bias, eps);
-    }
-    batch_norm::batch_norm_train(x, None, weight, bias, eps, Epilogue::Relu)
-}
-
-/// `relu(batch_norm(x) + residual)` with batch statistics, fused: the end of
-/// a ResNet block. Returns `(y, mean, var)` as [`batch_norm_train`] does.
-pub fn batch_norm_add_relu_train(
-    x: &Tensor,
-    residual: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    eps: f64,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    #[cfg(feature = "cuda")]
-    if on_cuda_bn(x) {
-        return cuda::batch_norm_train(x, Some(residual), weight, bias, eps, Epilogue::AddRelu);
-    }
-    if !on_kernels(&[x, residual, weight, bias]) {
-        return reference::batch_norm_add_relu_train(x, residual, weight, bias, eps);
-    }
-    batch_norm::batch_norm_train(x, Some(residual), weight, bias, eps, Epilogue::AddRelu)
-}
-
-/// Batch normalisation of `x` `(N, C, H, W)` with fixed (running) statistics.
+/// [`Epilogue::Relu`] is fused into the affine pass; [`Epilogue::AddRelu`]
+/// is the affine pass followed by [`add_relu`].
 pub fn batch_norm_eval(
     x: &Tensor,
     weight: &Tensor,
@@ -276,48 +291,34 @@ pub fn batch_norm_eval(
     running_mean: &Tensor,
     running_var: &Tensor,
     eps: f64,
+    epilogue: Epilogue<'_>,
 ) -> Result<Tensor> {
-    batch_norm_eval_impl(x, weight, bias, running_mean, running_var, eps, false)
-}
-
-/// `relu(batch_norm_eval(x))`, fused.
-pub fn batch_norm_relu_eval(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    running_mean: &Tensor,
-    running_var: &Tensor,
-    eps: f64,
-) -> Result<Tensor> {
-    batch_norm_eval_impl(x, weight, bias, running_mean, running_var, eps, true)
-}
-
-/// `relu(batch_norm_eval(x) + residual)`.
-pub fn batch_norm_add_relu_eval(
-    x: &Tensor,
-    residual: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    running_mean: &Tensor,
-    running_var: &Tensor,
-    eps: f64,
-) -> Result<Tensor> {
-    let y = batch_norm_eval(x, weight, bias, running_mean, running_var, eps)?;
-    add_relu(&y, residual)
-}
-
-fn batch_norm_eval_impl(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    running_mean: &Tensor,
-    running_var: &Tensor,
-    eps: f64,
-    relu: bool,
-) -> Result<Tensor> {
+    let relu = match epilogue {
+        Epilogue::None => false,
+        Epilogue::Relu => true,
+        Epilogue::AddRelu(residual) => {
+            let y = batch_norm_eval(
+                x,
+                weight,
+                bias,
+                running_mean,
+                running_var,
+                eps,
+                Epilogue::None,
+            )?;
+            return add_relu(&y, residual);
+        }
+    };
     if !on_kernels(&[x, weight, bias, running_mean, running_var]) {
-        let y = reference::batch_norm_eval(x, weight, bias, running_mean, running_var, eps)?;
-        return if relu { y.relu() } else { Ok(y) };
+        return reference::batch_norm_eval(
+            x,
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            eps,
+            epilogue,
+        );
     }
     // The per-channel scale and shift are tiny candle ops (so gradients
     // still reach `weight` and `bias`); the full-size pass is one custom op.
@@ -330,10 +331,11 @@ fn batch_norm_eval_impl(
     )
 }
 
-/// `batch_norm_train(conv2d(x, w, p), weight, bias, eps)` as one op:
-/// the gradient between the convolution and the batch norm stays inside the
-/// op (see the module docs). Returns `(y, mean, var)` as
-/// [`batch_norm_train`] does.
+/// `batch_norm_train(conv2d(x, w, p), weight, bias, eps, epilogue)` as one
+/// op: the gradient between the convolution and the batch norm stays inside
+/// the op (see the module docs). Returns `(y, mean, var)` as
+/// [`batch_norm_train`] does; with [`Epilogue::AddRelu`] it is the second
+/// convolution of a ResNet block.
 pub fn conv2d_batch_norm_train(
     x: &Tensor,
     w: &Tensor,
@@ -341,54 +343,12 @@ pub fn conv2d_batch_norm_train(
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
+    epilogue: Epilogue<'_>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    if !on_kernels(&[x, w, weight, bias]) {
-        return batch_norm_train(&conv2d_other(x, w, p)?, weight, bias, eps);
+    if !on_kernels_with(&[x, w, weight, bias], epilogue) {
+        return batch_norm_train(&conv2d_other(x, w, p)?, weight, bias, eps, epilogue);
     }
-    conv_bn::conv2d_batch_norm_train(x, w, p, None, weight, bias, eps, Epilogue::Identity)
-}
-
-/// `relu(batch_norm_train(conv2d(x, w, p), ...))` as one op; see
-/// [`conv2d_batch_norm_train`].
-pub fn conv2d_batch_norm_relu_train(
-    x: &Tensor,
-    w: &Tensor,
-    p: Conv2dParams,
-    weight: &Tensor,
-    bias: &Tensor,
-    eps: f64,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    if !on_kernels(&[x, w, weight, bias]) {
-        return batch_norm_relu_train(&conv2d_other(x, w, p)?, weight, bias, eps);
-    }
-    conv_bn::conv2d_batch_norm_train(x, w, p, None, weight, bias, eps, Epilogue::Relu)
-}
-
-/// `relu(batch_norm_train(conv2d(x, w, p), ...) + residual)` as one op: the
-/// second convolution of a ResNet block; see [`conv2d_batch_norm_train`].
-pub fn conv2d_batch_norm_add_relu_train(
-    x: &Tensor,
-    w: &Tensor,
-    p: Conv2dParams,
-    residual: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    eps: f64,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    if !on_kernels(&[x, w, residual, weight, bias]) {
-        let z = conv2d_other(x, w, p)?;
-        return batch_norm_add_relu_train(&z, residual, weight, bias, eps);
-    }
-    conv_bn::conv2d_batch_norm_train(
-        x,
-        w,
-        p,
-        Some(residual),
-        weight,
-        bias,
-        eps,
-        Epilogue::AddRelu,
-    )
+    conv_bn::conv2d_batch_norm_train(x, w, p, weight, bias, eps, epilogue)
 }
 
 /// `relu(a + b)` in one pass each way (a residual connection's output).

@@ -3,7 +3,7 @@
 //! They are slow on the CPU but exact, run on every device candle supports,
 //! and serve as the oracle for the project's kernels in tests.
 
-use super::Conv2dParams;
+use super::{Conv2dParams, Epilogue};
 use candle_core::{DType, Result, Tensor, D};
 
 /// Convolution through candle's `conv2d` (which loops over groups in backward).
@@ -55,12 +55,25 @@ fn per_channel(t: &Tensor) -> Result<Tensor> {
     t.reshape((1, t.elem_count(), 1, 1))
 }
 
-/// Batch norm with batch statistics, composed from elementwise ops.
+/// `epilogue(y)`, composed: candle's `relu`, and [`add_relu`] for the
+/// residual.
+fn epilogue_of(y: Tensor, epilogue: Epilogue<'_>) -> Result<Tensor> {
+    match epilogue {
+        Epilogue::None => Ok(y),
+        Epilogue::Relu => y.relu(),
+        Epilogue::AddRelu(residual) => add_relu(&y, residual),
+    }
+}
+
+/// `epilogue(batch_norm(x))` with batch statistics, composed from
+/// elementwise ops; returns `(y, mean, biased var)` as
+/// [`super::batch_norm_train`] does.
 pub fn batch_norm_train(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
+    epilogue: Epilogue<'_>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (_n, c, _h, _w) = x.dims4()?;
     // Half-precision inputs are normalised in f32; f64 stays f64 (the
@@ -83,10 +96,11 @@ pub fn batch_norm_train(
         .broadcast_mul(&per_channel(&(inv_std * weight)?)?)?
         .broadcast_add(&per_channel(bias)?)?
         .to_dtype(x.dtype())?;
-    Ok((y, mean.detach(), var.detach()))
+    Ok((epilogue_of(y, epilogue)?, mean.detach(), var.detach()))
 }
 
-/// Batch norm with fixed statistics: an affine map per channel.
+/// `epilogue(batch_norm(x))` with fixed statistics: an affine map per
+/// channel, then the epilogue.
 pub fn batch_norm_eval(
     x: &Tensor,
     weight: &Tensor,
@@ -94,6 +108,7 @@ pub fn batch_norm_eval(
     running_mean: &Tensor,
     running_var: &Tensor,
     eps: f64,
+    epilogue: Epilogue<'_>,
 ) -> Result<Tensor> {
     let scale = (weight / (running_var + eps)?.sqrt()?)?;
     let shift = (bias - (running_mean * &scale)?)?;
@@ -103,32 +118,26 @@ pub fn batch_norm_eval(
     } else {
         x.to_dtype(scale.dtype())?
     };
-    xf.broadcast_mul(&per_channel(&scale)?)?
+    let y = xf
+        .broadcast_mul(&per_channel(&scale)?)?
         .broadcast_add(&per_channel(&shift)?)?
-        .to_dtype(x.dtype())
+        .to_dtype(x.dtype())?;
+    epilogue_of(y, epilogue)
 }
 
-/// `relu(batch_norm(x))`, composed.
-pub fn batch_norm_relu_train(
+/// `epilogue(batch_norm(conv2d(x, w, p)))` with batch statistics, composed;
+/// returns `(y, mean, biased var)` as [`super::conv2d_batch_norm_train`]
+/// does.
+pub fn conv2d_batch_norm_train(
     x: &Tensor,
+    w: &Tensor,
+    p: Conv2dParams,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
+    epilogue: Epilogue<'_>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let (y, mean, var) = batch_norm_train(x, weight, bias, eps)?;
-    Ok((y.relu()?, mean, var))
-}
-
-/// `relu(batch_norm(x) + residual)`, composed.
-pub fn batch_norm_add_relu_train(
-    x: &Tensor,
-    residual: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    eps: f64,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let (y, mean, var) = batch_norm_train(x, weight, bias, eps)?;
-    Ok((add_relu(&y, residual)?, mean, var))
+    batch_norm_train(&conv2d(x, w, p)?, weight, bias, eps, epilogue)
 }
 
 /// `relu(a + b)`, composed (broadcasting like `broadcast_add`).

@@ -13,7 +13,8 @@
 //! returns a stored device buffer as a tensor.
 
 use super::{compiled_ptx, device_of, view, Wrap};
-use crate::ops::batch_norm::Epilogue;
+use crate::ops::batch_norm::EpilogueKind;
+use crate::ops::Epilogue;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -250,11 +251,11 @@ type BnParams<'a> = (
 );
 
 /// Forward: `(x, gamma, beta)`, or `(x, residual, [gamma; beta])` for
-/// [`Epilogue::AddRelu`] (as the CPU op).
+/// [`EpilogueKind::AddRelu`] (as the CPU op).
 #[derive(Debug)]
 struct BnTrain {
     eps: f64,
-    epilogue: Epilogue,
+    epilogue: EpilogueKind,
     /// The statistics `[mean; var; invstd]` (3C, f32), kept for backward.
     stats: Arc<OnceLock<CudaSlice<f32>>>,
     /// `[mean; var]` for the caller's running-statistics update.
@@ -270,7 +271,7 @@ impl BnTrain {
         l3: &Layout,
         c: usize,
     ) -> Result<BnParams<'a>> {
-        if self.epilogue == Epilogue::AddRelu {
+        if self.epilogue == EpilogueKind::AddRelu {
             let wb = view::<f32>(s3, l3, "batch_norm (cuda) operand")?;
             if wb.len() != 2 * c {
                 bail!(
@@ -411,7 +412,7 @@ impl CustomOp3 for BnTrain {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let add = self.epilogue == Epilogue::AddRelu;
+        let add = self.epilogue == EpilogueKind::AddRelu;
         let gamma = if add {
             arg3.narrow(0, 0, arg3.dim(0)? / 2)?
         } else {
@@ -588,22 +589,21 @@ impl CustomOp3 for BnBwd {
 /// returns `(y, mean, biased var)` as the CPU entry points do.
 pub(crate) fn batch_norm_train(
     x: &Tensor,
-    residual: Option<&Tensor>,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
-    epilogue: Epilogue,
+    epilogue: Epilogue<'_>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let op = BnTrain {
         eps,
-        epilogue,
+        epilogue: epilogue.kind(),
         stats: Arc::new(OnceLock::new()),
         out_stats: Slot::default(),
     };
     let out_stats = op.out_stats.clone();
     let x = x.contiguous()?;
     let (weight, bias) = (weight.to_dtype(DType::F32)?, bias.to_dtype(DType::F32)?);
-    let y = match residual {
+    let y = match epilogue.residual() {
         Some(r) => {
             let wb = Tensor::cat(&[&weight, &bias], 0)?;
             let r = r.to_dtype(x.dtype())?.contiguous()?;
