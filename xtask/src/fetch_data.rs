@@ -16,8 +16,8 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use lt_core::stats::{ClassStats, GroupRule};
 use lt_data::fetch::{fetch, FetchDataset, FetchOptions, FetchReport, Progress};
-use lt_data::stats::{ClassStats, GroupRule};
 
 /// Arguments of `fetch-data`.
 #[derive(Debug, clap::Args)]

@@ -23,7 +23,7 @@
 //! same command again. Changing a cell's config after it started is refused
 //! (delete the cell directory to redo it).
 //!
-//! Finally `lt_metrics::report::regenerate` writes tables and plots into
+//! Finally `lt_report::regenerate` writes tables and plots into
 //! `<out_dir>/report/`. The grid format is documented in `grids/README.md`.
 
 use std::collections::BTreeMap;
@@ -35,7 +35,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use lt_metrics::report::{CellInfo, CELL_FILE, RESULTS_FILE};
+use lt_report::{CELL_FILE, RESULTS_FILE};
+use lt_run::CellInfo;
 use serde::Deserialize;
 
 /// Arguments of `sweep`.
@@ -65,8 +66,15 @@ pub struct SweepArgs {
     pub no_report: bool,
 }
 
-/// The heads a grid may ask for, in the report's order.
-pub const HEADS: [&str; 5] = ["joint", "ncm", "crt", "tau_norm", "lws"];
+/// The heads a grid may ask for, in the registry's (and the report's) order.
+fn known_heads() -> Vec<&'static str> {
+    lt_train::heads::names()
+}
+
+/// Whether a head trains in a stage of its own (`lt-cli retrain --head`).
+fn is_trained(head: &str) -> bool {
+    lt_train::heads::find(head).is_some_and(|h| h.training().is_some())
+}
 
 /// A grid file as written.
 #[derive(Debug, Deserialize)]
@@ -172,15 +180,16 @@ impl Grid {
         if g.heads.is_empty() {
             return Err(at("heads", "needs at least one head".into()));
         }
+        let known = known_heads();
         for h in &g.heads {
-            if !HEADS.contains(&h.as_str()) {
+            if !known.contains(&h.as_str()) {
                 return Err(at(
                     "heads",
-                    format!("unknown head `{h}`, expected some of {}", HEADS.join(", ")),
+                    format!("unknown head `{h}`, expected some of {}", known.join(", ")),
                 ));
             }
         }
-        let mut heads: Vec<String> = HEADS
+        let mut heads: Vec<String> = known
             .iter()
             .filter(|h| g.heads.iter().any(|x| x == *h))
             .map(|h| h.to_string())
@@ -420,7 +429,7 @@ impl Cell {
         self.dir.join("config.toml")
     }
 
-    fn marker(&self, step: Step) -> PathBuf {
+    fn marker(&self, step: &Step) -> PathBuf {
         self.dir
             .join(".sweep")
             .join(format!("{}.done", step.name()))
@@ -432,67 +441,62 @@ impl Cell {
 }
 
 /// One `lt-cli` command of a cell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// `lt-cli train`.
     Train,
-    /// `lt-cli retrain --head crt`.
-    RetrainCrt,
-    /// `lt-cli retrain --head lws`.
-    RetrainLws,
+    /// `lt-cli retrain --head <head>` for a trained head (cRT, LWS, ...).
+    Retrain(String),
     /// `lt-cli eval` with the grid's heads.
     Eval,
 }
 
 impl Step {
     /// Name of the marker and log file.
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> String {
         match self {
-            Step::Train => "train",
-            Step::RetrainCrt => "retrain_crt",
-            Step::RetrainLws => "retrain_lws",
-            Step::Eval => "eval",
+            Step::Train => "train".into(),
+            Step::Retrain(h) => format!("retrain_{h}"),
+            Step::Eval => "eval".into(),
         }
     }
 
     /// Checkpoint stage whose existence means "resume" (training steps).
-    fn stage(self) -> Option<&'static str> {
+    fn stage(&self) -> Option<&str> {
         match self {
             Step::Train => Some("stage1"),
-            Step::RetrainCrt => Some("crt"),
-            Step::RetrainLws => Some("lws"),
+            Step::Retrain(h) => Some(h),
             Step::Eval => None,
         }
     }
 
-    /// The steps a grid's heads need, in order.
+    /// The steps a grid's heads need, in order: stage 1, each trained head
+    /// of the grid, evaluation.
     pub fn plan(heads: &[String]) -> Vec<Step> {
         let mut steps = vec![Step::Train];
-        if heads.iter().any(|h| h == "crt") {
-            steps.push(Step::RetrainCrt);
-        }
-        if heads.iter().any(|h| h == "lws") {
-            steps.push(Step::RetrainLws);
-        }
+        steps.extend(
+            heads
+                .iter()
+                .filter(|h| is_trained(h))
+                .map(|h| Step::Retrain(h.clone())),
+        );
         steps.push(Step::Eval);
         steps
     }
 
     /// Arguments of the `lt-cli` command; `resume` adds `--resume`.
-    pub fn args(self, config: &Path, heads: &[String], resume: bool) -> Vec<OsString> {
+    pub fn args(&self, config: &Path, heads: &[String], resume: bool) -> Vec<OsString> {
         let mut a: Vec<OsString> = match self {
             Step::Train => vec!["train".into()],
-            Step::RetrainCrt => vec!["retrain".into(), "--head".into(), "crt".into()],
-            Step::RetrainLws => vec!["retrain".into(), "--head".into(), "lws".into()],
+            Step::Retrain(h) => vec!["retrain".into(), "--head".into(), h.into()],
             Step::Eval => vec!["eval".into()],
         };
         a.push("--config".into());
         a.push(config.into());
-        if self == Step::Eval {
+        if *self == Step::Eval {
             for h in heads {
                 a.push("--head".into());
-                // lt-cli spells its head values in kebab case.
-                a.push(h.replace('_', "-").into());
+                a.push(h.into());
             }
         }
         if resume {
@@ -513,18 +517,9 @@ pub enum CellState {
 
 /// Heads present in a cell's `results.json` (empty if none or unreadable).
 fn evaluated_heads(cell: &Cell) -> Vec<String> {
-    #[derive(Deserialize)]
-    struct Head {
-        head: String,
-    }
-    #[derive(Deserialize)]
-    struct Results {
-        heads: Vec<Head>,
-    }
-    std::fs::read(cell.dir.join(RESULTS_FILE))
+    lt_run::Results::read(&cell.dir.join(RESULTS_FILE))
         .ok()
-        .and_then(|b| serde_json::from_slice::<Results>(&b).ok())
-        .map(|r| r.heads.into_iter().map(|h| h.head).collect())
+        .map(|r| r.heads.into_iter().map(|h| h.head.to_string()).collect())
         .unwrap_or_default()
 }
 
@@ -536,7 +531,7 @@ pub fn cell_state(cell: &Cell, heads: &[String]) -> CellState {
     }
     let pending = Step::plan(heads)
         .into_iter()
-        .filter(|s| *s == Step::Eval || !cell.marker(*s).exists())
+        .filter(|s| *s == Step::Eval || !cell.marker(s).exists())
         .map(|s| {
             let resume = s.stage().is_some_and(|stage| {
                 cell.dir
@@ -551,15 +546,14 @@ pub fn cell_state(cell: &Cell, heads: &[String]) -> CellState {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    lt_data::fsutil::write_atomic(path, bytes)
-        .with_context(|| format!("writing {}", path.display()))
+    Ok(lt_core::fs::write_atomic(path, bytes)?)
 }
 
 /// Refuses a cell whose config differs from the one it started with: its
 /// checkpoints and results belong to the old one.
 fn check_unchanged(grid: &Grid, cell: &Cell, text: &str) -> anyhow::Result<()> {
     if let Ok(old) = std::fs::read_to_string(cell.digest_path()) {
-        if old.trim() != lt_data::fsutil::sha256_hex(text.as_bytes()) {
+        if old.trim() != lt_core::fs::sha256_hex(text.as_bytes()) {
             bail!(
                 "cell {}: its config changed since it started (grid {}); delete {} to redo \
                  the cell, or restore the grid",
@@ -583,7 +577,7 @@ fn prepare(grid: &Grid, cell: &Cell) -> anyhow::Result<PathBuf> {
         &cell.dir.join(CELL_FILE),
         &serde_json::to_vec_pretty(&cell.info)?,
     )?;
-    let digest = lt_data::fsutil::sha256_hex(text.as_bytes());
+    let digest = lt_core::fs::sha256_hex(text.as_bytes());
     write_atomic(&cell.digest_path(), format!("{digest}\n").as_bytes())?;
     Ok(cell.config_path())
 }
@@ -593,7 +587,7 @@ fn prepare(grid: &Grid, cell: &Cell) -> anyhow::Result<PathBuf> {
 fn run_step(
     cli: &Path,
     cell: &Cell,
-    step: Step,
+    step: &Step,
     args: &[OsString],
     lock: &SweepLock,
 ) -> anyhow::Result<()> {
@@ -778,13 +772,14 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
                 continue;
             };
             let config = prepare(&grid, cell)?;
-            for &(step, resume) in steps {
+            for (step, resume) in steps {
+                let resume = *resume;
                 bar.set_message(format!("{} {}", cell.name(), step.name()));
                 let start = Instant::now();
                 bar.suspend(|| {
                     tracing::info!(
                         cell = %cell.name(),
-                        step = step.name(),
+                        step = %step.name(),
                         resume,
                         "starting"
                     )
@@ -796,13 +791,13 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
                     &step.args(&config, &grid.heads, resume),
                     &lock,
                 )?;
-                if step != Step::Eval {
+                if *step != Step::Eval {
                     write_atomic(&cell.marker(step), b"done\n")?;
                 }
                 bar.suspend(|| {
                     tracing::info!(
                         cell = %cell.name(),
-                        step = step.name(),
+                        step = %step.name(),
                         seconds = format!("{:.1}", start.elapsed().as_secs_f64()),
                         "finished"
                     )
@@ -827,7 +822,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
 }
 
 fn write_report(out_dir: &Path) -> anyhow::Result<()> {
-    let r = lt_metrics::report::regenerate(out_dir)
+    let r = lt_report::regenerate(out_dir)
         .with_context(|| format!("report of {}", out_dir.display()))?;
     for w in &r.warnings {
         tracing::warn!("{w}");
@@ -859,9 +854,9 @@ fn dry_run_text(grid: &Grid, cells: &[Cell], states: &[CellState]) -> String {
             CellState::Finished => s.push_str(&format!("{}: finished\n", cell.dir.display())),
             CellState::Pending(steps) => {
                 s.push_str(&format!("{}:\n", cell.dir.display()));
-                for &(step, resume) in steps {
+                for (step, resume) in steps {
                     let args: Vec<String> = step
-                        .args(&cell.config_path(), &grid.heads, resume)
+                        .args(&cell.config_path(), &grid.heads, *resume)
                         .iter()
                         .map(|a| a.to_string_lossy().into_owned())
                         .collect();
@@ -1024,7 +1019,7 @@ stage1.epochs = 10
         let heads: Vec<String> = ["joint", "tau_norm", "lws"].map(String::from).to_vec();
         assert_eq!(
             Step::plan(&heads),
-            [Step::Train, Step::RetrainLws, Step::Eval]
+            [Step::Train, Step::Retrain("lws".into()), Step::Eval]
         );
         let a = Step::Eval.args(Path::new("c/config.toml"), &heads, false);
         let a: Vec<String> = a.iter().map(|s| s.to_string_lossy().into_owned()).collect();
@@ -1037,12 +1032,12 @@ stage1.epochs = 10
                 "--head",
                 "joint",
                 "--head",
-                "tau-norm",
+                "tau_norm",
                 "--head",
                 "lws"
             ]
         );
-        let a = Step::RetrainCrt.args(Path::new("c.toml"), &heads, true);
+        let a = Step::Retrain("crt".into()).args(Path::new("c.toml"), &heads, true);
         let a: Vec<String> = a.iter().map(|s| s.to_string_lossy().into_owned()).collect();
         assert_eq!(
             a,
@@ -1070,7 +1065,7 @@ stage1.epochs = 10
             cell_state(&cell, &heads),
             pending(&[
                 (Step::Train, false),
-                (Step::RetrainCrt, false),
+                (Step::Retrain("crt".into()), false),
                 (Step::Eval, false)
             ])
         );
@@ -1081,27 +1076,63 @@ stage1.epochs = 10
             cell_state(&cell, &heads),
             pending(&[
                 (Step::Train, true),
-                (Step::RetrainCrt, false),
+                (Step::Retrain("crt".into()), false),
                 (Step::Eval, false)
             ])
         );
         std::fs::create_dir_all(cell.dir.join(".sweep")).unwrap();
-        std::fs::write(cell.marker(Step::Train), b"done").unwrap();
+        std::fs::write(cell.marker(&Step::Train), b"done").unwrap();
         assert_eq!(
             cell_state(&cell, &heads),
-            pending(&[(Step::RetrainCrt, false), (Step::Eval, false)])
+            pending(&[(Step::Retrain("crt".into()), false), (Step::Eval, false)])
         );
         // Results without cRT are not finished; with it they are.
-        let results = |heads: &str| {
-            std::fs::write(
-                cell.dir.join(RESULTS_FILE),
-                format!("{{\"heads\": [{heads}]}}"),
-            )
-            .unwrap()
+        let results = |heads: &[&str]| {
+            use lt_core::stats::{ClassStats, GroupRule};
+            let stats = ClassStats::from_counts(vec![5, 1]);
+            let rule = GroupRule::default();
+            let e = lt_metrics::evaluate(&[1., 0., 0., 1.], 2, &[0, 1], &stats, &rule).unwrap();
+            let mut r = lt_run::Results::new(
+                "c".into(),
+                "h".into(),
+                0,
+                "resnet8".into(),
+                lt_samplers::Strategy::InstanceBalanced,
+                lt_core::Split::Test,
+                rule.clone(),
+                stats.group_sizes(&rule),
+                vec![5, 1],
+                "s".into(),
+                lt_run::Stage1Summary {
+                    model_select: lt_core::ModelSelect::Last,
+                    checkpoint: "ck".into(),
+                    epoch: 1,
+                    last_epoch: Some(1),
+                    best_val: None,
+                    last_val: None,
+                    last_test: None,
+                },
+            );
+            for h in heads {
+                r.heads.push(lt_run::HeadResult {
+                    head: h.parse().unwrap(),
+                    label: h.to_string(),
+                    checkpoint: "ck".into(),
+                    epoch: 1,
+                    split: lt_core::Split::Test,
+                    evaluation: e.clone(),
+                    val: None,
+                    tau: None,
+                    tau_sweep: None,
+                    settings: None,
+                    weight_norms: None,
+                });
+            }
+            r.write(&cell.dir.join(RESULTS_FILE)).unwrap();
         };
-        results(r#"{"head": "joint"}"#);
+        results(&["joint"]);
         assert!(matches!(cell_state(&cell, &heads), CellState::Pending(_)));
-        results(r#"{"head": "joint"}, {"head": "crt"}"#);
+        results(&["joint", "crt"]);
         assert_eq!(cell_state(&cell, &heads), CellState::Finished);
     }
 

@@ -103,7 +103,7 @@ fn cifar10_image_folder_archive() {
         assert_eq!(val.stats().counts(), &[20; 10]);
         let info = read_split_info(&dir.join(format!("cifar10_lt_r{rho}_train.txt"))).unwrap();
         let bytes = std::fs::read(dir.join(format!("cifar10_lt_r{rho}_train.txt"))).unwrap();
-        assert_eq!(info.sha256, lt_data::fsutil::sha256_hex(&bytes));
+        assert_eq!(info.sha256, lt_core::fs::sha256_hex(&bytes));
     }
     assert!(
         stdout.contains("per class: 5000 2997 1796 1077 645 387 232 139 83 50"),

@@ -40,16 +40,30 @@ case "$cmd" in
     [ -e "$dir/checkpoints/stage1_last.safetensors" ] || { echo "no stage 1" >&2; exit 4; }
     touch "$dir/checkpoints/${heads# }_last.safetensors" ;;
   eval)
+    # A complete results.json: the evaluation of seed $seed (written by the
+    # test with lt-metrics), one entry per head.
+    ev=$(cat "$(dirname "$0")/eval_$seed.json")
     entries=""
     for h in $heads; do
-      h=$(echo "$h" | tr - _)
-      e="{\"head\": \"$h\", \"evaluation\": {\"top1\": 0.5$seed, \"many\": 0.7, \"medium\": 0.5, \"few\": 0.2$seed, \"per_class\": [0.7, 0.5, 0.2]}}"
+      case "$h" in
+        joint) l=Joint ;; ncm) l=NCM ;; crt) l=cRT ;; tau_norm) l="τ-norm" ;; *) l=LWS ;;
+      esac
+      e="{\"head\": \"$h\", \"label\": \"$l\", \"checkpoint\": \"ck\", \"epoch\": 1, \"split\": \"test\", \"evaluation\": $ev, \"val\": null, \"tau\": null}"
       entries="${entries:+$entries, }$e"
     done
     kind=$(sed -n 's/^kind = "\(.*\)"$/\1/p' "$config" | head -n 1)
+    case "$kind" in
+      progressively_balanced) sc="{\"kind\": \"$kind\", \"total_epochs\": 2}" ;;
+      *) sc="{\"kind\": \"$kind\"}" ;;
+    esac
     cat > "$dir/results.json.tmp" <<EOF
-{"schema_version": 1, "config_name": "x", "seed": $seed, "sampler": "$kind", "split": "test",
- "train_class_counts": [200, 50, 5], "heads": [$entries]}
+{"schema_version": 2, "config_name": "x", "config_hash": "h", "seed": $seed, "arch": "resnet8",
+ "sampler": "$kind", "sampler_config": $sc, "split": "test",
+ "group_rule": "train_count", "group_rule_config": {"rule": "train_count", "many_above": 100, "few_below": 20},
+ "group_sizes": [1, 1, 1], "train_class_counts": [200, 50, 5], "train_split_sha256": "s",
+ "stage1": {"model_select": "last", "checkpoint": "ck", "epoch": 2, "last_epoch": 2,
+            "best_val": null, "last_val": null, "last_test": null},
+ "heads": [$entries], "skipped": []}
 EOF
     mv "$dir/results.json.tmp" "$dir/results.json" ;;
   *) echo "unknown command $cmd" >&2; exit 2 ;;
@@ -89,6 +103,27 @@ fn setup() -> (tempfile::TempDir, PathBuf) {
     std::fs::write(dir.path().join("grid.toml"), GRID).unwrap();
     let cli = dir.path().join("fake-lt-cli");
     std::fs::write(&cli, FAKE_CLI).unwrap();
+    // Per-class accuracies 0.7 / 0.5 / 0.2 (seed 0) and 0.7 / 0.5 / 0.3
+    // (seed 1) on 10 test images per class.
+    for seed in 0..2 {
+        let stats = lt_core::stats::ClassStats::from_counts(vec![200, 50, 5]);
+        let (mut logits, mut labels) = (Vec::new(), Vec::new());
+        for (y, right) in [(0usize, 7), (1, 5), (2, 2 + seed)] {
+            for i in 0..10 {
+                let pred = if i < right { y } else { (y + 1) % 3 };
+                let mut row = [0f32; 3];
+                row[pred] = 1.0;
+                logits.extend(row);
+                labels.push(y as u32);
+            }
+        }
+        let e = lt_metrics::evaluate(&logits, 3, &labels, &stats, &Default::default()).unwrap();
+        std::fs::write(
+            dir.path().join(format!("eval_{seed}.json")),
+            serde_json::to_string(&e).unwrap(),
+        )
+        .unwrap();
+    }
     std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
     (dir, cli)
 }
@@ -172,7 +207,7 @@ fn sweep_runs_resumes_skips_and_reports() {
     assert_eq!(
         c[4],
         "eval --config out/tiny/ib/seed0/config.toml --head joint --head ncm --head crt \
-         --head tau-norm --head lws"
+         --head tau_norm --head lws"
     );
     assert_eq!(c[5], "train --config out/tiny/ib/seed1/config.toml");
     assert_eq!(c.iter().filter(|l| l.starts_with("train")).count(), 5);
@@ -191,7 +226,7 @@ fn sweep_runs_resumes_skips_and_reports() {
     // The report: seed statistics in grid order, plots.
     let md = std::fs::read_to_string(d.join("out/report/summary.md")).unwrap();
     assert!(
-        md.contains("| IB | Joint | 70.0 ± 0.0 | 50.0 ± 0.0 | 20.5 ± 0.7 | 50.5 ± 0.7 | 2 |"),
+        md.contains("| IB | Joint | 70.0 ± 0.0 | 50.0 ± 0.0 | 25.0 ± 7.1 | 48.3 ± 2.4 | 2 |"),
         "{md}"
     );
     assert!(md.find("| IB | LWS").unwrap() < md.find("| PB | Joint").unwrap());
@@ -235,7 +270,7 @@ fn report_only_and_bad_grids() {
     let out = sweep(d, &cli, &["--report-only"], None);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no results.json"), "{err}");
+    assert!(err.contains("no readable results.json"), "{err}");
 
     std::fs::write(
         d.join("grid.toml"),

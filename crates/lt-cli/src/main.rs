@@ -6,7 +6,8 @@
 //! lt-cli retrain   --config configs/X.toml --head crt|lws [--resume | --overwrite]
 //! lt-cli eval      --config configs/X.toml [--head joint|ncm|tau-norm|crt|lws|all]
 //! lt-cli tau-sweep --config configs/X.toml
-//! lt-cli features  --config configs/X.toml [--split train|val|test|all] [--head joint|crt|lws]
+//! lt-cli features  --config configs/X.toml [--split train|val|test|all] [--head HEAD]
+//! lt-cli heads                                                        (every head, from the registry)
 //! lt-cli split-stats <list> [--image-root DIR] [--num-classes N]
 //! lt-cli report    <results dir>
 //! ```
@@ -28,12 +29,12 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use lt_data::stats::{ClassStats, GroupRule, GroupThresholds};
-use lt_heads::HeadKind;
-use lt_train::config::{ExperimentConfig, Split};
+use lt_core::stats::{ClassStats, GroupRule, GroupThresholds};
+use lt_core::{HeadId, Split};
+use lt_train::config::ExperimentConfig;
+use lt_train::evaluation;
 use lt_train::experiment::Experiment;
-use lt_train::heads::{self, FeatureHead};
-use lt_train::stage2::Stage2Head;
+use lt_train::heads;
 use lt_train::{RunOptions, StartMode, TrainReport};
 
 #[derive(Debug, Parser)]
@@ -53,12 +54,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// The whole pipeline: stage 1, cRT, LWS, then every head evaluated.
+    /// The whole pipeline: stage 1, every trained head (cRT, LWS), then every
+    /// head evaluated.
     Run(TrainArgs),
     /// Stage 1: train the backbone and the joint linear head.
     Train(TrainArgs),
-    /// Stage 2: re-train a classifier (cRT or LWS) on the frozen backbone.
+    /// Stage 2: train a head (cRT, LWS, ...) on the frozen backbone.
     Retrain(RetrainArgs),
+    /// List every head: its name, whether it trains, what it is.
+    Heads,
     /// Evaluate heads on the reported split; writes results.json in the run dir.
     Eval(EvalArgs),
     /// Sweep tau of the tau-normalised head; writes tau_sweep.json.
@@ -127,41 +131,51 @@ struct TrainArgs {
     start: StartArgs,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum RetrainHead {
-    Crt,
-    Lws,
+/// A head of the registry (`tau-norm` is accepted for `tau_norm`).
+fn head_arg(s: &str) -> Result<HeadId, String> {
+    heads::lookup(s).map(|h| h.id()).map_err(|e| e.to_string())
+}
+
+/// A head of the registry that trains in a stage of its own.
+fn trained_head_arg(s: &str) -> Result<HeadId, String> {
+    let h = heads::lookup(s).map_err(|e| e.to_string())?;
+    match h.training() {
+        Some(_) => Ok(h.id()),
+        None => Err(format!(
+            "`{s}` is computed by `eval`, not trained; trained heads: {}",
+            heads::trained_names().join(", ")
+        )),
+    }
+}
+
+/// A head of the registry, or `all`.
+fn eval_head_arg(s: &str) -> Result<Option<HeadId>, String> {
+    if s == "all" {
+        Ok(None)
+    } else {
+        head_arg(s).map(Some)
+    }
 }
 
 #[derive(Debug, Args)]
 struct RetrainArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// Which classifier to re-train.
-    #[arg(long)]
-    head: RetrainHead,
+    /// Which head to train (see `lt-cli heads`; e.g. crt, lws).
+    #[arg(long, value_parser = trained_head_arg)]
+    head: HeadId,
     #[command(flatten)]
     start: StartArgs,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum EvalHead {
-    Joint,
-    Ncm,
-    #[value(alias = "tau_norm")]
-    TauNorm,
-    Crt,
-    Lws,
-    All,
 }
 
 #[derive(Debug, Args)]
 struct EvalArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// Head(s) to evaluate; `all` skips stage-2 heads that were not trained.
-    #[arg(long, default_value = "all")]
-    head: Vec<EvalHead>,
+    /// Head(s) to evaluate (see `lt-cli heads`), or `all`, which skips trained
+    /// heads that were not trained.
+    #[arg(long, default_value = "all", value_parser = eval_head_arg)]
+    head: Vec<Option<HeadId>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -172,13 +186,6 @@ enum SplitArg {
     All,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum FeaturesHead {
-    Joint,
-    Crt,
-    Lws,
-}
-
 #[derive(Debug, Args)]
 struct FeaturesArgs {
     #[command(flatten)]
@@ -186,9 +193,10 @@ struct FeaturesArgs {
     /// Split(s) to export (`all` = every configured split).
     #[arg(long, default_value = "all")]
     split: Vec<SplitArg>,
-    /// Backbone and head whose features and logits are exported.
-    #[arg(long, default_value = "joint")]
-    head: FeaturesHead,
+    /// Head whose logits are exported, with the backbone it is evaluated on
+    /// (a trained head's own BN statistics); see `lt-cli heads`.
+    #[arg(long, default_value = "joint", value_parser = head_arg)]
+    head: HeadId,
     /// Output directory (default: `<run_dir>/features`).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -338,28 +346,41 @@ fn run_launcher(nproc_per_node: usize) -> Result<()> {
 fn run(command: Command, out: &mut String) -> Result<()> {
     match command {
         Command::Run(a) => {
-            let stages = [
-                Command::Train(TrainArgs {
+            let mut stages = vec![Command::Train(TrainArgs {
+                config: a.config.clone(),
+                start: a.start.clone(),
+            })];
+            for h in heads::REGISTRY.iter().filter(|h| h.training().is_some()) {
+                stages.push(Command::Retrain(RetrainArgs {
                     config: a.config.clone(),
+                    head: h.id(),
                     start: a.start.clone(),
-                }),
-                Command::Retrain(RetrainArgs {
-                    config: a.config.clone(),
-                    head: RetrainHead::Crt,
-                    start: a.start.clone(),
-                }),
-                Command::Retrain(RetrainArgs {
-                    config: a.config.clone(),
-                    head: RetrainHead::Lws,
-                    start: a.start.clone(),
-                }),
-                Command::Eval(EvalArgs {
-                    config: a.config,
-                    head: vec![EvalHead::All],
-                }),
-            ];
+                }));
+            }
+            stages.push(Command::Eval(EvalArgs {
+                config: a.config,
+                head: vec![None],
+            }));
             for stage in stages {
                 run(stage, out)?;
+            }
+        }
+        Command::Heads => {
+            outln!(out, "{:<10} {:<8} {:<8} what", "head", "label", "stage");
+            for h in heads::REGISTRY {
+                let kind = if h.training().is_some() {
+                    "trained"
+                } else {
+                    "eval"
+                };
+                outln!(
+                    out,
+                    "{:<10} {:<8} {:<8} {}",
+                    h.name(),
+                    h.label(),
+                    kind,
+                    h.about()
+                );
             }
         }
         Command::Train(a) => {
@@ -369,44 +390,27 @@ fn run(command: Command, out: &mut String) -> Result<()> {
             print_report(out, &report);
         }
         Command::Retrain(a) => {
-            let which = match a.head {
-                RetrainHead::Crt => Stage2Head::Crt,
-                RetrainHead::Lws => Stage2Head::Lws,
-            };
-            let exp = open(&a.config, &format!("config.{}.toml", which.stage()))?;
-            let report = lt_train::stage2::retrain(&exp, which, a.start.options())
-                .with_context(|| format!("{} training failed", which.stage()))?;
+            let exp = open(&a.config, &format!("config.{}.toml", a.head))?;
+            let report = lt_train::stage2::retrain(&exp, &a.head, a.start.options())
+                .with_context(|| format!("{} training failed", a.head))?;
             print_report(out, &report);
         }
         Command::Eval(a) => {
             let exp = open(&a.config, "config.eval.toml")?;
-            let all = a.head.contains(&EvalHead::All);
-            let kinds: Vec<HeadKind> = if all {
-                vec![
-                    HeadKind::Joint,
-                    HeadKind::Ncm,
-                    HeadKind::TauNorm,
-                    HeadKind::Crt,
-                    HeadKind::Lws,
-                ]
+            let all = a.head.contains(&None);
+            let ids: Vec<HeadId> = if all {
+                heads::REGISTRY.iter().map(|h| h.id()).collect()
             } else {
-                let mut k = Vec::new();
-                for h in &a.head {
-                    let kind = match h {
-                        EvalHead::Joint => HeadKind::Joint,
-                        EvalHead::Ncm => HeadKind::Ncm,
-                        EvalHead::TauNorm => HeadKind::TauNorm,
-                        EvalHead::Crt => HeadKind::Crt,
-                        EvalHead::Lws => HeadKind::Lws,
-                        EvalHead::All => unreachable!("handled above"),
-                    };
-                    if !k.contains(&kind) {
-                        k.push(kind);
+                let mut k: Vec<HeadId> = Vec::new();
+                for h in a.head.iter().flatten() {
+                    if !k.contains(h) {
+                        k.push(h.clone());
                     }
                 }
                 k
             };
-            let results = heads::evaluate_heads(&exp, &kinds, all).context("evaluation failed")?;
+            let results =
+                evaluation::evaluate_heads(&exp, &ids, all).context("evaluation failed")?;
             outln!(
                 out,
                 "{} on {} ({} classes; groups by {}: many {} / medium {} / few {})",
@@ -426,14 +430,17 @@ fn run(command: Command, out: &mut String) -> Result<()> {
                 s1.epoch,
                 s1.last_epoch.map_or("?".to_string(), |e| e.to_string())
             );
-            outp!(out, "{}", results.table());
-            if let Some(t) = &results.tau_sweep {
-                outln!(
-                    out,
-                    "tau-norm: tau = {} (chosen on {})",
-                    t.chosen,
-                    t.select_split.as_str()
-                );
+            outp!(out, "{}", heads_table(&results));
+            for h in &results.heads {
+                if let Some(t) = &h.tau_sweep {
+                    let how = match t.selection {
+                        lt_core::TauSelect::SweepOnVal => {
+                            format!("chosen on {}", t.select_split.as_str())
+                        }
+                        lt_core::TauSelect::Fixed => "fixed".to_string(),
+                    };
+                    outln!(out, "{}: tau = {} ({how})", h.label, t.chosen);
+                }
             }
             for s in &results.skipped {
                 outln!(out, "skipped {s}: not trained");
@@ -442,7 +449,7 @@ fn run(command: Command, out: &mut String) -> Result<()> {
         }
         Command::TauSweep(a) => {
             let exp = open(&a, "config.eval.toml")?;
-            let sweep = heads::run_tau_sweep(&exp).context("tau sweep failed")?;
+            let sweep = evaluation::run_tau_sweep(&exp).context("tau sweep failed")?;
             let report_name = sweep.report_split.as_str();
             outln!(
                 out,
@@ -496,12 +503,7 @@ fn run(command: Command, out: &mut String) -> Result<()> {
                     }
                 }
             }
-            let head = match a.head {
-                FeaturesHead::Joint => FeatureHead::Joint,
-                FeaturesHead::Crt => FeatureHead::Crt,
-                FeaturesHead::Lws => FeatureHead::Lws,
-            };
-            let files = heads::export_features(&exp, &splits, head, a.out.as_deref())
+            let files = evaluation::export_features(&exp, &splits, &a.head, a.out.as_deref())
                 .context("feature export failed")?;
             for f in files {
                 outln!(out, "wrote {}", f.display());
@@ -509,7 +511,7 @@ fn run(command: Command, out: &mut String) -> Result<()> {
         }
         Command::SplitStats(a) => split_stats(out, &a)?,
         Command::Report { results_dir } => {
-            let r = lt_metrics::report::regenerate(&results_dir)
+            let r = lt_report::regenerate(&results_dir)
                 .with_context(|| format!("report of {}", results_dir.display()))?;
             r.warnings.iter().for_each(|w| tracing::warn!("{w}"));
             outln!(
@@ -523,6 +525,16 @@ fn run(command: Command, out: &mut String) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The Many / Medium / Few / All table of every evaluated head.
+fn heads_table(r: &lt_run::Results) -> String {
+    let rows: Vec<(&str, &lt_metrics::Evaluation)> = r
+        .heads
+        .iter()
+        .map(|h| (h.label.as_str(), &h.evaluation))
+        .collect();
+    lt_report::markdown_table(&rows)
 }
 
 fn print_report(out: &mut String, r: &TrainReport) {

@@ -172,7 +172,13 @@ fn every_command_end_to_end() {
         assert_eq!(h["evaluation"]["n"], 5 * TEST_PER_CLASS);
         assert!(h["val"]["top1"].is_number());
     }
-    let curve = results["tau_sweep"]["curve"].as_array().unwrap();
+    assert_eq!(results["schema_version"], 2);
+    let tau = heads.iter().find(|h| h["head"] == "tau_norm").unwrap();
+    let curve = tau["tau_sweep"]["curve"].as_array().unwrap();
+    assert!(heads
+        .iter()
+        .filter(|h| h["head"] != "ncm")
+        .all(|h| h["weight_norms"].as_array().unwrap().len() == 5));
     assert_eq!(curve.len(), 21);
     assert!(results["stage1"]["best_val"]["epoch"].is_number());
     assert!(results["stage1"]["last_val"]["top1"].is_number());
@@ -208,6 +214,34 @@ fn every_command_end_to_end() {
         assert_eq!(t["logits"].dims(), &[n, 5]);
     }
     call(&["features", "--head", "lws", "--split", "val"]);
+    // Any head of the registry exports its logits, NCM included.
+    call(&[
+        "features",
+        "--head",
+        "ncm",
+        "--split",
+        "val",
+        "--out",
+        run.join("ncm_features").to_str().unwrap(),
+    ]);
+    assert!(run.join("ncm_features/val.safetensors").is_file());
+    // The registry, listed; an unknown head is refused with the known ones.
+    let heads = ok(&["heads"]);
+    for h in ["joint", "ncm", "tau_norm", "crt", "lws"] {
+        assert!(heads.contains(h), "{heads}");
+    }
+    assert!(heads.contains("trained"), "{heads}");
+    let args = with(&["eval", "--head", "nope"]);
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let bad = lt_cli(&refs);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("nope") && err.contains("tau_norm"), "{err}");
+    let args = with(&["retrain", "--head", "ncm"]);
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let bad = lt_cli(&refs);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not trained"));
 
     // Split statistics.
     let train_list = data.join("train.txt");
@@ -283,4 +317,62 @@ fn config_errors_name_the_key_and_fail() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/train.txt"));
+}
+
+/// A corrupt JPEG met during `lt-cli train` is reported with its whole cause
+/// chain: the stage, the image and its list line, and the decoder's own
+/// error, each once.
+#[test]
+fn a_corrupt_jpeg_is_reported_down_to_the_decoder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_dataset(&data);
+    // Corrupt the scan data of one training JPEG (the end marker stays, so
+    // the file passes the truncation check and reaches the decoder).
+    let bad = data.join("train/c0/000.jpg");
+    let mut bytes = std::fs::read(&bad).unwrap();
+    let sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]).unwrap();
+    for b in &mut bytes[sos + 2..sos + 14] {
+        *b = 0xFF;
+    }
+    std::fs::write(&bad, &bytes).unwrap();
+    let config = config_path();
+    let mut args: Vec<String> = vec!["train".into(), "--config".into()];
+    args.push(config.to_str().unwrap().into());
+    for s in [
+        format!("data.root={:?}", data.to_str().unwrap()),
+        format!(
+            "data.train_list={:?}",
+            data.join("train.txt").to_str().unwrap()
+        ),
+        format!("data.val_list={:?}", data.join("val.txt").to_str().unwrap()),
+        format!(
+            "data.test_list={:?}",
+            data.join("test.txt").to_str().unwrap()
+        ),
+        format!("run_dir={:?}", tmp.path().join("run").to_str().unwrap()),
+        "data.cache_decoded=false".into(),
+    ] {
+        args.push("--set".into());
+        args.push(s);
+    }
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let out = lt_cli(&refs);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line:\n{err}"));
+    // stage -> data -> image (with its list line) -> decoder.
+    assert!(
+        line.contains("stage-1 training failed: data: cannot decode image"),
+        "{line}"
+    );
+    assert!(
+        line.contains("000.jpg") && line.contains("train.txt:1"),
+        "{line}"
+    );
+    assert!(line.contains("the image decoder failed: "), "{line}");
+    assert_eq!(line.matches("000.jpg").count(), 1, "printed once: {line}");
 }

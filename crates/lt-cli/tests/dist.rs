@@ -145,7 +145,7 @@ fn max_diff(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> (f32, S
 }
 
 fn train_losses(run: &Path) -> Vec<f64> {
-    lt_train::run_dir::read_records(&run.join("metrics.jsonl"))
+    lt_run::metrics_log::read_records(&run.join("metrics.jsonl"))
         .unwrap()
         .iter()
         .map(|r| r.train_loss)

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{DataError, Origin, Result};
-use crate::stats::ClassStats;
+use lt_core::stats::ClassStats;
 
 /// Where the pixels of one sample come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,11 +92,11 @@ impl Dataset {
                     return Err(DataError::Decode {
                         what: format!("sample {i}"),
                         origin: None,
-                        message: format!(
+                        source: Box::new(crate::decode::DecodeError::Invalid(format!(
                             "{width}x{height} RGB image needs {} bytes, got {}",
                             *width as usize * *height as usize * 3,
                             data.len()
-                        ),
+                        ))),
                     });
                 }
             }
@@ -307,7 +307,8 @@ mod tests {
             1,
         )
         .unwrap_err();
-        assert!(short.to_string().contains("needs 12 bytes"), "{short}");
+        let chain = lt_core::error_chain(&short);
+        assert!(chain.contains("needs 12 bytes"), "{chain}");
     }
 
     #[test]

@@ -56,22 +56,44 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
     }
 }
 
-/// Decodes encoded image bytes; the error is the decoder's message.
-pub fn decode_bytes(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+/// Why an image could not be decoded (the source of
+/// [`DataError::Decode`]).
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes fail one of this crate's own checks (truncated JPEG, unknown
+    /// format, zero size, a buffer of the wrong length).
+    #[error("{0}")]
+    Invalid(String),
+    /// The image decoder failed; its error is the source.
+    #[error("the image decoder failed")]
+    Decoder(#[source] image::ImageError),
+    /// The file could not be read.
+    #[error("reading the file failed")]
+    Read(#[source] std::io::Error),
+}
+
+/// Decodes encoded image bytes.
+pub fn decode_bytes(bytes: &[u8]) -> std::result::Result<RgbImage, DecodeError> {
     if is_jpeg(bytes) && !jpeg_is_complete(bytes) {
-        return Err("truncated JPEG: no end-of-image marker after the last scan".to_string());
+        return Err(DecodeError::Invalid(
+            "truncated JPEG: no end-of-image marker after the last scan".to_string(),
+        ));
     }
     let reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| e.to_string())?;
+        .map_err(DecodeError::Read)?;
     if reader.format().is_none() {
-        return Err("unrecognised image format (expected JPEG or PNG)".to_string());
+        return Err(DecodeError::Invalid(
+            "unrecognised image format (expected JPEG or PNG)".to_string(),
+        ));
     }
-    let img = reader.decode().map_err(|e| e.to_string())?;
+    let img = reader.decode().map_err(DecodeError::Decoder)?;
     let rgb = img.into_rgb8();
     let (width, height) = rgb.dimensions();
     if width == 0 || height == 0 {
-        return Err(format!("image has zero size {width}x{height}"));
+        return Err(DecodeError::Invalid(format!(
+            "image has zero size {width}x{height}"
+        )));
     }
     Ok(RgbImage {
         width,
@@ -96,14 +118,14 @@ pub fn decode_file(path: &Path, origin: Option<Origin>) -> Result<RgbImage> {
             return Err(DataError::Decode {
                 what: path.display().to_string(),
                 origin,
-                message: e.to_string(),
+                source: Box::new(DecodeError::Read(e)),
             })
         }
     };
-    decode_bytes(&bytes).map_err(|message| DataError::Decode {
+    decode_bytes(&bytes).map_err(|source| DataError::Decode {
         what: path.display().to_string(),
         origin,
-        message,
+        source: Box::new(source),
     })
 }
 
@@ -259,11 +281,32 @@ pub(crate) mod tests {
                 line: 7,
             }),
         )
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+        let shown = e.to_string();
         assert!(
-            e.contains("cut.jpg") && e.contains("l.txt:7") && e.contains("truncated"),
-            "{e}"
+            shown.contains("cut.jpg") && shown.contains("l.txt:7"),
+            "{shown}"
         );
+        // The reason is the source, shown once in the chain.
+        let chain = lt_core::error_chain(&e);
+        assert!(chain.contains("truncated"), "{chain}");
+        assert!(!shown.contains("truncated"), "{shown}");
+        // A corrupt (not truncated) image keeps the decoder's own error.
+        let mut bad = encode(
+            &image::DynamicImage::ImageRgb8(pattern(8, 8)),
+            ImageFormat::Png,
+        );
+        bad[40] ^= 0xFF;
+        let p = dir.path().join("bad.png");
+        std::fs::write(&p, &bad).unwrap();
+        let e = decode_file(&p, None).unwrap_err();
+        let DataError::Decode { source, .. } = &e else {
+            panic!("{e}")
+        };
+        assert!(
+            matches!(source.as_ref(), DecodeError::Decoder(_)),
+            "{source}"
+        );
+        assert!(std::error::Error::source(source.as_ref()).is_some());
     }
 }

@@ -34,6 +34,10 @@ fn listed_at(origin: &Option<Origin>) -> String {
 /// Errors of `lt-data`.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
+    /// A file could not be written or read as a whole (atomic writes, hashing).
+    #[error(transparent)]
+    Fs(#[from] lt_core::fs::FsError),
+
     /// An I/O error on a named file or directory.
     #[error("{}: {source}", path.display())]
     Io {
@@ -98,14 +102,15 @@ pub enum DataError {
     },
 
     /// An image that exists but cannot be decoded (corrupt, truncated, unsupported).
-    #[error("cannot decode image {what}{}: {message}", listed_at(origin))]
+    #[error("cannot decode image {what}{}", listed_at(origin))]
     Decode {
         /// The image (a path, or a description of an in-memory image).
         what: String,
         /// Where it was listed.
         origin: Option<Origin>,
-        /// The decoder's message.
-        message: String,
+        /// Why (with the decoder's own error as its source).
+        #[source]
+        source: Box<crate::decode::DecodeError>,
     },
 
     /// A malformed CIFAR binary file.

@@ -8,11 +8,10 @@
 //! | [`cifar`] | the official CIFAR-10 / CIFAR-100 binary releases |
 //! | [`image_folder`] | `<root>/<split>/<class>/<file>` folders |
 //! | [`longtail`] | exponential / step profiles, the exact LDAM-DRW (NumPy) subset, balanced validation hold-outs |
-//! | [`stats`] | per-class counts, many / medium / few groups, a printable summary |
 //! | [`decode`] | JPEG / PNG to 8-bit RGB (grayscale, CMYK, alpha handled; truncated files rejected) |
 //! | [`transform`] | the reference augmentation presets and normalisations |
 //! | [`loader`] | decode + augment on a rayon pool, prefetching batches of `f32 (B, 3, H, W)` tensors |
-//! | [`fetch`] | verify / unpack / index behind `cargo xtask fetch-data` |
+//! | `fetch` | verify / unpack / index behind `cargo xtask fetch-data` (feature `fetch`) |
 //! | [`error`] | [`DataError`], naming the file and line of bad input |
 //!
 //! Contracts: labels are `u32` in `0..num_classes`; the loader never chooses
@@ -29,7 +28,7 @@
 //! use lt_data::dataset::{Dataset, ImageSource, Sample};
 //! use lt_data::loader::{Loader, LoaderConfig};
 //! use lt_data::longtail::{class_counts, numpy_subset, Profile};
-//! use lt_data::stats::GroupRule;
+//! use lt_core::stats::GroupRule;
 //! use lt_data::transform::{Preset, Transform};
 //!
 //! // 3 classes x 40 grey 32x32 images.
@@ -88,14 +87,13 @@ pub mod cifar;
 pub mod dataset;
 pub mod decode;
 pub mod error;
+#[cfg(feature = "fetch")]
 pub mod fetch;
-pub mod fsutil;
 pub mod image_folder;
 pub mod loader;
 pub mod longtail;
 pub mod rng;
 pub mod split_list;
-pub mod stats;
 pub mod transform;
 
 pub use dataset::{Dataset, ImageSource, Sample};

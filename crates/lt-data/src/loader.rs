@@ -306,7 +306,7 @@ impl Shared {
                 .map_err(|message| DataError::Decode {
                     what: self.dataset.image(indices[k]).describe(),
                     origin: self.dataset.origin(indices[k]),
-                    message,
+                    source: Box::new(crate::decode::DecodeError::Invalid(message)),
                 })
         };
         let fixed_size = !matches!(t.preset, Preset::None | Preset::CifarEval);
@@ -610,7 +610,7 @@ mod tests {
         let abort = Loader::new(ds.clone(), t.clone(), LoaderConfig::default()).unwrap();
         let r: Vec<_> = abort.epoch(0, vec![vec![0, 1, 2], vec![2]]).collect();
         assert_eq!(r.len(), 1, "stops after the error");
-        let e = r[0].as_ref().unwrap_err().to_string();
+        let e = lt_core::error_chain(r[0].as_ref().unwrap_err());
         assert!(
             e.contains("b.jpg") && e.contains("list.txt:2") && e.contains("truncated"),
             "{e}"

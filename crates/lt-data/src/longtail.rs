@@ -487,7 +487,7 @@ mod tests {
         assert_eq!(&r100[..5], &[500, 477, 455, 434, 415]);
         assert_eq!(&r100[95..], &[6, 5, 5, 5, 5]);
         // Many / medium / few by count: 35 / 35 / 30 at rho 100.
-        use crate::stats::{ClassStats, GroupRule};
+        use lt_core::stats::{ClassStats, GroupRule};
         let g = |c| ClassStats::from_counts(c).group_sizes(&GroupRule::default());
         assert_eq!(g(c100(100.0)), [35, 35, 30]);
         assert_eq!(g(c100(50.0)), [41, 41, 18]);

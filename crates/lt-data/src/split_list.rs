@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::{Dataset, ImageSource, Sample};
 use crate::error::{DataError, Origin, Result};
-use crate::fsutil::{sha256_hex, write_atomic};
-use crate::stats::{ClassStats, GroupRule};
+use lt_core::fs::{sha256_hex, write_atomic};
+use lt_core::stats::{ClassStats, GroupRule};
 
 /// One line of a split list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

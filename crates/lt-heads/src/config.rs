@@ -77,19 +77,6 @@ pub enum NcmDistance {
 }
 named_enum!(NcmDistance { L2 => "l2", Cos => "cos" });
 
-/// What tau-normalisation does with the bias of the joint head (`tau_bias`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TauBias {
-    /// Drop the bias, as the reference `tau_norm.py` does (so tau = 0 is *not*
-    /// the joint head).
-    #[default]
-    Drop,
-    /// Keep the unscaled bias (BagofTricks-LT).
-    Keep,
-}
-named_enum!(TauBias { Drop => "drop", Keep => "keep" });
-
 /// How the cRT head starts (`crt_head_init`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -102,36 +89,6 @@ pub enum CrtInit {
     Finetune,
 }
 named_enum!(CrtInit { Reinit => "reinit", Finetune => "finetune" });
-
-/// The five heads compared in the paper.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HeadKind {
-    /// The linear head trained jointly with the backbone in stage 1.
-    Joint,
-    /// Nearest class mean on frozen features.
-    Ncm,
-    /// Classifier re-training: a linear head trained in stage 2.
-    Crt,
-    /// tau-normalised joint head.
-    TauNorm,
-    /// Learnable weight scaling of the joint head.
-    Lws,
-}
-named_enum!(HeadKind { Joint => "joint", Ncm => "ncm", Crt => "crt", TauNorm => "tau_norm", Lws => "lws" });
-
-impl HeadKind {
-    /// Name as printed in the paper's tables (`Joint`, `NCM`, `cRT`, `τ-norm`, `LWS`).
-    pub fn label(self) -> &'static str {
-        match self {
-            HeadKind::Joint => "Joint",
-            HeadKind::Ncm => "NCM",
-            HeadKind::Crt => "cRT",
-            HeadKind::TauNorm => "τ-norm",
-            HeadKind::Lws => "LWS",
-        }
-    }
-}
 
 /// Configuration of the NCM head. Both fields default to the reference
 /// (`cl2n` + `l2`).
@@ -152,7 +109,6 @@ mod tests {
     fn defaults_are_the_reference() {
         assert_eq!(NcmFeature::default(), NcmFeature::Cl2n);
         assert_eq!(NcmDistance::default(), NcmDistance::L2);
-        assert_eq!(TauBias::default(), TauBias::Drop);
         assert_eq!(CrtInit::default(), CrtInit::Reinit);
     }
 
@@ -163,15 +119,6 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", f.as_str()));
             assert_eq!(f.as_str().parse::<NcmFeature>().unwrap(), f);
         }
-        for &k in HeadKind::ALL {
-            let json = serde_json::to_string(&k).unwrap();
-            assert_eq!(serde_json::from_str::<HeadKind>(&json).unwrap(), k);
-            assert_eq!(k.to_string().parse::<HeadKind>().unwrap(), k);
-        }
-        assert_eq!(
-            serde_json::to_string(&HeadKind::TauNorm).unwrap(),
-            "\"tau_norm\""
-        );
         let err = "cosine".parse::<NcmDistance>().unwrap_err();
         assert!(err.contains("l2, cos"), "{err}");
     }
@@ -181,7 +128,7 @@ mod tests {
         #[derive(Deserialize)]
         struct Doc {
             ncm: NcmConfig,
-            tau_bias: TauBias,
+            tau_bias: lt_core::TauBias,
             crt_head_init: CrtInit,
         }
         let doc: Doc = toml::from_str(
@@ -190,7 +137,7 @@ mod tests {
         .unwrap();
         assert_eq!(doc.ncm.feature, NcmFeature::L2n);
         assert_eq!(doc.ncm.distance, NcmDistance::L2);
-        assert_eq!(doc.tau_bias, TauBias::Keep);
+        assert_eq!(doc.tau_bias, lt_core::TauBias::Keep);
         assert_eq!(doc.crt_head_init, CrtInit::Finetune);
         let bad = toml::from_str::<NcmConfig>("feature = \"l3n\"").unwrap_err();
         assert!(bad.to_string().contains("l3n"), "{bad}");

@@ -14,7 +14,7 @@
 //! torchvision names (`fc.weight`, `fc.bias`, `fc.scales`), and initial values
 //! come from a seeded `ChaCha8Rng`, never from candle's unseedable CPU RNG.
 //! The configuration enums ([`NcmFeature`], [`NcmDistance`], [`TauBias`],
-//! [`CrtInit`], [`HeadKind`]) deserialise from `snake_case` TOML and default to
+//! [`CrtInit`]) deserialise from `snake_case` TOML and default to
 //! the reference behaviour.
 //!
 //! ```
@@ -63,9 +63,10 @@ mod ncm;
 mod tau_norm;
 mod vars;
 
-pub use config::{CrtInit, HeadKind, NcmConfig, NcmDistance, NcmFeature, TauBias};
+pub use config::{CrtInit, NcmConfig, NcmDistance, NcmFeature};
 pub use error::HeadError;
 pub use linear::{pytorch_linear_init, LinearHead};
+pub use lt_core::TauBias;
 pub use lws::LwsHead;
 pub use ncm::NcmHead;
 pub use tau_norm::{select_tau, tau_grid, TauNormHead};
@@ -80,4 +81,27 @@ pub const DEFAULT_PREFIX: &str = "fc";
 pub trait Classifier {
     /// Logits `(N, C)` of the features `(N, d)`.
     fn logits(&self, features: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// The effective classifier weight `(C, d)`: the rows the logits are a dot
+    /// product with (`w_j` for a linear head, `w_j / ||w_j||^tau` for tau-norm,
+    /// `s_j w_j` for LWS). `None` for heads that are not a dot product (NCM).
+    /// Reports plot the norm of each row.
+    fn class_weights(&self) -> candle_core::Result<Option<Tensor>> {
+        Ok(None)
+    }
+}
+
+/// The Euclidean norm of each row of the effective classifier weight (see
+/// [`Classifier::class_weights`]), on the host.
+pub fn class_weight_norms(head: &dyn Classifier) -> candle_core::Result<Option<Vec<f64>>> {
+    let Some(w) = head.class_weights()? else {
+        return Ok(None);
+    };
+    let norms = w
+        .to_dtype(candle_core::DType::F64)?
+        .sqr()?
+        .sum(1)?
+        .sqrt()?
+        .to_vec1::<f64>()?;
+    Ok(Some(norms))
 }

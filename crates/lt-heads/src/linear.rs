@@ -164,6 +164,10 @@ impl Classifier for LinearHead {
         check_features("linear head", features, self.in_dim())?;
         affine(features, self.weight(), self.bias())
     }
+
+    fn class_weights(&self) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(self.weight().clone()))
+    }
 }
 
 impl Module for LinearHead {

@@ -90,6 +90,11 @@ impl Classifier for LwsHead {
         )?;
         z.broadcast_mul(self.scales.as_tensor())
     }
+
+    fn class_weights(&self) -> candle_core::Result<Option<Tensor>> {
+        let s = self.scales.as_tensor().unsqueeze(1)?;
+        Ok(Some(self.weight.as_tensor().broadcast_mul(&s)?))
+    }
 }
 
 impl Module for LwsHead {

@@ -84,6 +84,10 @@ impl Classifier for TauNormHead {
             None => Ok(z),
         }
     }
+
+    fn class_weights(&self) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(self.weight.clone()))
+    }
 }
 
 impl Module for TauNormHead {

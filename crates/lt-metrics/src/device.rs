@@ -176,7 +176,7 @@ mod tests {
     /// The whole evaluation from device scores equals the host evaluation.
     #[test]
     fn evaluate_scores_equals_evaluate() {
-        use lt_data::stats::{ClassStats, GroupRule, GroupThresholds};
+        use lt_core::stats::{ClassStats, GroupRule, GroupThresholds};
         let (n, c) = (40, 4);
         let logits: Vec<f32> = (0..n * c).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
         let labels: Vec<u32> = (0..n as u32).map(|i| i % c as u32).collect();

@@ -3,7 +3,7 @@
 use crate::calibration::{Binner, CalibrationBin, ECE_BINS};
 use crate::rows::{argmax, check, check_matrix, max_probability, rank};
 use crate::{ConfusionMatrix, MetricsError};
-use lt_data::stats::{ClassStats, GroupRule, ShotGroup};
+use lt_core::stats::{ClassStats, GroupRule, ShotGroup};
 use serde::{Deserialize, Serialize};
 
 /// The `k` of [`Evaluation::top5`] before clamping to the number of classes.

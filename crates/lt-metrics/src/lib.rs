@@ -7,7 +7,7 @@
 //! * micro top-1 (the reference "All") and top-5 (k clamped to C);
 //! * per-class accuracy on the test labels, their mean ([`Evaluation::macro_acc`]),
 //!   and the many / medium / few means, with classes grouped by their
-//!   **training** counts through [`lt_data::stats`] (reference: many > 100,
+//!   **training** counts through [`lt_core::stats`] (reference: many > 100,
 //!   medium 20–100, few < 20);
 //! * the confusion matrix, macro-F1 and the expected calibration error (15 bins).
 //!
@@ -17,15 +17,12 @@
 //! without any evaluated class is `None`. Empty input, a label out of range and
 //! NaN or infinite logits are errors, never silent numbers.
 //!
-//! [`report`] turns a directory of runs (each with the `results.json` of
-//! `lt-cli eval`) into CSV / JSON / markdown tables with mean ± std over seeds
-//! and, with the default feature `plot`, the study's figures as PNG and SVG
-//! (module `plot`, drawn with an embedded font: no system font needed). Depend on
-//! `lt-metrics` with `default-features = false` to leave plotting out.
+//! The crate holds metric functions only: tables, plots and the reading of
+//! result directories are `lt-report`'s, and the files of a run `lt-run`'s.
 //!
 //! ```
-//! use lt_data::stats::{ClassStats, GroupRule, GroupThresholds};
-//! use lt_metrics::{evaluate, markdown_table, mean_std};
+//! use lt_core::stats::{ClassStats, GroupRule, GroupThresholds};
+//! use lt_metrics::evaluate;
 //!
 //! # fn main() -> Result<(), lt_metrics::MetricsError> {
 //! // Three classes with 150, 50 and 5 training images: many, medium, few.
@@ -44,10 +41,7 @@
 //! assert_eq!(e.top5, 1.0); // k = min(5, 3)
 //! assert_eq!(e.confusion().get(2, 0), 1);
 //!
-//! let table = markdown_table(&[("Joint", &e)]);
-//! assert!(table.contains("| Joint | 100.0 | 100.0 | 50.0 | 75.0 |"));
-//! let (mean, std) = mean_std(&[0.40, 0.44]); // sample std over seeds
-//! assert!((mean - 0.42).abs() < 1e-12 && (std - 0.02 * 2f64.sqrt()).abs() < 1e-12);
+//! assert!((e.macro_acc - 2.5 / 3.0).abs() < 1e-12);
 //! # Ok(())
 //! # }
 //! ```
@@ -59,11 +53,7 @@ mod confusion;
 pub mod device;
 mod error;
 mod evaluation;
-#[cfg(feature = "plot")]
-pub mod plot;
-pub mod report;
 mod rows;
-mod table;
 
 pub use calibration::{calibration, Calibration, CalibrationBin, ECE_BINS};
 pub use confusion::ConfusionMatrix;
@@ -71,4 +61,3 @@ pub use error::MetricsError;
 pub use evaluation::{
     evaluate, evaluate_scores, predictions, top_k_accuracy, Evaluation, SampleScore, TOP5,
 };
-pub use table::{markdown_table, mean_std};

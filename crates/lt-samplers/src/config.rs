@@ -198,6 +198,43 @@ impl Strategy {
     }
 }
 
+impl Strategy {
+    /// The `kind` name in configs (`instance_balanced`, `class_balanced`,
+    /// `square_root`, `power`, `progressively_balanced`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InstanceBalanced => "instance_balanced",
+            Self::ClassBalanced { .. } => "class_balanced",
+            Self::SquareRoot => "square_root",
+            Self::Power { .. } => "power",
+            Self::ProgressivelyBalanced { .. } => "progressively_balanced",
+        }
+    }
+
+    /// The abbreviation of the paper's tables (`IB`, `CB`, `SR`, `PB`;
+    /// `Power` for any other q).
+    pub fn abbreviation(&self) -> &'static str {
+        match self {
+            Self::InstanceBalanced => "IB",
+            Self::ClassBalanced { .. } => "CB",
+            Self::SquareRoot => "SR",
+            Self::Power { .. } => "Power",
+            Self::ProgressivelyBalanced { .. } => "PB",
+        }
+    }
+
+    /// Position in the paper's tables: IB, CB, SR, PB, then power.
+    pub fn table_order(&self) -> usize {
+        match self {
+            Self::InstanceBalanced => 0,
+            Self::ClassBalanced { .. } => 1,
+            Self::SquareRoot => 2,
+            Self::ProgressivelyBalanced { .. } => 3,
+            Self::Power { .. } => 4,
+        }
+    }
+}
+
 impl fmt::Display for Strategy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

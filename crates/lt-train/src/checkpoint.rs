@@ -1,91 +1,25 @@
-//! Checkpoints and atomic file writes.
+//! Checkpoints.
 //!
 //! A checkpoint is one safetensors file holding the model tensors under their
 //! torchvision names (`conv1.weight`, `layer1.0.bn1.running_mean`, `fc.weight`,
 //! ...), the optimiser momentum under `momentum.<name>`, and a
-//! [`CheckpointMeta`] JSON in the safetensors header metadata (key
-//! `lt_train`). Keeping everything in one file makes a checkpoint atomic: it is
-//! written to a temporary file in the same directory and renamed over the old
-//! one, so a crash leaves either the previous or the new checkpoint, never a
-//! mix. A copy of the metadata is also written next to it as `<name>.json` for
-//! people and tools; loading trusts only the copy inside the safetensors file.
+//! [`CheckpointMeta`] (defined with the other run artefacts in `lt-run`) as
+//! JSON in the safetensors header metadata. Keeping everything in one file
+//! makes a checkpoint atomic: it is written to a temporary file in the same
+//! directory and renamed over the old one, so a crash leaves either the
+//! previous or the new checkpoint, never a mix. A copy of the metadata is
+//! also written next to it as `<name>.json` for people and tools; loading
+//! trusts only the copy inside the safetensors file.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-
-/// Header metadata key of the checkpoint JSON.
-const META_KEY: &str = "lt_train";
-
-/// Current checkpoint format version.
-pub const FORMAT_VERSION: u32 = 1;
-
-/// Writes `bytes` to `path` atomically: temp file in the same directory,
-/// flushed and synced, then renamed over `path` (the workspace's one
-/// implementation, `lt_data::fsutil::write_atomic`, with the error mapped).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    lt_data::fsutil::write_atomic(path, bytes).map_err(|e| match e {
-        lt_data::error::DataError::Io { path, source } => TrainError::Io { path, source },
-        other => TrainError::io(path, std::io::Error::other(other.to_string())),
-    })
-}
-
-/// Serialises `value` as pretty JSON and writes it atomically.
-pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
-    let mut bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
-    bytes.push(b'\n');
-    write_atomic(path, &bytes)
-}
-
-/// The best evaluation seen so far (for `model_select = best_val`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BestMetric {
-    /// Epoch (1-based) at which it was reached.
-    pub epoch: usize,
-    /// Name of the metric (e.g. `val_top1`).
-    pub metric: String,
-    /// Its value.
-    pub value: f64,
-}
-
-/// State needed to continue a run exactly where it stopped.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CheckpointMeta {
-    /// Format version ([`FORMAT_VERSION`]).
-    pub format_version: u32,
-    /// Which training produced it (`stage1`, `crt`, `lws`).
-    pub stage: String,
-    /// Number of completed epochs.
-    pub epoch: usize,
-    /// Number of completed optimiser steps.
-    pub global_step: u64,
-    /// Serialised sampler state (`lt_samplers::SamplerState`).
-    pub sampler: Option<serde_json::Value>,
-    /// Random state. Every random choice is derived from `(seed, purpose,
-    /// epoch, index)`, so the seed and the epoch reached are the whole state.
-    pub rng: RngState,
-    /// Best validation result so far.
-    pub best: Option<BestMetric>,
-    /// SHA-256 of the resolved config (resuming with another config is refused).
-    pub config_hash: String,
-    /// Learning rate of the last step (informational).
-    pub lr: f64,
-}
-
-/// Seed-derived random state (see [`CheckpointMeta::rng`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RngState {
-    /// Run seed.
-    pub seed: u64,
-    /// Next epoch whose streams will be derived.
-    pub next_epoch: u64,
-}
+pub use lt_run::checkpoint_meta::{FORMAT_VERSION, META_KEY};
+pub use lt_run::{BestMetric, CheckpointMeta, RngState};
 
 /// Collects every variable of `varmap` (including BN running statistics) by
 /// name, sorted.
@@ -133,11 +67,6 @@ pub fn load_into_varmap(
     Ok(())
 }
 
-/// Path of the JSON copy of a checkpoint's metadata.
-pub fn meta_path(checkpoint: &Path) -> PathBuf {
-    checkpoint.with_extension("json")
-}
-
 /// Writes a checkpoint atomically (see the module docs).
 pub fn save_checkpoint(
     path: &Path,
@@ -156,8 +85,8 @@ pub fn save_checkpoint(
     let info = HashMap::from([(META_KEY.to_string(), meta_json)]);
     let bytes = safetensors::tensor::serialize(all.iter().map(|(k, t)| (*k, t)), Some(info))
         .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
-    write_atomic(path, &bytes)?;
-    write_json_atomic(&meta_path(path), meta)
+    lt_core::fs::write_atomic(path, &bytes)?;
+    Ok(meta.write_sidecar(path)?)
 }
 
 /// Reads a checkpoint: all tensors (model and `momentum.*`) and its metadata.
@@ -216,7 +145,7 @@ mod tests {
     fn meta() -> CheckpointMeta {
         CheckpointMeta {
             format_version: FORMAT_VERSION,
-            stage: "stage1".into(),
+            stage: lt_core::Stage::Stage1,
             epoch: 3,
             global_step: 42,
             sampler: Some(serde_json::json!({"epoch": 3})),
@@ -232,32 +161,6 @@ mod tests {
             config_hash: "abc".into(),
             lr: 0.1,
         }
-    }
-
-    #[test]
-    fn atomic_write_replaces_and_leaves_no_temp() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("sub/file.bin");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = std::fs::read_dir(p.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names.len(), 1, "{names:?}");
-    }
-
-    #[test]
-    fn atomic_write_failure_keeps_old_file() {
-        let dir = tempfile::tempdir().unwrap();
-        // A directory in the way makes the rename fail.
-        let p = dir.path().join("blocked");
-        std::fs::create_dir(&p).unwrap();
-        std::fs::write(p.join("x"), b"keep").unwrap();
-        assert!(write_atomic(&p, b"new").is_err());
-        assert_eq!(std::fs::read(p.join("x")).unwrap(), b"keep");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
@@ -284,8 +187,7 @@ mod tests {
         let (tensors, m) = load_checkpoint(&p, &dev).unwrap();
         assert_eq!(m, meta());
         assert_eq!(tensors.len(), 2);
-        let sidecar: CheckpointMeta =
-            serde_json::from_slice(&std::fs::read(meta_path(&p)).unwrap()).unwrap();
+        let sidecar = CheckpointMeta::read_sidecar(&p).unwrap();
         assert_eq!(sidecar, meta());
 
         varmap

@@ -32,26 +32,129 @@
 //! batch_size = 128
 //! lr = 0.1
 //! "#, "inline.toml").unwrap();
-//! assert_eq!(cfg.stage2.crt.epochs, 10);
+//! assert_eq!(cfg.stage2.crt().epochs, 10);
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use lt_core::stats::GroupRule;
+use lt_core::{HeadId, Stage, TauBias};
 use lt_data::loader::OnUnreadable;
-use lt_data::stats::GroupRule;
 use lt_data::transform::{Normalization, Preset};
-use lt_heads::{CrtInit, NcmConfig, TauBias};
+use lt_heads::NcmConfig;
 use lt_models::{Arch, Precision};
-use lt_samplers::{EpochLength, Strategy};
+use lt_samplers::Strategy;
 use serde::{Deserialize, Serialize};
 
+pub use crate::settings::{Stage2Bn, StageSettings};
+pub use lt_core::{ModelSelect, Split, TauSelect};
+
 use crate::dist::DistConfig;
-use crate::schedule::ScheduleConfig;
 use crate::TrainError;
 
+/// An invalid experiment config: the file, the key path and, where the
+/// parser knows it, the line.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file (or what the text came from).
+    pub origin: String,
+    /// Dotted key path (`stage1.sampler.kind`), when the error is about a key.
+    pub key: Option<String>,
+    /// 1-based line of the key in the file, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+    /// The parser's error, when there is one.
+    #[source]
+    pub source: Option<Box<toml::de::Error>>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.origin.is_empty() {
+            write!(f, "{}: ", self.origin)?;
+        }
+        if let Some(k) = &self.key {
+            write!(f, "key `{k}`: ")?;
+        }
+        write!(f, "{}", self.message)?;
+        if let Some(l) = self.line {
+            write!(f, " (line {l})")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    /// An error about the key at `key` (origin and line filled in later).
+    pub fn at(key: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            origin: String::new(),
+            key: (!key.is_empty()).then(|| key.to_string()),
+            line: None,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An error about the whole file.
+    pub fn file(origin: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            origin: origin.to_string(),
+            ..ConfigError::at("", message)
+        }
+    }
+
+    /// Names the file and finds the key's line in `text`.
+    fn located(mut self, origin: &str, text: Option<&str>) -> Self {
+        self.origin = origin.to_string();
+        if self.line.is_none() {
+            if let (Some(k), Some(t)) = (&self.key, text) {
+                self.line = line_of_key(t, k);
+            }
+        }
+        self
+    }
+}
+
+/// The 1-based line where `key` (dotted path) is written in a TOML text,
+/// from the parser's spans (the deepest part of the path that exists).
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut span = None;
+    for part in key.split('.') {
+        let (k, v) = table.iter().find(|(k, _)| k.get_ref().as_ref() == part)?;
+        span = Some(k.span());
+        match v.get_ref() {
+            DeValue::Table(t) => table = t,
+            _ => break,
+        }
+    }
+    span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+}
+
+/// Deserialises `value` as a `T`, naming the key path under `section` of the
+/// first error (from the deserialiser, never from rewording its message).
+pub(crate) fn deserialize_at<T: serde::de::DeserializeOwned>(
+    value: toml::Value,
+    section: &str,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let key = match (section, inner.as_str()) {
+            (s, ".") | (s, "") => s.to_string(),
+            ("", i) => i.to_string(),
+            (s, i) => format!("{s}.{i}"),
+        };
+        ConfigError::at(&key, e.into_inner().message().to_string())
+    })
+}
+
 /// The whole experiment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ExperimentConfig {
     /// Name used in results and logs (default: the config file's stem).
     #[serde(default)]
@@ -70,15 +173,36 @@ pub struct ExperimentConfig {
     pub model: ModelConfig,
     /// Stage 1: joint training of backbone and linear head.
     pub stage1: Stage1Config,
-    /// Stage 2: classifier re-training heads.
-    #[serde(default)]
+    /// Stage 2: the settings of every trained head (`[stage2.<head>]`).
     pub stage2: Stage2Config,
     /// Evaluation of the heads.
-    #[serde(default)]
     pub eval: EvalConfig,
     /// Data-parallel settings (used when launched with several ranks).
-    #[serde(default, skip_serializing_if = "DistConfig::is_default")]
+    #[serde(skip_serializing_if = "DistConfig::is_default")]
     pub dist: DistConfig,
+}
+
+/// The file as written: the stage sections stay tables until the stage
+/// definitions resolve them against their defaults.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    name: Option<String>,
+    run_dir: PathBuf,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default = "default_device")]
+    device: String,
+    data: DataConfig,
+    model: ModelConfig,
+    stage1: toml::Table,
+    #[serde(default)]
+    stage2: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    eval: EvalConfig,
+    #[serde(default)]
+    dist: DistConfig,
 }
 
 fn default_device() -> String {
@@ -189,256 +313,231 @@ fn is_f32(p: &Precision) -> bool {
     *p == Precision::F32
 }
 
-/// Which checkpoint of a training run is used afterwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelSelect {
-    /// The epoch with the best validation top-1 (the reference).
-    #[default]
-    BestVal,
-    /// The last epoch.
-    Last,
-}
-
-impl ModelSelect {
-    /// Name as written in configs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ModelSelect::BestVal => "best_val",
-            ModelSelect::Last => "last",
-        }
-    }
-}
-
-/// `[stage1]`: joint training.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[stage1]`: joint training. The keys of [`StageSettings`] (with the
+/// stage-1 defaults of [`StageSettings::stage1`]; `epochs`, `batch_size` and
+/// `lr` are required) plus `eval_test`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Stage1Config {
-    /// Number of epochs.
-    pub epochs: usize,
-    /// Batch size.
-    pub batch_size: usize,
-    /// Base learning rate (reference: 0.2 * B / 512).
-    pub lr: f64,
-    /// SGD momentum.
-    #[serde(default = "default_momentum")]
-    pub momentum: f64,
-    /// L2 weight decay on every trained tensor.
-    #[serde(default = "default_wd")]
-    pub weight_decay: f64,
-    /// Nesterov momentum.
-    #[serde(default)]
-    pub nesterov: bool,
-    /// Sampling strategy, e.g. `{ kind = "class_balanced" }`.
-    #[serde(default)]
-    pub sampler: Strategy,
-    /// Batches per epoch (`floor` = floor(N / B), the reference).
-    #[serde(default)]
-    pub epoch_length: EpochLength,
-    /// Permute each batch (only matters for per-device BN).
-    #[serde(default)]
-    pub shuffle_in_batch: bool,
-    /// Learning-rate schedule (default: per-epoch cosine to 0, `pre_1_1`).
-    #[serde(default)]
-    pub schedule: ScheduleConfig,
-    /// Evaluate on val every this many epochs (the last epoch always is).
-    #[serde(default = "one")]
-    pub eval_every: usize,
+    /// Optimiser, schedule, sampler, epochs, batch, loss.
+    pub settings: StageSettings,
     /// Also evaluate on test at each evaluation (costly on large test sets).
-    #[serde(default)]
+    /// Default false.
     pub eval_test: bool,
-    /// Which checkpoint later stages and `eval` use.
-    #[serde(default)]
-    pub model_select: ModelSelect,
 }
 
-fn default_momentum() -> f64 {
-    0.9
-}
-
-fn default_wd() -> f64 {
-    5e-4
-}
-
-fn one() -> usize {
-    1
-}
-
-/// BN behaviour of the frozen backbone in stage 2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stage2Bn {
-    /// Reference: BN normalises with batch statistics and keeps updating its
-    /// running statistics (forward in train mode, no backbone parameter in the
-    /// optimiser, features detached).
-    #[default]
-    Train,
-    /// BN uses the stage-1 running statistics, which stay fixed.
-    Eval,
-}
-
-/// Declares a stage-2 head section: the same keys for cRT and LWS, each
-/// with its own reference defaults for keys a file leaves out.
-macro_rules! stage2_section {
-    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident: $ty:ty),* }, $default:expr) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-        #[serde(deny_unknown_fields, default)]
-        pub struct $name {
-            /// Number of epochs.
-            pub epochs: usize,
-            /// Batch size.
-            pub batch_size: usize,
-            /// Base learning rate (restarts from here with a fresh optimiser).
-            pub lr: f64,
-            /// SGD momentum.
-            pub momentum: f64,
-            /// L2 weight decay on the trained head tensors.
-            pub weight_decay: f64,
-            /// Nesterov momentum.
-            pub nesterov: bool,
-            /// Sampling strategy.
-            pub sampler: Strategy,
-            /// Batches per epoch.
-            pub epoch_length: EpochLength,
-            /// Permute each batch (the reference's `shuffle: true`).
-            pub shuffle_in_batch: bool,
-            /// Learning-rate schedule.
-            pub schedule: ScheduleConfig,
-            /// BN of the frozen backbone: `train` (reference) or `eval`.
-            pub bn: Stage2Bn,
-            /// Use the training augmentation (reference: yes). With
-            /// `bn = "eval"` and no augmentation the features are computed once
-            /// and cached, which approximates the reference (no BN-statistics
-            /// refresh, no augmentation).
-            pub augment: bool,
-            /// Evaluate on val every this many epochs (the last epoch always is).
-            pub eval_every: usize,
-            /// Which epoch's head is kept.
-            pub model_select: ModelSelect,
-            $($(#[$fdoc])* pub $field: $ty,)*
-        }
-
-        impl Default for $name {
-            fn default() -> Self {
-                $default
-            }
-        }
-
-        impl $name {
-            /// Whether the cached-feature fast path applies.
-            pub fn uses_cached_features(&self) -> bool {
-                self.bn == Stage2Bn::Eval && !self.augment
-            }
-        }
-    };
-}
-
-stage2_section!(
-    /// `[stage2.crt]`: classifier re-training. Defaults are the reference:
-    /// 10 epochs, class-balanced sampler (class cycle, 4 per class), batch 512,
-    /// lr 0.2, wd 5e-4, per-epoch cosine, BN in train mode, re-initialised head.
-    CrtConfig {
-        /// How the head starts: `reinit` (reference) or `finetune` (a copy of
-        /// the stage-1 joint head).
-        init: CrtInit
-    },
-    CrtConfig {
-        epochs: 10,
-        batch_size: 512,
-        lr: 0.2,
-        momentum: 0.9,
-        weight_decay: 5e-4,
-        nesterov: false,
-        sampler: Strategy::class_balanced(),
-        epoch_length: EpochLength::Floor,
-        shuffle_in_batch: true,
-        schedule: ScheduleConfig::default(),
-        bn: Stage2Bn::Train,
-        augment: true,
-        eval_every: 1,
-        model_select: ModelSelect::BestVal,
-        init: CrtInit::Reinit,
-    }
-);
-
-stage2_section!(
-    /// `[stage2.lws]`: learnable weight scaling. Defaults are the reference:
-    /// 5 epochs on the train set (not on val) with the class-balanced sampler
-    /// (class cycle, 4 per class, as the official `cls_lws.yaml`), otherwise
-    /// as cRT. The scales start at 1 on the frozen joint head.
-    LwsConfig {},
-    LwsConfig {
-        epochs: 5,
-        batch_size: 512,
-        lr: 0.2,
-        momentum: 0.9,
-        weight_decay: 5e-4,
-        nesterov: false,
-        sampler: Strategy::class_balanced(),
-        epoch_length: EpochLength::Floor,
-        shuffle_in_batch: true,
-        schedule: ScheduleConfig::default(),
-        bn: Stage2Bn::Train,
-        augment: true,
-        eval_every: 1,
-        model_select: ModelSelect::BestVal,
-            }
-);
-
-/// `[stage2]`.
+/// The stage-1 options besides the settings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Stage2Config {
-    /// Classifier re-training.
-    pub crt: CrtConfig,
-    /// Learnable weight scaling.
-    pub lws: LwsConfig,
+#[serde(deny_unknown_fields)]
+struct Stage1Options {
+    #[serde(default)]
+    eval_test: bool,
 }
 
-/// How tau is chosen for the tau-normalised head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TauSelect {
-    /// Sweep the grid and keep the best tau on the selection split (reference).
-    #[default]
-    SweepOnVal,
-    /// Use `eval.tau`.
-    Fixed,
-}
-
-/// A named split.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Split {
-    /// Training list.
-    Train,
-    /// Validation list.
-    Val,
-    /// Test list.
-    Test,
-}
-
-impl Split {
-    /// Lower-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Val => "val",
-            Split::Test => "test",
-        }
+impl std::ops::Deref for Stage1Config {
+    type Target = StageSettings;
+    fn deref(&self) -> &StageSettings {
+        &self.settings
     }
 }
 
-impl std::str::FromStr for Split {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "train" => Ok(Split::Train),
-            "val" => Ok(Split::Val),
-            "test" => Ok(Split::Test),
-            _ => Err(format!("unknown split `{s}`, expected train, val or test")),
+impl std::ops::DerefMut for Stage1Config {
+    fn deref_mut(&mut self) -> &mut StageSettings {
+        &mut self.settings
+    }
+}
+
+impl Stage1Config {
+    fn from_table(table: &toml::Table) -> Result<Self, ConfigError> {
+        let (settings, rest) =
+            StageSettings::resolve(&StageSettings::stage1(), table, "stage1", true)?;
+        let options: Stage1Options = deserialize_at(toml::Value::Table(rest), "stage1")?;
+        Ok(Stage1Config {
+            settings,
+            eval_test: options.eval_test,
+        })
+    }
+
+    fn to_table(&self) -> Result<toml::Table, toml::ser::Error> {
+        let options = toml::Table::try_from(Stage1Options {
+            eval_test: self.eval_test,
+        })?;
+        self.settings.to_section(&options, true)
+    }
+}
+
+impl Serialize for Stage1Config {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_table()
+            .map_err(serde::ser::Error::custom)?
+            .serialize(s)
+    }
+}
+
+/// One trained stage-2 head's section (`[stage2.<head>]`): the keys of
+/// [`StageSettings`] and the head's own options, each defaulting to the
+/// head's definition (see `lt_train::heads`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadStageConfig {
+    /// Optimiser, schedule, sampler, epochs, batch, BN, augmentation, loss.
+    pub settings: StageSettings,
+    /// The head's own options (cRT: `init`), its defaults filled in.
+    pub options: toml::Table,
+}
+
+impl std::ops::Deref for HeadStageConfig {
+    type Target = StageSettings;
+    fn deref(&self) -> &StageSettings {
+        &self.settings
+    }
+}
+
+impl std::ops::DerefMut for HeadStageConfig {
+    fn deref_mut(&mut self) -> &mut StageSettings {
+        &mut self.settings
+    }
+}
+
+impl HeadStageConfig {
+    /// The head's defaults.
+    pub fn defaults(head: &dyn crate::heads::TrainedHead) -> Self {
+        HeadStageConfig {
+            settings: head.default_settings(),
+            options: head.default_options(),
         }
+    }
+
+    fn resolve(
+        head: &dyn crate::heads::TrainedHead,
+        table: &toml::Table,
+        section: &str,
+    ) -> Result<Self, ConfigError> {
+        let (settings, rest) =
+            StageSettings::resolve(&head.default_settings(), table, section, false)?;
+        let mut options = head.default_options();
+        for (k, v) in rest {
+            if !options.contains_key(&k) {
+                let known: Vec<&str> = options.keys().map(String::as_str).collect();
+                return Err(ConfigError::at(
+                    &format!("{section}.{k}"),
+                    format!(
+                        "unknown key `{k}`; a stage-2 section takes the stage settings{}",
+                        if known.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" and {}", known.join(", "))
+                        }
+                    ),
+                ));
+            }
+            options.insert(k, v);
+        }
+        head.check_options(&options)
+            .map_err(|(k, m)| ConfigError::at(&format!("{section}.{k}"), m))?;
+        Ok(HeadStageConfig { settings, options })
+    }
+}
+
+/// `[stage2]`: one section per trained head of the registry
+/// (`lt_train::heads::REGISTRY`), each filled with the head's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stage2Config {
+    heads: BTreeMap<HeadId, HeadStageConfig>,
+}
+
+impl Default for Stage2Config {
+    fn default() -> Self {
+        let heads = crate::heads::REGISTRY
+            .iter()
+            .filter_map(|h| h.training().map(|t| (h.id(), HeadStageConfig::defaults(t))))
+            .collect();
+        Stage2Config { heads }
+    }
+}
+
+impl Stage2Config {
+    fn from_tables(tables: &BTreeMap<String, toml::Table>) -> Result<Self, ConfigError> {
+        let mut cfg = Stage2Config::default();
+        for (name, table) in tables {
+            let section = format!("stage2.{name}");
+            let method = crate::heads::find(name).ok_or_else(|| {
+                ConfigError::at(
+                    &section,
+                    format!(
+                        "unknown head `{name}`, expected one of: {}",
+                        crate::heads::trained_names().join(", ")
+                    ),
+                )
+            })?;
+            let training = method.training().ok_or_else(|| {
+                ConfigError::at(
+                    &section,
+                    format!(
+                        "head `{name}` is not trained (it is computed at evaluation time; \
+                         its settings are under [eval]); trained heads: {}",
+                        crate::heads::trained_names().join(", ")
+                    ),
+                )
+            })?;
+            cfg.heads.insert(
+                method.id(),
+                HeadStageConfig::resolve(training, table, &section)?,
+            );
+        }
+        Ok(cfg)
+    }
+
+    /// The section of a trained head.
+    ///
+    /// # Panics
+    /// If `head` is not a trained head of the registry (sections exist for
+    /// every one of them).
+    pub fn head(&self, head: &str) -> &HeadStageConfig {
+        self.heads
+            .iter()
+            .find(|(k, _)| **k == head)
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("`{head}` is not a trained head"))
+    }
+
+    /// The section of a trained head, to change it.
+    ///
+    /// # Panics
+    /// As [`head`](Self::head).
+    pub fn head_mut(&mut self, head: &str) -> &mut HeadStageConfig {
+        self.heads
+            .iter_mut()
+            .find(|(k, _)| **k == head)
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("`{head}` is not a trained head"))
+    }
+
+    /// cRT's section.
+    pub fn crt(&self) -> &HeadStageConfig {
+        self.head("crt")
+    }
+
+    /// LWS's section.
+    pub fn lws(&self) -> &HeadStageConfig {
+        self.head("lws")
+    }
+
+    /// Every section, by head.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeadId, &HeadStageConfig)> {
+        self.heads.iter()
+    }
+}
+
+impl Serialize for Stage2Config {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = BTreeMap::new();
+        for (k, v) in &self.heads {
+            let t = v
+                .settings
+                .to_section(&v.options, false)
+                .map_err(serde::ser::Error::custom)?;
+            map.insert(k.as_str().to_string(), t);
+        }
+        map.serialize(s)
     }
 }
 
@@ -491,14 +590,13 @@ pub fn parse_device(spec: &str) -> Result<candle_core::Device, TrainError> {
         spec.strip_prefix("cuda:")
             .or(if spec == "cuda" { Some("0") } else { None })
     else {
-        return Err(TrainError::Config(format!(
-            "key `device`: `{spec}` is not `cpu` or `cuda:N`"
-        )));
+        return Err(ConfigError::at("device", format!("`{spec}` is not `cpu` or `cuda:N`")).into());
     };
     let ordinal: usize = ordinal.parse().map_err(|_| {
-        TrainError::Config(format!(
-            "key `device`: `{spec}`: `{ordinal}` is not a GPU index"
-        ))
+        ConfigError::at(
+            "device",
+            format!("`{spec}`: `{ordinal}` is not a GPU index"),
+        )
     })?;
     if !candle_core::utils::cuda_is_available() {
         return Err(TrainError::Device(format!(
@@ -515,20 +613,29 @@ impl ExperimentConfig {
     /// Reads and validates a config file, applying `key=value` overrides
     /// (dotted keys, TOML values; a bare word is taken as a string).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            TrainError::Config(format!("cannot read config {}: {e}", path.display()))
-        })?;
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::file(&origin, format!("cannot read the config ({e})")))?;
         let mut cfg = if overrides.is_empty() {
-            Self::from_toml_str(&text, &path.display().to_string())?
+            Self::from_toml_str(&text, &origin)?
         } else {
-            let mut table: toml::Table = toml::from_str(&text)
-                .map_err(|e| TrainError::Config(format!("{}: {}", path.display(), e.message())))?;
+            let mut table: toml::Table = toml::from_str(&text).map_err(|e| {
+                let line = e
+                    .span()
+                    .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+                ConfigError {
+                    line,
+                    message: e.message().to_string(),
+                    source: Some(Box::new(e)),
+                    ..ConfigError::file(&origin, "")
+                }
+            })?;
             for o in overrides {
                 apply_override(&mut table, o)?;
             }
-            let origin = format!("{} (with --set overrides)", path.display());
+            let origin = format!("{origin} (with --set overrides)");
             let text = toml::to_string(&table)
-                .map_err(|e| TrainError::Config(format!("{origin}: {e}")))?;
+                .map_err(|e| ConfigError::file(&origin, format!("re-serialising: {e}")))?;
             Self::from_toml_str(&text, &origin)?
         };
         if cfg.name.is_none() {
@@ -539,145 +646,127 @@ impl ExperimentConfig {
 
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, TrainError> {
-        let cfg: Self = match toml::from_str(text) {
-            Ok(c) => c,
-            Err(span_err) => {
-                // The span error shows the line; deserialising the parsed value
-                // again gives the key path (`in stage1.sampler`), which span
-                // errors of nested tables lack.
-                let keyed = toml::from_str::<toml::Table>(text)
-                    .ok()
-                    .and_then(|t| Self::deserialize(toml::Value::Table(t)).err());
-                let msg = match keyed {
-                    Some(k) => {
-                        let k = k.to_string();
-                        match k.rsplit_once("\nin `") {
-                            Some((msg, key)) => {
-                                let mut key = key.trim_end().trim_end_matches('`').to_string();
-                                // Name the unknown key itself, not only its table.
-                                if let Some(field) = msg
-                                    .strip_prefix("unknown field `")
-                                    .and_then(|r| r.split('`').next())
-                                {
-                                    key = format!("{key}.{field}");
-                                }
-                                format!("key `{key}`: {msg}")
-                            }
-                            None => k,
-                        }
-                    }
-                    None => span_err.message().to_string(),
-                };
-                // The span error ends with the same message; keep its location
-                // and snippet only.
-                let span = span_err.to_string();
-                let span = span
-                    .trim_end()
-                    .strip_suffix(span_err.message())
-                    .unwrap_or(&span)
-                    .trim_end();
-                return Err(TrainError::Config(format!("{origin}: {msg}\n{span}")));
+        Ok(Self::parse(text).map_err(|e| e.located(origin, Some(text)))?)
+    }
+
+    fn parse(text: &str) -> Result<Self, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
+            line: e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
+            message: e.message().to_string(),
+            source: Some(Box::new(e)),
+            ..ConfigError::at("", "")
+        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError {
+                line: inner
+                    .span()
+                    .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
+                message: inner.message().to_string(),
+                source: Some(Box::new(inner)),
+                ..ConfigError::at(if key == "." { "" } else { &key }, "")
             }
+        })?;
+        let cfg = ExperimentConfig {
+            name: raw.name,
+            run_dir: raw.run_dir,
+            seed: raw.seed,
+            device: raw.device,
+            data: raw.data,
+            model: raw.model,
+            stage1: Stage1Config::from_table(&raw.stage1)?,
+            stage2: Stage2Config::from_tables(&raw.stage2)?,
+            eval: raw.eval,
+            dist: raw.dist,
         };
-        cfg.validate()
-            .map_err(|e| TrainError::Config(format!("{origin}: {e}")))?;
+        cfg.check()?;
         Ok(cfg)
     }
 
     /// Checks values serde cannot (ranges, consistency); errors name the key.
-    pub fn validate(&self) -> Result<(), String> {
-        self.dist.validate()?;
+    pub fn validate(&self) -> Result<(), TrainError> {
+        Ok(self.check()?)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        self.dist
+            .validate()
+            .map_err(|e| ConfigError::at("dist", e))?;
         let s1 = &self.stage1;
-        if s1.epochs == 0 {
-            return Err("key `stage1.epochs`: must be at least 1".into());
+        s1.settings.validate("stage1")?;
+        if s1.bn != Stage2Bn::Train || !s1.augment {
+            return Err(ConfigError::at(
+                "stage1",
+                "`bn` and `augment` are stage-2 settings (stage 1 trains the backbone with BN \
+                 in train mode and the training augmentation)",
+            ));
         }
-        if s1.batch_size == 0 {
-            return Err("key `stage1.batch_size`: must be at least 1".into());
-        }
-        if s1.eval_every == 0 {
-            return Err("key `stage1.eval_every`: must be at least 1".into());
-        }
-        s1.schedule
-            .validate(s1.epochs)
-            .map_err(|e| format!("key `stage1.schedule`: {e}"))?;
-        let crt = &self.stage2.crt;
-        let lws = &self.stage2.lws;
-        for (name, epochs, batch_size, eval_every, schedule) in [
-            (
-                "crt",
-                crt.epochs,
-                crt.batch_size,
-                crt.eval_every,
-                &crt.schedule,
-            ),
-            (
-                "lws",
-                lws.epochs,
-                lws.batch_size,
-                lws.eval_every,
-                &lws.schedule,
-            ),
-        ] {
-            if epochs == 0 {
-                return Err(format!("key `stage2.{name}.epochs`: must be at least 1"));
-            }
-            if batch_size == 0 {
-                return Err(format!(
-                    "key `stage2.{name}.batch_size`: must be at least 1"
-                ));
-            }
-            if eval_every == 0 {
-                return Err(format!(
-                    "key `stage2.{name}.eval_every`: must be at least 1"
-                ));
-            }
-            schedule
-                .validate(epochs)
-                .map_err(|e| format!("key `stage2.{name}.schedule`: {e}"))?;
+        for (head, section) in self.stage2.iter() {
+            section.settings.validate(&format!("stage2.{head}"))?;
         }
         if self.eval.batch_size == 0 {
-            return Err("key `eval.batch_size`: must be at least 1".into());
+            return Err(ConfigError::at("eval.batch_size", "must be at least 1"));
         }
         if self.eval.tau_select == TauSelect::Fixed && self.eval.tau.is_none() {
-            return Err("key `eval.tau`: required when `eval.tau_select = \"fixed\"`".into());
+            return Err(ConfigError::at(
+                "eval.tau",
+                "required when `eval.tau_select = \"fixed\"`",
+            ));
+        }
+        if let Some(t) = self.eval.tau {
+            if !(t >= 0.0 && t.is_finite()) {
+                return Err(ConfigError::at("eval.tau", "must be finite and >= 0"));
+            }
         }
         if let Some(g) = &self.eval.tau_grid {
-            if g.is_empty() || g.iter().any(|t| !t.is_finite()) {
-                return Err(
-                    "key `eval.tau_grid`: must be a non-empty list of finite numbers".into(),
-                );
+            if g.is_empty() || g.iter().any(|t| !(t.is_finite() && *t >= 0.0)) {
+                return Err(ConfigError::at(
+                    "eval.tau_grid",
+                    "must be a non-empty list of finite numbers >= 0",
+                ));
             }
         }
         if let Some(p) = &self.model.trainable_prefixes {
             if p.is_empty() {
-                return Err("key `model.trainable_prefixes`: empty list trains nothing".into());
+                return Err(ConfigError::at(
+                    "model.trainable_prefixes",
+                    "empty list trains nothing",
+                ));
             }
         }
         if self.data.threads == 0 {
-            return Err("key `data.threads`: must be at least 1".into());
+            return Err(ConfigError::at("data.threads", "must be at least 1"));
         }
         let needs_val = s1.model_select == ModelSelect::BestVal
-            || self.stage2.crt.model_select == ModelSelect::BestVal
-            || self.stage2.lws.model_select == ModelSelect::BestVal
+            || self
+                .stage2
+                .iter()
+                .any(|(_, s)| s.model_select == ModelSelect::BestVal)
             || (self.eval.tau_select == TauSelect::SweepOnVal
                 && self.eval.tau_select_split == Split::Val);
         if needs_val && self.data.val_list.is_none() {
-            return Err(
-                "key `data.val_list`: required by `model_select = \"best_val\"` and the \
-                        tau sweep on val (or set them to `last` / `fixed`)"
-                    .into(),
-            );
+            return Err(ConfigError::at(
+                "data.val_list",
+                "required by `model_select = \"best_val\"` and the tau sweep on val (or set \
+                 them to `last` / `fixed`)",
+            ));
         }
         if self.eval.report_split == Some(Split::Test) && self.data.test_list.is_none() {
-            return Err("key `data.test_list`: required by `eval.report_split = \"test\"`".into());
+            return Err(ConfigError::at(
+                "data.test_list",
+                "required by `eval.report_split = \"test\"`",
+            ));
         }
-        if let Some(k) = self.stage1.sampler_epochs_mismatch() {
-            return Err(k);
+        if let Some(e) = self.stage1.sampler_epochs_mismatch() {
+            return Err(e);
         }
         if self.device != "cpu" && !self.device.starts_with("cuda") {
-            return Err(format!(
-                "key `device`: `{}` is not `cpu` or `cuda:N`",
-                self.device
+            return Err(ConfigError::at(
+                "device",
+                format!("`{}` is not `cpu` or `cuda:N`", self.device),
             ));
         }
         Ok(())
@@ -704,25 +793,38 @@ impl ExperimentConfig {
             })
     }
 
+    /// The settings of a training stage.
+    pub fn stage_settings(&self, stage: &Stage) -> &StageSettings {
+        match stage {
+            Stage::Stage1 => &self.stage1.settings,
+            Stage::Head(h) => &self.stage2.head(h.as_str()).settings,
+        }
+    }
+
     /// The resolved config as TOML (saved with every run).
     pub fn to_toml(&self) -> Result<String, TrainError> {
-        toml::to_string(self).map_err(|e| TrainError::Config(format!("serialising config: {e}")))
+        toml::to_string(self)
+            .map_err(|e| ConfigError::file(self.name(), format!("serialising: {e}")).into())
     }
 
     /// SHA-256 (hex) of the resolved config.
     pub fn hash(&self) -> Result<String, TrainError> {
-        Ok(lt_data::fsutil::sha256_hex(self.to_toml()?.as_bytes()))
+        Ok(lt_core::fs::sha256_hex(self.to_toml()?.as_bytes()))
     }
 
-    /// SHA-256 (hex) of what determines the result of one training stage
-    /// (`stage1`, `crt` or `lws`): the seed, the data, the model, stage 1 and,
-    /// for a stage-2 head, its own section. The run directory, the device name
-    /// and the loader's thread, prefetch and cache settings are left out: they
-    /// do not change the result. A checkpoint remembers it, so `--resume` with
-    /// a config that would train differently is refused, while editing, say,
-    /// `[eval]` does not invalidate a finished stage 1.
-    pub fn stage_hash(&self, stage: &str) -> Result<String, TrainError> {
-        let err = |e: String| TrainError::Config(format!("hashing config: {e}"));
+    /// SHA-256 (hex) of what determines the result of one training stage:
+    /// the seed, the data, the model, stage 1 and, for a stage-2 head, its
+    /// own section. The run directory, the device name and the loader's
+    /// thread, prefetch and cache settings are left out: they do not change
+    /// the result. A checkpoint remembers it, so `--resume` with a config
+    /// that would train differently is refused, while editing, say, `[eval]`
+    /// does not invalidate a finished stage 1.
+    pub fn stage_hash(&self, stage: impl AsRef<str>) -> Result<String, TrainError> {
+        let stage: Stage = stage
+            .as_ref()
+            .parse()
+            .map_err(|e| ConfigError::file(self.name(), format!("hashing: {e}")))?;
+        let err = |e: String| ConfigError::file(self.name(), format!("hashing: {e}"));
         let mut v = serde_json::to_value(self).map_err(|e| err(e.to_string()))?;
         let obj = v
             .as_object_mut()
@@ -743,35 +845,33 @@ impl ExperimentConfig {
             }
         }
         let stage2 = obj.remove("stage2");
-        match stage {
-            "stage1" => {}
-            "crt" | "lws" => {
-                let section = stage2
-                    .as_ref()
-                    .and_then(|s| s.get(stage))
-                    .cloned()
-                    .unwrap_or(serde_json::Value::Null);
-                obj.insert(stage.to_string(), section);
-            }
-            other => return Err(err(format!("unknown stage `{other}`"))),
+        if let Stage::Head(h) = &stage {
+            let section = stage2
+                .as_ref()
+                .and_then(|s| s.get(h.as_str()))
+                .cloned()
+                .ok_or_else(|| err(format!("no stage `{h}`")))?;
+            obj.insert(h.as_str().to_string(), section);
         }
         let text = serde_json::to_string(&v).map_err(|e| err(e.to_string()))?;
-        Ok(lt_data::fsutil::sha256_hex(text.as_bytes()))
+        Ok(lt_core::fs::sha256_hex(text.as_bytes()))
     }
 }
 
 impl Stage1Config {
     /// A progressively-balanced sampler planned for another number of epochs is
     /// almost always a copy-paste slip.
-    fn sampler_epochs_mismatch(&self) -> Option<String> {
+    fn sampler_epochs_mismatch(&self) -> Option<ConfigError> {
         match &self.sampler {
             Strategy::ProgressivelyBalanced { total_epochs, .. }
                 if *total_epochs != self.epochs =>
             {
-                Some(format!(
-                    "key `stage1.sampler.total_epochs`: {total_epochs} differs from \
-                     `stage1.epochs` = {}",
-                    self.epochs
+                Some(ConfigError::at(
+                    "stage1.sampler.total_epochs",
+                    format!(
+                        "{total_epochs} differs from `stage1.epochs` = {}",
+                        self.epochs
+                    ),
                 ))
             }
             _ => None,
@@ -780,11 +880,12 @@ impl Stage1Config {
 }
 
 /// Applies one `a.b.c=value` override to a parsed TOML table.
-pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<(), TrainError> {
+pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<(), ConfigError> {
     let Some((key, raw)) = spec.split_once('=') else {
-        return Err(TrainError::Config(format!(
-            "--set `{spec}`: expected `key=value` (e.g. `stage1.epochs=2`)"
-        )));
+        return Err(ConfigError::file(
+            "--set",
+            format!("`{spec}`: expected `key=value` (e.g. `stage1.epochs=2`)"),
+        ));
     };
     let key = key.trim();
     let raw = raw.trim();
@@ -794,9 +895,10 @@ pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<(), TrainEr
         .unwrap_or_else(|| toml::Value::String(raw.to_string()));
     let parts: Vec<&str> = key.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
-        return Err(TrainError::Config(format!(
-            "--set `{spec}`: empty key segment"
-        )));
+        return Err(ConfigError::file(
+            "--set",
+            format!("`{spec}`: empty key segment"),
+        ));
     }
     let mut cur = table;
     for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
@@ -806,10 +908,10 @@ pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<(), TrainEr
         cur = match entry {
             toml::Value::Table(t) => t,
             _ => {
-                return Err(TrainError::Config(format!(
-                    "--set `{spec}`: key `{}` is not a table",
-                    parts[..=i].join(".")
-                )))
+                return Err(ConfigError::file(
+                    "--set",
+                    format!("`{spec}`: key `{}` is not a table", parts[..=i].join(".")),
+                ))
             }
         };
     }
@@ -843,10 +945,10 @@ lr = 0.1
         let c = ExperimentConfig::from_toml_str(MINIMAL, "m.toml").unwrap();
         assert_eq!(c.stage1.momentum, 0.9);
         assert_eq!(c.stage1.sampler, Strategy::InstanceBalanced);
-        assert_eq!(c.stage2.crt.sampler, Strategy::class_balanced());
-        assert_eq!(c.stage2.crt.init, CrtInit::Reinit);
-        assert_eq!(c.stage2.lws.epochs, 5);
-        assert_eq!(c.stage2.lws.sampler, Strategy::class_balanced());
+        assert_eq!(c.stage2.crt().sampler, Strategy::class_balanced());
+        assert_eq!(c.stage2.crt().options["init"].as_str(), Some("reinit"));
+        assert_eq!(c.stage2.lws().epochs, 5);
+        assert_eq!(c.stage2.lws().sampler, Strategy::class_balanced());
         assert_eq!(c.stage1.model_select, ModelSelect::BestVal);
         assert_eq!(c.report_split(), Split::Val);
         // Round trip through the saved copy.
@@ -858,7 +960,7 @@ lr = 0.1
         d.run_dir = "elsewhere".into();
         d.data.threads = 7;
         d.eval.batch_size = 3;
-        d.stage2.lws.lr = 1.0;
+        d.stage2.head_mut("lws").lr = 1.0;
         assert_eq!(
             d.stage_hash("stage1").unwrap(),
             c.stage_hash("stage1").unwrap()
@@ -941,8 +1043,8 @@ lr = 0.1
         // A partial [stage2.lws] keeps the LWS defaults for what it omits.
         let text = format!("{MINIMAL}[stage2.lws]\nlr = 0.05\n");
         let c = ExperimentConfig::from_toml_str(&text, "cfg.toml").unwrap();
-        assert_eq!((c.stage2.lws.lr, c.stage2.lws.epochs), (0.05, 5));
-        assert_eq!(c.stage2.lws.sampler, Strategy::class_balanced());
+        assert_eq!((c.stage2.lws().lr, c.stage2.lws().epochs), (0.05, 5));
+        assert_eq!(c.stage2.lws().sampler, Strategy::class_balanced());
         let text = MINIMAL.replace("epochs = 2", "epochs = 2\nschedule = { warmup_epochs = 5 }");
         let e = ExperimentConfig::from_toml_str(&text, "cfg.toml")
             .unwrap_err()
@@ -975,7 +1077,7 @@ lr = 0.1
         .unwrap();
         assert_eq!(c.name(), "exp");
         assert_eq!(c.stage1.epochs, 7);
-        assert_eq!(c.stage2.crt.bn, Stage2Bn::Eval);
+        assert_eq!(c.stage2.crt().bn, Stage2Bn::Eval);
         assert_eq!(c.run_dir, PathBuf::from("/tmp/elsewhere"));
         assert_eq!(c.stage1.sampler, Strategy::SquareRoot);
         let e = ExperimentConfig::load(&p, &["stage1.epochz=7".into()])

@@ -1,13 +1,20 @@
 //! The error type of the crate.
+//!
+//! Errors of the crates below are wrapped with `#[from]`, so that
+//! [`std::error::Error::source`] leads from the training failure down to the
+//! root cause (an unreadable image, a malformed split line, an OS error);
+//! a binary printing the chain (`anyhow`'s `{:#}`) shows each level once.
 
 use std::path::{Path, PathBuf};
+
+use crate::config::ConfigError;
 
 /// Everything that can go wrong while configuring, training or evaluating.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// The experiment config is invalid (the message names the file and key).
     #[error("config error: {0}")]
-    Config(String),
+    Config(Box<ConfigError>),
     /// A learning-rate schedule value is invalid (the message names the key).
     #[error("schedule: {0}")]
     Schedule(String),
@@ -36,12 +43,41 @@ pub enum TrainError {
     #[error("device: {0}")]
     Device(String),
     /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
+        #[source]
         source: std::io::Error,
+    },
+    /// A whole-file read or atomic write failed.
+    #[error(transparent)]
+    Fs(#[from] lt_core::fs::FsError),
+    /// Reading or loading data failed.
+    #[error("data")]
+    Data(#[source] Box<lt_data::DataError>),
+    /// Building or loading a backbone failed.
+    #[error("model")]
+    Model(#[source] Box<lt_models::ModelError>),
+    /// Building, fitting or loading a classifier head failed.
+    #[error("head")]
+    Head(#[source] Box<lt_heads::HeadError>),
+    /// Computing metrics failed.
+    #[error("metrics")]
+    Metrics(#[source] Box<lt_metrics::MetricsError>),
+    /// A run artefact (results, metrics log, checkpoint metadata) is bad.
+    #[error("run directory")]
+    Run(#[source] Box<lt_run::RunError>),
+    /// A sampler could not be built or restored (the message names the key
+    /// or checkpoint).
+    #[error("{context}")]
+    Sampler {
+        /// Where: the config key or the checkpoint.
+        context: String,
+        /// The cause.
+        #[source]
+        source: lt_samplers::SamplerError,
     },
     /// Something the run needs is missing or inconsistent (e.g. evaluating a
     /// head that was never trained).
@@ -55,6 +91,26 @@ pub enum TrainError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
+
+/// The wrapped errors are boxed: `TrainError` stays small on the happy path.
+macro_rules! boxed_from {
+    ($($ty:ty => $var:ident),* $(,)?) => {
+        $(impl From<$ty> for TrainError {
+            fn from(e: $ty) -> Self {
+                TrainError::$var(Box::new(e))
+            }
+        })*
+    };
+}
+
+boxed_from!(
+    ConfigError => Config,
+    lt_data::DataError => Data,
+    lt_models::ModelError => Model,
+    lt_heads::HeadError => Head,
+    lt_metrics::MetricsError => Metrics,
+    lt_run::RunError => Run,
+);
 
 impl TrainError {
     /// An I/O error on `path`.

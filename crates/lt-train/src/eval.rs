@@ -1,8 +1,8 @@
 //! Feature extraction and evaluation of logits.
 
 use candle_core::{DType, Device, Tensor};
+use lt_core::stats::{ClassStats, GroupRule};
 use lt_data::loader::Loader;
-use lt_data::stats::{ClassStats, GroupRule};
 use lt_heads::Classifier;
 use lt_metrics::Evaluation;
 use lt_models::{Backbone, BnMode};
@@ -10,7 +10,6 @@ use lt_models::{Backbone, BnMode};
 use crate::dist::Dist;
 use crate::experiment::sequential_batches;
 use crate::progress;
-use crate::run_dir::SplitMetrics;
 use crate::TrainError;
 
 /// Features of a whole split, in dataset order.
@@ -37,22 +36,6 @@ impl Features {
     pub fn labels_tensor(&self, device: &Device) -> Result<Tensor, TrainError> {
         Ok(Tensor::new(self.labels.as_slice(), device)?)
     }
-}
-
-pub(crate) fn data_err(e: lt_data::error::DataError) -> TrainError {
-    TrainError::Invalid(format!("data: {e}"))
-}
-
-pub(crate) fn model_err(e: lt_models::ModelError) -> TrainError {
-    TrainError::Invalid(format!("model: {e}"))
-}
-
-pub(crate) fn head_err(e: lt_heads::HeadError) -> TrainError {
-    TrainError::Invalid(format!("head: {e}"))
-}
-
-pub(crate) fn metrics_err(e: lt_metrics::MetricsError) -> TrainError {
-    TrainError::Invalid(format!("metrics: {e}"))
 }
 
 /// Runs the backbone over every image of the loader's dataset, in order, with
@@ -84,7 +67,7 @@ pub fn extract_features(
     let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
     let mut expected = shard.start;
     for (batch, size) in loader.epoch(0, batches).zip(sizes) {
-        let batch = batch.map_err(data_err)?;
+        let batch = batch?;
         // A skipped (unreadable) image would misalign features and labels.
         if !batch.indices.iter().copied().eq(expected..expected + size) {
             return Err(TrainError::Invalid(format!(
@@ -94,10 +77,7 @@ pub fn extract_features(
         }
         expected += size;
         let images = batch.images.to_device(&device)?;
-        let f = backbone
-            .forward_t(&images, mode)
-            .map_err(model_err)?
-            .detach();
+        let f = backbone.forward_t(&images, mode)?.detach();
         chunks.push(f);
         bar.inc(1);
     }
@@ -176,8 +156,7 @@ pub fn evaluate_head(
     }
     let logits = logits_host(head, &features.features, 4096)?;
     let loss = mean_cross_entropy(&logits, num_classes, &features.labels);
-    let e = lt_metrics::evaluate(&logits, num_classes, &features.labels, train_stats, rule)
-        .map_err(metrics_err)?;
+    let e = lt_metrics::evaluate(&logits, num_classes, &features.labels, train_stats, rule)?;
     Ok((e, loss))
 }
 
@@ -204,26 +183,13 @@ pub fn evaluate_head_on_device(
     while start < n {
         let len = CHUNK.min(n - start);
         let logits = head.logits(&features.features.narrow(0, start, len)?)?;
-        let (s, nll) = lt_metrics::device::sample_scores(&logits, &labels.narrow(0, start, len)?)
-            .map_err(metrics_err)?;
+        let (s, nll) = lt_metrics::device::sample_scores(&logits, &labels.narrow(0, start, len)?)?;
         scores.extend(s);
         nll_sum += nll.iter().sum::<f64>();
         start += len;
     }
-    let e = lt_metrics::evaluate_scores(&scores, num_classes, &features.labels, train_stats, rule)
-        .map_err(metrics_err)?;
+    let e = lt_metrics::evaluate_scores(&scores, num_classes, &features.labels, train_stats, rule)?;
     Ok((e, nll_sum / n as f64))
-}
-
-/// The short per-epoch summary of an evaluation.
-pub fn split_metrics(e: &Evaluation, loss: f64) -> SplitMetrics {
-    SplitMetrics {
-        top1: e.top1,
-        many: e.many,
-        medium: e.medium,
-        few: e.few,
-        loss,
-    }
 }
 
 #[cfg(test)]
@@ -233,7 +199,7 @@ mod tests {
     /// The device path (run here on the CPU) gives the host path's metrics.
     #[test]
     fn device_evaluation_matches_the_host() {
-        use lt_data::stats::GroupThresholds;
+        use lt_core::stats::GroupThresholds;
         let (n, d, c) = (5000, 6, 4);
         let f: Vec<f32> = (0..n * d)
             .map(|i| ((i * 7919) % 97) as f32 / 30.0 - 1.5)

@@ -4,49 +4,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::Device;
+use lt_core::stats::ClassStats;
 use lt_data::dataset::Dataset;
 use lt_data::loader::{Loader, LoaderConfig};
-use lt_data::stats::ClassStats;
 use lt_data::transform::{Preset, Transform};
-use serde::{Deserialize, Serialize};
+pub use lt_run::data_info::{DataInfo, SplitSummary};
 
 use crate::config::{parse_device, ExperimentConfig, Split};
 use crate::dist::{Communicator, Dist, DistEnv, SingleProcess};
-use crate::eval::data_err;
-use crate::run_dir::RunDir;
 use crate::TrainError;
-
-/// Identity of one split list: where it is, its hash and its class counts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SplitSummary {
-    /// The list file.
-    pub list: String,
-    /// SHA-256 of the list file.
-    pub sha256: String,
-    /// Number of images.
-    pub total: usize,
-    /// Images per class.
-    pub counts: Vec<usize>,
-}
-
-/// `data.json` of a run: the identity of every split used.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DataInfo {
-    /// Number of classes.
-    pub num_classes: usize,
-    /// Training split.
-    pub train: SplitSummary,
-    /// Validation split.
-    pub val: Option<SplitSummary>,
-    /// Test split.
-    pub test: Option<SplitSummary>,
-    /// Imbalance ratio of the training split (largest / smallest class).
-    pub imbalance_ratio: Option<f64>,
-    /// Many / medium / few class counts under the configured rule.
-    pub group_sizes: [usize; 3],
-    /// The rule, in words.
-    pub group_rule: String,
-}
+use lt_run::RunDir;
 
 /// A config with everything it refers to opened and checked.
 #[derive(Debug)]
@@ -75,7 +42,7 @@ pub struct Experiment {
 }
 
 fn summarise(list: &Path, ds: &Dataset) -> Result<SplitSummary, TrainError> {
-    let sha256 = lt_data::fsutil::sha256_file(list, |_| {}).map_err(data_err)?;
+    let sha256 = lt_core::fs::sha256_file(list, |_| {})?;
     Ok(SplitSummary {
         list: list.display().to_string(),
         sha256,
@@ -142,17 +109,14 @@ impl Experiment {
         dist: Dist,
     ) -> Result<Self, TrainError> {
         let d = &config.data;
-        let train = lt_data::split_list::read_split_list(&d.train_list, &d.root, d.num_classes)
-            .map_err(data_err)?;
+        let train = lt_data::split_list::read_split_list(&d.train_list, &d.root, d.num_classes)?;
         let num_classes = train.num_classes();
         let read_other =
             |list: &Option<std::path::PathBuf>| -> Result<Option<Dataset>, TrainError> {
-                list.as_ref()
-                    .map(|l| {
-                        lt_data::split_list::read_split_list(l, &d.root, Some(num_classes))
-                            .map_err(data_err)
-                    })
-                    .transpose()
+                Ok(list
+                    .as_ref()
+                    .map(|l| lt_data::split_list::read_split_list(l, &d.root, Some(num_classes)))
+                    .transpose()?)
             };
         let val = read_other(&d.val_list)?;
         let test = read_other(&d.test_list)?;
@@ -198,21 +162,18 @@ impl Experiment {
         let config_hash = config.hash()?;
         if dist.is_main() {
             run.create()?;
-            crate::checkpoint::write_atomic(
-                &run.root().join(config_file),
-                config.to_toml()?.as_bytes(),
-            )?;
-            crate::checkpoint::write_json_atomic(&run.data_info(), &data_info)?;
+            lt_core::fs::write_atomic(&run.root().join(config_file), config.to_toml()?.as_bytes())?;
+            data_info.write(&run.data_info())?;
         }
         // Every rank must train the same thing on the same data.
-        let mut identity = format!(
-            "{} {} {} {}",
-            config.stage_hash("stage1")?,
-            config.stage_hash("crt")?,
-            config.stage_hash("lws")?,
-            data_info.train.sha256
-        )
-        .into_bytes();
+        let mut identity = config.stage_hash(&lt_core::Stage::Stage1)?;
+        for (head, _) in config.stage2.iter() {
+            identity.push(' ');
+            identity.push_str(&config.stage_hash(lt_core::Stage::Head(head.clone()))?);
+        }
+        identity.push(' ');
+        identity.push_str(&data_info.train.sha256);
+        let mut identity = identity.into_bytes();
         let mine = identity.clone();
         dist.comm().broadcast_bytes(&mut identity)?;
         if identity != mine {
@@ -248,14 +209,18 @@ impl Experiment {
         match split {
             Split::Train => Ok(&self.train),
             Split::Val => self.val.as_ref().ok_or_else(|| {
-                TrainError::Config(
-                    "key `data.val_list`: not set, but the val split is needed".into(),
+                crate::config::ConfigError::at(
+                    "data.val_list",
+                    "not set, but the val split is needed",
                 )
+                .into()
             }),
             Split::Test => self.test.as_ref().ok_or_else(|| {
-                TrainError::Config(
-                    "key `data.test_list`: not set, but the test split is needed".into(),
+                crate::config::ConfigError::at(
+                    "data.test_list",
+                    "not set, but the test split is needed",
                 )
+                .into()
             }),
         }
     }
@@ -279,7 +244,11 @@ impl Experiment {
             seed,
             on_unreadable: d.on_unreadable,
         };
-        Loader::new(self.dataset(split)?.clone(), self.transform(preset), cfg).map_err(data_err)
+        Ok(Loader::new(
+            self.dataset(split)?.clone(),
+            self.transform(preset),
+            cfg,
+        )?)
     }
 
     /// A loader over a split with the evaluation transform.

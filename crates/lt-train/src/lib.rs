@@ -13,9 +13,12 @@
 //! | [`config`] | the TOML experiment config; errors name the file and key |
 //! | [`experiment`] | an opened config: device, split lists, run directory, split hashes |
 //! | [`stage1`] | joint training with any sampler and augmentation |
-//! | [`stage2`] | cRT and LWS on the frozen backbone (`bn = train | eval`, cached-feature fast path) |
-//! | [`heads`] | joint, NCM, tau-norm (whole tau curve), cRT and LWS from one stage-1 checkpoint; `results.json` |
-//! | [`trainer`] | the shared epoch loop: evaluation, best / last checkpoints, `metrics.jsonl`, `--resume`, non-finite loss stop |
+//! | [`settings`] | [`settings::StageSettings`]: one struct for every stage (optimiser, schedule, sampler, epochs, batch, loss, BN) |
+//! | [`heads`] | the head registry: one file per head (joint, NCM, tau-norm, cRT, LWS), the [`heads::HeadMethod`] trait |
+//! | [`loss`] | the loss registry: one file per loss, the [`loss::LossKind`] trait |
+//! | [`stage2`] | any trained head on the frozen backbone (`bn = train | eval`, cached-feature fast path) |
+//! | [`evaluation`] | every requested head from one stage-1 checkpoint, `results.json`, feature export |
+//! | [`trainer`] | the shared epoch loop, built from parts: evaluation, best / last checkpoints, `metrics.jsonl`, `--resume`, non-finite loss stop |
 //! | [`dist`] | data-parallel training: communicators (in-process, TCP, NCCL), gradient averaging, SyncBN, the launch environment |
 //!
 //! # Example: the optimiser and a schedule
@@ -47,11 +50,9 @@
 //!
 //! ```no_run
 //! use std::path::Path;
-//! use lt_heads::HeadKind;
 //! use lt_train::config::ExperimentConfig;
 //! use lt_train::experiment::Experiment;
-//! use lt_train::stage2::Stage2Head;
-//! use lt_train::RunOptions;
+//! use lt_train::{heads, RunOptions};
 //!
 //! # fn main() -> Result<(), lt_train::TrainError> {
 //! let cfg = ExperimentConfig::load(
@@ -61,11 +62,15 @@
 //! let exp = Experiment::open(cfg, "config.toml")?;
 //! let report = lt_train::stage1::train_stage1(&exp, RunOptions::default())?;
 //! println!("best val top-1 {:?}", report.best);
-//! lt_train::stage2::retrain(&exp, Stage2Head::Crt, RunOptions::default())?;
-//! lt_train::stage2::retrain(&exp, Stage2Head::Lws, RunOptions::default())?;
-//! let heads = [HeadKind::Joint, HeadKind::Ncm, HeadKind::TauNorm, HeadKind::Crt, HeadKind::Lws];
-//! let results = lt_train::heads::evaluate_heads(&exp, &heads, false)?;
-//! print!("{}", results.table());
+//! // Every head of the registry: train those that train, then evaluate all.
+//! for h in heads::REGISTRY.iter().filter(|h| h.training().is_some()) {
+//!     lt_train::stage2::retrain(&exp, &h.id(), RunOptions::default())?;
+//! }
+//! let ids: Vec<_> = heads::REGISTRY.iter().map(|h| h.id()).collect();
+//! let results = lt_train::evaluation::evaluate_heads(&exp, &ids, false)?;
+//! for h in &results.heads {
+//!     println!("{}: top-1 {:.1}", h.label, 100.0 * h.evaluation.top1);
+//! }
 //! # Ok(())
 //! # }
 //! ```
@@ -90,14 +95,16 @@ pub mod config;
 pub mod dist;
 pub mod error;
 pub mod eval;
+pub mod evaluation;
 pub mod experiment;
 pub mod heads;
+pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod progress;
-pub mod run_dir;
 pub mod schedule;
 pub mod seed;
+pub mod settings;
 pub mod stage1;
 pub mod stage2;
 pub mod trainer;

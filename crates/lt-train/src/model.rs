@@ -10,7 +10,6 @@ use lt_heads::{LinearHead, DEFAULT_PREFIX};
 use lt_models::{Arch, Backbone, BnMode};
 
 use crate::checkpoint::{load_into_varmap, varmap_tensors};
-use crate::eval::{head_err, model_err};
 use crate::seed::{derive_seed, Purpose};
 use crate::TrainError;
 
@@ -42,7 +41,7 @@ impl Network {
         seed: u64,
         device: &Device,
     ) -> Result<Self, TrainError> {
-        let backbone = Backbone::new(arch, device, seed).map_err(model_err)?;
+        let backbone = Backbone::new(arch, device, seed)?;
         let head_vars = VarMap::new();
         let head = LinearHead::new(
             &head_vars,
@@ -51,8 +50,7 @@ impl Network {
             num_classes,
             derive_seed(seed, Purpose::JointHead),
             device,
-        )
-        .map_err(head_err)?;
+        )?;
         Ok(Self {
             backbone,
             head_vars,
@@ -63,7 +61,7 @@ impl Network {
     /// Loads pretrained backbone weights; keys the backbone lacks (an ImageNet
     /// `fc`, for instance) are skipped.
     pub fn load_pretrained(&self, path: &Path) -> Result<(), TrainError> {
-        let report = self.backbone.load_pretrained(path).map_err(model_err)?;
+        let report = self.backbone.load_pretrained(path)?;
         tracing::info!(
             path = %path.display(),
             loaded = report.loaded,
@@ -75,7 +73,7 @@ impl Network {
 
     /// Logits of images with BN in `mode`.
     pub fn logits(&self, images: &Tensor, mode: BnMode) -> Result<Tensor, TrainError> {
-        let f = self.backbone.forward_t(images, mode).map_err(model_err)?;
+        let f = self.backbone.forward_t(images, mode)?;
         Ok(lt_heads::Classifier::logits(&self.head, &f)?)
     }
 
@@ -99,8 +97,7 @@ impl Network {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         self.backbone
-            .load_state_dict(backbone, &origin.display().to_string(), false)
-            .map_err(model_err)?;
+            .load_state_dict(backbone, &origin.display().to_string(), false)?;
         load_into_varmap(&self.head_vars, tensors, origin)
     }
 
@@ -122,9 +119,11 @@ impl Network {
         };
         for p in prefixes {
             if !all.iter().any(|(n, _)| n.starts_with(p.as_str())) {
-                return Err(TrainError::Config(format!(
-                    "key `model.trainable_prefixes`: `{p}` matches no parameter"
-                )));
+                return Err(crate::config::ConfigError::at(
+                    "model.trainable_prefixes",
+                    format!("`{p}` matches no parameter"),
+                )
+                .into());
             }
         }
         Ok(all

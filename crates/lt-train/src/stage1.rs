@@ -5,23 +5,22 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
+use lt_core::{ModelSelect, Split, Stage};
 use lt_data::loader::Loader;
 use lt_metrics::Evaluation;
 use lt_models::BnMode;
 use lt_samplers::{Sampler, SamplerConfig};
 
 use crate::checkpoint::load_checkpoint;
-use crate::config::{ModelSelect, Split};
 use crate::eval::{evaluate_head, extract_features};
 use crate::experiment::Experiment;
 use crate::model::Network;
-use crate::optim::{SgdConfig, SgdMomentum};
+use crate::optim::SgdMomentum;
 use crate::seed::{derive_seed, Purpose};
-use crate::trainer::{run_loop, BatchSource, LoopSpec, RunOptions, TrainModel, TrainReport};
+use crate::trainer::{
+    BatchSource, Checkpointer, MetricsLog, RunOptions, TrainModel, TrainReport, Trainer,
+};
 use crate::TrainError;
-
-/// Stage name in checkpoints and metrics.
-pub const STAGE: &str = "stage1";
 
 struct Stage1Model<'a> {
     exp: &'a Experiment,
@@ -89,15 +88,7 @@ pub fn train_stage1(exp: &Experiment, options: RunOptions) -> Result<TrainReport
         trainable_scalars = params.iter().map(|(_, v)| v.elem_count()).sum::<usize>(),
         "stage-1 network"
     );
-    let mut opt = SgdMomentum::new(
-        params,
-        SgdConfig {
-            lr: s1.lr,
-            momentum: s1.momentum,
-            weight_decay: s1.weight_decay,
-            nesterov: s1.nesterov,
-        },
-    )?;
+    let mut opt = SgdMomentum::new(params, s1.sgd())?;
     let mut sampler = Sampler::new(
         exp.train.labels(),
         exp.num_classes(),
@@ -111,7 +102,10 @@ pub fn train_stage1(exp: &Experiment, options: RunOptions) -> Result<TrainReport
             shuffle_in_batch: s1.shuffle_in_batch,
         },
     )
-    .map_err(|e| TrainError::Config(format!("key `stage1.sampler`: {e}")))?;
+    .map_err(|source| TrainError::Sampler {
+        context: "key `stage1.sampler`".into(),
+        source,
+    })?;
     tracing::info!(sampler = %s1.sampler, batches_per_epoch = sampler.num_batches(), "stage-1 sampler");
     let loader = exp.loader(
         Split::Train,
@@ -133,31 +127,41 @@ pub fn train_stage1(exp: &Experiment, options: RunOptions) -> Result<TrainReport
             None
         },
     };
-    let spec = LoopSpec {
-        stage: STAGE,
+    let loss = s1
+        .loss
+        .build(&crate::loss::LossContext {
+            class_counts: exp.train_stats.counts(),
+            epochs: s1.epochs,
+        })
+        .map_err(|m| crate::config::ConfigError::at("stage1.loss", m))?;
+    let trainer = Trainer {
+        stage: Stage::Stage1,
         epochs: s1.epochs,
         eval_every: s1.eval_every,
         eval_val: exp.val.is_some(),
         eval_test: s1.eval_test,
         options,
-        config_hash: cfg.stage_hash(STAGE)?,
+        config_hash: cfg.stage_hash(&Stage::Stage1)?,
+        device: exp.device.clone(),
+        dist: &exp.dist,
+        checkpoints: Checkpointer::new(&exp.run, &Stage::Stage1, cfg.seed),
+        log: MetricsLog::new(exp.run.metrics()),
     };
-    run_loop(
-        exp,
-        &spec,
+    trainer.run(
         &mut model,
         &mut opt,
         &mut sampler,
         BatchSource::Images(&loader),
         &schedule,
+        loss.as_ref(),
     )
 }
 
 /// The stage-1 checkpoint later stages use, by `stage1.model_select`.
 pub fn selected_checkpoint(exp: &Experiment) -> Result<PathBuf, TrainError> {
     let (path, what) = match exp.config.stage1.model_select {
-        ModelSelect::BestVal => (exp.run.best_checkpoint(STAGE), "best-validation"),
-        ModelSelect::Last => (exp.run.last_checkpoint(STAGE), "last"),
+        ModelSelect::BestVal => (exp.run.best_checkpoint(&Stage::Stage1), "best-validation"),
+        ModelSelect::Last => (exp.run.last_checkpoint(&Stage::Stage1), "last"),
     };
     if !path.exists() {
         return Err(TrainError::Checkpoint(format!(
@@ -172,7 +176,7 @@ pub fn selected_checkpoint(exp: &Experiment) -> Result<PathBuf, TrainError> {
 pub fn load_selected(exp: &Experiment) -> Result<(Network, PathBuf, usize), TrainError> {
     let path = selected_checkpoint(exp)?;
     let (tensors, meta) = load_checkpoint(&path, &exp.device)?;
-    if meta.config_hash != exp.config.stage_hash(STAGE)? {
+    if meta.config_hash != exp.config.stage_hash(&Stage::Stage1)? {
         tracing::warn!(
             checkpoint = %path.display(),
             "the stage-1 checkpoint was written with a different config (hash {}); using it anyway",

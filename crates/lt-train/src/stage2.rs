@@ -16,132 +16,33 @@
 //! cache, which is much faster but only approximates the reference.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use candle_core::{Tensor, Var};
+use candle_core::Tensor;
 use candle_nn::VarMap;
+use lt_core::{HeadId, Split, Stage};
 use lt_data::loader::Loader;
-use lt_heads::{Classifier, CrtInit, LinearHead, LwsHead, DEFAULT_PREFIX};
 use lt_metrics::Evaluation;
 use lt_models::{Backbone, BnMode};
-use lt_samplers::{EpochLength, Sampler, SamplerConfig, Strategy};
-use serde::{Deserialize, Serialize};
+use lt_samplers::{Sampler, SamplerConfig};
 
-use crate::checkpoint::{load_checkpoint, load_into_varmap, varmap_tensors};
-use crate::config::{CrtConfig, LwsConfig, ModelSelect, Split, Stage2Bn};
-use crate::eval::{evaluate_head, extract_features, head_err, model_err, Features};
+use crate::checkpoint::{load_into_varmap, varmap_tensors};
+use crate::eval::{evaluate_head, extract_features, Features};
 use crate::experiment::Experiment;
-use crate::optim::{SgdConfig, SgdMomentum};
-use crate::schedule::ScheduleConfig;
-use crate::seed::{derive_seed, Purpose};
-use crate::trainer::{run_loop, BatchSource, LoopSpec, RunOptions, TrainModel, TrainReport};
+use crate::heads::{HeadInit, TrainableHead};
+use crate::optim::SgdMomentum;
+use crate::seed::derive_seed_code;
+use crate::settings::Stage2Bn;
+use crate::trainer::{
+    BatchSource, Checkpointer, MetricsLog, RunOptions, TrainModel, TrainReport, Trainer,
+};
 use crate::TrainError;
-
-/// The two trained stage-2 heads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stage2Head {
-    /// Classifier re-training.
-    Crt,
-    /// Learnable weight scaling.
-    Lws,
-}
-
-impl Stage2Head {
-    /// Stage name in checkpoints and metrics (`crt`, `lws`).
-    pub fn stage(self) -> &'static str {
-        match self {
-            Stage2Head::Crt => "crt",
-            Stage2Head::Lws => "lws",
-        }
-    }
-}
-
-/// The settings of one stage-2 head, common to cRT and LWS.
-#[derive(Debug, Clone)]
-struct Spec {
-    epochs: usize,
-    batch_size: usize,
-    sgd: SgdConfig,
-    sampler: Strategy,
-    epoch_length: EpochLength,
-    shuffle_in_batch: bool,
-    schedule: ScheduleConfig,
-    bn: Stage2Bn,
-    augment: bool,
-    eval_every: usize,
-    init: CrtInit,
-}
-
-macro_rules! spec_from {
-    ($c:expr, $init:expr) => {
-        Spec {
-            epochs: $c.epochs,
-            batch_size: $c.batch_size,
-            sgd: SgdConfig {
-                lr: $c.lr,
-                momentum: $c.momentum,
-                weight_decay: $c.weight_decay,
-                nesterov: $c.nesterov,
-            },
-            sampler: $c.sampler.clone(),
-            epoch_length: $c.epoch_length,
-            shuffle_in_batch: $c.shuffle_in_batch,
-            schedule: $c.schedule.clone(),
-            bn: $c.bn,
-            augment: $c.augment,
-            eval_every: $c.eval_every,
-            init: $init,
-        }
-    };
-}
-
-fn crt_spec(c: &CrtConfig) -> Spec {
-    spec_from!(c, c.init)
-}
-
-fn lws_spec(c: &LwsConfig) -> Spec {
-    spec_from!(c, CrtInit::Finetune)
-}
-
-/// A trained or training stage-2 head.
-#[derive(Debug, Clone)]
-pub enum Stage2Classifier {
-    /// cRT's linear head.
-    Crt(LinearHead),
-    /// LWS head.
-    Lws(LwsHead),
-}
-
-impl Classifier for Stage2Classifier {
-    fn logits(&self, features: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Stage2Classifier::Crt(h) => h.logits(features),
-            Stage2Classifier::Lws(h) => h.logits(features),
-        }
-    }
-}
-
-impl Stage2Classifier {
-    /// The variables the optimiser trains.
-    fn trainable(&self) -> Vec<(String, Var)> {
-        match self {
-            Stage2Classifier::Crt(h) => vec![
-                (format!("{DEFAULT_PREFIX}.weight"), h.weight_var().clone()),
-                (format!("{DEFAULT_PREFIX}.bias"), h.bias_var().clone()),
-            ],
-            Stage2Classifier::Lws(h) => {
-                vec![(format!("{DEFAULT_PREFIX}.scales"), h.scales_var().clone())]
-            }
-        }
-    }
-}
 
 struct Stage2Model<'a> {
     exp: &'a Experiment,
     backbone: Backbone,
     head_vars: VarMap,
-    head: Stage2Classifier,
+    head: Box<dyn TrainableHead>,
     bn: BnMode,
     cached_input: bool,
     val: Option<Loader>,
@@ -156,10 +57,7 @@ impl TrainModel for Stage2Model<'_> {
         } else {
             // No backbone parameter is optimised; detaching keeps the backward
             // pass (and its memory) to the head.
-            self.backbone
-                .forward_t(input, self.bn)
-                .map_err(model_err)?
-                .detach()
+            self.backbone.forward_t(input, self.bn)?.detach()
         };
         Ok(self.head.logits(&features)?)
     }
@@ -201,7 +99,7 @@ impl TrainModel for Stage2Model<'_> {
             }
         };
         evaluate_head(
-            &self.head,
+            self.head.as_ref(),
             &features,
             self.exp.num_classes(),
             &self.exp.train_stats,
@@ -210,7 +108,9 @@ impl TrainModel for Stage2Model<'_> {
     }
 }
 
-fn load_backbone(
+/// Loads the backbone tensors of a checkpoint (everything but the head and
+/// the optimiser state).
+pub(crate) fn load_backbone(
     backbone: &Backbone,
     tensors: &HashMap<String, Tensor>,
     origin: &Path,
@@ -220,35 +120,33 @@ fn load_backbone(
         .filter(|(k, _)| !k.starts_with("momentum.") && !k.starts_with("fc."))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    backbone
-        .load_state_dict(b, &origin.display().to_string(), false)
-        .map_err(model_err)?;
+    backbone.load_state_dict(b, &origin.display().to_string(), false)?;
     Ok(())
 }
 
-/// Trains (or resumes) a stage-2 head on the selected stage-1 checkpoint.
+/// Trains (or resumes) a trained head (cRT, LWS, ...) on the selected stage-1
+/// checkpoint.
 pub fn retrain(
     exp: &Experiment,
-    which: Stage2Head,
+    head: &HeadId,
     options: RunOptions,
 ) -> Result<TrainReport, TrainError> {
+    let method = crate::heads::lookup(head.as_str())?;
+    let training = method.training().ok_or_else(|| {
+        TrainError::Invalid(format!(
+            "head `{head}` is not trained in a stage of its own (it is computed by `eval`); \
+             trained heads: {}",
+            crate::heads::trained_names().join(", ")
+        ))
+    })?;
     let cfg = &exp.config;
-    let (spec, sampler_purpose, augment_purpose) = match which {
-        Stage2Head::Crt => (
-            crt_spec(&cfg.stage2.crt),
-            Purpose::CrtSampler,
-            Purpose::CrtAugment,
-        ),
-        Stage2Head::Lws => (
-            lws_spec(&cfg.stage2.lws),
-            Purpose::LwsSampler,
-            Purpose::LwsAugment,
-        ),
-    };
-    let stage = which.stage();
+    let section = cfg.stage2.head(head.as_str());
+    let spec = &section.settings;
+    let [head_stream, sampler_stream, augment_stream] = training.streams(head);
+    let stage = Stage::Head(head.clone());
     let (net, stage1_path, stage1_epoch) = crate::stage1::load_selected(exp)?;
     tracing::info!(
-        stage,
+        stage = %stage,
         stage1_checkpoint = %stage1_path.display(),
         stage1_epoch,
         bn = ?spec.bn,
@@ -256,22 +154,13 @@ pub fn retrain(
         "stage 2"
     );
     let head_vars = VarMap::new();
-    let head = match which {
-        Stage2Head::Crt => Stage2Classifier::Crt(
-            LinearHead::for_crt(
-                &head_vars,
-                DEFAULT_PREFIX,
-                spec.init,
-                &net.head,
-                derive_seed(cfg.seed, Purpose::CrtHead),
-            )
-            .map_err(head_err)?,
-        ),
-        Stage2Head::Lws => Stage2Classifier::Lws(
-            LwsHead::from_linear(&head_vars, DEFAULT_PREFIX, &net.head).map_err(head_err)?,
-        ),
-    };
-    let mut opt = SgdMomentum::new(head.trainable(), spec.sgd)?;
+    let classifier = training.init(&HeadInit {
+        joint: &net.head,
+        vars: &head_vars,
+        options: &section.options,
+        seed: derive_seed_code(cfg.seed, head_stream),
+    })?;
+    let mut opt = SgdMomentum::new(classifier.trainable(), spec.sgd())?;
     let mut sampler = Sampler::new(
         exp.train.labels(),
         exp.num_classes(),
@@ -279,30 +168,37 @@ pub fn retrain(
             strategy: spec.sampler.clone(),
             batch_size: spec.batch_size,
             epoch_length: spec.epoch_length,
-            seed: derive_seed(cfg.seed, sampler_purpose),
+            seed: derive_seed_code(cfg.seed, sampler_stream),
             rank: exp.dist.rank(),
             world_size: exp.dist.world_size(),
             shuffle_in_batch: spec.shuffle_in_batch,
         },
     )
-    .map_err(|e| TrainError::Config(format!("key `stage2.{stage}.sampler`: {e}")))?;
+    .map_err(|source| TrainError::Sampler {
+        context: format!("key `stage2.{head}.sampler`"),
+        source,
+    })?;
     let schedule = spec
         .schedule
-        .build(spec.sgd.lr, spec.epochs, sampler.num_batches())?;
+        .build(spec.lr, spec.epochs, sampler.num_batches())?;
     let bn = match spec.bn {
         Stage2Bn::Train => BnMode::Train,
         Stage2Bn::Eval => BnMode::Eval,
     };
-    let cached = spec.bn == Stage2Bn::Eval && !spec.augment;
+    let cached = spec.uses_cached_features();
     let preset = if spec.augment {
         cfg.data.train_preset
     } else {
         cfg.data.eval_preset
     };
-    let loader = exp.loader(Split::Train, preset, derive_seed(cfg.seed, augment_purpose))?;
+    let loader = exp.loader(
+        Split::Train,
+        preset,
+        derive_seed_code(cfg.seed, augment_stream),
+    )?;
     let cache = if cached {
         tracing::info!(
-            stage,
+            stage = %stage,
             "bn = eval without augmentation: training the head on cached features \
              (an approximation of the reference, which refreshes BN statistics)"
         );
@@ -317,11 +213,18 @@ pub fn retrain(
     } else {
         None
     };
+    let loss = spec
+        .loss
+        .build(&crate::loss::LossContext {
+            class_counts: exp.train_stats.counts(),
+            epochs: spec.epochs,
+        })
+        .map_err(|m| crate::config::ConfigError::at(&format!("stage2.{head}.loss"), m))?;
     let mut model = Stage2Model {
         exp,
         backbone: net.backbone,
         head_vars,
-        head,
+        head: classifier,
         bn,
         cached_input: cached,
         val: exp
@@ -331,111 +234,29 @@ pub fn retrain(
             .transpose()?,
         val_cache: None,
     };
-    let loop_spec = LoopSpec {
-        stage,
+    let trainer = Trainer {
+        stage: stage.clone(),
         epochs: spec.epochs,
         eval_every: spec.eval_every,
         eval_val: exp.val.is_some(),
         eval_test: false,
         options,
-        config_hash: cfg.stage_hash(stage)?,
+        config_hash: cfg.stage_hash(&stage)?,
+        device: exp.device.clone(),
+        dist: &exp.dist,
+        checkpoints: Checkpointer::new(&exp.run, &stage, cfg.seed),
+        log: MetricsLog::new(exp.run.metrics()),
     };
     let source = match &cache {
         Some(f) => BatchSource::Features(f),
         None => BatchSource::Images(&loader),
     };
-    run_loop(
-        exp,
-        &loop_spec,
+    trainer.run(
         &mut model,
         &mut opt,
         &mut sampler,
         source,
         &schedule,
+        loss.as_ref(),
     )
-}
-
-/// The checkpoint of a stage-2 head selected by its `model_select`.
-pub fn selected_checkpoint(exp: &Experiment, which: Stage2Head) -> PathBuf {
-    let select = match which {
-        Stage2Head::Crt => exp.config.stage2.crt.model_select,
-        Stage2Head::Lws => exp.config.stage2.lws.model_select,
-    };
-    match select {
-        ModelSelect::BestVal => exp.run.best_checkpoint(which.stage()),
-        ModelSelect::Last => exp.run.last_checkpoint(which.stage()),
-    }
-}
-
-/// A loaded stage-2 model: the backbone (with its stage-2 BN statistics) and
-/// the head.
-#[derive(Debug)]
-pub struct LoadedStage2 {
-    /// The backbone.
-    pub backbone: Backbone,
-    /// The head.
-    pub head: Stage2Classifier,
-    /// The checkpoint it came from.
-    pub path: PathBuf,
-    /// Its epoch.
-    pub epoch: usize,
-}
-
-/// Loads the selected checkpoint of a stage-2 head.
-pub fn load_selected(exp: &Experiment, which: Stage2Head) -> Result<LoadedStage2, TrainError> {
-    let path = selected_checkpoint(exp, which);
-    if !path.exists() {
-        return Err(TrainError::Checkpoint(format!(
-            "no {} checkpoint at {}: run `lt-cli retrain --head {}` with this config first",
-            which.stage(),
-            path.display(),
-            which.stage()
-        )));
-    }
-    let (tensors, meta) = load_checkpoint(&path, &exp.device)?;
-    if meta.config_hash != exp.config.stage_hash(which.stage())? {
-        tracing::warn!(
-            checkpoint = %path.display(),
-            "the {} checkpoint was written with a different config; using it anyway",
-            which.stage()
-        );
-    }
-    let cfg = &exp.config;
-    let mut backbone =
-        Backbone::new(cfg.model.arch, &exp.device, cfg.model_seed()).map_err(model_err)?;
-    backbone.set_precision(cfg.model.precision);
-    load_backbone(&backbone, &tensors, &path)?;
-    let get = |name: &str| {
-        tensors.get(name).cloned().ok_or_else(|| {
-            TrainError::Checkpoint(format!("{}: missing tensor `{name}`", path.display()))
-        })
-    };
-    let w = get("fc.weight")?;
-    let b = get("fc.bias")?;
-    let vars = VarMap::new();
-    let head = match which {
-        Stage2Head::Crt => Stage2Classifier::Crt(
-            LinearHead::from_tensors(&vars, DEFAULT_PREFIX, &w, &b).map_err(head_err)?,
-        ),
-        Stage2Head::Lws => {
-            let h = LwsHead::new(&vars, DEFAULT_PREFIX, &w, &b).map_err(head_err)?;
-            let s = get("fc.scales")?;
-            if s.dims() != h.scales().dims() {
-                return Err(TrainError::Checkpoint(format!(
-                    "{}: `fc.scales` has shape {:?}, expected {:?}",
-                    path.display(),
-                    s.dims(),
-                    h.scales().dims()
-                )));
-            }
-            h.scales_var().set(&s)?;
-            Stage2Classifier::Lws(h)
-        }
-    };
-    Ok(LoadedStage2 {
-        backbone,
-        head,
-        path,
-        epoch: meta.epoch,
-    })
 }

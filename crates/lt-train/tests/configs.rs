@@ -55,21 +55,21 @@ fn paper_recipes_have_the_reference_values() {
             (c.stage1.batch_size, c.stage1.lr, c.stage1.weight_decay),
             (512, 0.2, 5e-4)
         );
-        assert_eq!((c.stage2.crt.epochs, c.stage2.crt.lr), (10, 0.2));
-        assert_eq!(c.stage2.lws.epochs, 5);
+        assert_eq!((c.stage2.crt().epochs, c.stage2.crt().lr), (10, 0.2));
+        assert_eq!(c.stage2.lws().epochs, 5);
         // Official cls_crt.yaml and cls_lws.yaml: ClassAwareSampler, 4 per class.
         assert_eq!(
-            c.stage2.crt.sampler,
+            c.stage2.crt().sampler,
             lt_samplers::Strategy::class_balanced()
         );
         assert_eq!(
-            c.stage2.lws.sampler,
+            c.stage2.lws().sampler,
             lt_samplers::Strategy::class_balanced()
         );
     }
     let inat = load("inaturalist2018_r50_ib_e90.toml");
     assert_eq!(inat.stage1.weight_decay, 1e-4);
-    assert_eq!(inat.stage2.crt.epochs, 30);
+    assert_eq!(inat.stage2.crt().epochs, 30);
     let places = load("places_lt_r152.toml");
     assert_eq!(
         places.model.trainable_prefixes,
@@ -78,7 +78,10 @@ fn paper_recipes_have_the_reference_values() {
     assert_eq!((places.stage1.lr, places.stage1.batch_size), (0.1, 256));
     let short = load("cifar100_lt_r100_short.toml");
     assert_eq!(short.model.arch, lt_models::Arch::ResNet32);
-    assert_eq!((short.stage2.crt.epochs, short.stage2.lws.epochs), (10, 5));
+    assert_eq!(
+        (short.stage2.crt().epochs, short.stage2.lws().epochs),
+        (10, 5)
+    );
 }
 
 #[test]
@@ -116,4 +119,31 @@ fn unknown_key_and_wrong_type_name_the_key() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("stage1.sampler"), "{e}");
+}
+
+/// The stage hashes a checkpoint remembers must not change when the config
+/// code is reorganised: a run started by an earlier build must resume. The
+/// values are those the build before the stage-settings rewrite (commit
+/// af59370) wrote into the checkpoints of
+/// `lt-cli run --config grids/base/tiny_cifar10_lt.toml --set run_dir=runs/compat_tiny`.
+#[test]
+fn stage_hashes_are_those_earlier_builds_wrote() {
+    let grid = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../grids/base/tiny_cifar10_lt.toml");
+    let cfg = ExperimentConfig::load(&grid, &["run_dir=runs/compat_tiny".into()]).unwrap();
+    for (stage, hash) in [
+        (
+            "stage1",
+            "2600114f4e45e08ca83426a28be94930802c7fe551c9d5e8e27fd42eea5e5792",
+        ),
+        (
+            "crt",
+            "4e990c0e8ce801048c0f613527cf7f6a72330bc8e73ff23d773fd53cf8a3fe27",
+        ),
+        (
+            "lws",
+            "c1901fec715de729c93a609aee3936a197d91f4b4664fdc58846e48ea43e85e7",
+        ),
+    ] {
+        assert_eq!(cfg.stage_hash(stage).unwrap(), hash, "{stage}");
+    }
 }

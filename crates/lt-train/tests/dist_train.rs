@@ -133,7 +133,7 @@ fn ranks_with_sync_bn_match_one_process_and_per_rank_bn_does_not() {
         let (d, k) = rel_diff(&weights(&single), &weights(&dp));
         assert!(d < 1e-5, "{world} ranks: `{k}` differs by {d} (relative)");
         // Rank 0 alone wrote the metrics: one line per epoch.
-        let records = lt_train::run_dir::read_records(&dp.join("metrics.jsonl")).unwrap();
+        let records = lt_run::metrics_log::read_records(&dp.join("metrics.jsonl")).unwrap();
         assert_eq!(records.len(), 2);
     }
     let per_rank = tmp.path().join("per_rank");

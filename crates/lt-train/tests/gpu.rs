@@ -7,7 +7,7 @@
 //! not run.
 
 use candle_core::{DType, Device, Tensor};
-use lt_data::stats::{ClassStats, GroupRule, GroupThresholds};
+use lt_core::stats::{ClassStats, GroupRule, GroupThresholds};
 use lt_heads::{Classifier, NcmConfig, NcmDistance, NcmFeature, NcmHead, TauBias, TauNormHead};
 use lt_metrics::device::sample_scores;
 

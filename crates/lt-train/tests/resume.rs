@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use lt_run::metrics_log::read_records;
 use lt_train::checkpoint::load_checkpoint;
 use lt_train::config::ExperimentConfig;
 use lt_train::experiment::Experiment;
-use lt_train::run_dir::read_records;
-use lt_train::stage2::{retrain, Stage2Head};
+use lt_train::stage2::retrain;
 use lt_train::{RunOptions, StartMode, TrainError};
 
 const STAGES: &str = r#"
@@ -67,7 +67,12 @@ fn resume_equals_uninterrupted_run() {
     // Uninterrupted: 2 epochs of stage 1, 2 of cRT.
     let a = open(&data, &tmp.path().join("a"), STAGES);
     lt_train::stage1::train_stage1(&a, opts(StartMode::Fresh, None)).unwrap();
-    retrain(&a, Stage2Head::Crt, opts(StartMode::Fresh, None)).unwrap();
+    retrain(
+        &a,
+        &lt_core::HeadId::new_static("crt"),
+        opts(StartMode::Fresh, None),
+    )
+    .unwrap();
 
     // Interrupted after each first epoch, then resumed.
     let b = open(&data, &tmp.path().join("b"), STAGES);
@@ -75,8 +80,18 @@ fn resume_equals_uninterrupted_run() {
     assert_eq!(r.epochs, 1);
     let r = lt_train::stage1::train_stage1(&b, opts(StartMode::Resume, None)).unwrap();
     assert_eq!((r.resumed_from, r.epochs), (Some(1), 2));
-    retrain(&b, Stage2Head::Crt, opts(StartMode::Fresh, Some(1))).unwrap();
-    retrain(&b, Stage2Head::Crt, opts(StartMode::Resume, None)).unwrap();
+    retrain(
+        &b,
+        &lt_core::HeadId::new_static("crt"),
+        opts(StartMode::Fresh, Some(1)),
+    )
+    .unwrap();
+    retrain(
+        &b,
+        &lt_core::HeadId::new_static("crt"),
+        opts(StartMode::Resume, None),
+    )
+    .unwrap();
 
     for stage in ["stage1", "crt"] {
         for (pa, pb) in [
@@ -187,7 +202,12 @@ fn stage2_bn_modes_and_cached_feature_path() {
     let exp = open(&data, &run, &stage1);
     lt_train::stage1::train_stage1(&exp, opts(StartMode::Fresh, None)).unwrap();
     let (s1, _) = load_checkpoint(&exp.run.last_checkpoint("stage1"), &dev).unwrap();
-    retrain(&exp, Stage2Head::Crt, opts(StartMode::Fresh, None)).unwrap();
+    retrain(
+        &exp,
+        &lt_core::HeadId::new_static("crt"),
+        opts(StartMode::Fresh, None),
+    )
+    .unwrap();
     let (crt, _) = load_checkpoint(&exp.run.last_checkpoint("crt"), &dev).unwrap();
     assert_ne!(
         buffers(&s1),
@@ -203,7 +223,12 @@ fn stage2_bn_modes_and_cached_feature_path() {
     );
     assert!(fast.contains("augment = false"));
     let exp = open(&data, &run, &fast);
-    retrain(&exp, Stage2Head::Crt, opts(StartMode::Overwrite, None)).unwrap();
+    retrain(
+        &exp,
+        &lt_core::HeadId::new_static("crt"),
+        opts(StartMode::Overwrite, None),
+    )
+    .unwrap();
     let (full, _) = load_checkpoint(&exp.run.last_checkpoint("crt"), &dev).unwrap();
     assert_eq!(
         buffers(&s1),
@@ -222,8 +247,18 @@ fn stage2_bn_modes_and_cached_feature_path() {
         .unwrap();
     assert_ne!(w1, w2, "the cRT head is re-initialised and trained");
     let full = full.clone();
-    retrain(&exp, Stage2Head::Crt, opts(StartMode::Overwrite, Some(1))).unwrap();
-    retrain(&exp, Stage2Head::Crt, opts(StartMode::Resume, None)).unwrap();
+    retrain(
+        &exp,
+        &lt_core::HeadId::new_static("crt"),
+        opts(StartMode::Overwrite, Some(1)),
+    )
+    .unwrap();
+    retrain(
+        &exp,
+        &lt_core::HeadId::new_static("crt"),
+        opts(StartMode::Resume, None),
+    )
+    .unwrap();
     let (resumed, _) = load_checkpoint(&exp.run.last_checkpoint("crt"), &dev).unwrap();
     assert_same_tensors(&full, &resumed, "cached-feature cRT");
 
@@ -233,7 +268,12 @@ fn stage2_bn_modes_and_cached_feature_path() {
         .replace("[stage2.lws]\n", "[stage2.lws]\nbn = \"eval\"\n");
     assert!(aug.contains("[stage2.lws]\nbn = \"eval\""));
     let exp = open(&data, &run, &aug);
-    retrain(&exp, Stage2Head::Lws, opts(StartMode::Fresh, None)).unwrap();
+    retrain(
+        &exp,
+        &lt_core::HeadId::new_static("lws"),
+        opts(StartMode::Fresh, None),
+    )
+    .unwrap();
     let (lws, _) = load_checkpoint(&exp.run.last_checkpoint("lws"), &dev).unwrap();
     assert!(lws.contains_key("fc.scales"));
     assert_eq!(
@@ -250,4 +290,54 @@ fn stage2_bn_modes_and_cached_feature_path() {
         w1,
         "LWS keeps W frozen"
     );
+}
+
+/// Stage 2 trains the head only: cRT and LWS (with BN in train mode, which
+/// refreshes the running statistics) leave every backbone parameter
+/// bit-identical to the stage-1 checkpoint they start from.
+#[test]
+fn crt_and_lws_leave_every_backbone_parameter_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::make_dataset(&data);
+    let dev = Device::Cpu;
+    let stage1 = STAGES.replace(
+        "epochs = 2\nbatch_size = 8\nlr = 0.05\nsampler",
+        "epochs = 1\nbatch_size = 8\nlr = 0.05\nsampler",
+    );
+    let exp = open(&data, &tmp.path().join("run"), &stage1);
+    lt_train::stage1::train_stage1(&exp, opts(StartMode::Fresh, None)).unwrap();
+    let (s1, _) = load_checkpoint(&exp.run.best_checkpoint("stage1"), &dev).unwrap();
+    let is_parameter = |k: &str| {
+        !k.starts_with("fc.")
+            && !k.starts_with("momentum.")
+            && !k.contains("running_")
+            && !k.contains("num_batches")
+    };
+    let parameters: Vec<&String> = s1.keys().filter(|k| is_parameter(k)).collect();
+    assert!(parameters.len() > 10, "{parameters:?}");
+    for head in ["crt", "lws"] {
+        retrain(
+            &exp,
+            &lt_core::HeadId::new_static(if head == "crt" { "crt" } else { "lws" }),
+            opts(StartMode::Fresh, None),
+        )
+        .unwrap();
+        let (s2, _) = load_checkpoint(&exp.run.last_checkpoint(head), &dev).unwrap();
+        for k in &parameters {
+            let a = s1[*k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = s2[*k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{head} changed backbone parameter `{k}`"
+            );
+        }
+        // The head did train.
+        let trained = if head == "crt" {
+            "fc.weight"
+        } else {
+            "fc.scales"
+        };
+        assert!(s2.contains_key(trained));
+    }
 }

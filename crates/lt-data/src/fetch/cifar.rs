@@ -280,7 +280,7 @@ pub(crate) fn fetch_cifar(opts: &FetchOptions, progress: &dyn Progress) -> Resul
         ("train", &train, kind.train_per_class()),
         ("test", &test, kind.test_per_class()),
     ] {
-        let counts = crate::stats::ClassStats::from_labels(
+        let counts = lt_core::stats::ClassStats::from_labels(
             &scan.entries.iter().map(|e| e.label).collect::<Vec<_>>(),
             c,
         );

@@ -28,7 +28,7 @@ use crate::error::{DataError, Result};
 use crate::split_list::{
     parse_split_list, read_split_list, write_split_with_info, SplitEntry, SplitInfo,
 };
-use crate::stats::{ClassStats, GroupRule};
+use lt_core::stats::{ClassStats, GroupRule};
 
 /// Parsed list entries with their line numbers.
 type Lines = Vec<(SplitEntry, usize)>;

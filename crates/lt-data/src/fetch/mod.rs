@@ -50,8 +50,8 @@ use std::time::UNIX_EPOCH;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
-use crate::fsutil::{sha256_file, write_atomic};
 use crate::split_list::SplitInfo;
+use lt_core::fs::{sha256_file, write_atomic};
 
 pub use cifar::{cifar_file_order_note, CIFAR_RHOS, CIFAR_VAL_PER_CLASS, CIFAR_VAL_SEED};
 pub use source::{KnownArchive, KNOWN_ARCHIVES};

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use super::{file_identity, FetchDataset, FetchOptions, Progress, SourceRecord};
 use crate::error::{DataError, Result};
-use crate::fsutil::sha256_file;
+use lt_core::fs::sha256_file;
 
 /// What an archive contains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -386,7 +386,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("mine.tar.gz");
         std::fs::write(&f, b"hello").unwrap();
-        let sha = crate::fsutil::sha256_hex(b"hello");
+        let sha = lt_core::fs::sha256_hex(b"hello");
         let mut opts = FetchOptions::new(FetchDataset::Cifar10, dir.path());
         let r = verify("mine.tar.gz", &f, &opts, &NoProgress).unwrap();
         assert!(r.known.is_none() && r.note.is_some());
@@ -462,7 +462,7 @@ mod tests {
         std::fs::create_dir_all(part.parent().unwrap()).unwrap();
         std::fs::write(&part, &payload[..30_000]).unwrap();
         let mut opts = FetchOptions::new(FetchDataset::Cifar10, &root);
-        opts.sha256 = Some(crate::fsutil::sha256_hex(&payload));
+        opts.sha256 = Some(lt_core::fs::sha256_hex(&payload));
         let r = resolve(&url, &opts, &NoProgress).unwrap();
         assert_eq!(r.record.path, root.join("downloads/data.tar.gz"));
         assert_eq!(std::fs::read(&r.record.path).unwrap(), payload);

@@ -1,13 +1,15 @@
-//! Tables and plots of a results directory: every run's metrics, the paper's
-//! Many / Medium / Few / All table with mean ± std over seeds, and the figures
-//! of the decoupling study.
+//! lt-report: tables and plots of a results directory: every run's metrics,
+//! the paper's Many / Medium / Few / All table with mean ± std over seeds,
+//! and the figures of the decoupling study. Metrics themselves are computed
+//! by `lt-metrics`; the files read here are defined (typed) by `lt-run`.
 //!
 //! A *results directory* is any directory holding runs: directories with a
 //! [`RESULTS_FILE`] (`results.json`, written by `lt-cli eval`), at any depth.
 //! `cargo xtask sweep` adds a [`CELL_FILE`] (`cell.json`) to each run naming
 //! its dataset, sampler and seed in the grid; a run without one is grouped by
 //! its config name (as dataset) and its stage-1 sampler. [`regenerate`] reads
-//! them all and writes into `<results dir>/report/`:
+//! them all (a run whose files cannot be read is left out with a warning) and
+//! writes into `<results dir>/report/`:
 //!
 //! | file | content |
 //! |---|---|
@@ -19,66 +21,76 @@
 //! | `plots/<dataset>/weight_norms_<sampler>.{png,svg}` | classifier weight norm per class for joint, cRT, tau-norm and LWS |
 //! | `plots/<dataset>/samplers.{png,svg}` | stage-1 sampler x head, one panel per group |
 //!
-//! Plots average over seeds (per class, per tau). Weight norms come from the
-//! checkpoints named in `results.json` (looked up first in the run's own
-//! `checkpoints/` directory, so a moved results directory still works): a
-//! missing checkpoint is a warning in [`ReportSummary::warnings`], not an
-//! error. Without the `plot` feature only the tables are written.
+//! Plots average over seeds (per class, per tau). Heads appear in the order
+//! the runs list them (the registry's), with the labels their results
+//! record; classifier weight norms are those `results.json` records (files
+//! of schema version 1 have none: a warning, no plot). Without the `plot`
+//! feature only the tables are written.
 //!
 //! ```
-//! use lt_metrics::report::{regenerate, RESULTS_FILE};
+//! use lt_core::stats::{ClassStats, GroupRule};
+//! use lt_core::{HeadId, ModelSelect, Split};
+//! use lt_report::regenerate;
+//! use lt_run::{HeadResult, Results, RunDir, Stage1Summary};
+//! use lt_samplers::Strategy;
 //!
-//! let dir = tempfile::tempdir().unwrap();
-//! let run = dir.path().join("cifar/ib/seed0");
-//! std::fs::create_dir_all(&run).unwrap();
-//! std::fs::write(run.join(RESULTS_FILE), r#"{
-//!     "config_name": "cifar", "seed": 0, "sampler": "instance_balanced",
-//!     "sampler_config": {"kind": "instance_balanced"}, "split": "test",
-//!     "train_class_counts": [500, 50, 5],
-//!     "heads": [{"head": "joint", "evaluation": {
-//!         "top1": 0.5, "many": 0.9, "medium": 0.5, "few": 0.1,
-//!         "per_class": [0.9, 0.5, 0.1]}}]
-//! }"#).unwrap();
-//! let summary = regenerate(dir.path()).unwrap();
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // One run with one head: what `lt-cli eval` writes.
+//! let train = ClassStats::from_counts(vec![500, 50, 5]);
+//! let rule = GroupRule::default();
+//! let logits = [2f32, 0., 0., 0., 2., 0., 0., 2., 0.];
+//! let evaluation = lt_metrics::evaluate(&logits, 3, &[0, 1, 2], &train, &rule)?;
+//! let stage1 = Stage1Summary {
+//!     model_select: ModelSelect::Last, checkpoint: "ck".into(), epoch: 1,
+//!     last_epoch: Some(1), best_val: None, last_val: None, last_test: None,
+//! };
+//! let mut results = Results::new(
+//!     "cifar".into(), "hash".into(), 0, "resnet32".into(), Strategy::InstanceBalanced,
+//!     Split::Test, rule.clone(), train.group_sizes(&rule), train.counts().to_vec(),
+//!     "sha".into(), stage1,
+//! );
+//! results.heads.push(HeadResult {
+//!     head: HeadId::new_static("joint"), label: "Joint".into(), checkpoint: "ck".into(),
+//!     epoch: 1, split: Split::Test, evaluation, val: None, tau: None, tau_sweep: None,
+//!     settings: None, weight_norms: Some(vec![1.0, 0.8, 0.5]),
+//! });
+//! let dir = tempfile::tempdir()?;
+//! let run = RunDir::new(dir.path().join("cifar/ib/seed0"));
+//! results.write(&run.results())?;
+//!
+//! let summary = regenerate(dir.path())?;
 //! assert_eq!(summary.runs, 1);
-//! let table = std::fs::read_to_string(dir.path().join("report/summary.md")).unwrap();
-//! assert!(table.contains("| IB | Joint | 90.0 | 50.0 | 10.0 | 50.0 | 1 |"));
+//! let table = std::fs::read_to_string(dir.path().join("report/summary.md"))?;
+//! assert!(table.contains("| IB | Joint | 100.0 | 100.0 | 0.0 | 66.7 | 1 |"), "{table}");
+//! # Ok(())
+//! # }
 //! ```
 
+#![warn(missing_docs)]
+
 mod input;
-mod norms;
+mod table;
 mod tables;
 
 #[cfg(feature = "plot")]
 mod figures;
+#[cfg(feature = "plot")]
+pub mod plot;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use input::{
-    find_runs, CellInfo, GroupMetrics, HeadEntry, HeadMetrics, ResultsFile, TauPointEntry,
-    TauSweepEntry, CELL_FILE, RESULTS_FILE,
-};
-pub use norms::{head_norms, read_tensor, row_norms};
+pub use input::find_runs;
+pub use lt_run::layout::{CELL_FILE, RESULTS_FILE};
+pub use table::{markdown_table, mean_std};
 pub use tables::{runs_csv, summary_csv, summary_markdown, RunRow};
 
-use crate::mean_std;
+use lt_run::{CellInfo, HeadResult, Results};
 
 /// Directory, inside the results directory, the report is written to.
 pub const REPORT_DIR: &str = "report";
-
-/// Heads in the paper's order.
-pub const HEAD_ORDER: [&str; 5] = ["joint", "ncm", "crt", "tau_norm", "lws"];
-
-/// Stage-1 sampler kinds in the paper's order, with their short names.
-const SAMPLER_KINDS: [(&str, &str); 4] = [
-    ("instance_balanced", "IB"),
-    ("class_balanced", "CB"),
-    ("square_root", "SR"),
-    ("progressively_balanced", "PB"),
-];
 
 /// What can go wrong while building a report.
 #[derive(Debug, thiserror::Error)]
@@ -91,26 +103,20 @@ pub enum ReportError {
         /// The cause (shown in the message, so not chained as a source).
         error: std::io::Error,
     },
-    /// A results or cell file is not JSON of the expected shape (or a report
-    /// file could not be serialised).
+    /// A report file could not be serialised.
     #[error("{}: {message}", path.display())]
     Json {
         /// The file.
         path: PathBuf,
-        /// What is wrong, with line and column.
-        message: String,
-    },
-    /// The directory holds no run.
-    #[error("no {RESULTS_FILE} under {} (run `lt-cli eval` or `cargo xtask sweep` first)", .0.display())]
-    NoRuns(PathBuf),
-    /// A checkpoint could not be read for the classifier weight norms.
-    #[error("checkpoint {}: {message}", path.display())]
-    Checkpoint {
-        /// The checkpoint.
-        path: PathBuf,
         /// What is wrong.
         message: String,
     },
+    /// A run's results or cell file cannot be read.
+    #[error(transparent)]
+    Run(#[from] lt_run::RunError),
+    /// The directory holds no readable run.
+    #[error("no readable {RESULTS_FILE} under {} (run `lt-cli eval` or `cargo xtask sweep` first)", .0.display())]
+    NoRuns(PathBuf),
     /// A plot could not be drawn or encoded.
     #[error("plot: {0}")]
     Plot(String),
@@ -129,23 +135,10 @@ impl ReportError {
 
 /// Writes a file atomically (temp file, then rename).
 pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    lt_data::fsutil::write_atomic(path, bytes).map_err(|e| ReportError::Io {
+    lt_core::fs::write_atomic(path, bytes).map_err(|e| ReportError::Io {
         path: path.to_path_buf(),
-        error: std::io::Error::other(e.to_string()),
+        error: e.source,
     })
-}
-
-/// The paper's name of a head (`Joint`, `NCM`, `cRT`, `τ-norm`, `LWS`); other
-/// names are returned as they are.
-pub fn head_label(head: &str) -> &str {
-    match head {
-        "joint" => "Joint",
-        "ncm" => "NCM",
-        "crt" => "cRT",
-        "tau_norm" => "τ-norm",
-        "lws" => "LWS",
-        other => other,
-    }
 }
 
 /// A file-name-safe form of a dataset or sampler key: ASCII letters,
@@ -168,14 +161,6 @@ pub fn slug(key: &str) -> String {
     }
 }
 
-/// Position of a head in tables: the paper's order, then others by name.
-fn head_rank(head: &str) -> usize {
-    HEAD_ORDER
-        .iter()
-        .position(|h| *h == head)
-        .unwrap_or(HEAD_ORDER.len())
-}
-
 /// One run, with its place in the grid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Run {
@@ -194,9 +179,8 @@ pub struct Run {
     /// Seed.
     pub seed: u64,
     /// The parsed `results.json`.
-    pub results: ResultsFile,
-    /// Classifier weight norm per class, by head (joint, crt, tau_norm, lws
-    /// where available).
+    pub results: Results,
+    /// Classifier weight norm per class, by head (those that record one).
     pub weight_norms: BTreeMap<String, Vec<f64>>,
     /// What could not be read (missing checkpoints), in words.
     pub warnings: Vec<String>,
@@ -205,58 +189,32 @@ pub struct Run {
 impl Run {
     /// Training images per class, when the results carry them.
     pub fn train_counts(&self) -> Option<&[usize]> {
-        self.results.train_class_counts.as_deref()
+        Some(self.results.train_class_counts.as_slice())
     }
 
     /// The reported split (`test`, `val`, or `?` when unknown).
     pub fn split(&self) -> &str {
-        self.results.split.as_deref().unwrap_or("?")
+        self.results.split.as_str()
     }
 }
 
-/// Where a checkpoint named in `results.json` is: the run's own
-/// `checkpoints/<file name>` first (the results directory may have moved),
-/// then the path as written (relative to the current directory).
-fn resolve_checkpoint(run_dir: &Path, written: &str) -> Option<PathBuf> {
-    let written = Path::new(written);
-    let local = written
-        .file_name()
-        .map(|f| run_dir.join("checkpoints").join(f));
-    local
-        .into_iter()
-        .chain(std::iter::once(written.to_path_buf()))
-        .find(|p| p.is_file())
-}
-
-/// Short sampler key, label and order from the results of a run outside a
-/// grid.
-fn sampler_of(r: &ResultsFile) -> (String, String, usize) {
-    let kind = r
-        .sampler_config
-        .as_ref()
-        .and_then(|v| v.get("kind"))
-        .and_then(|k| k.as_str())
-        .map(str::to_string)
-        .or_else(|| {
-            r.sampler
-                .as_deref()
-                .map(|s| s.split('(').next().unwrap_or(s).to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let key = r.sampler.clone().unwrap_or_else(|| kind.clone());
-    match SAMPLER_KINDS.iter().position(|(k, _)| *k == kind) {
-        Some(i) => (key, SAMPLER_KINDS[i].1.to_string(), i),
-        None => (key.clone(), key, SAMPLER_KINDS.len()),
-    }
+/// The sampler key, label and table position of a run without a grid cell.
+fn sampler_of(r: &Results) -> (String, String, usize) {
+    let s = &r.sampler_config;
+    (
+        r.sampler.clone(),
+        s.abbreviation().to_string(),
+        s.table_order(),
+    )
 }
 
 /// Reads one run directory: `results.json`, `cell.json` if present, and the
 /// classifier weight norms.
 pub fn load_run(dir: &Path) -> Result<Run, ReportError> {
-    let results: ResultsFile = input::read_json(&dir.join(RESULTS_FILE))?;
+    let results = Results::read(&dir.join(RESULTS_FILE))?;
     let cell_path = dir.join(CELL_FILE);
-    let cell: Option<CellInfo> = if cell_path.is_file() {
-        Some(input::read_json(&cell_path)?)
+    let cell = if cell_path.is_file() {
+        Some(CellInfo::read(&cell_path)?)
     } else {
         None
     };
@@ -271,46 +229,32 @@ pub fn load_run(dir: &Path) -> Result<Run, ReportError> {
         ),
         None => {
             let (key, label, order) = sampler_of(&results);
-            let dataset = results.config_name.clone().unwrap_or_else(|| {
-                dir.file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "results".into())
-            });
-            (dataset, 0, key, label, order, results.seed.unwrap_or(0))
+            (
+                results.config_name.clone(),
+                0,
+                key,
+                label,
+                order,
+                results.seed,
+            )
         }
     };
     let mut weight_norms = BTreeMap::new();
     let mut warnings = Vec::new();
     for h in &results.heads {
-        if let Some(n) = &h.weight_norms {
-            weight_norms.insert(h.head.clone(), n.clone());
-            continue;
-        }
-        if !matches!(h.head.as_str(), "joint" | "crt" | "tau_norm" | "lws") {
-            continue;
-        }
-        let Some(written) = &h.checkpoint else {
-            warnings.push(format!(
-                "{}: head `{}` names no checkpoint; no weight norms",
-                dir.display(),
-                h.head
-            ));
-            continue;
-        };
-        let Some(path) = resolve_checkpoint(dir, written) else {
-            warnings.push(format!(
-                "{}: checkpoint `{written}` of head `{}` not found; no weight norms",
-                dir.display(),
-                h.head
-            ));
-            continue;
-        };
-        match head_norms(&h.head, &path, h.tau) {
-            Ok(Some(n)) => {
-                weight_norms.insert(h.head.clone(), n);
+        match &h.weight_norms {
+            Some(n) => {
+                weight_norms.insert(h.head.to_string(), n.clone());
             }
-            Ok(None) => {}
-            Err(e) => warnings.push(format!("head `{}`: {e}", h.head)),
+            None if ["joint", "crt", "tau_norm", "lws"].contains(&h.head.as_str()) => {
+                warnings.push(format!(
+                    "{}: head `{}` records no weight norms (results written before schema \
+                     version 2); run `lt-cli eval` again for the weight-norm plot",
+                    dir.display(),
+                    h.head
+                ));
+            }
+            None => {}
         }
     }
     for w in &warnings {
@@ -334,10 +278,16 @@ pub fn load_run(dir: &Path) -> Result<Run, ReportError> {
 /// and seed in grid order. Sampler names that two different samplers share
 /// within a dataset get their key appended.
 pub fn load_runs(root: &Path) -> Result<Vec<Run>, ReportError> {
-    let mut runs = find_runs(root)?
-        .iter()
-        .map(|d| load_run(d))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut runs = Vec::new();
+    for dir in find_runs(root)? {
+        match load_run(&dir) {
+            Ok(r) => runs.push(r),
+            Err(e) => {
+                // One unreadable run must not hide the others.
+                tracing::warn!("{}: left out of the report: {e}", dir.display());
+            }
+        }
+    }
     runs.sort_by(|a, b| {
         (
             a.dataset_order,
@@ -434,16 +384,17 @@ pub(crate) fn groups(runs: &[Run]) -> Vec<&[Run]> {
 }
 
 /// Heads present in any of `runs`, in table order.
+/// Every head of the runs, in the order the runs list them (evaluation
+/// writes the registry's order).
 pub(crate) fn heads_of<'a>(runs: impl IntoIterator<Item = &'a Run>) -> Vec<String> {
     let mut heads: Vec<String> = Vec::new();
     for r in runs {
         for h in &r.results.heads {
-            if !heads.contains(&h.head) {
-                heads.push(h.head.clone());
+            if !heads.iter().any(|x| h.head == x.as_str()) {
+                heads.push(h.head.to_string());
             }
         }
     }
-    heads.sort_by(|a, b| (head_rank(a), a).cmp(&(head_rank(b), b)));
     heads
 }
 
@@ -452,8 +403,8 @@ pub(crate) fn label_in(runs: &[Run], head: &str) -> String {
     runs.iter()
         .flat_map(|r| &r.results.heads)
         .find(|h| h.head == head)
-        .and_then(|h| h.label.clone())
-        .unwrap_or_else(|| head_label(head).to_string())
+        .map(|h| h.label.clone())
+        .unwrap_or_else(|| head.to_string())
 }
 
 /// Mean ± std over seeds of every dataset, sampler and head (runs as
@@ -464,17 +415,17 @@ pub fn summarize(runs: &[Run]) -> Vec<SummaryRow> {
         let mut splits: Vec<&str> = g.iter().map(Run::split).collect();
         splits.dedup();
         for head in heads_of(g) {
-            let entries: Vec<(&Run, &HeadEntry)> = g
+            let entries: Vec<(&Run, &HeadResult)> = g
                 .iter()
                 .filter_map(|r| {
                     r.results
                         .heads
                         .iter()
-                        .find(|h| h.head == head)
+                        .find(|h| h.head == head.as_str())
                         .map(|h| (r, h))
                 })
                 .collect();
-            let metric = |f: fn(&HeadMetrics) -> Option<f64>| {
+            let metric = |f: fn(&lt_metrics::Evaluation) -> Option<f64>| {
                 Stat::of(entries.iter().filter_map(|(_, h)| f(&h.evaluation)))
             };
             rows.push(SummaryRow {
@@ -529,7 +480,7 @@ pub fn regenerate(results_dir: &Path) -> Result<ReportSummary, ReportError> {
     let plots = figures::write_plots(&runs, &out_dir.join("plots"), &mut warnings)?;
     #[cfg(not(feature = "plot"))]
     let plots: Vec<PathBuf> = {
-        warnings.push("no plots: lt-metrics was built without its `plot` feature".into());
+        warnings.push("no plots: lt-report was built without its `plot` feature".into());
         Vec::new()
     };
 

@@ -2,11 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{groups, heads_of, label_in, slug, summarize, ReportError, Run, HEAD_ORDER};
+use super::{groups, heads_of, label_in, slug, summarize, ReportError, Run};
 use crate::plot::{save, Figure, LegendPosition, Panel, Series, PALETTE};
-
-/// Heads whose classifier weights the weight-norm plot compares.
-const NORM_HEADS: [&str; 4] = ["joint", "crt", "tau_norm", "lws"];
 
 /// Above this many classes the per-class curves are smoothed, or a
 /// thousand-class plot is a solid band.
@@ -43,19 +40,11 @@ pub(crate) fn write_plots(
     Ok(files)
 }
 
-/// Colour of a head, the same in every figure.
+/// Colour of a head: its position among the heads of the figure (the
+/// registry's order, so the same in every figure of a sweep).
 fn head_color(head: &str, heads: &[String]) -> [u8; 3] {
-    match HEAD_ORDER.iter().position(|h| *h == head) {
-        Some(i) => PALETTE[i],
-        None => {
-            let extra = heads
-                .iter()
-                .filter(|h| !HEAD_ORDER.contains(&h.as_str()))
-                .position(|h| h == head)
-                .unwrap_or(0);
-            PALETTE[HEAD_ORDER.len() + extra % (PALETTE.len() - HEAD_ORDER.len())]
-        }
-    }
+    let i = heads.iter().position(|h| h == head).unwrap_or(0);
+    PALETTE[i % PALETTE.len()]
 }
 
 /// Class indices by training count, largest first (ties by index), when the
@@ -172,7 +161,7 @@ fn per_class_figure(g: &[Run]) -> Option<Figure> {
     for head in &heads {
         let curves: Vec<&[f64]> = g
             .iter()
-            .flat_map(|r| r.results.heads.iter().filter(|h| &h.head == head))
+            .flat_map(|r| r.results.heads.iter().filter(|h| h.head == head.as_str()))
             .map(|h| h.evaluation.per_class.as_slice())
             .filter(|c| c.len() == classes)
             .collect();
@@ -192,19 +181,22 @@ fn per_class_figure(g: &[Run]) -> Option<Figure> {
 fn tau_figure(g: &[Run]) -> Option<Figure> {
     let sweeps: Vec<_> = g
         .iter()
-        .filter_map(|r| r.results.tau_sweep.as_ref())
+        .filter_map(|r| {
+            r.results
+                .head("tau_norm")
+                .and_then(|h| h.tau_sweep.as_ref())
+        })
         .filter(|s| !s.curve.is_empty())
         .collect();
     let first = sweeps.first()?;
     let on_report = first.curve.iter().all(|p| p.report.is_some());
     let split = if on_report {
-        first.report_split.as_deref()
+        first.report_split
     } else {
-        first.select_split.as_deref()
+        first.select_split
     }
-    .unwrap_or("?")
     .to_string();
-    type Pick = fn(&super::GroupMetrics) -> Option<f64>;
+    type Pick = fn(&lt_run::SplitMetrics) -> Option<f64>;
     let metrics: [(&str, Pick, [u8; 3]); 4] = [
         ("Many", |m| m.many, PALETTE[0]),
         ("Medium", |m| m.medium, PALETTE[1]),
@@ -247,9 +239,9 @@ fn tau_figure(g: &[Run]) -> Option<Figure> {
         s.markers = true;
         panel.series.push(s);
     }
-    let chosen: Vec<f64> = sweeps.iter().filter_map(|s| s.chosen).collect();
+    let chosen: Vec<f64> = sweeps.iter().map(|s| s.chosen).collect();
     if let Some(t) = super::Stat::of(chosen) {
-        let select = first.select_split.as_deref().unwrap_or("val");
+        let select = first.select_split;
         panel.marker = Some((t.mean, format!(" chosen τ = {:.2} (on {select})", t.mean)));
     }
     Some(Figure::single(panel))
@@ -274,7 +266,8 @@ fn norms_figure(g: &[Run]) -> Option<Figure> {
         x_label,
         "L2 norm of the class weight",
     );
-    for head in NORM_HEADS {
+    // Every head that records weight norms (those with a weight matrix).
+    for head in heads.iter().map(String::as_str) {
         let norms: Vec<&[f64]> = g
             .iter()
             .filter_map(|r| r.weight_norms.get(head))

@@ -12,7 +12,7 @@
 //! without test samples.
 //!
 //! ```
-//! use lt_metrics::plot::{render_png, render_svg, Figure, Panel, Series};
+//! use lt_report::plot::{render_png, render_svg, Figure, Panel, Series};
 //!
 //! let mut panel = Panel::new("Accuracy", "epoch", "top-1 (%)");
 //! panel.series.push(Series::new("joint", [31, 119, 180], vec![(1.0, 20.0), (2.0, 35.0), (3.0, 41.0)]));
@@ -29,7 +29,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
-use crate::report::ReportError;
+use crate::ReportError;
 
 /// The embedded font (DejaVu Sans 2.37).
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
@@ -282,8 +282,8 @@ pub fn save(fig: &Figure, stem: &Path) -> Result<[PathBuf; 2], ReportError> {
     let svg_path = stem.with_extension("svg");
     let png = render_png(fig).map_err(|e| e.with_path(&png_path))?;
     let svg = render_svg(fig).map_err(|e| e.with_path(&svg_path))?;
-    crate::report::write_file(&png_path, &png)?;
-    crate::report::write_file(&svg_path, svg.as_bytes())?;
+    crate::write_file(&png_path, &png)?;
+    crate::write_file(&svg_path, svg.as_bytes())?;
     Ok([png_path, svg_path])
 }
 

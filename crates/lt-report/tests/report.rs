@@ -3,13 +3,14 @@
 //! tau sweeps and safetensors checkpoints, laid out as `cargo xtask sweep`
 //! and `lt-cli eval` write them.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use lt_data::stats::{ClassStats, GroupRule};
-use lt_metrics::report::{self, CellInfo, ReportError, CELL_FILE, RESULTS_FILE};
+use lt_core::stats::{ClassStats, GroupRule};
+use lt_core::{HeadId, ModelSelect, Split, TauBias, TauSelect};
 use lt_metrics::{evaluate, Evaluation};
-use serde_json::json;
+use lt_report::{self as report, ReportError, CELL_FILE, RESULTS_FILE};
+use lt_run::{CellInfo, HeadResult, Results, SplitMetrics, Stage1Summary, TauPoint, TauSweep};
+use lt_samplers::Strategy;
 
 const C: usize = 20;
 const TEST_PER_CLASS: usize = 10;
@@ -39,39 +40,9 @@ fn evaluation(acc: impl Fn(usize) -> f64) -> Evaluation {
     evaluate(&logits, C, &labels, &stats, &GroupRule::default()).unwrap()
 }
 
-fn write_checkpoint(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(n, s, v)| {
-            (
-                n.to_string(),
-                s.clone(),
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .unwrap(),
-            )
-        })
-        .collect();
-    let meta = HashMap::from([("lt_train".to_string(), "{}".to_string())]);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(
-        path,
-        safetensors::tensor::serialize(views, Some(meta)).unwrap(),
-    )
-    .unwrap();
-}
-
-/// `fc.weight` (C, 4) whose row j has norm `norm(j)`.
-fn fc_weight(norm: impl Fn(usize) -> f32) -> Vec<f32> {
-    (0..C).flat_map(|j| [norm(j), 0.0, 0.0, 0.0]).collect()
+/// Weight norms: decreasing with the class index for the joint head.
+fn norms(norm: impl Fn(usize) -> f64) -> Option<Vec<f64>> {
+    Some((0..C).map(norm).collect())
 }
 
 /// Accuracy of class j for a head; the shift makes samplers and seeds differ.
@@ -87,94 +58,91 @@ fn head_acc(head: &str, j: usize, shift: f64) -> f64 {
     (a + shift).clamp(0.0, 1.0)
 }
 
-/// Writes one run directory; returns it.
-fn write_run(root: &Path, sampler: (&str, &str, usize), seed: u64, with_cell: bool) -> PathBuf {
-    let (key, kind, order) = sampler;
+const HEADS: [(&str, &str); 5] = [
+    ("joint", "Joint"),
+    ("ncm", "NCM"),
+    ("crt", "cRT"),
+    ("tau_norm", "τ-norm"),
+    ("lws", "LWS"),
+];
+
+/// Writes one run directory as `lt-cli eval` does; returns it.
+fn write_run(root: &Path, sampler: (&str, Strategy, usize), seed: u64, with_cell: bool) -> PathBuf {
+    let (key, strategy, order) = sampler;
     let dir = root.join("cifar20").join(key).join(format!("seed{seed}"));
-    let ck = dir.join("checkpoints");
     let shift = 0.02 * seed as f64 - 0.05 * order as f64;
-    write_checkpoint(
-        &ck.join("stage1_best.safetensors"),
-        &[
-            ("conv1.weight", vec![2], vec![1.0, 1.0]),
-            ("fc.weight", vec![C, 4], fc_weight(|j| 3.0 - 0.1 * j as f32)),
-            ("fc.bias", vec![C], vec![0.0; C]),
-        ],
-    );
-    write_checkpoint(
-        &ck.join("crt_best.safetensors"),
-        &[(
-            "fc.weight",
-            vec![C, 4],
-            fc_weight(|j| 1.0 + 0.01 * j as f32),
-        )],
-    );
-    write_checkpoint(
-        &ck.join("lws_best.safetensors"),
-        &[
-            ("fc.weight", vec![C, 4], fc_weight(|j| 3.0 - 0.1 * j as f32)),
-            (
-                "fc.scales",
-                vec![C],
-                (0..C).map(|j| 1.0 + 0.05 * j as f32).collect(),
-            ),
-        ],
-    );
-    // Written as lt-cli writes it: a path relative to the directory the
-    // command ran in, which the report does not share.
-    let written = |f: &str| format!("runs/elsewhere/checkpoints/{f}");
-    let heads: Vec<serde_json::Value> = ["joint", "ncm", "crt", "tau_norm", "lws"]
-        .iter()
-        .map(|h| {
-            let ck = match *h {
-                "crt" => written("crt_best.safetensors"),
-                "lws" => written("lws_best.safetensors"),
-                _ => written("stage1_best.safetensors"),
-            };
-            json!({
-                "head": h,
-                "checkpoint": ck,
-                "epoch": 3,
-                "split": "test",
-                "evaluation": evaluation(|j| head_acc(h, j, shift)),
-                "val": null,
-                "tau": if *h == "tau_norm" { json!(0.9) } else { json!(null) },
-                "ncm": null,
-            })
-        })
-        .collect();
-    let curve: Vec<serde_json::Value> = (0..=10)
+    let curve: Vec<TauPoint> = (0..=10)
         .map(|i| {
             let tau = i as f64 / 5.0;
             let m = |base: f64| base - 0.1 * (tau - 1.0).powi(2) + shift;
-            let metrics = json!({"top1": m(0.6), "many": m(0.8), "medium": m(0.6), "few": m(0.3), "loss": 1.0});
-            json!({"tau": tau, "select": metrics, "report": metrics})
+            let metrics = SplitMetrics {
+                top1: m(0.6),
+                many: Some(m(0.8)),
+                medium: Some(m(0.6)),
+                few: Some(m(0.3)),
+                loss: 1.0,
+            };
+            TauPoint {
+                tau,
+                select: metrics.clone(),
+                report: Some(metrics),
+            }
         })
         .collect();
-    let results = json!({
-        "schema_version": 1,
-        "config_name": format!("cifar20_{key}_seed{seed}"),
-        "config_hash": "abc",
-        "seed": seed,
-        "arch": "resnet8",
-        "sampler": kind,
-        "sampler_config": {"kind": kind},
-        "split": "test",
-        "group_rule": "train_count (many > 100, medium 20..=100, few < 20)",
-        "group_sizes": [5, 5, 10],
-        "train_class_counts": train_counts(),
-        "heads": heads,
-        "tau_sweep": {
-            "select_split": "val", "report_split": "test", "bias": "drop",
-            "selection": "sweep_on_val", "chosen": 0.9 + 0.1 * seed as f64, "curve": curve
+    let stats = ClassStats::from_counts(train_counts());
+    let rule = GroupRule::default();
+    let mut results = Results::new(
+        format!("cifar20_{key}_seed{seed}"),
+        "abc".into(),
+        seed,
+        "resnet8".into(),
+        strategy,
+        Split::Test,
+        rule.clone(),
+        stats.group_sizes(&rule),
+        train_counts(),
+        "sha".into(),
+        Stage1Summary {
+            model_select: ModelSelect::BestVal,
+            checkpoint: "runs/elsewhere/checkpoints/stage1_best.safetensors".into(),
+            epoch: 3,
+            last_epoch: Some(3),
+            best_val: None,
+            last_val: None,
+            last_test: None,
         },
-        "skipped": [],
-    });
-    std::fs::write(
-        dir.join(RESULTS_FILE),
-        serde_json::to_vec_pretty(&results).unwrap(),
-    )
-    .unwrap();
+    );
+    for (h, label) in HEADS {
+        let weight_norms = match h {
+            "joint" => norms(|j| 3.0 - 0.1 * j as f64),
+            "crt" => norms(|j| 1.0 + 0.01 * j as f64),
+            "tau_norm" => norms(|j| (3.0 - 0.1 * j as f64).powf(0.1)),
+            "lws" => norms(|j| (3.0 - 0.1 * j as f64) * (1.0 + 0.05 * j as f64)),
+            _ => None,
+        };
+        let tau_sweep = (h == "tau_norm").then(|| TauSweep {
+            select_split: Split::Val,
+            report_split: Split::Test,
+            bias: TauBias::Drop,
+            selection: TauSelect::SweepOnVal,
+            chosen: 0.9 + 0.1 * seed as f64,
+            curve: curve.clone(),
+        });
+        results.heads.push(HeadResult {
+            head: h.parse::<HeadId>().unwrap(),
+            label: label.into(),
+            checkpoint: "runs/elsewhere/checkpoints/stage1_best.safetensors".into(),
+            epoch: 3,
+            split: Split::Test,
+            evaluation: evaluation(|j| head_acc(h, j, shift)),
+            val: None,
+            tau: (h == "tau_norm").then_some(0.9),
+            tau_sweep,
+            settings: None,
+            weight_norms,
+        });
+    }
+    results.write(&dir.join(RESULTS_FILE)).unwrap();
     if with_cell {
         let cell = CellInfo {
             dataset: "cifar20".into(),
@@ -184,7 +152,7 @@ fn write_run(root: &Path, sampler: (&str, &str, usize), seed: u64, with_cell: bo
             sampler_order: order,
             seed,
         };
-        std::fs::write(dir.join(CELL_FILE), serde_json::to_vec(&cell).unwrap()).unwrap();
+        cell.write(&dir.join(CELL_FILE)).unwrap();
     }
     dir
 }
@@ -193,10 +161,10 @@ fn write_run(root: &Path, sampler: (&str, &str, usize), seed: u64, with_cell: bo
 fn sweep_dir(with_cell: bool) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for (sampler, seed) in [
-        (("ib", "instance_balanced", 0), 0),
-        (("ib", "instance_balanced", 0), 1),
-        (("cb", "class_balanced", 1), 0),
-        (("cb", "class_balanced", 1), 1),
+        (("ib", Strategy::InstanceBalanced, 0), 0),
+        (("ib", Strategy::InstanceBalanced, 0), 1),
+        (("cb", Strategy::class_balanced(), 1), 0),
+        (("cb", Strategy::class_balanced(), 1), 1),
     ] {
         write_run(dir.path(), sampler, seed, with_cell);
     }
@@ -314,11 +282,11 @@ fn report_of_a_sweep_has_every_table_and_plot() {
         .unwrap();
     let e0 = evaluation(|j| head_acc("joint", j, 0.0));
     let e1 = evaluation(|j| head_acc("joint", j, 0.02));
-    let (mean, std) = lt_metrics::mean_std(&[e0.top1, e1.top1]);
+    let (mean, std) = report::mean_std(&[e0.top1, e1.top1]);
     let all = row.all.unwrap();
     assert_eq!((all.mean, all.std, all.n), (mean, std, 2));
     assert_eq!(row.seeds, vec![0, 1]);
-    let (fmean, _) = lt_metrics::mean_std(&[e0.few.unwrap(), e1.few.unwrap()]);
+    let (fmean, _) = report::mean_std(&[e0.few.unwrap(), e1.few.unwrap()]);
     assert_eq!(row.few.unwrap().mean, fmean);
     assert_eq!(row.tau, None);
     let tau = summary
@@ -419,16 +387,18 @@ fn runs_without_cell_files_are_grouped_by_their_results() {
 }
 
 #[test]
-fn missing_checkpoints_are_warnings_and_bad_files_errors() {
+fn missing_weight_norms_are_warnings_and_bad_runs_are_left_out() {
     let dir = tempfile::tempdir().unwrap();
-    let run = write_run(dir.path(), ("ib", "instance_balanced", 0), 0, true);
-    std::fs::remove_dir_all(run.join("checkpoints")).unwrap();
+    let run = write_run(dir.path(), ("ib", Strategy::InstanceBalanced, 0), 0, true);
+    // Results as schema version 1 wrote them: no weight norms.
+    let mut r = Results::read(&run.join(RESULTS_FILE)).unwrap();
+    for h in &mut r.heads {
+        h.weight_norms = None;
+    }
+    r.write(&run.join(RESULTS_FILE)).unwrap();
     let summary = report::regenerate(dir.path()).unwrap();
     assert!(
-        summary
-            .warnings
-            .iter()
-            .any(|w| w.contains("stage1_best.safetensors")),
+        summary.warnings.iter().any(|w| w.contains("weight norms")),
         "{:?}",
         summary.warnings
     );
@@ -447,14 +417,19 @@ fn missing_checkpoints_are_warnings_and_bad_files_errors() {
             .is_file());
     }
 
-    std::fs::write(run.join(RESULTS_FILE), "{\"heads\": [{\"head\": 1}]}").unwrap();
-    let e = report::regenerate(dir.path()).unwrap_err();
-    assert!(matches!(e, ReportError::Json { .. }), "{e}");
+    // A second run that cannot be read is left out; the first is reported.
+    let bad = write_run(dir.path(), ("ib", Strategy::InstanceBalanced, 0), 1, true);
+    std::fs::write(bad.join(RESULTS_FILE), "{\"heads\": [{\"head\": 1}]}").unwrap();
+    let summary = report::regenerate(dir.path()).unwrap();
+    assert_eq!(summary.runs, 1);
+    let e = report::load_run(&bad).unwrap_err();
+    assert!(matches!(e, ReportError::Run(_)), "{e}");
     assert!(e.to_string().contains("results.json"), "{e}");
-
-    std::fs::write(run.join(RESULTS_FILE), "{\"heads\": []}").unwrap();
-    std::fs::write(run.join(CELL_FILE), "{\"dataset\": 3}").unwrap();
-    let e = report::regenerate(dir.path()).unwrap_err().to_string();
+    std::fs::write(bad.join(RESULTS_FILE), "{\"schema_version\": 7}").unwrap();
+    assert!(report::load_run(&bad).is_err());
+    let good = write_run(dir.path(), ("ib", Strategy::InstanceBalanced, 0), 1, true);
+    std::fs::write(good.join(CELL_FILE), "{\"dataset\": 3}").unwrap();
+    let e = report::load_run(&good).unwrap_err().to_string();
     assert!(e.contains("cell.json"), "{e}");
 
     let empty = tempfile::tempdir().unwrap();

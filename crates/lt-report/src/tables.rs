@@ -58,28 +58,23 @@ impl RunRow {
             } else {
                 rel.display().to_string()
             };
-            let mut heads: Vec<_> = r.results.heads.iter().collect();
-            heads.sort_by_key(|h| super::head_rank(&h.head));
-            for h in heads {
+            for h in &r.results.heads {
                 let e = &h.evaluation;
                 rows.push(RunRow {
                     dataset: r.dataset.clone(),
                     sampler: r.sampler.clone(),
                     sampler_label: r.sampler_label.clone(),
                     seed: r.seed,
-                    head: h.head.clone(),
-                    head_label: h
-                        .label
-                        .clone()
-                        .unwrap_or_else(|| super::head_label(&h.head).to_string()),
+                    head: h.head.to_string(),
+                    head_label: h.label.clone(),
                     split: r.split().to_string(),
                     top1: e.top1,
-                    top5: e.top5,
-                    macro_acc: e.macro_acc,
+                    top5: Some(e.top5),
+                    macro_acc: Some(e.macro_acc),
                     many: e.many,
                     medium: e.medium,
                     few: e.few,
-                    ece: e.ece,
+                    ece: Some(e.ece),
                     tau: h.tau,
                     run_dir: rel.clone(),
                 });
@@ -252,7 +247,8 @@ pub fn summary_markdown(
         splits.dedup();
         let rule = ds_runs
             .iter()
-            .find_map(|r| r.results.group_rule.as_deref())
+            .map(|r| r.results.group_rule.as_str())
+            .next()
             .unwrap_or("by training count");
         let _ = writeln!(md, "Split: {}. Groups: {rule}.\n", splits.join(", "));
         md.push_str("| Sampler | Method | Many | Medium | Few | All | Seeds |\n");

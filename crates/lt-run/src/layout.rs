@@ -1,0 +1,125 @@
+//! The layout of a run directory: every file name is defined here once.
+//!
+//! ```text
+//! <run_dir>/
+//!   config.toml                  resolved config of the last training command
+//!   config.<stage>.toml          ... of the last `retrain` / `eval` command
+//!   data.json                    per-class counts and sha256 of every split
+//!   metrics.jsonl                one JSON object per evaluated epoch and stage
+//!   checkpoints/<stage>_last.safetensors (+ .json)   every epoch
+//!   checkpoints/<stage>_best.safetensors (+ .json)   best validation epoch
+//!   results.json                 `eval` output (every head)
+//!   tau_sweep.json               `tau-sweep` output
+//!   features/<split>.safetensors `features` output
+//!   cell.json                    the run's grid cell, in a sweep
+//! ```
+//!
+//! `<stage>` is `stage1` or the name of a trained stage-2 head (`crt`, `lws`, ...).
+
+use std::path::{Path, PathBuf};
+
+use lt_core::fs::FsError;
+use lt_core::Split;
+
+/// `results.json`.
+pub const RESULTS_FILE: &str = "results.json";
+/// `metrics.jsonl`.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// `cell.json`.
+pub const CELL_FILE: &str = "cell.json";
+/// `config.toml`.
+pub const CONFIG_FILE: &str = "config.toml";
+/// `data.json`.
+pub const DATA_INFO_FILE: &str = "data.json";
+/// `tau_sweep.json`.
+pub const TAU_SWEEP_FILE: &str = "tau_sweep.json";
+/// `checkpoints/`.
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+/// `features/`.
+pub const FEATURES_DIR: &str = "features";
+
+/// Paths inside a run directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    /// A run directory rooted at `root` (created on first write).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates the directory tree.
+    pub fn create(&self) -> Result<(), FsError> {
+        let ck = self.checkpoints_dir();
+        std::fs::create_dir_all(&ck).map_err(|e| FsError::new("creating directory", &ck, e))
+    }
+
+    /// `config.toml`, or `config.<command>.toml` for commands other than stage 1.
+    pub fn config_copy(&self, command: Option<&str>) -> PathBuf {
+        match command {
+            None => self.root.join(CONFIG_FILE),
+            Some(c) => self.root.join(format!("config.{c}.toml")),
+        }
+    }
+
+    /// `data.json`.
+    pub fn data_info(&self) -> PathBuf {
+        self.root.join(DATA_INFO_FILE)
+    }
+
+    /// `metrics.jsonl`.
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join(METRICS_FILE)
+    }
+
+    /// `checkpoints/`.
+    pub fn checkpoints_dir(&self) -> PathBuf {
+        self.root.join(CHECKPOINTS_DIR)
+    }
+
+    /// Last-epoch checkpoint of a stage (a `Stage`, a head or a stage name).
+    pub fn last_checkpoint(&self, stage: impl std::fmt::Display) -> PathBuf {
+        self.checkpoints_dir()
+            .join(format!("{stage}_last.safetensors"))
+    }
+
+    /// Best-validation checkpoint of a stage.
+    pub fn best_checkpoint(&self, stage: impl std::fmt::Display) -> PathBuf {
+        self.checkpoints_dir()
+            .join(format!("{stage}_best.safetensors"))
+    }
+
+    /// `results.json`.
+    pub fn results(&self) -> PathBuf {
+        self.root.join(RESULTS_FILE)
+    }
+
+    /// `tau_sweep.json`.
+    pub fn tau_sweep(&self) -> PathBuf {
+        self.root.join(TAU_SWEEP_FILE)
+    }
+
+    /// `cell.json`.
+    pub fn cell(&self) -> PathBuf {
+        self.root.join(CELL_FILE)
+    }
+
+    /// `features/<split>.safetensors`.
+    pub fn features(&self, split: Split) -> PathBuf {
+        self.root
+            .join(FEATURES_DIR)
+            .join(format!("{}.safetensors", split.as_str()))
+    }
+}
+
+/// Path of the JSON copy of a checkpoint's metadata (`<name>.json`).
+pub fn checkpoint_meta_path(checkpoint: &Path) -> PathBuf {
+    checkpoint.with_extension("json")
+}
