@@ -80,7 +80,10 @@ pub fn parse_split_list(text: &str, list: &Path) -> Result<Vec<(SplitEntry, usiz
 /// Reads a split list file into entries with their line numbers.
 pub fn read_split_entries(list: &Path) -> Result<Vec<(SplitEntry, usize)>> {
     let text = std::fs::read_to_string(list).map_err(|e| DataError::io(list, e))?;
-    parse_split_list(&text, list)
+    // A byte-order mark (editors on Windows write one) is not part of the
+    // first path.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    parse_split_list(text, list)
 }
 
 /// Reads a split list and resolves its paths against `image_root`.
@@ -408,5 +411,15 @@ mod tests {
             .collect();
         assert_eq!(back, entries);
         assert!(write_split_list(&p, &[SplitEntry::new("a\nb", 0)]).is_err());
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bom.txt");
+        std::fs::write(&p, "\u{feff}a/x.jpg 0\nb/y.jpg 1\n").unwrap();
+        let e = read_split_entries(&p).unwrap();
+        assert_eq!(e[0].0.path, std::path::PathBuf::from("a/x.jpg"));
+        assert_eq!(e.len(), 2);
     }
 }

@@ -7,6 +7,18 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
+/// A name that is not one of a setting's values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} `{name}`, expected one of: {}", expected.join(", "))]
+pub struct UnknownName {
+    /// The setting (`NcmDistance`, ...).
+    pub what: &'static str,
+    /// The name given.
+    pub name: String,
+    /// The names it takes.
+    pub expected: &'static [&'static str],
+}
+
 /// Implements `as_str`, `Display` and `FromStr` from one table of names so the
 /// three never disagree with the serde names.
 macro_rules! named_enum {
@@ -30,17 +42,16 @@ macro_rules! named_enum {
         }
 
         impl FromStr for $ty {
-            type Err = String;
+            type Err = UnknownName;
 
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $($name => Ok($ty::$variant),)+
-                    other => Err(format!(
-                        "unknown {} `{}`, expected one of: {}",
-                        stringify!($ty),
-                        other,
-                        [$($name),+].join(", ")
-                    )),
+                    other => Err(UnknownName {
+                        what: stringify!($ty),
+                        name: other.to_string(),
+                        expected: &[$($name),+],
+                    }),
                 }
             }
         }
@@ -119,7 +130,7 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", f.as_str()));
             assert_eq!(f.as_str().parse::<NcmFeature>().unwrap(), f);
         }
-        let err = "cosine".parse::<NcmDistance>().unwrap_err();
+        let err = "cosine".parse::<NcmDistance>().unwrap_err().to_string();
         assert!(err.contains("l2, cos"), "{err}");
     }
 

@@ -63,7 +63,7 @@ mod ncm;
 mod tau_norm;
 mod vars;
 
-pub use config::{CrtInit, NcmConfig, NcmDistance, NcmFeature};
+pub use config::{CrtInit, NcmConfig, NcmDistance, NcmFeature, UnknownName};
 pub use error::HeadError;
 pub use linear::{pytorch_linear_init, LinearHead};
 pub use lt_core::TauBias;

@@ -90,25 +90,43 @@ pub fn append_record(path: &Path, record: &EpochRecord) -> Result<(), RunError> 
 }
 
 /// The lines of the log with their records (an absent file is empty).
+///
+/// A last line without its newline that does not parse is a record cut by a
+/// crash or a full disk while it was appended: it is dropped with a warning
+/// (the epoch it described is redone on resume). Any other bad line is an
+/// error naming the file and line.
 fn read_lines(path: &Path) -> Result<Vec<(String, EpochRecord)>, RunError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(FsError::new("reading", path, e).into()),
     };
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map(|r| (l.to_string(), r))
-                .map_err(|source| RunError::BadLine {
+    let torn_tail = !text.is_empty() && !text.ends_with('\n');
+    let count = text.lines().count();
+    let mut out = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(l) {
+            Ok(r) => out.push((l.to_string(), r)),
+            Err(_) if torn_tail && i + 1 == count => {
+                tracing::warn!(
+                    "{}:{}: dropping a cut last line (the process stopped while writing it)",
+                    path.display(),
+                    i + 1
+                );
+            }
+            Err(source) => {
+                return Err(RunError::BadLine {
                     path: path.to_path_buf(),
                     line: i + 1,
                     source,
                 })
-        })
-        .collect()
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Reads every record of the log (an absent file is empty).
@@ -171,6 +189,23 @@ mod tests {
         std::fs::write(&p, "{not json}\n").unwrap();
         let e = read_records(&p).unwrap_err().to_string();
         assert!(e.contains("metrics.jsonl:1"), "{e}");
+    }
+
+    #[test]
+    fn a_cut_last_line_is_dropped_and_other_bad_lines_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.jsonl");
+        append_record(&p, &rec("stage1", 1)).unwrap();
+        let full = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, format!("{full}{}", &full[..full.len() / 2])).unwrap();
+        assert_eq!(read_records(&p).unwrap(), vec![rec("stage1", 1)]);
+        // Truncating for a resume removes the cut line from the file.
+        truncate_records(&p, &Stage::Stage1, 1).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), full);
+        // A bad line that ends with its newline is not a cut append.
+        std::fs::write(&p, format!("{full}{{oops}}\n")).unwrap();
+        let e = read_records(&p).unwrap_err().to_string();
+        assert!(e.contains("metrics.jsonl:2"), "{e}");
     }
 
     #[test]

@@ -98,6 +98,16 @@ impl ConfigError {
         }
     }
 
+    /// The same error about a key of the section `section` (its key, when
+    /// given, is relative to the section).
+    pub fn within(mut self, section: &str) -> Self {
+        self.key = Some(match self.key.take() {
+            Some(k) if !k.is_empty() => format!("{section}.{k}"),
+            _ => section.to_string(),
+        });
+        self
+    }
+
     /// An error about the whole file.
     pub fn file(origin: &str, message: impl Into<String>) -> Self {
         ConfigError {
@@ -432,7 +442,7 @@ impl HeadStageConfig {
             options.insert(k, v);
         }
         head.check_options(&options)
-            .map_err(|(k, m)| ConfigError::at(&format!("{section}.{k}"), m))?;
+            .map_err(|e| e.within(section))?;
         Ok(HeadStageConfig { settings, options })
     }
 }
@@ -692,9 +702,7 @@ impl ExperimentConfig {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
-        self.dist
-            .validate()
-            .map_err(|e| ConfigError::at("dist", e))?;
+        self.dist.validate()?;
         let s1 = &self.stage1;
         s1.settings.validate("stage1")?;
         if s1.bn != Stage2Bn::Train || !s1.augment {

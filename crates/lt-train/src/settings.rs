@@ -210,7 +210,7 @@ impl StageSettings {
             .map_err(|e| ConfigError::at(&format!("{section}.schedule"), e.to_string()))?;
         self.loss
             .validate()
-            .map_err(|e| ConfigError::at(&format!("{section}.loss"), e))?;
+            .map_err(|e| e.within(&format!("{section}.loss")))?;
         Ok(())
     }
 }

@@ -133,7 +133,7 @@ pub fn train_stage1(exp: &Experiment, options: RunOptions) -> Result<TrainReport
             class_counts: exp.train_stats.counts(),
             epochs: s1.epochs,
         })
-        .map_err(|m| crate::config::ConfigError::at("stage1.loss", m))?;
+        .map_err(|e| e.within("stage1.loss"))?;
     let trainer = Trainer {
         stage: Stage::Stage1,
         epochs: s1.epochs,

@@ -219,7 +219,7 @@ pub fn retrain(
             class_counts: exp.train_stats.counts(),
             epochs: spec.epochs,
         })
-        .map_err(|m| crate::config::ConfigError::at(&format!("stage2.{head}.loss"), m))?;
+        .map_err(|e| e.within(&format!("stage2.{head}.loss")))?;
     let mut model = Stage2Model {
         exp,
         backbone: net.backbone,

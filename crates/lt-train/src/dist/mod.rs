@@ -219,17 +219,18 @@ impl DistConfig {
     }
 
     /// Checks the values; the message names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        use crate::config::ConfigError;
         if !(self.bucket_mb > 0.0 && self.bucket_mb.is_finite()) {
-            return Err(format!(
-                "key `dist.bucket_mb`: must be > 0, got {}",
-                self.bucket_mb
+            return Err(ConfigError::at(
+                "dist.bucket_mb",
+                format!("must be > 0, got {}", self.bucket_mb),
             ));
         }
         if !(self.timeout_s > 0.0 && self.timeout_s.is_finite()) {
-            return Err(format!(
-                "key `dist.timeout_s`: must be > 0, got {}",
-                self.timeout_s
+            return Err(ConfigError::at(
+                "dist.timeout_s",
+                format!("must be > 0, got {}", self.timeout_s),
             ));
         }
         Ok(())

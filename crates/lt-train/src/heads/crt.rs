@@ -4,6 +4,7 @@ use lt_core::HeadId;
 use lt_heads::{CrtInit, LinearHead, DEFAULT_PREFIX};
 
 use super::{Built, HeadContext, HeadInit, HeadMethod, TrainableHead, TrainedHead};
+use crate::config::ConfigError;
 use crate::settings::StageSettings;
 use crate::TrainError;
 
@@ -34,13 +35,13 @@ impl HeadMethod for Crt {
     }
 }
 
-fn init_option(options: &toml::Table) -> Result<CrtInit, String> {
+fn init_option(options: &toml::Table) -> Result<CrtInit, ConfigError> {
     match options.get("init") {
         None => Ok(CrtInit::default()),
         Some(v) => v
             .clone()
             .try_into()
-            .map_err(|e: toml::de::Error| e.message().to_string()),
+            .map_err(|e: toml::de::Error| ConfigError::at("init", e.message())),
     }
 }
 
@@ -56,10 +57,8 @@ impl TrainedHead for Crt {
         )])
     }
 
-    fn check_options(&self, options: &toml::Table) -> Result<(), (String, String)> {
-        init_option(options)
-            .map(|_| ())
-            .map_err(|m| ("init".to_string(), m))
+    fn check_options(&self, options: &toml::Table) -> Result<(), ConfigError> {
+        init_option(options).map(|_| ())
     }
 
     fn streams(&self, _: &HeadId) -> [u64; 3] {
@@ -68,7 +67,7 @@ impl TrainedHead for Crt {
     }
 
     fn init(&self, init: &HeadInit<'_>) -> Result<Box<dyn TrainableHead>, TrainError> {
-        let mode = init_option(init.options).map_err(TrainError::Invalid)?;
+        let mode = init_option(init.options)?;
         Ok(Box::new(LinearHead::for_crt(
             init.vars,
             DEFAULT_PREFIX,

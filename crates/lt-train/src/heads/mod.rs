@@ -161,8 +161,9 @@ pub trait TrainedHead: Sync {
     fn default_options(&self) -> toml::Table {
         toml::Table::new()
     }
-    /// Checks its options; an error names the key and what is wrong.
-    fn check_options(&self, options: &toml::Table) -> Result<(), (String, String)> {
+    /// Checks its options; an error names the key (relative to the section)
+    /// and what is wrong.
+    fn check_options(&self, options: &toml::Table) -> Result<(), crate::config::ConfigError> {
         let _ = options;
         Ok(())
     }

@@ -3,6 +3,7 @@
 use candle_core::Tensor;
 
 use super::{only_keys, Loss, LossContext, LossKind};
+use crate::config::ConfigError;
 
 /// `kind = "cross_entropy"`: the mean softmax cross-entropy.
 #[derive(Debug, Clone, Copy)]
@@ -28,11 +29,15 @@ impl LossKind for CrossEntropy {
         "softmax cross-entropy (the reference)"
     }
 
-    fn check(&self, options: &toml::Table) -> Result<(), String> {
+    fn check(&self, options: &toml::Table) -> Result<(), ConfigError> {
         only_keys(options, &[])
     }
 
-    fn build(&self, options: &toml::Table, _: &LossContext<'_>) -> Result<Box<dyn Loss>, String> {
+    fn build(
+        &self,
+        options: &toml::Table,
+        _: &LossContext<'_>,
+    ) -> Result<Box<dyn Loss>, ConfigError> {
         self.check(options)?;
         Ok(Box::new(CrossEntropy))
     }

@@ -29,6 +29,8 @@ use std::fmt;
 use candle_core::Tensor;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::config::ConfigError;
+
 /// A loss built for one run.
 pub trait Loss: Send + Sync + fmt::Debug {
     /// The mean loss of a batch: logits `(B, C)`, labels `(B,)` u32, at
@@ -57,10 +59,15 @@ pub trait LossKind: Sync {
     fn id(&self) -> &'static str;
     /// One line for `--help` and the docs.
     fn about(&self) -> &'static str;
-    /// Checks the options (every key but `kind`); the message names the key.
-    fn check(&self, options: &toml::Table) -> Result<(), String>;
+    /// Checks the options (every key but `kind`); the error names the key
+    /// (relative to the `loss` table).
+    fn check(&self, options: &toml::Table) -> Result<(), ConfigError>;
     /// Builds the loss.
-    fn build(&self, options: &toml::Table, ctx: &LossContext<'_>) -> Result<Box<dyn Loss>, String>;
+    fn build(
+        &self,
+        options: &toml::Table,
+        ctx: &LossContext<'_>,
+    ) -> Result<Box<dyn Loss>, ConfigError>;
 }
 
 /// Every loss, by name.
@@ -104,15 +111,20 @@ impl LossConfig {
         *self == Self::default()
     }
 
-    /// Checks the kind and its options.
-    pub fn validate(&self) -> Result<(), String> {
-        let kind = find(&self.kind)
-            .ok_or_else(|| format!("unknown loss `{}`, expected one of: {}", self.kind, names()))?;
+    /// Checks the kind and its options; keys are relative to the `loss`
+    /// table.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let kind = find(&self.kind).ok_or_else(|| {
+            ConfigError::at(
+                "kind",
+                format!("unknown loss `{}`, expected one of: {}", self.kind, names()),
+            )
+        })?;
         kind.check(&self.options)
     }
 
     /// Builds the loss for a run.
-    pub fn build(&self, ctx: &LossContext<'_>) -> Result<Box<dyn Loss>, String> {
+    pub fn build(&self, ctx: &LossContext<'_>) -> Result<Box<dyn Loss>, ConfigError> {
         self.validate()?;
         let kind = find(&self.kind).expect("validated");
         kind.build(&self.options, ctx)
@@ -144,15 +156,18 @@ impl<'de> Deserialize<'de> for LossConfig {
 }
 
 /// Rejects every option but those named.
-pub(crate) fn only_keys(options: &toml::Table, allowed: &[&str]) -> Result<(), String> {
+pub(crate) fn only_keys(options: &toml::Table, allowed: &[&str]) -> Result<(), ConfigError> {
     match options.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(format!(
-            "unknown key `{k}`{}",
-            if allowed.is_empty() {
-                " (this loss has no options)".to_string()
-            } else {
-                format!(", expected one of: {}", allowed.join(", "))
-            }
+        Some(k) => Err(ConfigError::at(
+            k,
+            format!(
+                "unknown key `{k}`{}",
+                if allowed.is_empty() {
+                    " (this loss has no options)".to_string()
+                } else {
+                    format!(", expected one of: {}", allowed.join(", "))
+                }
+            ),
         )),
         None => Ok(()),
     }
@@ -168,11 +183,12 @@ mod tests {
             kind: "focal".into(),
             options: toml::Table::new(),
         };
-        let e = c.validate().unwrap_err();
+        let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("focal") && e.contains("cross_entropy"), "{e}");
         let mut c = LossConfig::default();
         c.options.insert("gamma".into(), toml::Value::Float(2.0));
-        assert!(c.validate().unwrap_err().contains("gamma"));
+        let e = c.validate().unwrap_err().within("stage1.loss");
+        assert_eq!(e.key.as_deref(), Some("stage1.loss.gamma"));
         let parsed: LossConfig = toml::from_str("kind = \"cross_entropy\"").unwrap();
         assert!(parsed.is_default());
     }
