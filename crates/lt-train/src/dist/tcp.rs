@@ -274,13 +274,22 @@ impl TcpCommunicator {
         };
         result.map_err(|m| {
             let msg = format!("{what}: {m}");
-            // Rank 0 tells the others why (best effort), and closing every
-            // socket makes them fail at once instead of waiting for their own
-            // timeout.
-            for s in links.streams.iter_mut() {
-                if self.rank == 0 {
+            if self.rank == 0 {
+                // Rank 0 tells the others why, then closes its side for
+                // writing (FIN, so the others fail at once instead of waiting
+                // for their own timeout) and reads what they still send until
+                // they close: a socket closed with unread data would reset the
+                // connection and could destroy the report before they read it.
+                for s in links.streams.iter_mut() {
                     let _ = write_msg(s, 0, seq, msg.as_bytes());
+                    let _ = s.shutdown(Shutdown::Write);
                 }
+                let linger = self.timeout.min(Duration::from_secs(5));
+                for s in links.streams.iter_mut() {
+                    drain(s, linger);
+                }
+            }
+            for s in links.streams.iter_mut() {
                 let _ = s.shutdown(Shutdown::Both);
             }
             links.failed = Some(msg.clone());
@@ -296,7 +305,17 @@ impl TcpCommunicator {
         payload: Vec<u8>,
     ) -> Result<Vec<u8>, String> {
         let t = self.timeout;
-        write_msg(s, op, seq, &payload).map_err(|e| io_context(e, t, "sending to rank 0"))?;
+        if let Err(e) = write_msg(s, op, seq, &payload) {
+            // Rank 0 may have failed first and closed: its report of why is
+            // then waiting to be read, and names the real cause.
+            if let Ok((0, _, data)) = read_msg(s) {
+                return Err(format!(
+                    "rank 0 reported: {}",
+                    String::from_utf8_lossy(&data)
+                ));
+            }
+            return Err(io_context(e, t, "sending to rank 0"));
+        }
         let (rop, rseq, data) = read_msg(s).map_err(|e| io_context(e, t, "waiting for rank 0"))?;
         if rop == 0 {
             return Err(format!(
@@ -374,6 +393,22 @@ impl TcpCommunicator {
                 .map_err(|e| io_context(e, t, &format!("answering rank {}", i + 1)))?;
         }
         Ok(acc)
+    }
+}
+
+/// Reads and discards until the peer closes, an error, or `linger` passes.
+fn drain(s: &mut TcpStream, linger: Duration) {
+    let deadline = std::time::Instant::now() + linger;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
     }
 }
 
