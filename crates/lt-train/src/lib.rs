@@ -18,6 +18,7 @@
 //! | [`loss`] | the loss registry: one file per loss, the [`loss::LossKind`] trait |
 //! | [`stage2`] | any trained head on the frozen backbone (`bn = train | eval`, cached-feature fast path) |
 //! | [`evaluation`] | every requested head from one stage-1 checkpoint, `results.json`, feature export |
+//! | [`sweep`] | grids of experiments: parsing, cell configs, the steps left in each cell (`cargo xtask sweep` runs them) |
 //! | [`trainer`] | the shared epoch loop, built from parts: evaluation, best / last checkpoints, `metrics.jsonl`, `--resume`, non-finite loss stop |
 //! | [`dist`] | data-parallel training: communicators (in-process, TCP, NCCL), gradient averaging, SyncBN, the launch environment |
 //!
@@ -107,6 +108,7 @@ pub mod seed;
 pub mod settings;
 pub mod stage1;
 pub mod stage2;
+pub mod sweep;
 pub mod trainer;
 
 pub use error::TrainError;
