@@ -34,6 +34,19 @@ fn make_dataset(root: &Path) {
     }
 }
 
+/// The `--set` overrides that point `configs/ci_tiny.toml` at the generated
+/// data and a run directory.
+fn data_sets(data: &Path, run: &Path) -> Vec<String> {
+    let list = |name: &str| data.join(name).to_str().unwrap().to_string();
+    vec![
+        format!("data.root={:?}", data.to_str().unwrap()),
+        format!("data.train_list={:?}", list("train.txt")),
+        format!("data.val_list={:?}", list("val.txt")),
+        format!("data.test_list={:?}", list("test.txt")),
+        format!("run_dir={:?}", run.to_str().unwrap()),
+    ]
+}
+
 fn config_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/ci_tiny.toml")
 }
@@ -70,19 +83,7 @@ fn every_command_end_to_end() {
     make_dataset(&data);
     let config = config_path();
     let config = config.to_str().unwrap();
-    let sets = [
-        format!("data.root={:?}", data.to_str().unwrap()),
-        format!(
-            "data.train_list={:?}",
-            data.join("train.txt").to_str().unwrap()
-        ),
-        format!("data.val_list={:?}", data.join("val.txt").to_str().unwrap()),
-        format!(
-            "data.test_list={:?}",
-            data.join("test.txt").to_str().unwrap()
-        ),
-        format!("run_dir={:?}", run.to_str().unwrap()),
-    ];
+    let sets = data_sets(&data, &run);
     let with = |cmd: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
         v.push("--config".into());
@@ -339,20 +340,9 @@ fn a_corrupt_jpeg_is_reported_down_to_the_decoder() {
     let config = config_path();
     let mut args: Vec<String> = vec!["train".into(), "--config".into()];
     args.push(config.to_str().unwrap().into());
-    for s in [
-        format!("data.root={:?}", data.to_str().unwrap()),
-        format!(
-            "data.train_list={:?}",
-            data.join("train.txt").to_str().unwrap()
-        ),
-        format!("data.val_list={:?}", data.join("val.txt").to_str().unwrap()),
-        format!(
-            "data.test_list={:?}",
-            data.join("test.txt").to_str().unwrap()
-        ),
-        format!("run_dir={:?}", tmp.path().join("run").to_str().unwrap()),
-        "data.cache_decoded=false".into(),
-    ] {
+    let mut sets = data_sets(&data, &tmp.path().join("run"));
+    sets.push("data.cache_decoded=false".into());
+    for s in sets {
         args.push("--set".into());
         args.push(s);
     }

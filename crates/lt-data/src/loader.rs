@@ -302,12 +302,11 @@ impl Shared {
         // One closure per sample: decode, then augment into `out`.
         let run = |k: usize, img: &RgbImage, out: &mut [f32]| -> Result<()> {
             let mut r = rng::stream(seed, rng::AUGMENT, epoch, (position + k) as u64);
-            t.apply(img, &mut r, out)
-                .map_err(|message| DataError::Decode {
-                    what: self.dataset.image(indices[k]).describe(),
-                    origin: self.dataset.origin(indices[k]),
-                    source: Box::new(crate::decode::DecodeError::Invalid(message)),
-                })
+            t.apply(img, &mut r, out).map_err(|e| DataError::Decode {
+                what: self.dataset.image(indices[k]).describe(),
+                origin: self.dataset.origin(indices[k]),
+                source: Box::new(e),
+            })
         };
         let fixed_size = !matches!(t.preset, Preset::None | Preset::CifarEval);
         let (w, h, data, results) = if fixed_size {

@@ -26,7 +26,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::decode::RgbImage;
+use crate::decode::{DecodeError, RgbImage};
 
 /// A named augmentation pipeline (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -272,6 +272,16 @@ impl Transform {
         img: &RgbImage,
         rng: &mut R,
         out: &mut [f32],
+    ) -> Result<(), DecodeError> {
+        self.apply_inner(img, rng, out)
+            .map_err(DecodeError::Invalid)
+    }
+
+    fn apply_inner<R: Rng + ?Sized>(
+        &self,
+        img: &RgbImage,
+        rng: &mut R,
+        out: &mut [f32],
     ) -> Result<(), String> {
         let (ow, oh) = self.output_size(img.width, img.height);
         let need = 3 * ow as usize * oh as usize;
@@ -320,7 +330,7 @@ impl Transform {
         &self,
         img: &RgbImage,
         rng: &mut R,
-    ) -> Result<Vec<f32>, String> {
+    ) -> Result<Vec<f32>, DecodeError> {
         let (w, h) = self.output_size(img.width, img.height);
         let mut out = vec![0f32; 3 * w as usize * h as usize];
         self.apply(img, rng, &mut out)?;
