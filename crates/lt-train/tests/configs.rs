@@ -147,3 +147,49 @@ fn stage_hashes_are_those_earlier_builds_wrote() {
         assert_eq!(cfg.stage_hash(stage).unwrap(), hash, "{stage}");
     }
 }
+
+/// Every stage takes a loss from the registry; it enters the stage's hash,
+/// round-trips through the saved config, and a bad one names its key.
+#[test]
+fn stages_take_a_loss_from_the_registry() {
+    let base = std::fs::read_to_string(configs_dir().join("ci_tiny.toml")).unwrap();
+    let with = |stage1: &str, crt: &str| {
+        base.replace(
+            "model_select = \"best_val\"\n",
+            &format!("model_select = \"best_val\"\n{stage1}\n"),
+        )
+        .replace("[stage2.crt]\n", &format!("[stage2.crt]\n{crt}\n"))
+    };
+    let plain = ExperimentConfig::from_toml_str(&base, "ci_tiny.toml").unwrap();
+    let la = ExperimentConfig::from_toml_str(
+        &with(
+            "loss = { kind = \"logit_adjusted\", tau = 1.5 }",
+            "loss = { kind = \"balanced_softmax\" }",
+        ),
+        "la.toml",
+    )
+    .unwrap();
+    assert_eq!(la.stage1.loss.kind, "logit_adjusted");
+    assert_eq!(la.stage2.crt().loss.kind, "balanced_softmax");
+    assert_ne!(
+        la.stage_hash("stage1").unwrap(),
+        plain.stage_hash("stage1").unwrap()
+    );
+    assert_eq!(plain.stage1.loss, lt_train::loss::LossConfig::default());
+    let again = ExperimentConfig::from_toml_str(&la.to_toml().unwrap(), "copy").unwrap();
+    assert_eq!(again, la);
+    let e = ExperimentConfig::from_toml_str(&with("loss = { kind = \"focal\" }", ""), "bad.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("stage1.loss.kind") && e.contains("focal"), "{e}");
+    let e = ExperimentConfig::from_toml_str(
+        &with(
+            "",
+            "loss = { kind = \"cross_entropy\", label_smoothing = 2 }",
+        ),
+        "bad.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("stage2.crt.loss.label_smoothing"), "{e}");
+}

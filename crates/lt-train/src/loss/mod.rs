@@ -23,6 +23,10 @@
 //! ```
 
 mod cross_entropy;
+mod logit_adjusted;
+
+pub use cross_entropy::CrossEntropy;
+pub use logit_adjusted::{BalancedSoftmax, LogitAdjusted, LogitAdjustedLoss};
 
 use std::fmt;
 
@@ -71,7 +75,13 @@ pub trait LossKind: Sync {
 }
 
 /// Every loss, by name.
-pub static REGISTRY: &[&dyn LossKind] = &[&cross_entropy::CrossEntropy];
+pub static REGISTRY: &[&dyn LossKind] = &[
+    &cross_entropy::CrossEntropy {
+        label_smoothing: 0.0,
+    },
+    &logit_adjusted::LogitAdjusted,
+    &logit_adjusted::BalancedSoftmax,
+];
 
 /// The loss named `id`.
 pub fn find(id: &str) -> Option<&'static dyn LossKind> {
@@ -98,7 +108,7 @@ pub struct LossConfig {
 impl Default for LossConfig {
     fn default() -> Self {
         LossConfig {
-            kind: cross_entropy::CrossEntropy.id().to_string(),
+            kind: "cross_entropy".to_string(),
             options: toml::Table::new(),
         }
     }
@@ -155,6 +165,35 @@ impl<'de> Deserialize<'de> for LossConfig {
     }
 }
 
+/// A number option: its value (integers accepted), `default` when absent;
+/// `ok` checks the range, `range` says it in words.
+pub(crate) fn float_option(
+    options: &toml::Table,
+    key: &str,
+    default: f64,
+    ok: impl Fn(f64) -> bool,
+    range: &str,
+) -> Result<f64, ConfigError> {
+    let v = match options.get(key) {
+        None => return Ok(default),
+        Some(toml::Value::Float(f)) => *f,
+        Some(toml::Value::Integer(i)) => *i as f64,
+        Some(other) => {
+            return Err(ConfigError::at(
+                key,
+                format!("must be a number, got {other}"),
+            ))
+        }
+    };
+    if !v.is_finite() || !ok(v) {
+        return Err(ConfigError::at(
+            key,
+            format!("must be finite and {range}, got {v}"),
+        ));
+    }
+    Ok(v)
+}
+
 /// Rejects every option but those named.
 pub(crate) fn only_keys(options: &toml::Table, allowed: &[&str]) -> Result<(), ConfigError> {
     match options.keys().find(|k| !allowed.contains(&k.as_str())) {
@@ -191,5 +230,138 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("stage1.loss.gamma"));
         let parsed: LossConfig = toml::from_str("kind = \"cross_entropy\"").unwrap();
         assert!(parsed.is_default());
+    }
+
+    fn build(kind: &str, options: &str, counts: &[usize]) -> Box<dyn Loss> {
+        let mut t: toml::Table = toml::from_str(options).unwrap();
+        t.insert("kind".into(), toml::Value::String(kind.into()));
+        let cfg: LossConfig = toml::Value::Table(t).try_into().unwrap();
+        cfg.build(&LossContext {
+            class_counts: counts,
+            epochs: 1,
+        })
+        .unwrap()
+    }
+
+    fn value(loss: &dyn Loss, logits: &[f32], c: usize, labels: &[u32]) -> f64 {
+        let dev = candle_core::Device::Cpu;
+        let z = Tensor::from_slice(logits, (labels.len(), c), &dev).unwrap();
+        let y = Tensor::new(labels, &dev).unwrap();
+        loss.forward(&z, &y, 0).unwrap().to_scalar::<f32>().unwrap() as f64
+    }
+
+    #[test]
+    fn hand_computed_values() {
+        // Label smoothing 0.1 on logits (2, 0, 0), label 0:
+        // 0.9 (lse - 2) + 0.1 (lse - 2/3), lse = ln(e^2 + 2).
+        let lse = (2f64.exp() + 2.0).ln();
+        let want = 0.9 * (lse - 2.0) + 0.1 * (lse - 2.0 / 3.0);
+        let ce = build("cross_entropy", "label_smoothing = 0.1", &[1, 1, 1]);
+        assert!((value(ce.as_ref(), &[2., 0., 0.], 3, &[0]) - want).abs() < 1e-6);
+        // Logit adjustment with priors 0.75 / 0.25 and equal logits: the
+        // adjusted logits are log prior, so the loss of class 1 is -ln 0.25.
+        let la = build("logit_adjusted", "", &[3, 1]);
+        assert!((value(la.as_ref(), &[0., 0.], 2, &[1]) - 4f64.ln()).abs() < 1e-6);
+        // tau scales the adjustment: tau = 0 is plain cross-entropy (ln 2).
+        let la0 = build("logit_adjusted", "tau = 0", &[3, 1]);
+        assert!((value(la0.as_ref(), &[0., 0.], 2, &[1]) - 2f64.ln()).abs() < 1e-6);
+        // Balanced Softmax is the logit-adjusted loss at tau = 1.
+        let bs = build("balanced_softmax", "", &[3, 1]);
+        let z = [0.3f32, -1.2, 2.0, 0.5];
+        assert_eq!(
+            value(bs.as_ref(), &z, 2, &[0, 1]),
+            value(la.as_ref(), &z, 2, &[0, 1])
+        );
+        // Without smoothing the default is candle's cross-entropy, bit for bit.
+        let plain = build("cross_entropy", "", &[1, 1]);
+        let dev = candle_core::Device::Cpu;
+        let zt = Tensor::from_slice(&z, (2, 2), &dev).unwrap();
+        let y = Tensor::new(&[0u32, 1], &dev).unwrap();
+        assert_eq!(
+            plain
+                .forward(&zt, &y, 0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            candle_nn::loss::cross_entropy(&zt, &y)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let dev = candle_core::Device::Cpu;
+        let z0 = [0.3f32, -1.2, 2.0, 0.5, 0.1, -0.4];
+        let labels = [2u32, 0];
+        for (kind, options) in [
+            ("cross_entropy", "label_smoothing = 0.2"),
+            ("logit_adjusted", "tau = 0.5"),
+        ] {
+            let loss = build(kind, options, &[10, 4, 1]);
+            let var = candle_core::Var::from_slice(&z0, (2, 3), &dev).unwrap();
+            let y = Tensor::new(&labels, &dev).unwrap();
+            let l = loss.forward(var.as_tensor(), &y, 0).unwrap();
+            let grads = l.backward().unwrap();
+            let g = grads
+                .get(&var)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let h = 1e-2f32;
+            for i in 0..z0.len() {
+                let (mut up, mut down) = (z0, z0);
+                up[i] += h;
+                down[i] -= h;
+                let num = (value(loss.as_ref(), &up, 3, &labels)
+                    - value(loss.as_ref(), &down, 3, &labels))
+                    / (2.0 * h as f64);
+                assert!(
+                    (num - g[i] as f64).abs() < 1e-3,
+                    "{kind} [{i}]: {num} vs {}",
+                    g[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn out_of_range_options_name_the_key() {
+        let check = |kind: &str, options: &str| {
+            let mut t: toml::Table = toml::from_str(options).unwrap();
+            t.insert("kind".into(), toml::Value::String(kind.into()));
+            let cfg: LossConfig = toml::Value::Table(t).try_into().unwrap();
+            cfg.validate()
+                .unwrap_err()
+                .within("stage1.loss")
+                .to_string()
+        };
+        let e = check("cross_entropy", "label_smoothing = 1.0");
+        assert!(
+            e.contains("stage1.loss.label_smoothing") && e.contains("[0, 1)"),
+            "{e}"
+        );
+        let e = check("logit_adjusted", "tau = -1");
+        assert!(e.contains("stage1.loss.tau"), "{e}");
+        let e = check("balanced_softmax", "tau = 2");
+        assert!(
+            e.contains("stage1.loss.tau") && e.contains("no options"),
+            "{e}"
+        );
+        let cfg = LossConfig {
+            kind: "logit_adjusted".into(),
+            options: toml::Table::new(),
+        };
+        let e = cfg
+            .build(&LossContext {
+                class_counts: &[3, 0],
+                epochs: 1,
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("class 1"), "{e}");
     }
 }
