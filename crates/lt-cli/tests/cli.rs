@@ -167,7 +167,7 @@ fn every_command_end_to_end() {
         serde_json::json!(TRAIN_COUNTS)
     );
     let heads = results["heads"].as_array().unwrap();
-    assert_eq!(heads.len(), 5);
+    assert_eq!(heads.len(), lt_train::heads::REGISTRY.len());
     for h in heads {
         assert_eq!(h["evaluation"]["per_class"].as_array().unwrap().len(), 5);
         assert_eq!(h["evaluation"]["n"], 5 * TEST_PER_CLASS);

@@ -2,8 +2,8 @@
 //! per-epoch evaluation, best / last checkpoints, metrics, resumption and the
 //! non-finite-loss stop.
 //!
-//! A [`Trainer`] is built from parts (the stage's settings, the device, the
-//! data-parallel group, a [`Checkpointer`] and a [`MetricsLog`]) and runs a
+//! A `Trainer` is built from parts (the stage's settings, the device, the
+//! data-parallel group, a `Checkpointer` and a `MetricsLog`) and runs a
 //! model, an optimiser, a sampler, a batch source, a schedule and a loss given
 //! explicitly: it never sees the whole experiment.
 

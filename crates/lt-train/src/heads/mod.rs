@@ -9,7 +9,8 @@
 //! Two kinds of head:
 //!
 //! * **computed at evaluation time** from the stage-1 network and features
-//!   (joint, NCM, tau-norm): [`HeadMethod::build`] fits them in seconds;
+//!   (joint, NCM, tau-norm, post-hoc logit adjustment): [`HeadMethod::build`]
+//!   fits them in seconds ([`sweep_tau`] chooses a head's tau on val);
 //! * **trained** in a stage of their own on the frozen backbone (cRT, LWS):
 //!   [`HeadMethod::training`] returns a [`TrainedHead`], which gives the
 //!   stage's default settings and builds the trainable classifier from the
@@ -66,6 +67,7 @@
 
 mod crt;
 mod joint;
+mod logit_adjustment;
 mod lws;
 mod ncm;
 mod tau_norm;
@@ -96,6 +98,7 @@ pub static REGISTRY: &[&dyn HeadMethod] = &[
     &crt::Crt,
     &tau_norm::TauNorm,
     &lws::Lws,
+    &logit_adjustment::PosthocLogitAdjustment,
 ];
 
 /// The head named `id` (`tau-norm` and `tau_norm` both name tau-norm).
@@ -301,6 +304,63 @@ impl<'a> FeatureCache<'a> {
     }
 }
 
+/// Evaluates the head `make(tau)` for every tau of `grid` on the selection
+/// split (`eval.tau_select_split`) and the reported split, and chooses tau:
+/// the best top-1 on the selection split (ties to the smaller tau), or the
+/// grid's only value with `TauSelect::Fixed`. Shared by the heads with a tau.
+pub fn sweep_tau(
+    exp: &Experiment,
+    feats: &FeatureCache<'_>,
+    grid: &[f64],
+    selection: lt_core::TauSelect,
+    bias: lt_core::TauBias,
+    make: impl Fn(f64) -> Result<Box<dyn Classifier>, TrainError>,
+) -> Result<TauSweep, TrainError> {
+    let ec = &exp.config.eval;
+    let select_split = ec.tau_select_split;
+    let report_split = exp.config.report_split();
+    let eval_on = |head: &dyn Classifier, split| -> Result<lt_run::SplitMetrics, TrainError> {
+        let (e, loss) = crate::eval::evaluate_head(
+            head,
+            &feats.get(split)?,
+            exp.num_classes(),
+            &exp.train_stats,
+            &ec.group_rule,
+        )?;
+        Ok(lt_run::SplitMetrics::of(&e, loss))
+    };
+    let mut curve = Vec::with_capacity(grid.len());
+    for &tau in grid {
+        let head = make(tau)?;
+        let select = eval_on(head.as_ref(), select_split)?;
+        let report = if report_split != select_split {
+            Some(eval_on(head.as_ref(), report_split)?)
+        } else {
+            None
+        };
+        curve.push(lt_run::TauPoint {
+            tau,
+            select,
+            report,
+        });
+    }
+    let chosen = match selection {
+        lt_core::TauSelect::Fixed => grid[0],
+        lt_core::TauSelect::SweepOnVal => {
+            let pts: Vec<(f64, f64)> = curve.iter().map(|p| (p.tau, p.select.top1)).collect();
+            lt_heads::select_tau(&pts)?
+        }
+    };
+    Ok(TauSweep {
+        select_split,
+        report_split,
+        bias,
+        selection,
+        chosen,
+        curve,
+    })
+}
+
 /// The checkpoint of a trained head selected by its `model_select`.
 pub fn selected_checkpoint(exp: &Experiment, head: &HeadId) -> PathBuf {
     let stage = Stage::Head(head.clone());
@@ -403,7 +463,10 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), names.len(), "{names:?}");
-        assert_eq!(names, ["joint", "ncm", "crt", "tau_norm", "lws"]);
+        assert_eq!(
+            names,
+            ["joint", "ncm", "crt", "tau_norm", "lws", "posthoc_la"]
+        );
         assert_eq!(trained_names(), ["crt", "lws"]);
         assert!(find("tau-norm").is_some());
         let e = lookup("nope").err().unwrap().to_string();
