@@ -147,6 +147,20 @@ impl ClassStats {
         self.counts.iter().sum()
     }
 
+    /// The log class prior, ln(n_j / N) per class (logit adjustment); the
+    /// error is the first class without an image (its log prior is −∞).
+    pub fn log_prior(&self) -> Result<Vec<f64>, usize> {
+        let total = self.total() as f64;
+        match self.counts().iter().position(|&n| n == 0) {
+            Some(c) => Err(c),
+            None => Ok(self
+                .counts()
+                .iter()
+                .map(|&n| (n as f64 / total).ln())
+                .collect()),
+        }
+    }
+
     /// Largest over smallest class count (the imbalance ratio rho); `None` when a
     /// class is empty.
     pub fn imbalance_ratio(&self) -> Option<f64> {

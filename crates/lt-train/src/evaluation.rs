@@ -116,7 +116,7 @@ pub fn evaluate_heads(
     );
     for id in heads {
         let method = crate::heads::lookup(id.as_str())?;
-        if let Some(t) = method.training() {
+        if method.training().is_some() {
             let ck = crate::heads::selected_checkpoint(exp, id);
             if skip_missing && !ck.exists() {
                 tracing::warn!(
@@ -127,7 +127,6 @@ pub fn evaluate_heads(
                 out.skipped.push(id.to_string());
                 continue;
             }
-            let _ = t;
         }
         let built = method.build(&ctx)?;
         // BN statistics refreshed in stage 2 change every feature; otherwise

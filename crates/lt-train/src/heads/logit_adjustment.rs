@@ -27,15 +27,15 @@ impl AdjustedHead {
     /// The adjusted head for a training split with `class_counts` (every
     /// class needs an image: log 0 is not a shift).
     pub fn new(head: &LinearHead, class_counts: &[usize], tau: f64) -> Result<Self, TrainError> {
-        let total: usize = class_counts.iter().sum();
-        if let Some(c) = class_counts.iter().position(|&n| n == 0) {
-            return Err(TrainError::Invalid(format!(
-                "post-hoc logit adjustment: class {c} has no training image"
-            )));
-        }
-        let shift: Vec<f32> = class_counts
-            .iter()
-            .map(|&n| (tau * (n as f64 / total as f64).ln()) as f32)
+        let shift: Vec<f32> = lt_core::stats::ClassStats::from_counts(class_counts.to_vec())
+            .log_prior()
+            .map_err(|c| {
+                TrainError::Invalid(format!(
+                    "post-hoc logit adjustment: class {c} has no training image"
+                ))
+            })?
+            .into_iter()
+            .map(|l| (tau * l) as f32)
             .collect();
         Ok(AdjustedHead {
             head: head.clone(),

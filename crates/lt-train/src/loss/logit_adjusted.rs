@@ -24,16 +24,16 @@ impl LogitAdjustedLoss {
     /// The loss for a training split with `class_counts`; every class needs
     /// at least one image (log 0 is not an adjustment).
     pub fn new(tau: f64, class_counts: &[usize]) -> Result<Self, ConfigError> {
-        let total: usize = class_counts.iter().sum();
-        if let Some(c) = class_counts.iter().position(|&n| n == 0) {
-            return Err(ConfigError::at(
-                "kind",
-                format!("class {c} has no training image: its prior log π is −∞"),
-            ));
-        }
-        let log_prior = class_counts
-            .iter()
-            .map(|&n| ((n as f64 / total as f64).ln()) as f32)
+        let log_prior = lt_core::stats::ClassStats::from_counts(class_counts.to_vec())
+            .log_prior()
+            .map_err(|c| {
+                ConfigError::at(
+                    "kind",
+                    format!("class {c} has no training image: its prior log π is −∞"),
+                )
+            })?
+            .into_iter()
+            .map(|v| v as f32)
             .collect();
         Ok(LogitAdjustedLoss { tau, log_prior })
     }
