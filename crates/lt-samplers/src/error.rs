@@ -116,4 +116,31 @@ pub enum SamplerError {
         /// What is wrong.
         reason: String,
     },
+    /// A shifted test set's imbalance is not a finite number >= 1.
+    #[error(
+        "imbalance {value} must be a finite number >= 1 (the largest over the smallest \
+         class count of a shifted test set)"
+    )]
+    InvalidImbalance {
+        /// The value given.
+        value: f64,
+    },
+    /// A shifted test set needs at least one image of every class.
+    #[error(
+        "shifted test sets: class {class} has no image in the split (every one of the \
+         {num_classes} classes needs one; the split should be balanced)"
+    )]
+    NoTestImages {
+        /// The first class without an image.
+        class: usize,
+        /// The declared number of classes.
+        num_classes: usize,
+    },
+    /// The head-to-tail class order of a shifted test set is not a
+    /// permutation of the classes.
+    #[error("shifted test sets: the class order is not a permutation of the classes: {reason}")]
+    InvalidClassOrder {
+        /// What is wrong.
+        reason: String,
+    },
 }

@@ -31,6 +31,10 @@
 //! # Ok::<(), lt_samplers::SamplerError>(())
 //! ```
 //!
+//! Besides training epochs, [`shifted`] draws the evaluation's shifted test
+//! sets: seeded sub-samples of a balanced test split that are forward or
+//! backward long-tailed at a given imbalance ([`shifted_test_set`]).
+//!
 //! # Strategies
 //!
 //! Class j has n_j samples, N in total, C classes. Every strategy is an
@@ -102,7 +106,8 @@
 //! little-endian `u64`s: purpose 1 with a = epoch for an epoch's draws
 //! (permutations, i.i.d. class and item draws), 2 with b = pass for the
 //! class cycle's reshuffles, 3 with a = class, b = pass for a class's item
-//! cycle, 4 with a = epoch for the in-batch shuffle. Bounded integers
+//! cycle, 4 with a = epoch for the in-batch shuffle, 5 with a = class for
+//! the class's permutation in a shifted test set ([`shifted`]). Bounded integers
 //! (Lemire's unbiased multiply-and-reject on 64-bit outputs), floats in
 //! \[0, 1) (top 53 bits), Fisher-Yates shuffles and the cumulative-sum
 //! categorical draw are written in this crate, not taken from `rand`, whose
@@ -121,10 +126,14 @@ mod error;
 mod probabilities;
 mod rng;
 mod sampler;
+pub mod shifted;
 
 pub use config::{CbDraw, EpochLength, PbLambda, SamplerConfig, Strategy};
 pub use error::SamplerError;
 pub use sampler::{Sampler, SamplerState};
+pub use shifted::{
+    head_to_tail, shifted_test_set, Imbalance, ShiftedTestSet, TestShift, STANDARD_IMBALANCES,
+};
 
 /// The README's code blocks, compiled and run as doctests.
 #[cfg(doctest)]

@@ -25,6 +25,8 @@ pub(crate) enum Purpose {
     ClassItems = 3,
     /// In-batch permutations applied before sharding.
     BatchShuffle = 4,
+    /// A class's permutation when a shifted test set is drawn from it.
+    ShiftedTest = 5,
 }
 
 /// A ChaCha8 generator keyed by `(seed, purpose, a, b)`.
