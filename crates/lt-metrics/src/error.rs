@@ -80,6 +80,15 @@ pub enum MetricsError {
     #[error("k must be at least 1")]
     ZeroK,
 
+    /// A sample index is not below the number of samples.
+    #[error("sample index {index} is out of range for {len} samples")]
+    IndexOutOfRange {
+        /// The index.
+        index: usize,
+        /// Number of samples.
+        len: usize,
+    },
+
     /// The calibration error was asked for zero bins.
     #[error("the number of calibration bins must be at least 1")]
     ZeroBins,

@@ -301,6 +301,46 @@ pub fn predictions(logits: &[f32], num_classes: usize) -> Result<Vec<u32>, Metri
         .collect())
 }
 
+/// Top-1 accuracy of per-sample `predictions` against `labels` on the
+/// samples at `indices` (a sub-sampled test set, e.g. a shifted test
+/// distribution drawn from the evaluated split).
+///
+/// Fails when predictions and labels differ in length, `indices` is empty,
+/// or an index is out of range.
+///
+/// ```
+/// let predictions = [0u32, 1, 1, 2];
+/// let labels = [0u32, 1, 2, 2];
+/// assert_eq!(lt_metrics::subset_top1(&predictions, &labels, &[1, 2])?, 0.5);
+/// # Ok::<(), lt_metrics::MetricsError>(())
+/// ```
+pub fn subset_top1(
+    predictions: &[u32],
+    labels: &[u32],
+    indices: &[usize],
+) -> Result<f64, MetricsError> {
+    if predictions.len() != labels.len() {
+        return Err(MetricsError::LengthMismatch {
+            labels: labels.len(),
+            predictions: predictions.len(),
+        });
+    }
+    if indices.is_empty() {
+        return Err(MetricsError::Empty);
+    }
+    let mut hits = 0usize;
+    for &i in indices {
+        if i >= labels.len() {
+            return Err(MetricsError::IndexOutOfRange {
+                index: i,
+                len: labels.len(),
+            });
+        }
+        hits += usize::from(predictions[i] == labels[i]);
+    }
+    Ok(hits as f64 / indices.len() as f64)
+}
+
 /// Serialises NaN as `null` (JSON has no NaN) and reads `null` back as NaN.
 mod nan_as_null {
     use serde::{Deserialize, Deserializer, Serializer};

@@ -313,3 +313,23 @@ fn json_round_trip_with_missing_classes() {
     let err = serde_json::from_str::<Evaluation>(&tampered).unwrap_err();
     assert!(err.to_string().contains("out of range"), "{err}");
 }
+
+#[test]
+fn subset_top1_by_hand_and_bad_inputs() {
+    use lt_metrics::subset_top1;
+    let preds = [0u32, 1, 1, 3, 2];
+    let labels = [0u32, 1, 2, 3, 3];
+    approx(subset_top1(&preds, &labels, &[0, 1, 2, 3, 4]).unwrap(), 0.6);
+    approx(subset_top1(&preds, &labels, &[2, 4]).unwrap(), 0.0);
+    // An index may repeat: it counts each time.
+    approx(subset_top1(&preds, &labels, &[0, 0, 2]).unwrap(), 2.0 / 3.0);
+    assert_eq!(subset_top1(&preds, &labels, &[]), Err(MetricsError::Empty));
+    assert_eq!(
+        subset_top1(&preds, &labels, &[5]),
+        Err(MetricsError::IndexOutOfRange { index: 5, len: 5 })
+    );
+    assert!(matches!(
+        subset_top1(&preds[..4], &labels, &[0]),
+        Err(MetricsError::LengthMismatch { .. })
+    ));
+}
