@@ -37,7 +37,10 @@ pub use data_info::DataInfo;
 pub use error::RunError;
 pub use layout::RunDir;
 pub use metrics_log::{EpochRecord, SplitMetrics};
-pub use results::{HeadResult, Results, Stage1Summary, TauPoint, TauSweep};
+pub use results::{
+    HeadResult, Results, ShiftedRow, ShiftedSet, ShiftedTest, Stage1Summary, TauPoint, TauSweep,
+    KNOWN_PRIOR_LA,
+};
 
 /// Reads a JSON artefact; errors name the file, and the line and column.
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(

@@ -7,6 +7,9 @@
 //! * **2**: each head records its classifier weight norms
 //!   ([`HeadResult::weight_norms`]), its own settings and its tau sweep
 //!   ([`HeadResult::tau_sweep`]); the stage-1 model selection is typed.
+//!   Optional, added within version 2 (absent from earlier files, ignored by
+//!   earlier readers): the accuracies on shifted test distributions
+//!   ([`Results::shifted_test`]).
 //! * **1**: the tau-norm sweep at the top level, no weight norms. Read and
 //!   converted to version 2 (without weight norms).
 
@@ -15,7 +18,7 @@ use std::path::Path;
 use lt_core::stats::GroupRule;
 use lt_core::{HeadId, ModelSelect, Split, TauBias, TauSelect};
 use lt_metrics::Evaluation;
-use lt_samplers::Strategy;
+use lt_samplers::{Strategy, TestShift};
 use serde::{Deserialize, Serialize};
 
 use crate::{BestMetric, RunError, SplitMetrics};
@@ -87,6 +90,61 @@ pub struct HeadResult {
     pub weight_norms: Option<Vec<f64>>,
 }
 
+/// One shifted test set: its class distribution and size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShiftedSet {
+    /// Direction and imbalance.
+    pub shift: TestShift,
+    /// Number of images.
+    pub images: usize,
+    /// Images per class (by class id).
+    pub class_counts: Vec<usize>,
+}
+
+/// Top-1 accuracy of one method on every shifted test set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShiftedRow {
+    /// The head (`HeadId`), or [`KNOWN_PRIOR_LA`] for the reference.
+    pub head: String,
+    /// Name in tables.
+    pub label: String,
+    /// Top-1 accuracy on each set, in the order of [`ShiftedTest::sets`].
+    pub top1: Vec<f64>,
+}
+
+/// The `head` of the reference row of [`ShiftedTest::reference`].
+pub const KNOWN_PRIOR_LA: &str = "la_known_prior";
+
+/// Accuracies on test sets sub-sampled from the balanced reported split to
+/// be forward or backward long-tailed (`lt_samplers::shifted`), plus the
+/// whole split (uniform).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShiftedTest {
+    /// The split the sets are drawn from.
+    pub split: Split,
+    /// Seed of the draw.
+    pub seed: u64,
+    /// Images per class available to the sets (n_max).
+    pub per_class: usize,
+    /// The sets, forward (most imbalanced first), uniform, backward.
+    pub sets: Vec<ShiftedSet>,
+    /// Every evaluated head, from its predictions on the split.
+    pub heads: Vec<ShiftedRow>,
+    /// The reference: post-hoc logit adjustment of the joint head with the
+    /// known test prior, z − log π_train + log π_test (τ = 1); a class absent
+    /// from a set is never predicted. `None` when a class has no training
+    /// image.
+    #[serde(default)]
+    pub reference: Option<ShiftedRow>,
+}
+
+impl ShiftedTest {
+    /// Every row: the heads, then the reference.
+    pub fn rows(&self) -> impl Iterator<Item = &ShiftedRow> {
+        self.heads.iter().chain(&self.reference)
+    }
+}
+
 /// Stage-1 checkpoints behind the results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stage1Summary {
@@ -142,6 +200,10 @@ pub struct Results {
     pub heads: Vec<HeadResult>,
     /// Heads that were requested but not available (e.g. cRT not trained).
     pub skipped: Vec<String>,
+    /// Accuracies on shifted test distributions (`eval.shifted_test`), when
+    /// evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shifted_test: Option<ShiftedTest>,
     /// Version 1 kept the tau-norm sweep here; [`Results::read`] moves it
     /// into the tau-norm head.
     #[serde(default, skip_serializing)]
@@ -181,6 +243,7 @@ impl Results {
             stage1,
             heads: Vec::new(),
             skipped: Vec::new(),
+            shifted_test: None,
             tau_sweep: None,
         }
     }
@@ -252,5 +315,63 @@ mod tests {
         let e = Results::read(&p).unwrap_err();
         assert!(e.to_string().contains("results.json"), "{e}");
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    /// The shifted-test accuracies are optional: absent from older files and
+    /// not written when not evaluated; written and read back when present.
+    #[test]
+    fn shifted_test_is_optional_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("results.json");
+        std::fs::write(&p, v1_text()).unwrap();
+        let mut r = Results::read(&p).unwrap();
+        assert_eq!(r.shifted_test, None);
+        r.write(&p).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(!text.contains("shifted_test"));
+
+        let imbalance = lt_samplers::Imbalance::new(10.0).unwrap();
+        let sets = vec![
+            ShiftedSet {
+                shift: TestShift::Forward { imbalance },
+                images: 11,
+                class_counts: vec![10, 1],
+            },
+            ShiftedSet {
+                shift: TestShift::Uniform,
+                images: 20,
+                class_counts: vec![10, 10],
+            },
+        ];
+        r.shifted_test = Some(ShiftedTest {
+            split: Split::Test,
+            seed: 3,
+            per_class: 10,
+            sets,
+            heads: vec![ShiftedRow {
+                head: "joint".into(),
+                label: "Joint".into(),
+                top1: vec![0.9, 0.6],
+            }],
+            reference: Some(ShiftedRow {
+                head: KNOWN_PRIOR_LA.into(),
+                label: "LA (known test prior)".into(),
+                top1: vec![0.95, 0.65],
+            }),
+        });
+        r.write(&p).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("\"schema_version\": 2"), "{text}");
+        assert!(text.contains("\"direction\": \"forward\""), "{text}");
+        let back = Results::read(&p).unwrap();
+        assert_eq!(back, r);
+        let rows: Vec<&str> = back
+            .shifted_test
+            .as_ref()
+            .unwrap()
+            .rows()
+            .map(|x| x.head.as_str())
+            .collect();
+        assert_eq!(rows, ["joint", KNOWN_PRIOR_LA]);
     }
 }
