@@ -573,6 +573,12 @@ pub struct EvalConfig {
     pub report_split: Option<Split>,
     /// Many / medium / few grouping (by training count, reference).
     pub group_rule: GroupRule,
+    /// Also report accuracy on shifted test distributions: forward and
+    /// backward long-tailed sub-samples of the test split, and uniform
+    /// (`lt_samplers::shifted`, drawn with the experiment seed).
+    pub shifted_test: bool,
+    /// Imbalances of the shifted test sets, each a finite number >= 1.
+    pub shifted_imbalances: Vec<lt_samplers::Imbalance>,
 }
 
 impl Default for EvalConfig {
@@ -587,6 +593,8 @@ impl Default for EvalConfig {
             tau_select_split: Split::Val,
             report_split: None,
             group_rule: GroupRule::default(),
+            shifted_test: true,
+            shifted_imbalances: lt_samplers::Imbalance::standard(),
         }
     }
 }
