@@ -160,6 +160,49 @@ pub fn evaluate_head(
     Ok((e, loss))
 }
 
+/// A head's evaluation on a feature set with the prediction of every row.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// Every metric.
+    pub evaluation: Evaluation,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Predicted class of each row (the first index of the largest logit),
+    /// so that any subset of the rows can be scored without new logits.
+    pub predictions: Vec<u32>,
+}
+
+/// [`evaluate_head`], keeping every row's prediction.
+pub fn evaluate_head_scored(
+    head: &dyn Classifier,
+    features: &Features,
+    num_classes: usize,
+    train_stats: &ClassStats,
+    rule: &GroupRule,
+) -> Result<Scored, TrainError> {
+    if !features.features.device().is_cpu() {
+        let (scores, loss) = device_scores(head, features)?;
+        let evaluation =
+            lt_metrics::evaluate_scores(&scores, num_classes, &features.labels, train_stats, rule)?;
+        let predictions = scores.iter().map(|s| s.pred).collect();
+        return Ok(Scored {
+            evaluation,
+            loss,
+            predictions,
+        });
+    }
+    let logits = logits_host(head, &features.features, 4096)?;
+    let loss = mean_cross_entropy(&logits, num_classes, &features.labels);
+    let evaluation =
+        lt_metrics::evaluate(&logits, num_classes, &features.labels, train_stats, rule)?;
+    let predictions = lt_metrics::predictions(&logits, num_classes)?;
+    Ok(Scored {
+        evaluation,
+        loss,
+        predictions,
+    })
+}
+
 /// [`evaluate_head`] for features on a GPU: logits, predictions, label ranks,
 /// confidences and per-sample losses are computed on the device a chunk at a
 /// time (`lt_metrics::device`), so only `N x 4` numbers reach the host, never
@@ -173,6 +216,17 @@ pub fn evaluate_head_on_device(
     train_stats: &ClassStats,
     rule: &GroupRule,
 ) -> Result<(Evaluation, f64), TrainError> {
+    let (scores, loss) = device_scores(head, features)?;
+    let e = lt_metrics::evaluate_scores(&scores, num_classes, &features.labels, train_stats, rule)?;
+    Ok((e, loss))
+}
+
+/// Per-row scores and the mean cross-entropy of `head`, computed on the
+/// features' device a chunk at a time.
+fn device_scores(
+    head: &dyn Classifier,
+    features: &Features,
+) -> Result<(Vec<lt_metrics::SampleScore>, f64), TrainError> {
     const CHUNK: usize = 4096;
     let device = features.features.device().clone();
     let n = features.features.dim(0)?;
@@ -188,8 +242,7 @@ pub fn evaluate_head_on_device(
         nll_sum += nll.iter().sum::<f64>();
         start += len;
     }
-    let e = lt_metrics::evaluate_scores(&scores, num_classes, &features.labels, train_stats, rule)?;
-    Ok((e, nll_sum / n as f64))
+    Ok((scores, nll_sum / n as f64))
 }
 
 #[cfg(test)]
@@ -218,6 +271,15 @@ mod tests {
         let rule = GroupRule::TrainCount(GroupThresholds::default());
         let (want, want_loss) = evaluate_head(&head, &features, c, &stats, &rule).unwrap();
         let (got, got_loss) = evaluate_head_on_device(&head, &features, c, &stats, &rule).unwrap();
+        // The scored variant keeps the host's metrics and adds predictions.
+        let scored = evaluate_head_scored(&head, &features, c, &stats, &rule).unwrap();
+        assert_eq!(scored.evaluation, want);
+        assert_eq!(scored.loss, want_loss);
+        let logits = logits_host(&head, &features.features, 4096).unwrap();
+        assert_eq!(
+            scored.predictions,
+            lt_metrics::predictions(&logits, c).unwrap()
+        );
         assert_eq!(got.top1, want.top1);
         assert_eq!(got.top5, want.top5);
         assert_eq!(got.per_class, want.per_class);
