@@ -100,6 +100,8 @@ pub mod evaluation;
 pub mod experiment;
 pub mod heads;
 pub mod loss;
+pub mod max_norm;
+pub mod mixup;
 pub mod model;
 pub mod optim;
 pub mod progress;

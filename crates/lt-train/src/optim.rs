@@ -61,6 +61,8 @@ pub struct SgdMomentum {
     /// Momentum buffers by parameter name; absent until the first update of
     /// that parameter (equivalent to a zero buffer, as in PyTorch).
     momentum: BTreeMap<String, Tensor>,
+    /// Learning-rate multipliers by parameter name (absent: 1).
+    lr_scales: BTreeMap<String, f64>,
 }
 
 impl SgdMomentum {
@@ -99,7 +101,27 @@ impl SgdMomentum {
             lr: config.lr,
             config,
             momentum: BTreeMap::new(),
+            lr_scales: BTreeMap::new(),
         })
+    }
+
+    /// Multiplies the learning rate of parameter `name` by `scale` (a
+    /// parameter group with its own learning rate, as MiSLAS gives its
+    /// fine-tuned classifier `lr_factor` times the scales' rate). The
+    /// schedule still sets the base rate.
+    pub fn set_lr_scale(&mut self, name: &str, scale: f64) -> Result<(), TrainError> {
+        if !self.params.iter().any(|(n, _)| n == name) {
+            return Err(TrainError::Optimizer(format!(
+                "learning-rate scale for `{name}`, which is not an optimised parameter"
+            )));
+        }
+        if !(scale >= 0.0 && scale.is_finite()) {
+            return Err(TrainError::Optimizer(format!(
+                "learning-rate scale of `{name}` must be finite and >= 0, got {scale}"
+            )));
+        }
+        self.lr_scales.insert(name.to_string(), scale);
+        Ok(())
     }
 
     /// The configuration.
@@ -158,7 +180,8 @@ impl SgdMomentum {
             } else {
                 g
             };
-            var.set(&(w - (d * self.lr)?)?)?;
+            let lr = self.lr * self.lr_scales.get(name).copied().unwrap_or(1.0);
+            var.set(&(w - (d * lr)?)?)?;
             updated += 1;
         }
         Ok(updated)

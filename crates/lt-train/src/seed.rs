@@ -17,6 +17,8 @@ pub enum Purpose {
     Stage1Sampler = 2,
     /// Stage-1 augmentation.
     Stage1Augment = 3,
+    /// Stage-1 mixup (lambda and the pairing of each batch).
+    Stage1Mixup = 10,
 }
 // Codes 4 to 9 are cRT's and LWS's streams (`TrainedHead::streams`); other
 // stage-2 heads derive theirs from their name.

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
 use crate::loss::LossConfig;
+use crate::max_norm::MaxNormConfig;
+use crate::mixup::MixupConfig;
 use crate::optim::SgdConfig;
 use crate::schedule::ScheduleConfig;
 
@@ -67,6 +69,14 @@ pub struct StageSettings {
     /// The training loss. Default cross-entropy (`{ kind = "cross_entropy" }`).
     #[serde(default, skip_serializing_if = "LossConfig::is_default")]
     pub loss: LossConfig,
+    /// MaxNorm on the classifier's weight rows (Weight Balancing), e.g.
+    /// `{ radius = 0.1 }`; see [`MaxNormConfig`]. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_norm: Option<MaxNormConfig>,
+    /// Stage 1 only: mixup, e.g. `{ alpha = 1.0 }`; see [`MixupConfig`].
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixup: Option<MixupConfig>,
     /// Stage 2 only: BN of the frozen backbone, `train` (reference) or `eval`.
     /// Stage 1 trains the backbone, so BN always runs in train mode there.
     pub bn: Stage2Bn,
@@ -79,6 +89,9 @@ pub struct StageSettings {
 
 /// Keys of [`StageSettings`] that only stage 2 has.
 const STAGE2_ONLY: [&str; 2] = ["bn", "augment"];
+
+/// Keys of [`StageSettings`] that are absent from a section unless set.
+const OPTIONAL: [&str; 3] = ["loss", "max_norm", "mixup"];
 
 /// Keys stage 1 must be given.
 const STAGE1_REQUIRED: [&str; 3] = ["epochs", "batch_size", "lr"];
@@ -101,6 +114,8 @@ impl StageSettings {
             eval_every: 1,
             model_select: ModelSelect::BestVal,
             loss: LossConfig::default(),
+            max_norm: None,
+            mixup: None,
             bn: Stage2Bn::Train,
             augment: true,
         }
@@ -150,7 +165,12 @@ impl StageSettings {
         for (k, v) in table {
             if stage1 && STAGE2_ONLY.contains(&k.as_str()) {
                 rest.insert(k.clone(), v.clone());
-            } else if merged.contains_key(k) || k == "loss" {
+            } else if !stage1 && k == "mixup" {
+                return Err(ConfigError::at(
+                    &format!("{section}.mixup"),
+                    "mixup is a stage-1 setting: stage 2 trains on unmixed images".to_string(),
+                ));
+            } else if merged.contains_key(k) || OPTIONAL.contains(&k.as_str()) {
                 merged.insert(k.clone(), v.clone());
             } else {
                 rest.insert(k.clone(), v.clone());
@@ -211,6 +231,14 @@ impl StageSettings {
         self.loss
             .validate()
             .map_err(|e| e.within(&format!("{section}.loss")))?;
+        if let Some(m) = &self.max_norm {
+            m.validate()
+                .map_err(|e| ConfigError::at(&format!("{section}.max_norm.radius"), e))?;
+        }
+        if let Some(m) = &self.mixup {
+            m.validate()
+                .map_err(|e| ConfigError::at(&format!("{section}.mixup.alpha"), e))?;
+        }
         Ok(())
     }
 }

@@ -146,6 +146,10 @@ pub fn train_stage1(exp: &Experiment, options: RunOptions) -> Result<TrainReport
         dist: &exp.dist,
         checkpoints: Checkpointer::new(&exp.run, &Stage::Stage1, cfg.seed),
         log: MetricsLog::new(exp.run.metrics()),
+        max_norm: s1.max_norm,
+        mixup: s1
+            .mixup
+            .map(|m| crate::mixup::Mixup::new(m, derive_seed(cfg.seed, Purpose::Stage1Mixup))),
     };
     trainer.run(
         &mut model,

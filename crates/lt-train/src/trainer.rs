@@ -27,6 +27,8 @@ use crate::checkpoint::{
 use crate::dist::Dist;
 use crate::eval::Features;
 use crate::loss::Loss;
+use crate::max_norm::{MaxNormConfig, MaxNormEvery};
+use crate::mixup::Mixup;
 use crate::optim::SgdMomentum;
 use crate::progress;
 use crate::schedule::LrSchedule;
@@ -136,6 +138,10 @@ pub(crate) struct Trainer<'a> {
     pub dist: &'a Dist,
     pub checkpoints: Checkpointer,
     pub log: MetricsLog,
+    /// MaxNorm projection after the optimiser, if configured.
+    pub max_norm: Option<MaxNormConfig>,
+    /// Mixup of the image batches, if configured (stage 1).
+    pub mixup: Option<Mixup>,
 }
 
 /// Summary of a finished training.
@@ -294,13 +300,21 @@ impl Trainer<'_> {
                 &format!("{stage} {}/{}", epoch + 1, spec.epochs),
             );
             let started = Instant::now();
-            let (mut loss_sum, mut correct, mut seen) = (0f64, 0u64, 0usize);
+            let (mut loss_sum, mut correct, mut seen) = (0f64, 0f64, 0usize);
             let mut lr = schedule.lr(epoch, 0);
             let mut step = |i: usize, input: Tensor, labels: Tensor| -> Result<(), TrainError> {
                 lr = schedule.lr(epoch, i);
                 opt.set_lr(lr);
+                let draw = spec.mixup.map(|m| m.draw(epoch, i, labels.dims()[0]));
+                let input = match &draw {
+                    Some(d) => d.mix(&input)?,
+                    None => input,
+                };
                 let logits = model.train_logits(&input)?;
-                let loss = loss_fn.forward(&logits, &labels, epoch)?;
+                let loss = match &draw {
+                    Some(d) => d.loss(loss_fn, &logits, &labels, epoch)?,
+                    None => loss_fn.forward(&logits, &labels, epoch)?,
+                };
                 let l = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
                 if !l.is_finite() {
                     return Err(TrainError::NonFiniteLoss {
@@ -314,17 +328,30 @@ impl Trainer<'_> {
                 // After backward, not overlapped with it: candle has no hooks.
                 dist.average_gradients(&mut grads, opt.params())?;
                 opt.step(&grads)?;
+                if let Some(m) = spec.max_norm.filter(|m| m.every == MaxNormEvery::Iteration) {
+                    m.project(opt.params())?;
+                }
                 global_step += 1;
                 let b = labels.dim(0)?;
-                let hits = logits
-                    .detach()
-                    .argmax(1)?
-                    .eq(&labels)?
-                    .to_dtype(DType::F32)?
-                    .sum_all()?
-                    .to_scalar::<f32>()?;
+                let predicted = logits.detach().argmax(1)?;
+                let hits_of = |y: &Tensor| -> candle_core::Result<f32> {
+                    predicted
+                        .eq(y)?
+                        .to_dtype(DType::F32)?
+                        .sum_all()?
+                        .to_scalar::<f32>()
+                };
+                // Under mixup an image counts as lambda of a hit on its own
+                // label and 1 - lambda on its partner's.
+                let hits = match &draw {
+                    Some(d) => {
+                        let l = d.lambda as f32;
+                        l * hits_of(&labels)? + (1.0 - l) * hits_of(&d.permuted(&labels)?)?
+                    }
+                    None => hits_of(&labels)?,
+                };
                 loss_sum += l as f64 * b as f64;
-                correct += hits as u64;
+                correct += hits as f64;
                 seen += b;
                 let rate = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
                 bar.set_message(format!("loss {l:.4} lr {lr:.4} {rate:.0} img/s"));
@@ -381,9 +408,12 @@ impl Trainer<'_> {
                 return Err(e);
             }
             bar.finish_and_clear();
+            if let Some(m) = spec.max_norm.filter(|m| m.every == MaxNormEvery::Epoch) {
+                m.project(opt.params())?;
+            }
             let elapsed = started.elapsed().as_secs_f64();
             // Training loss and accuracy of the global batch stream.
-            let mut totals = [loss_sum, correct as f64, seen as f64];
+            let mut totals = [loss_sum, correct, seen as f64];
             dist.sum_f64(&mut totals)?;
             let [loss_sum, correct, seen] = totals;
 

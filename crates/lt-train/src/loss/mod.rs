@@ -22,10 +22,19 @@
 //! # }
 //! ```
 
+mod class_balanced;
 mod cross_entropy;
+mod label_aware_smoothing;
+mod ldam;
 mod logit_adjusted;
+pub mod weights;
 
+pub use class_balanced::{CbForm, ClassBalanced, ClassBalancedLoss, Reweighted, ReweightedLoss};
 pub use cross_entropy::CrossEntropy;
+pub use label_aware_smoothing::{
+    label_aware_epsilons, LabelAwareSmoothing, LabelAwareSmoothingLoss, SmoothingShape,
+};
+pub use ldam::{LdamDrw, LdamLoss};
 pub use logit_adjusted::{BalancedSoftmax, LogitAdjusted, LogitAdjustedLoss};
 
 use std::fmt;
@@ -81,6 +90,10 @@ pub static REGISTRY: &[&dyn LossKind] = &[
     },
     &logit_adjusted::LogitAdjusted,
     &logit_adjusted::BalancedSoftmax,
+    &ldam::LdamDrw,
+    &class_balanced::ClassBalanced,
+    &class_balanced::Reweighted,
+    &label_aware_smoothing::LabelAwareSmoothing,
 ];
 
 /// The loss named `id`.
@@ -290,6 +303,98 @@ mod tests {
         );
     }
 
+    fn value_at(loss: &dyn Loss, logits: &[f32], c: usize, labels: &[u32], epoch: usize) -> f64 {
+        let dev = candle_core::Device::Cpu;
+        let z = Tensor::from_slice(logits, (labels.len(), c), &dev).unwrap();
+        let y = Tensor::new(labels, &dev).unwrap();
+        loss.forward(&z, &y, epoch)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    }
+
+    #[test]
+    fn ldam_margins_and_deferred_weights_follow_the_formulas() {
+        // Counts 16 and 1: raw margins 16^-1/4 = 1/2 and 1, scaled so the
+        // largest is 0.5.
+        let m = LdamLoss::margins(&[16, 1], 0.5);
+        assert!((m[0] - 0.25).abs() < 1e-12 && (m[1] - 0.5).abs() < 1e-12);
+        // Equal logits, label 1: the true logit drops by 0.5, times s = 30.
+        let mut t: toml::Table = toml::from_str("kind = \"ldam_drw\"").unwrap();
+        let cfg: LossConfig = toml::Value::Table(t.clone()).try_into().unwrap();
+        let ctx = LossContext {
+            class_counts: &[16, 1],
+            epochs: 10,
+        };
+        let ldam = cfg.build(&ctx).unwrap();
+        let want = (1.0 + (-15f64).exp()).ln() + 15.0;
+        assert!((value_at(ldam.as_ref(), &[0., 0.], 2, &[1], 0) - want).abs() < 1e-4);
+        // Two images: a plain mean before epoch 0.8 * 10 = 8, the
+        // effective-number weighted mean from it.
+        let z = [0.2f32, -0.1, 0.4, 0.3];
+        let y = [0u32, 1];
+        let per_image = |i: usize| {
+            let (a, b) = (z[2 * i] as f64, z[2 * i + 1] as f64);
+            let (a, b) = if y[i] == 0 {
+                (a - 0.25, b)
+            } else {
+                (a, b - 0.5)
+            };
+            let (a, b) = (30.0 * a, 30.0 * b);
+            let lse = a.max(b) + ((a - a.max(b)).exp() + (b - a.max(b)).exp()).ln();
+            lse - if y[i] == 0 { a } else { b }
+        };
+        let (l0, l1) = (per_image(0), per_image(1));
+        assert!((value_at(ldam.as_ref(), &z, 2, &y, 7) - (l0 + l1) / 2.0).abs() < 1e-3);
+        let w = weights::effective_number_weights(&[16, 1], 0.9999);
+        let weighted = (w[0] * l0 + w[1] * l1) / (w[0] + w[1]);
+        assert!((value_at(ldam.as_ref(), &z, 2, &y, 8) - weighted).abs() < 1e-3);
+        // drw = false never re-weights.
+        t.insert("drw".into(), toml::Value::Boolean(false));
+        let cfg: LossConfig = toml::Value::Table(t).try_into().unwrap();
+        let plain = cfg.build(&ctx).unwrap();
+        assert!((value_at(plain.as_ref(), &z, 2, &y, 9) - (l0 + l1) / 2.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn reweighted_and_smoothing_losses_hand_values() {
+        let lse = |a: f64, b: f64| (a.exp() + b.exp()).ln();
+        // Class-balanced, paper form: mean of w_y * nll; counts 1 and 1 give
+        // weights 1, so it is cross-entropy.
+        let cb = build("class_balanced", "form = \"softmax_ce\"", &[1, 1]);
+        let want = (lse(1.0, 0.0) - 1.0 + lse(0.0, 2.0) - 2.0) / 2.0;
+        assert!((value(cb.as_ref(), &[1., 0., 0., 2.], 2, &[0, 1]) - want).abs() < 1e-6);
+        // Code form: BCE of the softmax probabilities against the one-hot,
+        // averaged over the B*C elements; p = (1/2, 1/2) gives ln 2 each.
+        let cb = build("class_balanced", "", &[1, 1]);
+        assert!((value(cb.as_ref(), &[0., 0.], 2, &[0]) - 2f64.ln()).abs() < 1e-6);
+        // p = (0.8, 0.2) for label 0: -(ln 0.8 + ln 0.8) / 2.
+        let z = [0.8f64.ln() as f32, 0.2f64.ln() as f32];
+        assert!((value(cb.as_ref(), &z, 2, &[0]) + 0.8f64.ln()).abs() < 1e-6);
+        // Generalised re-weighting, counts 3 : 1, rho = 1: weights 0.5, 1.5,
+        // weighted mean.
+        let rw = build("reweighted", "rho = 1", &[3, 1]);
+        let (l0, l1) = (lse(1.0, 0.0) - 1.0, lse(0.0, 2.0) - 2.0);
+        let want = (0.5 * l0 + 1.5 * l1) / 2.0;
+        assert!((value(rw.as_ref(), &[1., 0., 0., 2.], 2, &[0, 1]) - want).abs() < 1e-6);
+        // Label-aware smoothing: counts 10 and 1 give eps 0.4 (head) and 0.1
+        // (tail) whatever the shape; label 1 on logits (1, 0).
+        let las = build("label_aware_smoothing", "shape = \"linear\"", &[10, 1]);
+        let l = lse(1.0, 0.0);
+        let want = 0.9 * l + 0.1 * (l - 0.5);
+        assert!((value(las.as_ref(), &[1., 0.], 2, &[1]) - want).abs() < 1e-6);
+        // The shapes between the ends: a class halfway (t = 1/2).
+        let mid = |shape| label_aware_epsilons(&[11, 6, 1], 0.4, 0.1, shape)[1];
+        assert!((mid(SmoothingShape::Linear) - 0.25).abs() < 1e-12);
+        let s = (std::f64::consts::FRAC_PI_4).sin();
+        assert!((mid(SmoothingShape::Concave) - (0.1 + 0.3 * s)).abs() < 1e-12);
+        assert!((mid(SmoothingShape::Convex) - (0.1 + 0.3 * (1.0 - s))).abs() < 1e-12);
+        assert_eq!(
+            label_aware_epsilons(&[11, 6, 1], 0.4, 0.1, SmoothingShape::Concave)[0],
+            0.4
+        );
+    }
+
     #[test]
     fn gradients_match_finite_differences() {
         let dev = candle_core::Device::Cpu;
@@ -298,6 +403,11 @@ mod tests {
         for (kind, options) in [
             ("cross_entropy", "label_smoothing = 0.2"),
             ("logit_adjusted", "tau = 0.5"),
+            ("ldam_drw", "drw_start = 0.0\ns = 2.0"),
+            ("class_balanced", ""),
+            ("class_balanced", "form = \"softmax_ce\"\nbeta = 0.9"),
+            ("reweighted", ""),
+            ("label_aware_smoothing", ""),
         ] {
             let loss = build(kind, options, &[10, 4, 1]);
             let var = candle_core::Var::from_slice(&z0, (2, 3), &dev).unwrap();
@@ -344,6 +454,14 @@ mod tests {
             e.contains("stage1.loss.label_smoothing") && e.contains("[0, 1)"),
             "{e}"
         );
+        let e = check("ldam_drw", "drw_start = 1.5");
+        assert!(e.contains("stage1.loss.drw_start"), "{e}");
+        let e = check("class_balanced", "form = \"focal\"");
+        assert!(e.contains("stage1.loss.form"), "{e}");
+        let e = check("label_aware_smoothing", "smooth_head = 1.0");
+        assert!(e.contains("stage1.loss.smooth_head"), "{e}");
+        let e = check("reweighted", "rho = -1");
+        assert!(e.contains("stage1.loss.rho"), "{e}");
         let e = check("logit_adjusted", "tau = -1");
         assert!(e.contains("stage1.loss.tau"), "{e}");
         let e = check("balanced_softmax", "tau = 2");
