@@ -154,13 +154,19 @@ pub fn retrain(
         "stage 2"
     );
     let head_vars = VarMap::new();
+    let groups = exp.train_stats.groups(&cfg.eval.group_rule);
     let classifier = training.init(&HeadInit {
         joint: &net.head,
         vars: &head_vars,
         options: &section.options,
         seed: derive_seed_code(cfg.seed, head_stream),
+        class_counts: exp.train_stats.counts(),
+        groups: &groups,
     })?;
     let mut opt = SgdMomentum::new(classifier.trainable(), spec.sgd())?;
+    for (name, scale) in training.lr_scales(&section.options)? {
+        opt.set_lr_scale(&name, scale)?;
+    }
     let mut sampler = Sampler::new(
         exp.train.labels(),
         exp.num_classes(),
@@ -246,6 +252,8 @@ pub fn retrain(
         dist: &exp.dist,
         checkpoints: Checkpointer::new(&exp.run, &stage, cfg.seed),
         log: MetricsLog::new(exp.run.metrics()),
+        max_norm: spec.max_norm,
+        mixup: None,
     };
     let source = match &cache {
         Some(f) => BatchSource::Features(f),

@@ -35,7 +35,7 @@ impl HeadMethod for Crt {
     }
 }
 
-fn init_option(options: &toml::Table) -> Result<CrtInit, ConfigError> {
+pub(super) fn init_option(options: &toml::Table) -> Result<CrtInit, ConfigError> {
     match options.get("init") {
         None => Ok(CrtInit::default()),
         Some(v) => v

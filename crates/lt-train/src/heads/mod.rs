@@ -66,11 +66,16 @@
 //! implements [`TrainedHead`] (see `crt.rs` and `lws.rs`, ~60 lines each).
 
 mod crt;
+mod crt_la;
+mod disalign;
 mod joint;
+mod learned_tau;
 mod logit_adjustment;
 mod lws;
+mod mislas;
 mod ncm;
 mod tau_norm;
+mod weight_balancing;
 
 pub use tau_norm::sweep as tau_norm_sweep;
 
@@ -99,6 +104,11 @@ pub static REGISTRY: &[&dyn HeadMethod] = &[
     &tau_norm::TauNorm,
     &lws::Lws,
     &logit_adjustment::PosthocLogitAdjustment,
+    &crt_la::CrtLogitAdjusted,
+    &learned_tau::LearnedTau,
+    &mislas::Mislas,
+    &disalign::DisAlign,
+    &weight_balancing::WeightBalancing,
 ];
 
 /// The head named `id` (`tau-norm` and `tau_norm` both name tau-norm).
@@ -181,6 +191,13 @@ pub trait TrainedHead: Sync {
     /// The trainable classifier, built from the stage-1 joint head; its
     /// variables are registered in `init.vars` under `fc.*`.
     fn init(&self, init: &HeadInit<'_>) -> Result<Box<dyn TrainableHead>, TrainError>;
+    /// Learning-rate multipliers of some of its variables (by checkpoint
+    /// name), from its options. Default: none (every variable at the
+    /// stage's rate).
+    fn lr_scales(&self, options: &toml::Table) -> Result<Vec<(String, f64)>, TrainError> {
+        let _ = options;
+        Ok(Vec::new())
+    }
 }
 
 /// What a trained head is built from.
@@ -193,6 +210,10 @@ pub struct HeadInit<'a> {
     pub options: &'a toml::Table,
     /// Seed of its initial weights.
     pub seed: u64,
+    /// Training images per class.
+    pub class_counts: &'a [usize],
+    /// The many / medium / few group of each class.
+    pub groups: &'a [lt_core::stats::ShotGroup],
 }
 
 impl std::fmt::Debug for HeadInit<'_> {
@@ -399,11 +420,14 @@ pub fn build_trained(
     crate::stage2::load_backbone(&backbone, &tensors, &path)?;
     let joint = placeholder_joint(&tensors, &path, &exp.device)?;
     let vars = VarMap::new();
+    let groups = exp.train_stats.groups(&cfg.eval.group_rule);
     let head = training.init(&HeadInit {
         joint: &joint,
         vars: &vars,
         options: &cfg.stage2.head(id.as_str()).options,
         seed: 0,
+        class_counts: exp.train_stats.counts(),
+        groups: &groups,
     })?;
     crate::checkpoint::load_into_varmap(&vars, &tensors, &path)?;
     Ok(Built {
@@ -415,6 +439,25 @@ pub fn build_trained(
         tau_sweep: None,
         settings: serde_json::to_value(&cfg.stage2.head(id.as_str()).options).ok(),
     })
+}
+
+/// Registers a copy of `value` in `vars` as the variable `name` (replacing
+/// any variable of that name), for heads with variables of their own.
+pub(crate) fn register_var(
+    vars: &VarMap,
+    name: &str,
+    value: &candle_core::Tensor,
+) -> Result<Var, TrainError> {
+    let var = Var::from_tensor(&value.copy()?)?;
+    vars.data()
+        .lock()
+        .map_err(|_| {
+            TrainError::Invalid(format!(
+                "registering `{name}`: the variable map is poisoned"
+            ))
+        })?
+        .insert(name.to_string(), var.clone());
+    Ok(var)
 }
 
 /// A joint head of the checkpoint's shape, to build a trained head on before
@@ -465,9 +508,32 @@ mod tests {
         assert_eq!(sorted.len(), names.len(), "{names:?}");
         assert_eq!(
             names,
-            ["joint", "ncm", "crt", "tau_norm", "lws", "posthoc_la"]
+            [
+                "joint",
+                "ncm",
+                "crt",
+                "tau_norm",
+                "lws",
+                "posthoc_la",
+                "crt_la",
+                "learned_tau",
+                "mislas",
+                "disalign",
+                "wb"
+            ]
         );
-        assert_eq!(trained_names(), ["crt", "lws"]);
+        assert_eq!(
+            trained_names(),
+            [
+                "crt",
+                "lws",
+                "crt_la",
+                "learned_tau",
+                "mislas",
+                "disalign",
+                "wb"
+            ]
+        );
         assert!(find("tau-norm").is_some());
         let e = lookup("nope").err().unwrap().to_string();
         assert!(e.contains("nope") && e.contains("lws"), "{e}");

@@ -1,0 +1,297 @@
+//! Learned τ: the τ of the τ-normalised classifier learned by gradient
+//! descent instead of chosen on validation, the variant the decoupling
+//! paper's appendix mentions. The joint head's weights stay frozen; only τ
+//! (one scalar, or one per many / medium / few group with
+//! `per_group = true`) is trained, with cross-entropy on class-balanced
+//! batches of training features (cached: BN in eval mode, no augmentation),
+//! without weight decay on τ.
+//!
+//! `z_j = (w_j / ‖w_j‖^τ_{g(j)}) · f` (plus b_j with `bias = "keep"`); the
+//! learned τ is recorded in `results.json` beside the τ that `tau_norm`
+//! chose on validation.
+
+use candle_core::{DType, Tensor, Var};
+use lt_core::stats::ShotGroup;
+use lt_core::TauBias;
+use lt_heads::{Classifier, DEFAULT_PREFIX};
+
+use super::{Built, HeadContext, HeadInit, HeadMethod, TrainableHead, TrainedHead};
+use crate::config::ConfigError;
+use crate::settings::{Stage2Bn, StageSettings};
+use crate::TrainError;
+
+/// `learned_tau`: options `per_group` (false), `init_tau` (0: the joint
+/// head without its bias) and `bias` (`drop`, as τ-norm; or `keep`).
+#[derive(Debug)]
+pub struct LearnedTau;
+
+impl HeadMethod for LearnedTau {
+    fn name(&self) -> &'static str {
+        "learned_tau"
+    }
+
+    fn label(&self) -> &'static str {
+        "τ-norm (learned τ)"
+    }
+
+    fn about(&self) -> &'static str {
+        "tau-norm with tau (one, or one per group) learned on class-balanced training features"
+    }
+
+    fn training(&self) -> Option<&dyn TrainedHead> {
+        Some(self)
+    }
+
+    fn build(&self, ctx: &HeadContext<'_>) -> Result<Built, TrainError> {
+        let mut built = super::build_trained(self, self, ctx.exp)?;
+        // Record the learned value(s) where evaluation reports a head's tau.
+        let (tensors, _) = crate::checkpoint::load_checkpoint(&built.checkpoint, &ctx.exp.device)?;
+        let name = format!("{DEFAULT_PREFIX}.tau");
+        let tau = tensors
+            .get(&name)
+            .ok_or_else(|| {
+                TrainError::Checkpoint(format!(
+                    "{}: missing tensor `{name}`",
+                    built.checkpoint.display()
+                ))
+            })?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?;
+        if tau.len() == 1 {
+            built.tau = Some(tau[0]);
+        }
+        let mut settings = built
+            .settings
+            .take()
+            .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+        if let serde_json::Value::Object(m) = &mut settings {
+            m.insert("learned_tau".into(), serde_json::json!(tau));
+        }
+        built.settings = Some(settings);
+        Ok(built)
+    }
+}
+
+struct Options {
+    per_group: bool,
+    init_tau: f64,
+    bias: TauBias,
+}
+
+fn options(t: &toml::Table) -> Result<Options, ConfigError> {
+    crate::loss::only_keys(t, &["per_group", "init_tau", "bias"])?;
+    let per_group = match t.get("per_group") {
+        None => false,
+        Some(toml::Value::Boolean(b)) => *b,
+        Some(v) => {
+            return Err(ConfigError::at(
+                "per_group",
+                format!("must be true or false, got {v}"),
+            ))
+        }
+    };
+    let init_tau = crate::loss::float_option(t, "init_tau", 0.0, |_| true, "")?;
+    let bias = match t.get("bias") {
+        None => TauBias::Drop,
+        Some(v) => v.clone().try_into().map_err(|_| {
+            ConfigError::at("bias", format!("must be \"drop\" or \"keep\", got {v}"))
+        })?,
+    };
+    Ok(Options {
+        per_group,
+        init_tau,
+        bias,
+    })
+}
+
+impl TrainedHead for LearnedTau {
+    fn default_settings(&self) -> StageSettings {
+        StageSettings {
+            weight_decay: 0.0,
+            bn: Stage2Bn::Eval,
+            augment: false,
+            ..StageSettings::stage2(10)
+        }
+    }
+
+    fn default_options(&self) -> toml::Table {
+        toml::Table::from_iter([
+            ("per_group".to_string(), toml::Value::Boolean(false)),
+            ("init_tau".to_string(), toml::Value::Float(0.0)),
+            ("bias".to_string(), toml::Value::String("drop".into())),
+        ])
+    }
+
+    fn check_options(&self, t: &toml::Table) -> Result<(), ConfigError> {
+        options(t).map(|_| ())
+    }
+
+    fn init(&self, init: &HeadInit<'_>) -> Result<Box<dyn TrainableHead>, TrainError> {
+        let o = options(init.options).map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let dev = init.joint.weight().device();
+        let weight = super::register_var(init.vars, "fc.weight", init.joint.weight())?;
+        let bias = super::register_var(init.vars, "fc.bias", init.joint.bias())?;
+        let n_tau = if o.per_group { 3 } else { 1 };
+        let tau0 = Tensor::full(o.init_tau as f32, n_tau, dev)?;
+        let tau = super::register_var(init.vars, "fc.tau", &tau0)?;
+        let c = init.joint.num_classes();
+        let group_of: Vec<u32> = if o.per_group {
+            if init.groups.len() != c {
+                return Err(TrainError::Invalid(format!(
+                    "learned_tau: {} class groups for {c} classes",
+                    init.groups.len()
+                )));
+            }
+            init.groups
+                .iter()
+                .map(|g| match g {
+                    ShotGroup::Many => 0,
+                    ShotGroup::Medium => 1,
+                    ShotGroup::Few => 2,
+                })
+                .collect()
+        } else {
+            vec![0; c]
+        };
+        let norms = init.joint.weight().detach().sqr()?.sum(1)?.sqrt()?;
+        if norms.to_vec1::<f32>()?.contains(&0.0) {
+            return Err(TrainError::Invalid(
+                "learned_tau: a class weight row of the joint head is zero".into(),
+            ));
+        }
+        Ok(Box::new(LearnedTauHead {
+            weight,
+            bias,
+            tau,
+            log_norms: norms.log()?,
+            group_of: Tensor::new(group_of.as_slice(), dev)?,
+            keep_bias: o.bias == TauBias::Keep,
+        }))
+    }
+}
+
+/// The frozen joint head rescaled by a learnable τ per class group.
+#[derive(Debug)]
+pub struct LearnedTauHead {
+    weight: Var,
+    bias: Var,
+    tau: Var,
+    /// ln ‖w_j‖, `(C)`.
+    log_norms: Tensor,
+    /// Index into `tau` of each class, `(C)` u32.
+    group_of: Tensor,
+    keep_bias: bool,
+}
+
+impl LearnedTauHead {
+    /// The effective weight w_j / ‖w_j‖^τ_{g(j)} = w_j · exp(−τ ln ‖w_j‖).
+    fn scaled_weight(&self) -> candle_core::Result<Tensor> {
+        let tau_per_class = self.tau.as_tensor().index_select(&self.group_of, 0)?;
+        let factor = (tau_per_class * &self.log_norms)?.neg()?.exp()?;
+        self.weight
+            .as_detached_tensor()
+            .broadcast_mul(&factor.unsqueeze(1)?)
+    }
+}
+
+impl Classifier for LearnedTauHead {
+    fn logits(&self, features: &Tensor) -> candle_core::Result<Tensor> {
+        let z = features.matmul(&self.scaled_weight()?.t()?)?;
+        if self.keep_bias {
+            z.broadcast_add(&self.bias.as_detached_tensor())
+        } else {
+            Ok(z)
+        }
+    }
+
+    fn class_weights(&self) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(self.scaled_weight()?))
+    }
+}
+
+impl TrainableHead for LearnedTauHead {
+    fn trainable(&self) -> Vec<(String, Var)> {
+        vec![(format!("{DEFAULT_PREFIX}.tau"), self.tau.clone())]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+    use lt_heads::LinearHead;
+
+    fn head(options: &str, groups: &[ShotGroup]) -> (VarMap, Box<dyn TrainableHead>) {
+        let dev = Device::Cpu;
+        let vars = VarMap::new();
+        let jv = VarMap::new();
+        // Rows of norm 2 and 1.
+        let w = Tensor::new(&[[2f32, 0.0], [0.0, 1.0]], &dev).unwrap();
+        let b = Tensor::new(&[0.5f32, -0.5], &dev).unwrap();
+        let joint = LinearHead::from_tensors(&jv, "fc", &w, &b).unwrap();
+        let options: toml::Table = toml::from_str(options).unwrap();
+        let h = LearnedTau
+            .init(&HeadInit {
+                joint: &joint,
+                vars: &vars,
+                options: &options,
+                seed: 0,
+                class_counts: &[10, 1],
+                groups,
+            })
+            .unwrap();
+        (vars, h)
+    }
+
+    fn logits(h: &dyn TrainableHead) -> Vec<f32> {
+        let f = Tensor::new(&[[1f32, 1.0]], &Device::Cpu).unwrap();
+        h.logits(&f)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn hand_computed_logits_and_tau_gradient() {
+        let groups = [ShotGroup::Many, ShotGroup::Few];
+        // init_tau = 0: the joint head without its bias.
+        let (_, h) = head("", &groups);
+        assert_eq!(logits(h.as_ref()), [2.0, 1.0]);
+        // tau = 1: unit rows, so f . w / ||w|| = (1, 1); the bias is kept.
+        let (_, h) = head("init_tau = 1.0\nbias = \"keep\"", &groups);
+        let z = logits(h.as_ref());
+        assert!(
+            (z[0] - 1.5).abs() < 1e-6 && (z[1] - 0.5).abs() < 1e-6,
+            "{z:?}"
+        );
+        // Per group: tau (1, _, 0) for (many, few) = (1, 1).
+        let (vars, h) = head("per_group = true", &groups);
+        let tau = vars.data().lock().unwrap()["fc.tau"].clone();
+        tau.set(&Tensor::new(&[1f32, 7.0, 0.0], &Device::Cpu).unwrap())
+            .unwrap();
+        let z = logits(h.as_ref());
+        assert!(
+            (z[0] - 1.0).abs() < 1e-6 && (z[1] - 1.0).abs() < 1e-6,
+            "{z:?}"
+        );
+        // Only tau trains; d z_0 / d tau = -ln 2 * z_0 at tau = 1.
+        assert_eq!(h.trainable().len(), 1);
+        let f = Tensor::new(&[[1f32, 1.0]], &Device::Cpu).unwrap();
+        let z0 = h
+            .logits(&f)
+            .unwrap()
+            .narrow(1, 0, 1)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let g = z0.backward().unwrap();
+        let gt = g.get(&tau).unwrap().to_vec1::<f32>().unwrap();
+        assert!(
+            (gt[0] + 2f32.ln()).abs() < 1e-5 && gt[1] == 0.0 && gt[2] == 0.0,
+            "{gt:?}"
+        );
+    }
+}
