@@ -54,10 +54,17 @@ pub fn pytorch_linear_init(
 /// `"fc"`), so they are saved and loaded with the rest of the model and trained
 /// by any optimiser that walks the `VarMap`. If the names already exist with the
 /// same shape, those variables are reused and overwritten.
+///
+/// A *cosine* head ([`LinearHead::cosine`], the LDAM-DRW classifier)
+/// computes `z_j = (f / ||f||) . (w_j / ||w_j||)` instead: logits in
+/// [-1, 1], no bias (the bias variable exists so that checkpoints keep one
+/// layout, but the logits never use it and it never gets a gradient). Its
+/// argmax is that of the unit-norm rows `w_j / ||w_j||` applied to `f`.
 #[derive(Debug, Clone)]
 pub struct LinearHead {
     weight: Var,
     bias: Var,
+    cosine: bool,
 }
 
 impl LinearHead {
@@ -88,7 +95,21 @@ impl LinearHead {
         check_shape("linear head bias", bias, &[c])?;
         let weight = register(varmap, &var_name(prefix, "weight"), weight)?;
         let bias = register(varmap, &var_name(prefix, "bias"), bias)?;
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            cosine: false,
+        })
+    }
+
+    /// The same variables as a cosine head (`true`) or an affine one.
+    pub fn cosine(self, cosine: bool) -> Self {
+        Self { cosine, ..self }
+    }
+
+    /// Whether the logits are cosine similarities (see [`LinearHead`]).
+    pub fn is_cosine(&self) -> bool {
+        self.cosine
     }
 
     /// The stage-2 cRT head for a stage-1 joint head.
@@ -115,7 +136,13 @@ impl LinearHead {
                 seed,
                 stage1.weight().device(),
             ),
-            CrtInit::Finetune => Self::from_tensors(varmap, prefix, stage1.weight(), stage1.bias()),
+            // Fine-tuning keeps the head's kind (cosine or affine).
+            CrtInit::Finetune => {
+                Ok(
+                    Self::from_tensors(varmap, prefix, stage1.weight(), stage1.bias())?
+                        .cosine(stage1.is_cosine()),
+                )
+            }
         }
     }
 
@@ -159,13 +186,37 @@ pub(crate) fn affine(
     features.matmul(&weight.t()?)?.broadcast_add(bias)
 }
 
+/// Rows divided by their L2 norm (at least 1e-12, as PyTorch's
+/// `F.normalize`).
+pub(crate) fn normalize_rows(x: &Tensor) -> candle_core::Result<Tensor> {
+    let norms = x.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
+    x.broadcast_div(&norms)
+}
+
+/// The logits of a linear head's weight and bias: affine, or cosine.
+pub(crate) fn head_logits(
+    features: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    cosine: bool,
+) -> candle_core::Result<Tensor> {
+    if cosine {
+        normalize_rows(features)?.matmul(&normalize_rows(weight)?.t()?)
+    } else {
+        affine(features, weight, bias)
+    }
+}
+
 impl Classifier for LinearHead {
     fn logits(&self, features: &Tensor) -> candle_core::Result<Tensor> {
         check_features("linear head", features, self.in_dim())?;
-        affine(features, self.weight(), self.bias())
+        head_logits(features, self.weight(), self.bias(), self.cosine)
     }
 
     fn class_weights(&self) -> candle_core::Result<Option<Tensor>> {
+        if self.cosine {
+            return Ok(Some(normalize_rows(self.weight())?));
+        }
         Ok(Some(self.weight().clone()))
     }
 }
@@ -173,5 +224,42 @@ impl Classifier for LinearHead {
 impl Module for LinearHead {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         self.logits(xs)
+    }
+}
+
+#[cfg(test)]
+mod cosine_tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn cosine_logits_are_cosine_similarities_without_bias() {
+        let vars = VarMap::new();
+        let dev = Device::Cpu;
+        let w = Tensor::new(&[[3f32, 4.0], [0.0, -2.0]], &dev).unwrap();
+        let b = Tensor::new(&[10f32, 10.0], &dev).unwrap();
+        let head = LinearHead::from_tensors(&vars, "fc", &w, &b)
+            .unwrap()
+            .cosine(true);
+        let f = Tensor::new(&[[2f32, 0.0]], &dev).unwrap();
+        let z: Vec<f32> = head
+            .logits(&f)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // cos((1, 0), (0.6, 0.8)) = 0.6; cos((1, 0), (0, -1)) = 0.
+        assert!((z[0] - 0.6).abs() < 1e-6 && z[1].abs() < 1e-6, "{z:?}");
+        let loss = head.logits(&f).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        assert!(
+            g.get(head.bias()).is_none(),
+            "the bias of a cosine head has no gradient"
+        );
+        // Fine-tuning keeps the kind.
+        let v2 = VarMap::new();
+        let ft = LinearHead::for_crt(&v2, "fc", CrtInit::Finetune, &head, 0).unwrap();
+        assert!(ft.is_cosine());
     }
 }

@@ -1,6 +1,6 @@
 //! Learnable weight scaling (LWS).
 
-use crate::linear::affine;
+use crate::linear::head_logits;
 use crate::vars::{check_features, check_shape, matrix_dims, register, var_name};
 use crate::{Classifier, HeadError, LinearHead};
 use candle_core::{Module, Tensor, Var};
@@ -21,6 +21,8 @@ pub struct LwsHead {
     weight: Var,
     bias: Var,
     scales: Var,
+    /// Scales the logits of a cosine head (see [`LinearHead`]).
+    cosine: bool,
 }
 
 impl LwsHead {
@@ -30,7 +32,12 @@ impl LwsHead {
         prefix: &str,
         linear: &LinearHead,
     ) -> Result<Self, HeadError> {
-        Self::new(varmap, prefix, linear.weight(), linear.bias())
+        Ok(Self::new(varmap, prefix, linear.weight(), linear.bias())?.cosine(linear.is_cosine()))
+    }
+
+    /// The same head over cosine logits (`true`) or affine ones.
+    pub fn cosine(self, cosine: bool) -> Self {
+        Self { cosine, ..self }
     }
 
     /// LWS on top of a weight `(C, d)` and bias `(C)` (f32), scales set to 1.
@@ -50,6 +57,7 @@ impl LwsHead {
             weight,
             bias,
             scales,
+            cosine: false,
         })
     }
 
@@ -83,10 +91,11 @@ impl LwsHead {
 impl Classifier for LwsHead {
     fn logits(&self, features: &Tensor) -> candle_core::Result<Tensor> {
         check_features("LWS head", features, self.weight.dims()[1])?;
-        let z = affine(
+        let z = head_logits(
             features,
             &self.weight.as_detached_tensor(),
             &self.bias.as_detached_tensor(),
+            self.cosine,
         )?;
         z.broadcast_mul(self.scales.as_tensor())
     }

@@ -315,6 +315,30 @@ pub struct ModelConfig {
     /// is emulated and slower.
     #[serde(default, skip_serializing_if = "is_f32")]
     pub precision: Precision,
+    /// The stage-1 classifier: `"linear"` (default) or `"cosine"`
+    /// (normalised features and weights, the classifier LDAM-DRW trains
+    /// with; see `lt_heads::LinearHead`).
+    #[serde(default, skip_serializing_if = "ClassifierKind::is_linear")]
+    pub classifier: ClassifierKind,
+}
+
+/// The kind of the stage-1 (joint) classifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassifierKind {
+    /// `z = W f + b`.
+    #[default]
+    Linear,
+    /// `z_j = cos(f, w_j)`, no bias.
+    Cosine,
+}
+
+impl ClassifierKind {
+    // Left out of the saved config when linear, so that configs written
+    // before the key existed keep their hash.
+    fn is_linear(&self) -> bool {
+        *self == ClassifierKind::Linear
+    }
 }
 
 // Left out of the saved config when f32, so that configs written before the

@@ -58,6 +58,13 @@ impl Network {
         })
     }
 
+    /// Makes the joint head a cosine classifier (`model.classifier =
+    /// "cosine"`) or an affine one; the variables stay the same.
+    pub fn set_classifier(&mut self, kind: crate::config::ClassifierKind) {
+        let cosine = kind == crate::config::ClassifierKind::Cosine;
+        self.head = self.head.clone().cosine(cosine);
+    }
+
     /// Loads pretrained backbone weights; keys the backbone lacks (an ImageNet
     /// `fc`, for instance) are skipped.
     pub fn load_pretrained(&self, path: &Path) -> Result<(), TrainError> {

@@ -78,8 +78,15 @@ pub fn train_stage1(exp: &Experiment, options: RunOptions) -> Result<TrainReport
         &exp.device,
     )?;
     net.backbone.set_precision(cfg.model.precision);
+    net.set_classifier(cfg.model.classifier);
     if let Some(p) = &cfg.model.pretrained {
         net.load_pretrained(p)?;
+    }
+    if s1.loss.kind == "ldam_drw" && cfg.model.classifier != crate::config::ClassifierKind::Cosine {
+        tracing::warn!(
+            "stage1.loss is ldam_drw on a linear classifier; the reference trains it on a \
+             cosine one (set model.classifier = \"cosine\")"
+        );
     }
     let params = net.trainable(cfg.model.trainable_prefixes.as_deref())?;
     tracing::info!(
@@ -194,6 +201,7 @@ pub fn load_selected(exp: &Experiment) -> Result<(Network, PathBuf, usize), Trai
         &exp.device,
     )?;
     net.backbone.set_precision(exp.config.model.precision);
+    net.set_classifier(exp.config.model.classifier);
     net.load_tensors(&tensors, &path)?;
     tracing::info!(checkpoint = %path.display(), epoch = meta.epoch, "loaded stage-1 network");
     Ok((net, path, meta.epoch))

@@ -7,7 +7,7 @@
 //! under instance-balanced sampling, on cached features by default.
 
 use candle_core::{Tensor, Var};
-use lt_heads::{Classifier, DEFAULT_PREFIX};
+use lt_heads::{Classifier, LinearHead, DEFAULT_PREFIX};
 use lt_samplers::Strategy;
 
 use super::{Built, HeadContext, HeadInit, HeadMethod, TrainableHead, TrainedHead};
@@ -61,8 +61,10 @@ impl TrainedHead for DisAlign {
         let dev = j.weight().device();
         let (c, d) = (j.num_classes(), j.in_dim());
         let reg = |name: &str, t: &Tensor| super::register_var(init.vars, name, t);
-        let weight = reg("fc.weight", j.weight())?;
-        let bias = reg("fc.bias", j.bias())?;
+        // The frozen joint head (its kind kept: a cosine joint head stays
+        // cosine); registered so that checkpoints hold it.
+        let joint = LinearHead::from_tensors(init.vars, DEFAULT_PREFIX, j.weight(), j.bias())?
+            .cosine(j.is_cosine());
         // nn.Linear(d, 1): its weight is then set to 0.1; its bias keeps
         // PyTorch's U(-1/sqrt(d), 1/sqrt(d)), drawn from the head's seed.
         let (_, b0) = lt_heads::pytorch_linear_init(d, 1, init.seed)?;
@@ -77,8 +79,7 @@ impl TrainedHead for DisAlign {
             &Tensor::zeros(c, candle_core::DType::F32, dev)?,
         )?;
         Ok(Box::new(DisAlignHead {
-            weight,
-            bias,
+            joint,
             conf_weight,
             conf_bias,
             magnitude,
@@ -90,8 +91,7 @@ impl TrainedHead for DisAlign {
 /// The frozen joint head with DisAlign's adaptive calibration.
 #[derive(Debug)]
 pub struct DisAlignHead {
-    weight: Var,
-    bias: Var,
+    joint: LinearHead,
     conf_weight: Var,
     conf_bias: Var,
     magnitude: Var,
@@ -100,9 +100,9 @@ pub struct DisAlignHead {
 
 impl Classifier for DisAlignHead {
     fn logits(&self, f: &Tensor) -> candle_core::Result<Tensor> {
-        let z = f
-            .matmul(&self.weight.as_detached_tensor().t()?)?
-            .broadcast_add(&self.bias.as_detached_tensor())?;
+        // Frozen: its variables are not trained (the optimiser never sees
+        // them), so the logits are detached.
+        let z = self.joint.logits(f)?.detach();
         let conf = candle_nn::ops::sigmoid(
             &f.matmul(&self.conf_weight.as_tensor().t()?)?
                 .broadcast_add(self.conf_bias.as_tensor())?,
@@ -202,6 +202,7 @@ mod tests {
         );
         let loss = h.logits(&f).unwrap().sum_all().unwrap();
         let g = loss.backward().unwrap();
-        assert!(g.get(data["fc.weight"].as_tensor()).is_none());
+        let w = vars.data().lock().unwrap()["fc.weight"].clone();
+        assert!(g.get(w.as_tensor()).is_none());
     }
 }

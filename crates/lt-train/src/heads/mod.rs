@@ -418,7 +418,8 @@ pub fn build_trained(
     let mut backbone = Backbone::new(cfg.model.arch, &exp.device, cfg.model_seed())?;
     backbone.set_precision(cfg.model.precision);
     crate::stage2::load_backbone(&backbone, &tensors, &path)?;
-    let joint = placeholder_joint(&tensors, &path, &exp.device)?;
+    let joint = placeholder_joint(&tensors, &path, &exp.device)?
+        .cosine(cfg.model.classifier == crate::config::ClassifierKind::Cosine);
     let vars = VarMap::new();
     let groups = exp.train_stats.groups(&cfg.eval.group_rule);
     let head = training.init(&HeadInit {
