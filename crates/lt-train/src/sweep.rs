@@ -99,7 +99,9 @@ struct GridFile {
     overrides: toml::Table,
 }
 
-/// A sampler of the grid: its key, table label and `stage1.sampler` value.
+/// A row of the grid (a stage-1 recipe): its key, table label,
+/// `stage1.sampler` value and any other overrides of the row (its `set`
+/// table, e.g. `set = { "stage1.loss" = { kind = "ldam_drw" } }`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplerSpec {
     /// Key (directory name).
@@ -108,6 +110,9 @@ pub struct SamplerSpec {
     pub label: String,
     /// The strategy table (`{ kind = ... }`).
     pub strategy: toml::Table,
+    /// Overrides of this row's cells (dotted keys or nested tables),
+    /// applied after the dataset's.
+    pub overrides: toml::Table,
 }
 
 /// A dataset of the grid: its key and config overrides.
@@ -217,6 +222,16 @@ impl Grid {
         let mut samplers = Vec::new();
         for (key, mut table) in in_file_order(g.samplers) {
             check_key("sampler", &key).map_err(|e| at(&format!("samplers.{key}"), e))?;
+            let overrides = match table.remove("set") {
+                None => toml::Table::new(),
+                Some(toml::Value::Table(t)) => t,
+                Some(_) => {
+                    return Err(at(
+                        &format!("samplers.{key}.set"),
+                        "must be a table of config overrides".into(),
+                    ))
+                }
+            };
             let label = match table.remove("label") {
                 None => key.clone(),
                 Some(toml::Value::String(s)) => s,
@@ -241,6 +256,7 @@ impl Grid {
                 key,
                 label,
                 strategy: table,
+                overrides,
             });
         }
 
@@ -323,7 +339,7 @@ impl Grid {
     }
 
     /// The complete config of a cell: base, then `[overrides]` and `--set`,
-    /// then the dataset's overrides, then `stage1.sampler`, `seed`, `run_dir`
+    /// then the dataset's overrides, then the row's `set`, then `stage1.sampler`, `seed`, `run_dir`
     /// and `name`. A progressively-balanced sampler without `total_epochs`
     /// gets the cell's `stage1.epochs`.
     pub fn config(&self, cell: &Cell) -> Result<toml::Table> {
@@ -332,6 +348,7 @@ impl Grid {
         let mut cfg = self.base.clone();
         merge(&mut cfg, &self.overrides);
         merge(&mut cfg, &d.overrides);
+        merge(&mut cfg, &s.overrides);
         let mut strategy = s.strategy.clone();
         if strategy.get("kind").and_then(|k| k.as_str()) == Some("progressively_balanced")
             && !strategy.contains_key("total_epochs")
@@ -652,6 +669,36 @@ stage1.epochs = 10
         assert!(text.starts_with("# Cell c10_r100/ib/seed0 of grid `g`"));
         let back: toml::Table = toml::from_str(&text).unwrap();
         assert_eq!(back, c0);
+    }
+
+    #[test]
+    fn a_row_may_change_other_stage1_settings() {
+        let text = GRID.replace(
+            "cb = { kind = \"class_balanced\" }",
+            "cb = { kind = \"instance_balanced\", label = \"LDAM\", set = { \"stage1.loss\" = { kind = \"ldam_drw\" }, \"model.classifier\" = \"cosine\", \"stage1.epochs\" = 7 } }",
+        );
+        let g = grid(&text, &[]).unwrap();
+        let cells = g.cells();
+        // c10_r10 / cb / seed0: the row's `set` wins over the dataset's epochs.
+        let c = g.config(&cells[8]).unwrap();
+        assert_eq!(c["name"].as_str(), Some("c10_r10/cb/seed0"));
+        assert_eq!(c["stage1"]["loss"]["kind"].as_str(), Some("ldam_drw"));
+        assert_eq!(c["stage1"]["epochs"].as_integer(), Some(7));
+        assert_eq!(c["model"]["classifier"].as_str(), Some("cosine"));
+        assert_eq!(
+            c["stage1"]["sampler"]["kind"].as_str(),
+            Some("instance_balanced")
+        );
+        assert_eq!(g.samplers[1].label, "LDAM");
+        // Other rows are untouched.
+        let ib = g.config(&cells[6]).unwrap();
+        assert!(ib["stage1"].get("loss").is_none());
+        let bad = GRID.replace(
+            "cb = { kind = \"class_balanced\" }",
+            "cb = { kind = \"class_balanced\", set = 3 }",
+        );
+        let e = lt_core::error_chain(&grid(&bad, &[]).unwrap_err());
+        assert!(e.contains("samplers.cb.set"), "{e}");
     }
 
     #[test]
