@@ -229,6 +229,20 @@ fn main() -> Result<()> {
         refr: Box::new(|t: &[Tensor]| reference::max_pool2d(&t[0], 3, 2, 1)),
         flops: 0.0,
     });
+    // The parameter-free shortcuts of a zero-padding CIFAR ResNet-32 (compare
+    // with "cifar-proj", the projection conv they replace, plus its BN).
+    for (x, pad) in [([128, 16, 32, 32], 8), ([128, 32, 16, 16], 16)] {
+        cases.push(Case {
+            name: format!(
+                "zero-pad-shortcut {}x{}x{}x{} s2 +{pad}+{pad}",
+                x[0], x[1], x[2], x[3]
+            ),
+            inputs: vec![randn(&x, 8)],
+            ours: Box::new(move |t: &[Tensor]| ops::zero_pad_shortcut(&t[0], 2, pad, pad)),
+            refr: Box::new(move |t: &[Tensor]| reference::zero_pad_shortcut(&t[0], 2, pad, pad)),
+            flops: 0.0,
+        });
+    }
     for case in &cases {
         if let Some(f) = &args.filter {
             if !case.name.contains(f.as_str()) {

@@ -20,6 +20,7 @@
 //! | [`batch_norm_eval`] | one per-channel affine pass (+ ReLU) | one pass |
 //! | [`max_pool2d`] | one pass, keeps the argmax | scatter to the argmax |
 //! | [`add_relu`] | one pass | one pass |
+//! | [`zero_pad_shortcut`] | one pass | one pass |
 //!
 //! Every batch-norm entry point takes an [`Epilogue`]: [`Epilogue::None`],
 //! [`Epilogue::Relu`] or [`Epilogue::AddRelu`] with the residual. Use the
@@ -75,6 +76,7 @@ mod direct;
 mod eltwise;
 mod pool;
 pub mod reference;
+mod shortcut;
 mod simd;
 
 use batch_norm::EpilogueKind;
@@ -358,4 +360,23 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     a.contiguous()?
         .apply_op2(&b.contiguous()?, eltwise::AddReluOp)
+}
+
+/// The parameter-free shortcut of the CIFAR ResNets' "option A" (He et al.
+/// 2016): `x` `(N, C, H, W)` subsampled to every `stride`-th row and column
+/// (from the first: PyTorch's `x[:, :, ::stride, ::stride]`, so
+/// `ceil(H / stride)` rows), then `front` zero channels before and `back`
+/// after: `(N, front + C + back, ceil(H / stride), ceil(W / stride))`.
+///
+/// On the CPU kernels one pass each way; elsewhere index selects and a
+/// concatenation ([`reference::zero_pad_shortcut`]).
+pub fn zero_pad_shortcut(x: &Tensor, stride: usize, front: usize, back: usize) -> Result<Tensor> {
+    if !on_kernels(&[x]) {
+        return reference::zero_pad_shortcut(x, stride, front, back);
+    }
+    x.contiguous()?.apply_op1(shortcut::ZeroPadShortcutOp {
+        stride,
+        front,
+        back,
+    })
 }

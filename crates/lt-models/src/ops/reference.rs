@@ -144,3 +144,33 @@ pub fn conv2d_batch_norm_train(
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.broadcast_add(b)?.relu()
 }
+
+/// [`super::zero_pad_shortcut`] composed: two index selects (skipped at
+/// stride 1) and a concatenation with zero channels.
+pub fn zero_pad_shortcut(x: &Tensor, stride: usize, front: usize, back: usize) -> Result<Tensor> {
+    if stride == 0 {
+        candle_core::bail!("zero_pad_shortcut: stride must be positive");
+    }
+    let (n, _c, h, w) = x.dims4()?;
+    let x = if stride == 1 {
+        x.clone()
+    } else {
+        let every = |len: usize| -> Result<Tensor> {
+            let idx: Vec<u32> = (0..len).step_by(stride).map(|i| i as u32).collect();
+            Tensor::new(idx.as_slice(), x.device())
+        };
+        x.index_select(&every(h)?, 2)?.index_select(&every(w)?, 3)?
+    };
+    let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
+    let (dtype, device) = (x.dtype(), x.device().clone());
+    let zeros = |c: usize| Tensor::zeros((n, c, oh, ow), dtype, &device);
+    let mut parts = Vec::with_capacity(3);
+    if front > 0 {
+        parts.push(zeros(front)?);
+    }
+    parts.push(x);
+    if back > 0 {
+        parts.push(zeros(back)?);
+    }
+    Tensor::cat(&parts, 1)
+}
