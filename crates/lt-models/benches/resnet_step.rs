@@ -192,18 +192,7 @@ fn main() -> Result<()> {
         .expect("rayon pool");
     let load = load_average();
     let arch = Arch::from_str(&args.model).unwrap_or_else(|e| panic!("--model: {e}"));
-    let size = args.size.unwrap_or(
-        if args.model.starts_with("resnet")
-            && matches!(
-                args.model.as_str(),
-                "resnet8" | "resnet20" | "resnet32" | "resnet56"
-            )
-        {
-            32
-        } else {
-            224
-        },
-    );
+    let size = args.size.unwrap_or(if arch.is_cifar() { 32 } else { 224 });
     let dev = match args.device.as_str() {
         "cpu" => Device::Cpu,
         spec => {

@@ -1,14 +1,18 @@
 //! The residual block shared by every backbone.
 
 use crate::batch_norm::{BatchNorm2d, BnMode};
+use crate::cifar_resnet::Shortcut;
+use crate::error::ModelError;
 use crate::error::Result;
 use crate::init::{Conv, ParamBuilder};
-use crate::ops::{Conv2dParams, Epilogue};
+use crate::ops::{self, Conv2dParams, Epilogue};
 use candle_core::{DType, Tensor};
 
 /// `relu(body(x) + shortcut(x))`, where `body` is a chain of conv + BN pairs
-/// with a ReLU between consecutive pairs, and `shortcut` is the identity or a
-/// 1x1 conv + BN projection (torchvision's `downsample`).
+/// with a ReLU between consecutive pairs, and `shortcut` is the identity or,
+/// where the shape changes, a 1x1 conv + BN projection (torchvision's
+/// `downsample`) or the parameter-free zero-padding shortcut
+/// ([`Shortcut::ZeroPad`]).
 ///
 /// A basic block has two 3x3 pairs; a bottleneck has 1x1, 3x3 (carrying the
 /// stride and the groups, torchvision's "v1.5" layout), 1x1.
@@ -18,7 +22,21 @@ pub(crate) struct Block {
     inner: Vec<(Conv, BatchNorm2d)>,
     /// The last body pair, whose BN is fused with the residual add and ReLU.
     last: (Conv, BatchNorm2d),
-    downsample: Option<(Conv, BatchNorm2d)>,
+    shortcut: ShortcutPath,
+}
+
+/// What a block adds to its body's output.
+#[derive(Debug, Clone)]
+enum ShortcutPath {
+    Identity,
+    /// `{prefix}.downsample.0` (1x1 conv) and `.1` (BN).
+    Projection(Conv, BatchNorm2d),
+    /// [`ops::zero_pad_shortcut`] with these arguments.
+    ZeroPad {
+        stride: usize,
+        front: usize,
+        back: usize,
+    },
 }
 
 /// One convolution of a block body: kernel, output channels, stride, groups.
@@ -32,14 +50,16 @@ pub(crate) struct ConvSpec {
 
 impl Block {
     /// Builds the block named `prefix` (e.g. `layer2.0`): body convs named
-    /// `{prefix}.conv{i}` / `{prefix}.bn{i}` from 1, then the projection
-    /// `{prefix}.downsample.0` / `.1` when `stride != 1` or the channel count
-    /// changes.
+    /// `{prefix}.conv{i}` / `{prefix}.bn{i}` from 1, then, when `stride != 1`
+    /// or the channel count changes, the projection `{prefix}.downsample.0` /
+    /// `.1` or (`Shortcut::ZeroPad`, no variables) the zero-padding shortcut,
+    /// which needs at least as many output channels as input channels.
     pub(crate) fn new(
         b: &mut ParamBuilder,
         prefix: &str,
         in_channels: usize,
         specs: &[ConvSpec],
+        kind: Shortcut,
     ) -> Result<Self> {
         let mut body = Vec::with_capacity(specs.len());
         let mut c = in_channels;
@@ -61,32 +81,57 @@ impl Block {
             c = s.out;
         }
         let stride: usize = specs.iter().map(|s| s.stride).product();
-        let downsample = if stride != 1 || in_channels != c {
-            let params = Conv2dParams {
-                stride,
-                padding: 0,
-                groups: 1,
-            };
-            let conv = b.conv(&format!("{prefix}.downsample.0"), in_channels, c, 1, params)?;
-            let bn = b.batch_norm(&format!("{prefix}.downsample.1"), c)?;
-            Some((conv, bn))
+        let shortcut = if stride == 1 && in_channels == c {
+            ShortcutPath::Identity
         } else {
-            None
+            match kind {
+                Shortcut::Projection => {
+                    let params = Conv2dParams {
+                        stride,
+                        padding: 0,
+                        groups: 1,
+                    };
+                    let conv =
+                        b.conv(&format!("{prefix}.downsample.0"), in_channels, c, 1, params)?;
+                    let bn = b.batch_norm(&format!("{prefix}.downsample.1"), c)?;
+                    ShortcutPath::Projection(conv, bn)
+                }
+                Shortcut::ZeroPad => {
+                    let extra = c.checked_sub(in_channels).ok_or_else(|| {
+                        ModelError::InvalidConfig(format!(
+                            "block {prefix}: a zero-padding shortcut cannot map \
+                             {in_channels} channels to {c}"
+                        ))
+                    })?;
+                    ShortcutPath::ZeroPad {
+                        stride,
+                        front: extra / 2,
+                        back: extra - extra / 2,
+                    }
+                }
+            }
         };
         let last = body.pop().ok_or_else(|| {
-            crate::error::ModelError::InvalidConfig(format!("block {prefix} has no convolutions"))
+            ModelError::InvalidConfig(format!("block {prefix} has no convolutions"))
         })?;
         Ok(Self {
             inner: body,
             last,
-            downsample,
+            shortcut,
         })
     }
 
     pub(crate) fn forward_t(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
-        let shortcut = match &self.downsample {
-            Some((conv, bn)) => bn.forward_conv_t(conv, x, Epilogue::None, mode)?,
-            None => x.clone(),
+        let shortcut = match &self.shortcut {
+            ShortcutPath::Identity => x.clone(),
+            ShortcutPath::Projection(conv, bn) => {
+                bn.forward_conv_t(conv, x, Epilogue::None, mode)?
+            }
+            &ShortcutPath::ZeroPad {
+                stride,
+                front,
+                back,
+            } => ops::zero_pad_shortcut(x, stride, front, back)?,
         };
         let mut y = x.clone();
         for (conv, bn) in &self.inner {
@@ -113,7 +158,7 @@ pub(crate) fn check_input(x: &Tensor, channels: usize) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(crate::error::ModelError::BadInput {
+        Err(ModelError::BadInput {
             shape: x.dims().to_vec(),
             expected_channels: channels,
         })

@@ -2,23 +2,60 @@
 //!
 //! Stem: 3x3 conv (16 channels, no bias), BN, ReLU; no max-pool. Three stages
 //! of `n = (depth - 2) / 6` basic blocks with 16/32/64 channels and strides
-//! 1/2/2. Where the shape changes the shortcut is a 1x1 conv + BN projection
-//! (not the parameter-free zero-padding "option A"), as in the project's
-//! PyTorch throughput baseline. Global average pooling gives 64-d features.
+//! 1/2/2. Global average pooling gives 64-d features.
+//!
+//! Two details vary between published CIFAR-LT code bases, and each is a
+//! field of [`CifarResNetConfig`]:
+//!
+//! * **Shortcut** where the shape changes ([`Shortcut`]): by default a 1x1
+//!   conv + BN projection, as in the project's PyTorch throughput baseline;
+//!   [`Shortcut::ZeroPad`] is the parameter-free "option A" of He et al.
+//!   2016 (keep every other row and column, zero-pad the new channels),
+//!   which LDAM-DRW and the methods that reuse its code (MiSLAS, ...) use.
+//! * **Conv initialisation** ([`ConvInit`]): by default He normal in fan-out
+//!   mode; [`ConvInit::FanIn`] is PyTorch's `kaiming_normal_` default, which
+//!   LDAM-DRW applies to every conv.
+//!
+//! [`CifarResNetConfig::from_depth`] gives the defaults (`resnet8` ...
+//! `resnet56`); [`CifarResNetConfig::ldam_drw`] gives both LDAM-DRW choices
+//! (`resnet32_ldam`).
 //!
 //! Variable names follow the torchvision scheme with three stages:
 //! `conv1.weight`, `bn1.*`, `layer{1..3}.{i}.conv{1,2}.weight`,
-//! `layer{1..3}.{i}.bn{1,2}.*`, `layer{2,3}.0.downsample.0.weight`,
-//! `layer{2,3}.0.downsample.1.*`, where `bn*.*` stands for `weight`, `bias`,
-//! `running_mean`, `running_var`.
+//! `layer{1..3}.{i}.bn{1,2}.*`, and with projection shortcuts
+//! `layer{2,3}.0.downsample.0.weight`, `layer{2,3}.0.downsample.1.*`, where
+//! `bn*.*` stands for `weight`, `bias`, `running_mean`, `running_var`. The
+//! zero-padding shortcut has no variables, hence no `downsample` names.
 
 use crate::batch_norm::{BatchNorm2d, BnMode};
 use crate::block::{check_input, global_avg_pool, Block, ConvSpec};
 use crate::error::{ModelError, Result};
-use crate::init::{Conv, ParamBuilder};
+use crate::init::{Conv, ConvInit, ParamBuilder};
 use crate::ops::{Conv2dParams, Epilogue};
 use crate::store::ParamStore;
 use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// The shortcut of a block whose input and output shapes differ (the first
+/// block of stages 2 and 3); elsewhere the shortcut is the identity.
+///
+/// Serde names: `projection`, `zero_pad`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shortcut {
+    /// A strided 1x1 conv + BN (`downsample.0` / `downsample.1`): He et al.'s
+    /// "option B", torchvision's `downsample`. 576 + 2,176 parameters in a
+    /// 16/32/64 network.
+    #[default]
+    Projection,
+    /// He et al.'s "option A", no parameters: the input subsampled with the
+    /// block's stride (`x[:, :, ::2, ::2]`) and zero-padded with
+    /// `(c_out - c_in) / 2` channels on each side (PyTorch `F.pad(...,
+    /// (0, 0, 0, 0, planes // 4, planes // 4))` for doubled widths), see
+    /// [`crate::ops::zero_pad_shortcut`]. The new channels carry no residual
+    /// signal, and the stage-transition blocks have no BN on their shortcut.
+    ZeroPad,
+}
 
 /// Configuration of a CIFAR ResNet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +66,10 @@ pub struct CifarResNetConfig {
     pub widths: [usize; 3],
     /// Input image channels.
     pub in_channels: usize,
+    /// Shortcut of the blocks that change shape.
+    pub shortcut: Shortcut,
+    /// How every conv weight is drawn.
+    pub init: ConvInit,
 }
 
 impl Default for CifarResNetConfig {
@@ -53,6 +94,20 @@ impl CifarResNetConfig {
             blocks_per_stage,
             widths: [16, 32, 64],
             in_channels: 3,
+            shortcut: Shortcut::Projection,
+            init: ConvInit::FanOut,
+        }
+    }
+
+    /// The network of the given depth as LDAM-DRW's `models/resnet_cifar.py`
+    /// builds it (Cao et al., NeurIPS 2019; reused by later CIFAR-LT code
+    /// such as MiSLAS): [`Shortcut::ZeroPad`] and [`ConvInit::FanIn`],
+    /// otherwise as [`CifarResNetConfig::from_depth`] (BN γ 1, β 0).
+    pub fn ldam_drw(depth: usize) -> Self {
+        Self {
+            shortcut: Shortcut::ZeroPad,
+            init: ConvInit::FanIn,
+            ..Self::from_depth(depth)
         }
     }
 
@@ -78,6 +133,12 @@ impl CifarResNetConfig {
                 self.widths, self.in_channels
             )));
         }
+        if self.shortcut == Shortcut::ZeroPad && self.widths.windows(2).any(|w| w[1] < w[0]) {
+            return Err(ModelError::InvalidConfig(format!(
+                "a zero-padding shortcut needs non-decreasing widths, got {:?}",
+                self.widths
+            )));
+        }
         Ok(())
     }
 }
@@ -96,7 +157,7 @@ impl CifarResNet {
     /// Builds the network with weights drawn from a generator seeded with `seed`.
     pub fn new(config: &CifarResNetConfig, device: &Device, seed: u64) -> Result<Self> {
         config.validate()?;
-        let mut b = ParamBuilder::new(device, seed);
+        let mut b = ParamBuilder::new(device, seed).with_conv_init(config.init);
         let stem_width = config.widths[0];
         let stem = Conv2dParams {
             stride: 1,
@@ -118,7 +179,8 @@ impl CifarResNet {
                     groups: 1,
                 };
                 let prefix = format!("layer{}.{i}", stage + 1);
-                blocks.push(Block::new(&mut b, &prefix, in_c, &[spec(stride), spec(1)])?);
+                let specs = [spec(stride), spec(1)];
+                blocks.push(Block::new(&mut b, &prefix, in_c, &specs, config.shortcut)?);
                 in_c = width;
             }
             layers.push(blocks);

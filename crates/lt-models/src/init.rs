@@ -13,12 +13,40 @@ use candle_core::{Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
+use serde::{Deserialize, Serialize};
 
 /// Standard deviation of a convolution weight with a `k x k` kernel and
 /// `out_channels` outputs: `sqrt(2 / (k * k * out_channels))` (He et al.,
 /// fan-out mode, ignoring groups), as the reference code initialises it.
 pub fn conv_init_std(kernel: usize, out_channels: usize) -> f64 {
     (2.0 / (kernel * kernel * out_channels) as f64).sqrt()
+}
+
+/// How convolution weights are drawn: He et al.'s normal initialisation
+/// `N(0, 2 / fan)` with the fan counted on the output or the input side.
+///
+/// Serde names: `fan_out`, `fan_in`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvInit {
+    /// `std = sqrt(2 / (k * k * c_out))`, groups ignored ([`conv_init_std`]):
+    /// the Decoupling reference code, and every architecture here by default.
+    #[default]
+    FanOut,
+    /// `std = sqrt(2 / (k * k * c_in / groups))`: PyTorch's
+    /// `nn.init.kaiming_normal_(w)` with its defaults (mode `fan_in`, gain
+    /// `sqrt(2)`), as the LDAM-DRW CIFAR ResNets initialise every conv.
+    FanIn,
+}
+
+impl ConvInit {
+    /// Standard deviation of a `(c_out, c_in / groups, k, k)` weight.
+    pub fn std(self, kernel: usize, in_per_group: usize, out_channels: usize) -> f64 {
+        match self {
+            ConvInit::FanOut => conv_init_std(kernel, out_channels),
+            ConvInit::FanIn => (2.0 / (kernel * kernel * in_per_group) as f64).sqrt(),
+        }
+    }
 }
 
 /// Draws `len` samples of `N(0, std^2)` from `rng` as f32.
@@ -56,6 +84,7 @@ pub(crate) struct ParamBuilder {
     rng: ChaCha8Rng,
     device: Device,
     vars: Vec<(String, Var)>,
+    conv_init: ConvInit,
 }
 
 impl ParamBuilder {
@@ -64,7 +93,15 @@ impl ParamBuilder {
             rng: ChaCha8Rng::seed_from_u64(seed),
             device: device.clone(),
             vars: Vec::new(),
+            conv_init: ConvInit::FanOut,
         }
+    }
+
+    /// Draws the convolutions created from now on with `init` (the stream
+    /// and its order are unchanged: only the standard deviation differs).
+    pub(crate) fn with_conv_init(mut self, init: ConvInit) -> Self {
+        self.conv_init = init;
+        self
     }
 
     /// A bias-free convolution named `{name}.weight`, shape
@@ -88,7 +125,8 @@ impl ParamBuilder {
         }
         let shape = (c_out, c_in / params.groups, kernel, kernel);
         let len = c_out * (c_in / params.groups) * kernel * kernel;
-        let data = normal_vec(&mut self.rng, len, conv_init_std(kernel, c_out))?;
+        let std = self.conv_init.std(kernel, c_in / params.groups, c_out);
+        let data = normal_vec(&mut self.rng, len, std)?;
         let weight = Var::from_tensor(&Tensor::from_vec(data, shape, &self.device)?)?;
         self.vars.push((format!("{name}.weight"), weight.clone()));
         Ok(Conv { weight, params })

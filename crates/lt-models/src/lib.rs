@@ -47,6 +47,7 @@
 //! | `resnet20` | CIFAR | basic, 3 x 3 | 64 | 271,824 |
 //! | `resnet32` | CIFAR | basic, 5 x 3 | 64 | 466,256 |
 //! | `resnet56` | CIFAR | basic, 9 x 3 | 64 | 855,120 |
+//! | `resnet32_ldam` | CIFAR, LDAM-DRW variant | basic, 5 x 3 | 64 | 463,504 |
 //! | `resnet10` | ImageNet | basic `[1, 1, 1, 1]` | 512 | 4,905,792 |
 //! | `resnet18` | ImageNet | basic `[2, 2, 2, 2]` | 512 | 11,176,512 |
 //! | `resnet34` | ImageNet | basic `[3, 4, 6, 3]` | 512 | 21,284,672 |
@@ -59,12 +60,16 @@
 //!
 //! The ImageNet family follows torchvision ([`resnet`]): 7x7/2 stem, 3x3/2
 //! max-pool, stride on the bottleneck's 3x3. The CIFAR family ([`cifar_resnet`])
-//! has a 3x3 stem, 16/32/64 channels and 1x1 conv + BN projection shortcuts.
-//! Both end in global average pooling, so any input size works.
+//! has a 3x3 stem, 16/32/64 channels and 1x1 conv + BN projection shortcuts;
+//! `resnet32_ldam` is ResNet-32 as LDAM-DRW / MiSLAS build it, with the
+//! parameter-free zero-padding shortcut and fan-in initialisation
+//! ([`Shortcut`], [`ConvInit`]), for like-for-like comparisons with their
+//! numbers. Both families end in global average pooling, so any input size works.
 //!
 //! # Initialisation and determinism
 //!
-//! Conv weights ~ N(0, 2 / (k² · C_out)) (groups ignored), BN γ = 1, β = 0,
+//! Conv weights ~ N(0, 2 / (k² · C_out)) (groups ignored; `resnet32_ldam`:
+//! N(0, 2 / (k² · C_in)), [`ConvInit::FanIn`]), BN γ = 1, β = 0,
 //! running mean 0, running variance 1, all drawn from one
 //! `rand_chacha::ChaCha8Rng` seeded with the model seed ([`init`]): the same
 //! architecture and seed give bit-identical weights.
@@ -105,8 +110,9 @@ pub mod sync_bn;
 pub use arch::{Arch, ArchConfig};
 pub use backbone::Backbone;
 pub use batch_norm::{BatchNorm2d, BnMode, BN_EPS, BN_MOMENTUM};
-pub use cifar_resnet::{CifarResNet, CifarResNetConfig};
+pub use cifar_resnet::{CifarResNet, CifarResNetConfig, Shortcut};
 pub use error::{ModelError, Result, ShapeMismatch, StateDictMismatch};
+pub use init::ConvInit;
 pub use precision::Precision;
 pub use resnet::{BlockKind, ResNet, ResNetConfig};
 pub use store::{LoadReport, ParamStore};

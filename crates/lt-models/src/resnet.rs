@@ -9,6 +9,7 @@
 
 use crate::batch_norm::{BatchNorm2d, BnMode};
 use crate::block::{check_input, global_avg_pool, Block, ConvSpec};
+use crate::cifar_resnet::Shortcut;
 use crate::error::{ModelError, Result};
 use crate::init::{Conv, ParamBuilder};
 use crate::ops::{self, Conv2dParams, Epilogue};
@@ -193,7 +194,13 @@ impl ResNet {
                 let stride = if stage > 0 && i == 0 { 2 } else { 1 };
                 let specs = config.block_specs(planes, stride);
                 let prefix = format!("layer{}.{i}", stage + 1);
-                blocks.push(Block::new(&mut b, &prefix, in_c, &specs)?);
+                blocks.push(Block::new(
+                    &mut b,
+                    &prefix,
+                    in_c,
+                    &specs,
+                    Shortcut::Projection,
+                )?);
                 in_c = planes * config.block.expansion();
             }
             layers.push(blocks);

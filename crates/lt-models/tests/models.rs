@@ -15,6 +15,7 @@ fn arch_names_parse_with_serde_and_from_str() {
         ("resnet20", Arch::ResNet20),
         ("resnet32", Arch::ResNet32),
         ("resnet56", Arch::ResNet56),
+        ("resnet32_ldam", Arch::ResNet32Ldam),
         ("resnet10", Arch::ResNet10),
         ("resnet18", Arch::ResNet18),
         ("resnet34", Arch::ResNet34),
@@ -31,7 +32,7 @@ fn arch_names_parse_with_serde_and_from_str() {
         assert_eq!(name.parse::<Arch>().unwrap(), arch);
         assert_eq!(arch.to_string(), name);
     }
-    assert_eq!(Arch::ALL.len(), 13);
+    assert_eq!(Arch::ALL.len(), 14);
     assert_eq!(
         "ResNeXt50-32x4d".parse::<Arch>().unwrap(),
         Arch::Resnext50_32x4d
@@ -50,7 +51,11 @@ fn arch_names_parse_with_serde_and_from_str() {
 fn feature_dims() {
     for arch in Arch::ALL {
         let expected = match arch {
-            Arch::ResNet8 | Arch::ResNet20 | Arch::ResNet32 | Arch::ResNet56 => 64,
+            Arch::ResNet8
+            | Arch::ResNet20
+            | Arch::ResNet32
+            | Arch::ResNet56
+            | Arch::ResNet32Ldam => 64,
             Arch::ResNet10 | Arch::ResNet18 | Arch::ResNet34 => 512,
             _ => 2048,
         };
@@ -63,7 +68,8 @@ fn feature_dims() {
 /// `sum(p.numel() for p in m.parameters()) - fc` for the ImageNet family,
 /// and for the CIFAR family the count of the 1x1-projection variant:
 /// 3*16*9 + 32 (stem) + per block 2 * (c_in*c*9 or c*c*9) + 4c,
-/// plus c_in*c + 2c per projection.
+/// plus c_in*c + 2c per projection (none in `resnet32_ldam`, whose
+/// zero-padding shortcuts have no parameters; see `tests/ldam_resnet.rs`).
 #[test]
 fn parameter_counts_match_torchvision() {
     let expected = [
@@ -71,6 +77,7 @@ fn parameter_counts_match_torchvision() {
         (Arch::ResNet20, 271_824),
         (Arch::ResNet32, 466_256),
         (Arch::ResNet56, 855_120),
+        (Arch::ResNet32Ldam, 463_504),
         (Arch::ResNet10, 4_905_792),
         (Arch::ResNet18, 11_176_512),
         (Arch::ResNet34, 21_284_672),

@@ -210,3 +210,60 @@ fn cifar_resnet_matches_transcription() {
         assert_close(&got, &want, 1e-4, &format!("{mode:?}"));
     }
 }
+
+/// LDAM-DRW's `BasicBlock` with option 'A' where the shape changes: the
+/// shortcut is `F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4))`.
+fn option_a_block(w: &Weights, x: &Tensor, p: &str, stride: usize, mode: BnMode) -> Tensor {
+    let o = relu(w.bn(
+        &w.conv(x, &format!("{p}.conv1"), stride, 1),
+        &format!("{p}.bn1"),
+        mode,
+    ));
+    let out = w.bn(
+        &w.conv(&o, &format!("{p}.conv2"), 1, 1),
+        &format!("{p}.bn2"),
+        mode,
+    );
+    let (n, c, h, wd) = x.dims4().unwrap();
+    let planes = out.dim(1).unwrap();
+    let shortcut = if stride != 1 || c != planes {
+        // x[:, :, ::2, ::2] of an even-sized map: the first of each 2x2 cell.
+        let sub = x
+            .reshape((n, c, h / 2, 2, wd / 2, 2))
+            .unwrap()
+            .narrow(3, 0, 1)
+            .unwrap()
+            .narrow(5, 0, 1)
+            .unwrap()
+            .reshape((n, c, h / 2, wd / 2))
+            .unwrap();
+        sub.pad_with_zeros(1, planes / 4, planes / 4).unwrap()
+    } else {
+        x.clone()
+    };
+    relu((out + shortcut).unwrap())
+}
+
+#[test]
+fn cifar_resnet_ldam_matches_transcription() {
+    let cfg = CifarResNetConfig::ldam_drw(14);
+    let net = CifarResNet::new(&cfg, &Device::Cpu, 12).unwrap();
+    perturb_buffers(net.store());
+    let x = randn((3, 3, 16, 16), 13);
+    for mode in [BnMode::Eval, BnMode::Train] {
+        let w = Weights::of(net.store());
+        assert!(!w.0.keys().any(|k| k.contains("downsample")));
+        let mut h = relu(w.bn(&w.conv(&x, "conv1", 1, 1), "bn1", mode));
+        for stage in 0..3 {
+            for i in 0..cfg.blocks_per_stage {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                let p = format!("layer{}.{i}", stage + 1);
+                h = option_a_block(&w, &h, &p, stride, mode);
+            }
+        }
+        let want = gap(&h);
+        let got = net.forward_t(&x, mode).unwrap();
+        assert_eq!(got.dims(), [3, 64]);
+        assert_close(&got, &want, 1e-4, &format!("{mode:?}"));
+    }
+}
