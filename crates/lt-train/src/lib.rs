@@ -1,7 +1,9 @@
 //! lt-train: optimiser, learning-rate schedules, checkpoints, experiment
 //! configuration, the stage-1 and stage-2 training loops and the evaluation of
-//! every classifier head of Kang et al., "Decoupling Representation and
-//! Classifier for Long-Tailed Recognition" (ICLR 2020).
+//! every classifier head: those of Kang et al., "Decoupling Representation and
+//! Classifier for Long-Tailed Recognition" (ICLR 2020), and the losses and
+//! heads that followed it (logit adjustment, LDAM-DRW, mixup, MiSLAS,
+//! DisAlign, Weight Balancing, learned τ), side by side under one protocol.
 //!
 //! # Pieces
 //!
@@ -14,8 +16,10 @@
 //! | [`experiment`] | an opened config: device, split lists, run directory, split hashes |
 //! | [`stage1`] | joint training with any sampler and augmentation |
 //! | [`settings`] | [`settings::StageSettings`]: one struct for every stage (optimiser, schedule, sampler, epochs, batch, loss, BN) |
-//! | [`heads`] | the head registry: one file per head (joint, NCM, tau-norm, cRT, LWS), the [`heads::HeadMethod`] trait |
-//! | [`loss`] | the loss registry: one file per loss, the [`loss::LossKind`] trait |
+//! | [`heads`] | the head registry: one file per head (joint, NCM, tau-norm, cRT, LWS, post-hoc LA, LA-cRT, learned τ, MiSLAS, DisAlign, WB), the [`heads::HeadMethod`] trait |
+//! | [`loss`] | the loss registry: one file per loss (cross-entropy, logit-adjusted, LDAM-DRW, class-balanced, re-weighted, label-aware smoothing), the [`loss::LossKind`] trait |
+//! | [`max_norm`] | MaxNorm: per-class weight rows projected onto a ball after the optimiser (per epoch or per iteration) |
+//! | [`mixup`] | stage-1 mixup, drawn per batch from a seeded stream |
 //! | [`stage2`] | any trained head on the frozen backbone (`bn = train | eval`, cached-feature fast path) |
 //! | [`evaluation`] | every requested head from one stage-1 checkpoint, `results.json`, feature export |
 //! | [`sweep`] | grids of experiments: parsing, cell configs, the steps left in each cell (`cargo xtask sweep` runs them) |
