@@ -67,7 +67,31 @@ pub fn load_into_varmap(
     Ok(())
 }
 
-/// Writes a checkpoint atomically (see the module docs).
+/// The name of the first floating-point tensor holding a NaN or an
+/// infinity, if any. `t - t` is 0 for every finite value and NaN otherwise,
+/// so its sum is 0 exactly when the tensor is finite.
+fn first_non_finite<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
+) -> Result<Option<&'a str>, TrainError> {
+    for (name, t) in tensors {
+        if !t.dtype().is_float() {
+            continue;
+        }
+        let s = t
+            .to_dtype(candle_core::DType::F32)?
+            .broadcast_sub(&t.to_dtype(candle_core::DType::F32)?)?
+            .sum_all()?
+            .to_scalar::<f32>()?;
+        if s != 0.0 {
+            return Ok(Some(name));
+        }
+    }
+    Ok(None)
+}
+
+/// Writes a checkpoint atomically (see the module docs). A tensor holding a
+/// NaN or an infinity (parameters, BN statistics or optimiser state) is an
+/// error naming it, and nothing is written: the previous checkpoint stays.
 pub fn save_checkpoint(
     path: &Path,
     model: &BTreeMap<String, Tensor>,
@@ -80,6 +104,13 @@ pub fn save_checkpoint(
             return Err(TrainError::Checkpoint(format!("tensor `{k}` given twice")));
         }
     }
+    if let Some(name) = first_non_finite(all.iter().map(|(k, t)| (*k, t)))? {
+        return Err(TrainError::Checkpoint(format!(
+            "{}: tensor `{name}` holds NaN or infinite values; not writing the checkpoint \
+             (the previous one, if any, is kept)",
+            path.display()
+        )));
+    }
     let meta_json = serde_json::to_string(meta)
         .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
     let info = HashMap::from([(META_KEY.to_string(), meta_json)]);
@@ -89,7 +120,9 @@ pub fn save_checkpoint(
     Ok(meta.write_sidecar(path)?)
 }
 
-/// Reads a checkpoint: all tensors (model and `momentum.*`) and its metadata.
+/// Reads a checkpoint: all tensors (model and `momentum.*`) and its
+/// metadata. A tensor with a NaN or an infinity is an error naming the file
+/// and the tensor.
 pub fn load_checkpoint(
     path: &Path,
     device: &Device,
@@ -116,6 +149,11 @@ pub fn load_checkpoint(
         )));
     }
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort_unstable();
+    if let Some(name) = first_non_finite(names.into_iter().map(|k| (k.as_str(), &tensors[k])))? {
+        return Err(bad(format!("tensor `{name}` holds NaN or infinite values")));
+    }
     Ok((tensors, meta))
 }
 
@@ -202,6 +240,50 @@ mod tests {
 
         let model_only = load_model_tensors(&p, &dev).unwrap();
         assert_eq!(model_only.len(), 1);
+    }
+
+    #[test]
+    fn non_finite_tensors_are_never_written_nor_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("last.safetensors");
+        let dev = Device::Cpu;
+        let good = BTreeMap::from([(
+            "fc.weight".to_string(),
+            Tensor::new(&[1f32, 2.0], &dev).unwrap(),
+        )]);
+        save_checkpoint(&p, &good, &BTreeMap::new(), &meta()).unwrap();
+        let before = std::fs::read(&p).unwrap();
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let optim = BTreeMap::from([(
+                "momentum.fc.weight".to_string(),
+                Tensor::new(&[0f32, bad], &dev).unwrap(),
+            )]);
+            let e = save_checkpoint(&p, &good, &optim, &meta())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("momentum.fc.weight") && e.contains("NaN"), "{e}");
+            assert_eq!(
+                std::fs::read(&p).unwrap(),
+                before,
+                "the good checkpoint is kept"
+            );
+        }
+        // A file with a NaN written by another tool is refused on load.
+        let mut t = HashMap::new();
+        t.insert("fc.weight", Tensor::new(&[f32::NAN], &dev).unwrap());
+        let info = HashMap::from([(
+            META_KEY.to_string(),
+            serde_json::to_string(&meta()).unwrap(),
+        )]);
+        let bytes =
+            safetensors::tensor::serialize(t.iter().map(|(k, v)| (*k, v)), Some(info)).unwrap();
+        let q = dir.path().join("nan.safetensors");
+        std::fs::write(&q, bytes).unwrap();
+        let e = load_checkpoint(&q, &dev).unwrap_err().to_string();
+        assert!(
+            e.contains("nan.safetensors") && e.contains("fc.weight"),
+            "{e}"
+        );
     }
 
     #[test]
