@@ -1,7 +1,8 @@
 //! Line charts rendered as PNG and SVG, with no system font.
 //!
-//! A [`Figure`] is a grid of [`Panel`]s, each a set of [`Series`] on a numeric
-//! or categorical x axis. [`render_png`] and [`render_svg`] draw it with
+//! A [`Figure`] is a grid of [`Panel`]s, each a set of [`Series`] (lines) and
+//! [`Bars`] (filled rectangles, drawn under the lines) on a numeric or
+//! categorical x axis. [`render_png`] and [`render_svg`] draw it with
 //! plotters; [`save`] writes both files atomically. Text is laid out and, in
 //! PNGs, rasterised with DejaVu Sans, which is embedded in the library
 //! (`assets/DejaVuSans.ttf`, Bitstream Vera licence, next to it), so plots look
@@ -101,6 +102,39 @@ impl Series {
     }
 }
 
+/// Filled rectangles sharing a colour and a legend entry (e.g. the bins of
+/// a reliability diagram). Drawn before, so under, the panel's lines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bars {
+    /// Name shown in the legend.
+    pub name: String,
+    /// RGB colour.
+    pub color: [u8; 3],
+    /// Fill opacity in `[0, 1]` (the outline is opaque).
+    pub opacity: f64,
+    /// Each bar as `(x_left, x_right, y_bottom, y_top)`; a bar with a
+    /// non-finite coordinate is not drawn.
+    pub bars: Vec<(f64, f64, f64, f64)>,
+}
+
+impl Bars {
+    /// Bars of `color` at 80 % opacity.
+    pub fn new(name: impl Into<String>, color: [u8; 3], bars: Vec<(f64, f64, f64, f64)>) -> Self {
+        Self {
+            name: name.into(),
+            color,
+            opacity: 0.8,
+            bars,
+        }
+    }
+
+    fn finite(&self) -> impl Iterator<Item = &(f64, f64, f64, f64)> {
+        self.bars
+            .iter()
+            .filter(|b| b.0.is_finite() && b.1.is_finite() && b.2.is_finite() && b.3.is_finite())
+    }
+}
+
 /// Where a panel's legend goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LegendPosition {
@@ -128,6 +162,10 @@ pub struct Panel {
     pub y_label: String,
     /// The lines.
     pub series: Vec<Series>,
+    /// Bar groups, drawn under the lines.
+    pub bars: Vec<Bars>,
+    /// Fixed x range of a numeric axis; `None` fits the data.
+    pub x_range: Option<(f64, f64)>,
     /// Names of the x positions `0, 1, ...` for a categorical axis; `None` for
     /// a numeric one.
     pub categories: Option<Vec<String>>,
@@ -151,6 +189,8 @@ impl Panel {
             x_label: x_label.into(),
             y_label: y_label.into(),
             series: Vec::new(),
+            bars: Vec::new(),
+            x_range: None,
             categories: None,
             y_range: None,
             marker: None,
@@ -163,10 +203,18 @@ impl Panel {
         if let Some(c) = &self.categories {
             return (-0.5, c.len().max(1) as f64 - 0.5);
         }
+        if let Some(r) = self.x_range {
+            return r;
+        }
         let xs = self
             .series
             .iter()
             .flat_map(|s| s.points.iter().map(|p| p.0))
+            .chain(
+                self.bars
+                    .iter()
+                    .flat_map(|b| b.finite().flat_map(|r| [r.0, r.1])),
+            )
             .chain(self.marker.iter().map(|m| m.0))
             .filter(|x| x.is_finite());
         pad(bounds(xs), 0.0)
@@ -177,18 +225,26 @@ impl Panel {
         if let Some(r) = self.y_range {
             return r;
         }
-        let ys = self.series.iter().flat_map(|s| {
-            s.points.iter().enumerate().flat_map(move |(i, p)| {
-                let e = s
-                    .error
-                    .as_ref()
-                    .and_then(|e| e.get(i))
-                    .copied()
-                    .filter(|e| e.is_finite())
-                    .unwrap_or(0.0);
-                [p.1 - e, p.1 + e]
+        let ys = self
+            .series
+            .iter()
+            .flat_map(|s| {
+                s.points.iter().enumerate().flat_map(move |(i, p)| {
+                    let e = s
+                        .error
+                        .as_ref()
+                        .and_then(|e| e.get(i))
+                        .copied()
+                        .filter(|e| e.is_finite())
+                        .unwrap_or(0.0);
+                    [p.1 - e, p.1 + e]
+                })
             })
-        });
+            .chain(
+                self.bars
+                    .iter()
+                    .flat_map(|b| b.finite().flat_map(|r| [r.2, r.3])),
+            );
         pad(bounds(ys.filter(|y| y.is_finite())), 0.05)
     }
 }
@@ -397,6 +453,24 @@ fn draw_panel<DB: DrawingBackend>(
             .map_err(plot_err)?;
     }
 
+    for b in &p.bars {
+        let color = rgb(b.color);
+        let fill = color.mix(b.opacity.clamp(0.0, 1.0)).filled();
+        let outline = ShapeStyle::from(&color).stroke_width(1);
+        let rects: Vec<_> = b
+            .finite()
+            .map(|&(l, r, lo, hi)| [(l, lo), (r, hi)])
+            .collect();
+        chart
+            .draw_series(rects.iter().map(|&c| Rectangle::new(c, fill)))
+            .map_err(plot_err)?
+            .label(b.name.as_str())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], fill));
+        chart
+            .draw_series(rects.iter().map(|&c| Rectangle::new(c, outline)))
+            .map_err(plot_err)?;
+    }
+
     for s in &p.series {
         let color = rgb(s.color);
         let style = ShapeStyle::from(&color).stroke_width(2);
@@ -455,7 +529,7 @@ fn draw_panel<DB: DrawingBackend>(
         LegendPosition::LowerRight => Some(SeriesLabelPosition::LowerRight),
         LegendPosition::Hidden => None,
     };
-    if let (Some(position), false) = (position, p.series.is_empty()) {
+    if let (Some(position), false) = (position, p.series.is_empty() && p.bars.is_empty()) {
         chart
             .configure_series_labels()
             .position(position)
@@ -514,6 +588,30 @@ mod tests {
         let mut p = Panel::new("t", "x", "y");
         p.categories = Some(vec!["a".into(), "b".into(), "c".into()]);
         assert_eq!(p.x_range(), (-0.5, 2.5));
+    }
+
+    #[test]
+    fn bars_set_the_ranges_and_render() {
+        let mut p = Panel::new("bins", "confidence", "accuracy");
+        p.bars.push(Bars::new(
+            "accuracy",
+            PALETTE[0],
+            vec![
+                (0.0, 0.5, 0.0, 0.25),
+                (0.5, 1.0, 0.0, 0.75),
+                (f64::NAN, 1.0, 0.0, 9.0),
+            ],
+        ));
+        assert_eq!(p.x_range(), (0.0, 1.0));
+        assert_eq!(p.y_range(), pad((0.0, 0.75), 0.05));
+        p.x_range = Some((-1.0, 2.0));
+        assert_eq!(p.x_range(), (-1.0, 2.0));
+        let fig = Figure::single(p);
+        let svg = render_svg(&fig).unwrap().to_ascii_uppercase();
+        // The two finite bars, filled and outlined, in the series colour.
+        assert!(svg.matches("<RECT").count() >= 4, "{svg}");
+        assert!(svg.contains("#1F77B4"), "{svg}");
+        assert_eq!(&render_png(&fig).unwrap()[1..4], b"PNG");
     }
 
     #[test]
