@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{groups, heads_of, label_in, slug, summarize, ReportError, Run};
-use crate::plot::{save, Figure, LegendPosition, Panel, Series, PALETTE};
+use crate::plot::{save, Bars, Figure, LegendPosition, Panel, Series, PALETTE};
 
 /// Above this many classes the per-class curves are smoothed, or a
 /// thousand-class plot is a solid band.
@@ -27,12 +27,17 @@ pub(crate) fn write_plots(
                 ("per_class", per_class_figure(g), "per-class accuracies"),
                 ("tau", tau_figure(g), "tau sweep"),
                 ("weight_norms", norms_figure(g), "classifier weight norms"),
+                ("reliability", reliability_figure(g), "calibration bins"),
             ];
             for (name, fig, missing) in figures {
                 match fig {
                     Some(fig) => files.extend(save(&fig, &dir.join(format!("{name}_{tag}")))?),
                     None => warnings.push(format!("{what}: no {missing}; plot `{name}` skipped")),
                 }
+            }
+            // Optional: only runs evaluated with `eval.shifted_test` have it.
+            if let Some(fig) = shifted_figure(g) {
+                files.extend(save(&fig, &dir.join(format!("shifted_{tag}")))?);
             }
         }
         files.extend(save(&sampler_figure(ds), &dir.join("samplers"))?);
@@ -286,7 +291,189 @@ fn norms_figure(g: &[Run]) -> Option<Figure> {
     (!panel.series.is_empty()).then(|| Figure::single(panel))
 }
 
-/// (4) Stage-1 sampler x head: one panel per group, samplers on x, one line
+/// One head's reliability bins pooled over runs: `(lower, upper, count,
+/// accuracy, confidence)` per bin, the sums weighted by the bins' counts.
+type PooledBin = (f64, f64, usize, Option<f64>, Option<f64>);
+
+fn pooled_bins(evaluations: &[&lt_metrics::Evaluation]) -> Option<Vec<PooledBin>> {
+    let first = &evaluations.first()?.calibration;
+    if first.is_empty() {
+        return None;
+    }
+    let same_edges = |e: &&lt_metrics::Evaluation| {
+        e.calibration.len() == first.len()
+            && e.calibration
+                .iter()
+                .zip(first)
+                .all(|(a, b)| a.lower == b.lower && a.upper == b.upper)
+    };
+    let evaluations: Vec<_> = evaluations.iter().filter(|e| same_edges(e)).collect();
+    Some(
+        first
+            .iter()
+            .enumerate()
+            .map(|(b, bin)| {
+                let (mut n, mut acc, mut conf) = (0usize, 0.0, 0.0);
+                for e in &evaluations {
+                    let x = &e.calibration[b];
+                    if let (Some(a), Some(c)) = (x.accuracy, x.confidence) {
+                        n += x.count;
+                        acc += a * x.count as f64;
+                        conf += c * x.count as f64;
+                    }
+                }
+                let mean = |sum: f64| (n > 0).then(|| sum / n as f64);
+                (bin.lower, bin.upper, n, mean(acc), mean(conf))
+            })
+            .collect(),
+    )
+}
+
+/// (4) Reliability diagram of every head: one panel per head with the
+/// accuracy of each confidence bin as a bar, the gap to the bin's mean
+/// confidence shaded, and the diagonal of perfect calibration; the panel's
+/// title gives the head's ECE (mean over seeds).
+fn reliability_figure(g: &[Run]) -> Option<Figure> {
+    let heads = heads_of(g);
+    let mut panels = Vec::new();
+    for head in &heads {
+        let evaluations: Vec<&lt_metrics::Evaluation> = g
+            .iter()
+            .flat_map(|r| r.results.heads.iter().filter(|h| h.head == head.as_str()))
+            .map(|h| &h.evaluation)
+            .collect();
+        let Some(bins) = pooled_bins(&evaluations) else {
+            continue;
+        };
+        let ece = super::Stat::of(evaluations.iter().map(|e| e.ece));
+        let title = match ece {
+            Some(s) if s.n > 1 => format!(
+                "{}: ECE {:.1} ± {:.1}%",
+                label_in(g, head),
+                100.0 * s.mean,
+                100.0 * s.std
+            ),
+            Some(s) => format!("{}: ECE {:.1}%", label_in(g, head), 100.0 * s.mean),
+            None => label_in(g, head),
+        };
+        let mut panel = Panel::new(title, "confidence", "accuracy");
+        panel.x_range = Some((0.0, 1.0));
+        panel.y_range = Some((0.0, 1.0));
+        panel.legend = if panels.is_empty() {
+            LegendPosition::UpperLeft
+        } else {
+            LegendPosition::Hidden
+        };
+        let filled = bins.iter().filter(|b| b.2 > 0);
+        panel.bars.push(Bars::new(
+            "accuracy",
+            PALETTE[0],
+            filled
+                .clone()
+                .filter_map(|&(lo, hi, _, acc, _)| Some((lo, hi, 0.0, acc?)))
+                .collect(),
+        ));
+        let mut gap = Bars::new(
+            "gap to confidence",
+            PALETTE[3],
+            filled
+                .filter_map(|&(lo, hi, _, acc, conf)| {
+                    let (a, c) = (acc?, conf?);
+                    Some((lo, hi, a.min(c), a.max(c)))
+                })
+                .collect(),
+        );
+        gap.opacity = 0.3;
+        panel.bars.push(gap);
+        let mut diagonal = Series::new(
+            "perfect calibration",
+            [90, 90, 90],
+            vec![(0.0, 0.0), (1.0, 1.0)],
+        );
+        diagonal.dashed = true;
+        panel.series.push(diagonal);
+        panels.push(panel);
+    }
+    if panels.is_empty() {
+        return None;
+    }
+    let columns = panels.len().min(3);
+    let rows = panels.len().div_ceil(columns);
+    let mut split: Vec<&str> = g.iter().map(Run::split).collect();
+    split.dedup();
+    Some(Figure {
+        title: format!(
+            "{}, {}: reliability diagrams ({}, {}, {} bins)",
+            g[0].dataset,
+            g[0].sampler_label,
+            split.join("/"),
+            seeds_note(g.len()),
+            panels_bins(g)
+        ),
+        panels,
+        columns,
+        size: (420 * columns as u32, 60 + 400 * rows as u32),
+    })
+}
+
+/// The number of confidence bins of the runs' evaluations.
+fn panels_bins(g: &[Run]) -> usize {
+    g.iter()
+        .flat_map(|r| &r.results.heads)
+        .map(|h| h.evaluation.calibration.len())
+        .next()
+        .unwrap_or(0)
+}
+
+/// (5) Top-1 on the shifted test sets, forward-ρ (left) to backward-ρ
+/// (right), one line per head and the known-prior reference dashed; `None`
+/// when no run has shifted-test results.
+fn shifted_figure(g: &[Run]) -> Option<Figure> {
+    let stats = crate::shifted::shifted_stats(g)?;
+    let heads = heads_of(g);
+    let mut panel = Panel::new(
+        format!(
+            "{}, {}: top-1 on shifted test distributions ({})",
+            g[0].dataset,
+            g[0].sampler_label,
+            seeds_note(stats.runs)
+        ),
+        "test class distribution (forward: training order; backward: reversed)",
+        "accuracy (%)",
+    );
+    panel.categories = Some(stats.shifts.iter().map(|s| s.name()).collect());
+    panel.legend = LegendPosition::LowerLeft;
+    for row in &stats.rows {
+        let color = if row.reference {
+            [0, 0, 0]
+        } else {
+            head_color(&row.head, &heads)
+        };
+        let points = row
+            .top1
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i as f64, s.map_or(f64::NAN, |s| 100.0 * s.mean)))
+            .collect();
+        let mut s = Series::new(row.label.clone(), color, points);
+        s.markers = true;
+        s.dashed = row.reference;
+        if stats.runs > 1 {
+            s.error = Some(
+                row.top1
+                    .iter()
+                    .map(|s| s.map_or(f64::NAN, |s| 100.0 * s.std))
+                    .collect(),
+            );
+        }
+        panel.series.push(s);
+    }
+    let mut fig = Figure::single(panel);
+    fig.size = (1100, 600);
+    Some(fig)
+}
+
+/// (6) Stage-1 sampler x head: one panel per group, samplers on x, one line
 /// per head, error bars of one standard deviation over seeds.
 fn sampler_figure(ds: &[Run]) -> Figure {
     let rows = summarize(ds);

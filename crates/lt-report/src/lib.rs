@@ -15,13 +15,18 @@
 //! |---|---|
 //! | `runs.csv`, `runs.json` | one row per run and head: Many / Medium / Few / All, top-5, macro accuracy, ECE, tau |
 //! | `summary.csv`, `summary.json` | mean and sample std over seeds per dataset, sampler and head |
-//! | `summary.md` | the paper's tables (percent, mean ± std) and links to the plots |
+//! | `summary.md` | the paper's tables (percent, mean ± std), the shifted-test tables, and links to the plots |
+//! | `shifted.csv` | one row per run, method and shifted test set (runs evaluated with `eval.shifted_test`) |
 //! | `plots/<dataset>/per_class_<sampler>.{png,svg}` | per-class accuracy against class rank by training count, one line per head |
+//! | `plots/<dataset>/reliability_<sampler>.{png,svg}` | reliability diagram of every head: accuracy against confidence per bin, with the diagonal, ECE in each title |
+//! | `plots/<dataset>/shifted_<sampler>.{png,svg}` | top-1 on the shifted test sets (forward-ρ … uniform … backward-ρ), one line per head and the known-prior logit-adjustment reference (runs with shifted-test results) |
 //! | `plots/<dataset>/tau_<sampler>.{png,svg}` | tau-norm accuracy (many / medium / few / all) against tau |
 //! | `plots/<dataset>/weight_norms_<sampler>.{png,svg}` | classifier weight norm per class for joint, cRT, tau-norm and LWS |
 //! | `plots/<dataset>/samplers.{png,svg}` | stage-1 sampler x head, one panel per group |
 //!
-//! Plots average over seeds (per class, per tau). Heads appear in the order
+//! Plots average over seeds (per class, per tau, per shifted set; a
+//! reliability diagram pools the seeds' samples of each confidence bin and
+//! titles each head with its mean ECE). Heads appear in the order
 //! the runs list them (the registry's), with the labels their results
 //! record; classifier weight norms are those `results.json` records (files
 //! of schema version 1 have none: a warning, no plot). Without the `plot`
@@ -69,6 +74,7 @@
 #![warn(missing_docs)]
 
 mod input;
+mod shifted;
 mod table;
 mod tables;
 
@@ -84,6 +90,7 @@ use serde::Serialize;
 
 pub use input::find_runs;
 pub use lt_run::layout::{CELL_FILE, RESULTS_FILE};
+pub use shifted::{shifted_csv, shifted_table};
 pub use table::{markdown_table, mean_std};
 pub use tables::{runs_csv, summary_csv, summary_markdown, RunRow};
 
@@ -485,7 +492,7 @@ pub fn regenerate(results_dir: &Path) -> Result<ReportSummary, ReportError> {
     };
 
     let run_rows = RunRow::from_runs(&runs, results_dir);
-    let files: [(&str, Vec<u8>); 5] = [
+    let mut files: Vec<(&str, Vec<u8>)> = vec![
         ("runs.csv", runs_csv(&run_rows).into_bytes()),
         ("runs.json", to_json(&out_dir.join("runs.json"), &run_rows)?),
         ("summary.csv", summary_csv(&rows).into_bytes()),
@@ -498,6 +505,9 @@ pub fn regenerate(results_dir: &Path) -> Result<ReportSummary, ReportError> {
             summary_markdown(&runs, &rows, &plots, &out_dir, results_dir).into_bytes(),
         ),
     ];
+    if runs.iter().any(|r| r.results.shifted_test.is_some()) {
+        files.push(("shifted.csv", shifted_csv(&runs, results_dir).into_bytes()));
+    }
     let mut tables = Vec::new();
     for (name, bytes) in files {
         let path = out_dir.join(name);

@@ -95,14 +95,14 @@ fn field(s: &str) -> String {
     }
 }
 
-fn num(v: Option<f64>) -> String {
+pub(crate) fn num(v: Option<f64>) -> String {
     match v {
         Some(v) if v.is_finite() => format!("{v}"),
         _ => String::new(),
     }
 }
 
-fn csv_line(out: &mut String, cells: &[String]) {
+pub(crate) fn csv_line(out: &mut String, cells: &[String]) {
     let line: Vec<String> = cells.iter().map(|c| field(c)).collect();
     out.push_str(&line.join(","));
     out.push('\n');
@@ -204,7 +204,7 @@ pub fn summary_csv(rows: &[SummaryRow]) -> String {
 
 /// Percent with one decimal, `± std` when there are several seeds, `–` when
 /// absent.
-fn pct(s: Option<Stat>) -> String {
+pub(crate) fn pct(s: Option<Stat>) -> String {
     match s {
         None => "–".into(),
         Some(s) if s.n < 2 => format!("{:.1}", 100.0 * s.mean),
@@ -218,8 +218,8 @@ fn cell(s: &str) -> String {
 
 /// `summary.md`: per dataset, the Many / Medium / Few / All table of every
 /// sampler and head (mean ± std over seeds), the sampler x head matrix of
-/// All, the chosen tau, and links to the plots (`plots` are paths under
-/// `out_dir`).
+/// All, the accuracies on shifted test distributions (when evaluated), the
+/// chosen tau, and links to the plots (`plots` are paths under `out_dir`).
 pub fn summary_markdown(
     runs: &[Run],
     rows: &[SummaryRow],
@@ -288,6 +288,18 @@ pub fn summary_markdown(
                 let _ = write!(md, " {} |", pct(stat));
             }
             md.push('\n');
+        }
+
+        for g in &samplers {
+            if let Some(stats) = crate::shifted::shifted_stats(g) {
+                let _ = writeln!(
+                    md,
+                    "\nShifted test distributions, {} (top-1 on sub-samples of the test split, \
+                     forward / backward long-tailed at each imbalance; {} runs):\n",
+                    g[0].sampler_label, stats.runs
+                );
+                md.push_str(&crate::shifted::shifted_stats_markdown(&stats));
+            }
         }
 
         let taus: Vec<String> = ds_rows

@@ -9,8 +9,11 @@ use lt_core::stats::{ClassStats, GroupRule};
 use lt_core::{HeadId, ModelSelect, Split, TauBias, TauSelect};
 use lt_metrics::{evaluate, Evaluation};
 use lt_report::{self as report, ReportError, CELL_FILE, RESULTS_FILE};
-use lt_run::{CellInfo, HeadResult, Results, SplitMetrics, Stage1Summary, TauPoint, TauSweep};
-use lt_samplers::Strategy;
+use lt_run::{
+    CellInfo, HeadResult, Results, ShiftedRow, ShiftedSet, ShiftedTest, SplitMetrics,
+    Stage1Summary, TauPoint, TauSweep, KNOWN_PRIOR_LA,
+};
+use lt_samplers::{Imbalance, Strategy, TestShift};
 
 const C: usize = 20;
 const TEST_PER_CLASS: usize = 10;
@@ -142,6 +145,7 @@ fn write_run(root: &Path, sampler: (&str, Strategy, usize), seed: u64, with_cell
             weight_norms,
         });
     }
+    results.shifted_test = Some(shifted(shift));
     results.write(&dir.join(RESULTS_FILE)).unwrap();
     if with_cell {
         let cell = CellInfo {
@@ -155,6 +159,45 @@ fn write_run(root: &Path, sampler: (&str, Strategy, usize), seed: u64, with_cell
         cell.write(&dir.join(CELL_FILE)).unwrap();
     }
     dir
+}
+
+/// The shifted-test section `lt-cli eval` writes: forward-10, uniform,
+/// backward-10; the joint head falls most from forward to backward.
+fn shifted(shift: f64) -> ShiftedTest {
+    let imbalance = Imbalance::new(10.0).unwrap();
+    let set = |shift, images| ShiftedSet {
+        shift,
+        images,
+        class_counts: vec![],
+    };
+    let row = |head: &str, label: &str, top1: [f64; 3]| ShiftedRow {
+        head: head.into(),
+        label: label.into(),
+        top1: top1.iter().map(|a| a + shift).collect(),
+    };
+    ShiftedTest {
+        split: Split::Test,
+        seed: 0,
+        per_class: TEST_PER_CLASS,
+        sets: vec![
+            set(TestShift::Forward { imbalance }, 76),
+            set(TestShift::Uniform, 200),
+            set(TestShift::Backward { imbalance }, 76),
+        ],
+        heads: HEADS
+            .iter()
+            .enumerate()
+            .map(|(k, (h, label))| {
+                let k = k as f64;
+                row(h, label, [0.8 - 0.02 * k, 0.55 + 0.01 * k, 0.3 + 0.05 * k])
+            })
+            .collect(),
+        reference: Some(row(
+            KNOWN_PRIOR_LA,
+            "LA (known test prior)",
+            [0.85, 0.62, 0.6],
+        )),
+    }
 }
 
 /// Two samplers (listed in grid order "ib" then "cb"), two seeds.
@@ -322,6 +365,21 @@ fn report_of_a_sweep_has_every_table_and_plot() {
     if cfg!(feature = "plot") {
         assert!(md.contains("](plots/cifar20/samplers.png)"), "{md}");
     }
+    // The shifted-test table: rows = heads and the reference, columns =
+    // forward ... uniform ... backward, mean ± std over seeds.
+    assert!(
+        md.contains("| Method | forward-10 | uniform | backward-10 |"),
+        "{md}"
+    );
+    let (m, sd) = report::mean_std(&[0.8 + e_shift(0, 0), 0.8 + e_shift(1, 0)]);
+    let expected = format!("| Joint | {:.1} ± {:.1} |", 100.0 * m, 100.0 * sd);
+    assert!(md.contains(&expected), "{expected}\n{md}");
+    assert!(md.contains("| LA (known test prior) |"), "{md}");
+    assert!(summary.tables.contains(&out.join("shifted.csv")));
+    let shifted_csv = std::fs::read_to_string(out.join("shifted.csv")).unwrap();
+    // 4 runs x (5 heads + reference) x 3 sets.
+    assert_eq!(shifted_csv.lines().count(), 1 + 4 * 6 * 3);
+    assert!(shifted_csv.contains(",joint,Joint,forward-10,forward,10,76,"));
     let summary_csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
     assert_eq!(summary_csv.lines().count(), 1 + 2 * 5);
 
@@ -337,12 +395,17 @@ fn report_of_a_sweep_has_every_table_and_plot() {
     }
 }
 
-/// Four figures as PNG and SVG: three per sampler and one per dataset.
+/// The accuracy shift of sampler `order` and `seed` in [`write_run`].
+fn e_shift(seed: u64, order: usize) -> f64 {
+    0.02 * seed as f64 - 0.05 * order as f64
+}
+
+/// Six figures as PNG and SVG: five per sampler and one per dataset.
 fn check_plots(out: &Path, written: &[PathBuf]) {
     let plots = out.join("plots/cifar20");
     let mut expected = vec![plots.join("samplers.png"), plots.join("samplers.svg")];
     for s in ["ib", "cb"] {
-        for f in ["per_class", "tau", "weight_norms"] {
+        for f in ["per_class", "tau", "weight_norms", "reliability", "shifted"] {
             expected.push(plots.join(format!("{f}_{s}.png")));
             expected.push(plots.join(format!("{f}_{s}.svg")));
         }
@@ -367,6 +430,35 @@ fn check_plots(out: &Path, written: &[PathBuf]) {
         );
     }
     assert!(!svg.contains("NCM"));
+    // A reliability panel per head, each titled with its ECE.
+    let svg = std::fs::read_to_string(plots.join("reliability_ib.svg")).unwrap();
+    for name in [
+        "Joint: ECE",
+        "NCM: ECE",
+        "cRT: ECE",
+        "τ-norm: ECE",
+        "LWS: ECE",
+    ] {
+        assert!(
+            svg.contains(name),
+            "{name} missing from the reliability diagram"
+        );
+    }
+    assert!(svg.contains("perfect calibration"));
+    // Every head and the reference on the shifted-test plot.
+    let svg = std::fs::read_to_string(plots.join("shifted_cb.svg")).unwrap();
+    for name in [
+        "Joint",
+        "LWS",
+        "LA (known test prior)",
+        "forward-10",
+        "backward-10",
+    ] {
+        assert!(
+            svg.contains(name),
+            "{name} missing from the shifted-test plot"
+        );
+    }
 }
 
 #[test]
