@@ -32,6 +32,16 @@ pub enum RunError {
         /// The versions this build reads.
         supported: String,
     },
+    /// Another process holds the run directory's lock.
+    #[error(
+        "{}: another process is writing to this run directory (its lock is held); \
+         wait for it to finish, or use another run_dir",
+        path.display()
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
     /// A line of an append-only log is not a record.
     #[error("{}:{line}: bad metrics line", path.display())]
     BadLine {

@@ -55,6 +55,12 @@ impl RunDir {
         &self.root
     }
 
+    /// Takes the directory's writer lock (see [`crate::lock`]); the
+    /// directory must exist.
+    pub fn lock(&self) -> Result<crate::RunLock, crate::RunError> {
+        crate::RunLock::acquire(&self.root)
+    }
+
     /// Creates the directory tree.
     pub fn create(&self) -> Result<(), FsError> {
         let ck = self.checkpoints_dir();

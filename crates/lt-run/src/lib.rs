@@ -11,6 +11,7 @@
 //! | [`checkpoint_meta`] | the metadata of every checkpoint | [`CheckpointMeta`] |
 //! | [`cell`] | `cell.json`: a run's place in a sweep grid | [`CellInfo`] |
 //! | [`data_info`] | `data.json`: the identity of every split | [`DataInfo`] |
+//! | [`lock`] | `lock`: one writer per run directory | [`RunLock`] |
 //!
 //! ```
 //! use lt_core::{HeadId, Stage};
@@ -28,6 +29,7 @@ pub mod checkpoint_meta;
 pub mod data_info;
 mod error;
 pub mod layout;
+pub mod lock;
 pub mod metrics_log;
 pub mod results;
 
@@ -36,6 +38,7 @@ pub use checkpoint_meta::{BestMetric, CheckpointMeta, RngState};
 pub use data_info::DataInfo;
 pub use error::RunError;
 pub use layout::RunDir;
+pub use lock::RunLock;
 pub use metrics_log::{EpochRecord, SplitMetrics};
 pub use results::{
     HeadResult, Results, ShiftedRow, ShiftedSet, ShiftedTest, Stage1Summary, TauPoint, TauSweep,

@@ -39,6 +39,9 @@ pub struct Experiment {
     /// The data-parallel group this process belongs to (one rank when not
     /// launched distributed).
     pub dist: Dist,
+    /// The run directory's writer lock, held by the main rank (the only
+    /// writer) for as long as the experiment is open.
+    _lock: Option<lt_run::RunLock>,
 }
 
 fn summarise(list: &Path, ds: &Dataset) -> Result<SplitSummary, TrainError> {
@@ -160,8 +163,13 @@ impl Experiment {
         }
         let run = RunDir::new(&config.run_dir);
         let config_hash = config.hash()?;
-        if dist.is_main() {
+        let lock = if dist.is_main() {
             run.create()?;
+            Some(run.lock()?)
+        } else {
+            None
+        };
+        if dist.is_main() {
             lt_core::fs::write_atomic(&run.root().join(config_file), config.to_toml()?.as_bytes())?;
             data_info.write(&run.data_info())?;
         }
@@ -196,6 +204,7 @@ impl Experiment {
             data_info,
             config_hash,
             dist,
+            _lock: lock,
         })
     }
 
