@@ -442,6 +442,17 @@ fn run(command: Command, out: &mut String) -> Result<()> {
                     outln!(out, "{}: tau = {} ({how})", h.label, t.chosen);
                 }
             }
+            if let Some(t) = &results.shifted_test {
+                outln!(
+                    out,
+                    "top-1 on shifted test distributions ({} sub-samples of at most {} images \
+                     per class, seed {}; `eval.shifted_test`):",
+                    t.split.as_str(),
+                    t.per_class,
+                    t.seed
+                );
+                outp!(out, "{}", lt_report::shifted_table(t));
+            }
             for s in &results.skipped {
                 outln!(out, "skipped {s}: not trained");
             }

@@ -184,6 +184,33 @@ fn every_command_end_to_end() {
     assert!(results["stage1"]["best_val"]["epoch"].is_number());
     assert!(results["stage1"]["last_val"]["top1"].is_number());
     assert!(results["stage1"]["last_test"]["top1"].is_number());
+    // Every head on the shifted test sets: forward 50 ... uniform ... backward 50.
+    assert!(out.contains("| Method | forward-50 |"), "{out}");
+    assert!(out.contains("| LA (known test prior) |"), "{out}");
+    let shifted = &results["shifted_test"];
+    let sets = shifted["sets"].as_array().unwrap();
+    assert_eq!(sets.len(), 11);
+    assert_eq!(sets[0]["shift"]["direction"], "forward");
+    assert_eq!(sets[0]["shift"]["imbalance"], 50.0);
+    assert_eq!(sets[5]["shift"]["direction"], "uniform");
+    assert_eq!(sets[5]["images"], 5 * TEST_PER_CLASS);
+    // Forward 50 over 6 images per class: 6 * 50^(-r/4), truncated.
+    assert_eq!(sets[0]["class_counts"], serde_json::json!([6, 2, 0, 0, 0]));
+    assert_eq!(sets[10]["class_counts"], serde_json::json!([0, 0, 0, 2, 6]));
+    let rows = shifted["heads"].as_array().unwrap();
+    assert_eq!(rows.len(), heads.len());
+    for row in rows.iter().chain([&shifted["reference"]]) {
+        let top1 = row["top1"].as_array().unwrap();
+        assert_eq!(top1.len(), 11);
+        assert!(top1
+            .iter()
+            .all(|a| (0.0..=1.0).contains(&a.as_f64().unwrap())));
+    }
+    // The uniform column is each head's top-1 on the whole split.
+    for (row, h) in rows.iter().zip(heads) {
+        assert_eq!(row["head"], h["head"]);
+        assert_eq!(row["top1"][5], h["evaluation"]["top1"]);
+    }
 
     // Only some heads.
     let out = call(&["eval", "--head", "joint", "--head", "ncm"]);
@@ -280,6 +307,12 @@ fn every_command_end_to_end() {
     let out = ok(&["report", run.to_str().unwrap()]);
     assert!(out.starts_with("1 runs:"), "{out}");
     assert!(run.join("report/summary.md").is_file());
+    assert!(run.join("report/shifted.csv").is_file());
+    let plots = run.join("report/plots/ci_tiny");
+    for name in ["reliability", "shifted"] {
+        let p = plots.join(format!("{name}_instance_balanced.png"));
+        assert!(p.is_file(), "{} missing", p.display());
+    }
 }
 
 #[test]
