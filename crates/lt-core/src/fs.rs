@@ -3,7 +3,10 @@
 //! Every file a run produces (checkpoints, `results.json`, reports, split
 //! lists, sweep state) is written with [`write_atomic`]: a temp file in the
 //! same directory, flushed and synced, then renamed over the target. A crash
-//! leaves either the old file or the new one, never a torn one.
+//! leaves either the old file or the new one, never a torn one. A process
+//! killed between creating the temp file and renaming it leaves the temp file
+//! (`.<name>.<pid>.tmp`); [`remove_atomic_temps`] cleans those of a directory
+//! that nobody else is writing into.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -51,11 +54,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
         ));
     };
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = dir.join(temp_name(&name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -73,6 +72,58 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     Ok(())
 }
 
+/// The temp file name of [`write_atomic`] for `name`, written by process `pid`.
+fn temp_name(name: &str, pid: u32) -> String {
+    format!(".{name}.{pid}.tmp")
+}
+
+/// The process id in a temp file name of [`write_atomic`]
+/// (`.<name>.<pid>.tmp`, `name` not empty), or `None` for any other name.
+pub fn atomic_temp_pid(file_name: &str) -> Option<u32> {
+    let inner = file_name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (name, pid) = inner.rsplit_once('.')?;
+    if name.is_empty() || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Removes the temp files that [`write_atomic`] left in `dir` (not in its
+/// subdirectories) when a process was killed mid-write, and returns them.
+/// Only names of its pattern (`.<name>.<pid>.tmp`) written by other
+/// processes are touched. Call it only while no other process writes into
+/// `dir` (a run directory's lock, for instance): a temp file of a live
+/// writer would go too. A missing `dir` has nothing to clean.
+pub fn remove_atomic_temps(dir: &Path) -> Result<Vec<PathBuf>, FsError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(FsError::new("listing", dir, e)),
+    };
+    let me = std::process::id();
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| FsError::new("listing", dir, e))?;
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(atomic_temp_pid) else {
+            continue;
+        };
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if pid == me || !is_file {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            // Gone in the meantime: nothing to clean.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(FsError::new("removing", &path, e)),
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
 /// Reads a whole file; the error names it.
 pub fn read(path: &Path) -> Result<Vec<u8>, FsError> {
     std::fs::read(path).map_err(|e| FsError::new("reading", path, e))
@@ -81,6 +132,16 @@ pub fn read(path: &Path) -> Result<Vec<u8>, FsError> {
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
+}
+
+/// Lower-case hex SHA-256 of the concatenation of `parts` (without
+/// building it).
+pub fn sha256_hex_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut hasher = Sha256::new();
+    for p in parts {
+        hasher.update(p);
+    }
+    hex(&hasher.finalize())
 }
 
 /// Lower-case hex SHA-256 of a file, calling `progress(n)` after every chunk of
@@ -139,6 +200,55 @@ mod tests {
         let h = sha256_file(&p, |n| total += n).unwrap();
         assert_eq!(h, sha256_hex(b"two"));
         assert_eq!(total, 3);
+    }
+
+    #[test]
+    fn sha256_of_parts_is_that_of_the_whole() {
+        assert_eq!(
+            sha256_hex_parts([&b"a"[..], b"", b"bc"]),
+            sha256_hex(b"abc")
+        );
+    }
+
+    #[test]
+    fn temp_names_are_recognised_exactly() {
+        let tmp = temp_name("stage1_last.safetensors", 4242);
+        assert_eq!(tmp, ".stage1_last.safetensors.4242.tmp");
+        assert_eq!(atomic_temp_pid(&tmp), Some(4242));
+        assert_eq!(atomic_temp_pid(".a.1.tmp"), Some(1));
+        for other in [
+            "stage1_last.safetensors",
+            ".tmp",
+            "..1.tmp",
+            ".a.tmp",
+            ".a.x1.tmp",
+            "a.1.tmp",
+            ".a.1.tmp.json",
+            ".a.-1.tmp",
+        ] {
+            assert_eq!(atomic_temp_pid(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn stale_temps_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // A write killed before its rename, by another process.
+        let stale = d.join(temp_name("crt_last.safetensors", u32::MAX - 1));
+        std::fs::write(&stale, b"half").unwrap();
+        // This process's own temp file (a write in flight) and other files stay.
+        let own = d.join(temp_name("x", std::process::id()));
+        std::fs::write(&own, b"in flight").unwrap();
+        for keep in ["crt_last.safetensors", "notes.tmp", ".hidden"] {
+            std::fs::write(d.join(keep), b"keep").unwrap();
+        }
+        std::fs::create_dir(d.join(".sub.7.tmp")).unwrap();
+        assert_eq!(remove_atomic_temps(d).unwrap(), vec![stale.clone()]);
+        assert!(!stale.exists() && own.exists() && d.join(".sub.7.tmp").is_dir());
+        assert_eq!(std::fs::read_dir(d).unwrap().count(), 5);
+        assert!(remove_atomic_temps(d).unwrap().is_empty());
+        assert!(remove_atomic_temps(&d.join("absent")).unwrap().is_empty());
     }
 
     #[test]
