@@ -38,8 +38,9 @@ pub enum DataError {
     #[error(transparent)]
     Fs(#[from] lt_core::fs::FsError),
 
-    /// An I/O error on a named file or directory.
-    #[error("{}: {source}", path.display())]
+    /// An I/O error on a named file or directory (the OS error is the
+    /// source, printed once by whoever prints the chain).
+    #[error("{}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
@@ -57,6 +58,19 @@ pub enum DataError {
         line: usize,
         /// What is wrong with the line.
         message: String,
+    },
+
+    /// The same image listed twice in a split list.
+    #[error("{}:{line}: `{image}` is already listed at line {first}", path.display())]
+    DuplicateEntry {
+        /// The list file.
+        path: PathBuf,
+        /// 1-based line of the repeat.
+        line: usize,
+        /// 1-based line where it was first listed.
+        first: usize,
+        /// The image path as listed.
+        image: String,
     },
 
     /// A label outside `0..num_classes`.
@@ -143,7 +157,7 @@ pub enum DataError {
     },
 
     /// A JSON file that does not parse or has the wrong shape.
-    #[error("{}: invalid JSON: {source}", path.display())]
+    #[error("{}: invalid JSON", path.display())]
     Json {
         /// The file.
         path: PathBuf,

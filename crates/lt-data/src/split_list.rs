@@ -77,19 +77,42 @@ pub fn parse_split_list(text: &str, list: &Path) -> Result<Vec<(SplitEntry, usiz
     Ok(out)
 }
 
-/// Reads a split list file into entries with their line numbers.
+/// An image listed twice (whatever its labels): an error naming the list
+/// and both lines. A repeated image would be drawn twice as often and could
+/// carry two labels.
+pub fn check_no_duplicates(entries: &[(SplitEntry, usize)], list: &Path) -> Result<()> {
+    let mut seen: std::collections::HashMap<&str, usize> =
+        std::collections::HashMap::with_capacity(entries.len());
+    for (e, line) in entries {
+        if let Some(&first) = seen.get(e.path.as_str()) {
+            return Err(DataError::DuplicateEntry {
+                path: list.to_path_buf(),
+                line: *line,
+                first,
+                image: e.path.clone(),
+            });
+        }
+        seen.insert(&e.path, *line);
+    }
+    Ok(())
+}
+
+/// Reads a split list file into entries with their line numbers; an image
+/// listed twice is an error ([`check_no_duplicates`]).
 pub fn read_split_entries(list: &Path) -> Result<Vec<(SplitEntry, usize)>> {
     let text = std::fs::read_to_string(list).map_err(|e| DataError::io(list, e))?;
     // A byte-order mark (editors on Windows write one) is not part of the
     // first path.
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    parse_split_list(text, list)
+    let entries = parse_split_list(text, list)?;
+    check_no_duplicates(&entries, list)?;
+    Ok(entries)
 }
 
 /// Reads a split list and resolves its paths against `image_root`.
 ///
 /// Checks, each failure naming the list file and line: every line has a
-/// label; every label is below `num_classes` (when given; otherwise the class
+/// label; no image is listed twice; every label is below `num_classes` (when given; otherwise the class
 /// count is the largest label + 1); every listed image exists; the split is
 /// not empty; and every class has at least one image (labels are contiguous).
 pub fn read_split_list(
@@ -421,5 +444,53 @@ mod tests {
         let e = read_split_entries(&p).unwrap();
         assert_eq!(e[0].0.path, std::path::PathBuf::from("a/x.jpg"));
         assert_eq!(e.len(), 2);
+    }
+
+    #[test]
+    fn an_image_listed_twice_names_the_list_and_both_lines() {
+        let (dir, list) = fixture();
+        // Same image, same or another label, with a blank line in between.
+        for text in [
+            "a/1.jpg 0\na/2.jpg 0\n\nb/3.jpg 1\na/2.jpg 0\n",
+            "a/1.jpg 0\na/2.jpg 0\n\nb/3.jpg 1\na/2.jpg 1\n",
+        ] {
+            std::fs::write(&list, text).unwrap();
+            for e in [
+                read_split_entries(&list).unwrap_err(),
+                read_split_list(&list, dir.path(), None).unwrap_err(),
+            ] {
+                assert!(
+                    matches!(
+                        e,
+                        DataError::DuplicateEntry {
+                            line: 5,
+                            first: 2,
+                            ..
+                        }
+                    ),
+                    "{e:?}"
+                );
+                let shown = e.to_string();
+                assert!(
+                    shown.contains(&format!("{}:5", list.display()))
+                        && shown.contains("a/2.jpg")
+                        && shown.contains("line 2"),
+                    "{shown}"
+                );
+            }
+        }
+        // The same file name in two folders is two images.
+        std::fs::write(&list, "a/1.jpg 0\nb/1.jpg 1\n").unwrap();
+        assert_eq!(read_split_entries(&list).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_missing_list_shows_the_os_error_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("absent.txt");
+        let e = read_split_entries(&p).unwrap_err();
+        let chain = lt_core::error_chain(&e);
+        assert!(chain.contains("absent.txt"), "{chain}");
+        assert_eq!(chain.matches("os error").count(), 1, "{chain}");
     }
 }
