@@ -231,32 +231,52 @@ pub(crate) fn fetch_cifar(opts: &FetchOptions, progress: &dyn Progress) -> Resul
         tracing::info!(dir = %staging.display(), "removing the leftovers of an interrupted run");
         std::fs::remove_dir_all(&staging).map_err(|e| DataError::io(&staging, e))?;
     }
-    let unpacked = staging.join("archive");
-    let files = source::unpack(&resolved.record.path, &unpacked, progress)?;
-    tracing::info!(files, "unpacked");
-    let layout = detect(&unpacked, kind)?;
-    let from_binary = matches!(layout, Layout::Binary(_));
-    if let Some(k) = resolved.known {
-        // A known archive must hold what the table says it holds.
-        if from_binary != (k.kind == ArchiveKind::CifarBinary) {
-            return Err(DataError::layout(
-                &resolved.record.path,
-                format!("{} unpacked to an unexpected layout", k.file_name),
-            ));
+    let staged = (|| -> Result<bool> {
+        let unpacked = staging.join("archive");
+        let files = source::unpack(&resolved.record.path, &unpacked, progress)?;
+        tracing::info!(files, "unpacked");
+        let layout = detect(&unpacked, kind)?;
+        let from_binary = matches!(layout, Layout::Binary(_));
+        if let Some(k) = resolved.known {
+            // A known archive must hold what the table says it holds.
+            if from_binary != (k.kind == ArchiveKind::CifarBinary) {
+                return Err(DataError::layout(
+                    &resolved.record.path,
+                    format!("{} unpacked to an unexpected layout", k.file_name),
+                ));
+            }
         }
-    }
-    let built = match layout {
-        Layout::Binary(bin) => {
-            let out = staging.join("built");
-            decode_release(&bin, kind, &out, progress)?;
-            out
+        let built = match layout {
+            Layout::Binary(bin) => {
+                let out = staging.join("built");
+                decode_release(&bin, kind, &out, progress)?;
+                out
+            }
+            Layout::Folder(top) => top,
+        };
+        for split in ["train", "test"] {
+            replace_dir(&built.join(split), &dir.join(split))?;
         }
-        Layout::Folder(top) => top,
+        Ok(from_binary)
+    })();
+    // The staging folder goes on failure too: it can hold a whole unpacked
+    // archive (121 MB for CIFAR-100 as images), and the next run redoes the
+    // unpacking anyway.
+    let removed = std::fs::remove_dir_all(&staging);
+    let from_binary = match staged {
+        Ok(b) => b,
+        Err(e) => {
+            match removed {
+                Ok(()) => tracing::info!(dir = %staging.display(), "removed the staging folder"),
+                Err(r) => tracing::warn!(
+                    dir = %staging.display(),
+                    "cannot remove the staging folder: {r}"
+                ),
+            }
+            return Err(e);
+        }
     };
-    for split in ["train", "test"] {
-        replace_dir(&built.join(split), &dir.join(split))?;
-    }
-    std::fs::remove_dir_all(&staging).map_err(|e| DataError::io(&staging, e))?;
+    removed.map_err(|e| DataError::io(&staging, e))?;
 
     // Index.
     progress.start("indexing", None, false);
@@ -475,6 +495,32 @@ mod tests {
         assert!(!dir.join(".staging").exists());
         assert!(dir.join("test/cat/00003.png").is_file());
         assert!(!dir.join("train/cat/stray.png").exists());
+    }
+
+    #[test]
+    fn a_failed_unpack_leaves_no_staging_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("data");
+        // An archive that unpacks but holds no CIFAR release ...
+        let junk = tar_gz(
+            tmp.path(),
+            "junk.tar.gz",
+            &[("notes/readme.txt".to_string(), vec![b'x'; 4096])],
+        );
+        // ... and one cut in the middle of its data.
+        let whole = std::fs::read(mini_release(tmp.path(), 60)).unwrap();
+        let cut = tmp.path().join("cut.tar.gz");
+        std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+        for src in [junk, cut] {
+            let e = fetch(&opts(&root, &src), &NoProgress).unwrap_err();
+            let staging = root.join("cifar10").join(".staging");
+            assert!(
+                !staging.exists(),
+                "{}: {} left after: {e}",
+                src.display(),
+                staging.display()
+            );
+        }
     }
 
     #[test]
