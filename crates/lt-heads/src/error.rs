@@ -98,7 +98,7 @@ pub enum HeadError {
     PoisonedVarMap,
 
     /// Reading or writing a file failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,

@@ -47,7 +47,7 @@ pub enum ModelError {
     InvalidConfig(String),
 
     /// A checkpoint file could not be read or parsed.
-    #[error("cannot read checkpoint {}: {source}", path.display())]
+    #[error("cannot read checkpoint {}", path.display())]
     ReadCheckpoint {
         /// The file.
         path: PathBuf,
