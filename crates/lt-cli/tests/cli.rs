@@ -144,10 +144,20 @@ fn every_command_end_to_end() {
     assert!(out.contains("lws: 1 of 1 epochs"), "{out}");
     assert!(run.join("checkpoints/crt_best.safetensors").is_file());
     assert!(run.join("checkpoints/lws_best.safetensors").is_file());
+    // The heads that followed decoupling train the same way.
+    for head in lt_train::heads::trained_names() {
+        if head == "crt" || head == "lws" {
+            continue;
+        }
+        let out = call(&["retrain", "--head", head]);
+        assert!(out.contains(&format!("{head}: 1 of 1 epochs")), "{out}");
+    }
 
     // Every head.
     let out = call(&["eval", "--head", "all"]);
-    for label in ["Joint", "NCM", "cRT", "τ-norm", "LWS"] {
+    for label in [
+        "Joint", "NCM", "cRT", "τ-norm", "LWS", "LA-cRT", "MiSLAS", "DisAlign", "WB",
+    ] {
         assert!(
             out.contains(&format!("| {label} |")),
             "{label} missing:\n{out}"
@@ -176,9 +186,11 @@ fn every_command_end_to_end() {
     assert_eq!(results["schema_version"], 2);
     let tau = heads.iter().find(|h| h["head"] == "tau_norm").unwrap();
     let curve = tau["tau_sweep"]["curve"].as_array().unwrap();
+    // NCM and DisAlign (whose scaling depends on the input) have no fixed
+    // class weights; every other head records their norms.
     assert!(heads
         .iter()
-        .filter(|h| h["head"] != "ncm")
+        .filter(|h| h["head"] != "ncm" && h["head"] != "disalign")
         .all(|h| h["weight_norms"].as_array().unwrap().len() == 5));
     assert_eq!(curve.len(), 21);
     assert!(results["stage1"]["best_val"]["epoch"].is_number());

@@ -245,6 +245,17 @@ fn the_whole_pipeline_on_two_ranks_matches_one_process() {
         "stage2.lws.epochs=1",
         "--set",
         "stage2.lws.batch_size=8",
+        // The other trained heads: one epoch of batch 8 each.
+        "--set",
+        "stage2.crt_la={ epochs = 1, batch_size = 8 }",
+        "--set",
+        "stage2.learned_tau={ epochs = 1, batch_size = 8 }",
+        "--set",
+        "stage2.mislas={ epochs = 1, batch_size = 8 }",
+        "--set",
+        "stage2.disalign={ epochs = 1, batch_size = 8 }",
+        "--set",
+        "stage2.wb={ epochs = 1, batch_size = 8 }",
     ];
     let run_args = |run: &Path, extra: &[&str]| {
         let mut a = train_args(&config, run, extra);
@@ -268,7 +279,14 @@ fn the_whole_pipeline_on_two_ranks_matches_one_process() {
     assert_eq!(heads(&a).len(), lt_train::heads::REGISTRY.len(), "{a}");
     for (x, y) in heads(&a).iter().zip(heads(&b)) {
         assert_eq!(x["head"], y["head"]);
-        assert_eq!(x["tau"], y["tau"]);
+        // A chosen tau is a grid value; a learned one agrees to rounding
+        // (gradients are averaged over ranks in another order).
+        match (x["tau"].as_f64(), y["tau"].as_f64()) {
+            (Some(p), Some(q)) => {
+                assert!((p - q).abs() < TOL as f64, "{}: tau {p} vs {q}", x["head"])
+            }
+            (p, q) => assert_eq!(p, q, "{}", x["head"]),
+        }
         for key in ["top1", "many", "medium", "few"] {
             let (p, q) = (x["evaluation"][key].as_f64(), y["evaluation"][key].as_f64());
             assert_eq!(p, q, "{} {key}", x["head"]);

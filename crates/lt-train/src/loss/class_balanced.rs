@@ -55,10 +55,20 @@ impl Loss for ClassBalancedLoss {
                 let target = classes
                     .broadcast_eq(&labels.unsqueeze(1)?)?
                     .to_dtype(logits.dtype())?;
-                let p = candle_nn::ops::softmax(logits, 1)?;
+                // PyTorch clamps both logs at -100 and its backward divides
+                // by max(p (1 - p), 1e-12). Here log p comes from
+                // log-softmax (exact, finite gradient) and log(1 - p) is
+                // taken of 1 - p + 1e-12, so no gradient is ever 1/0: the
+                // values agree to ~1e-12 unless a wrong class holds all the
+                // probability (where PyTorch's value is its clamp).
                 let floor = -100.0;
-                let log_p = p.log()?.maximum(floor)?;
-                let log_q = p.affine(-1.0, 1.0)?.log()?.maximum(floor)?;
+                let log_p = candle_nn::ops::log_softmax(logits, 1)?.maximum(floor)?;
+                let p = candle_nn::ops::softmax(logits, 1)?;
+                let log_q = p
+                    .affine(-1.0, 1.0)?
+                    .affine(1.0, 1e-12)?
+                    .log()?
+                    .maximum(floor)?;
                 let not_target = target.affine(-1.0, 1.0)?;
                 let bce = ((target * log_p)? + (not_target * log_q)?)?.neg()?;
                 bce.broadcast_mul(&w.unsqueeze(1)?)?.mean_all()

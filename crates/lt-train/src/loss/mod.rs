@@ -371,6 +371,21 @@ mod tests {
         // p = (0.8, 0.2) for label 0: -(ln 0.8 + ln 0.8) / 2.
         let z = [0.8f64.ln() as f32, 0.2f64.ln() as f32];
         assert!((value(cb.as_ref(), &z, 2, &[0]) + 0.8f64.ln()).abs() < 1e-6);
+        // Saturated probabilities (a wrong class holds all the mass) keep a
+        // finite loss and gradient.
+        let dev = candle_core::Device::Cpu;
+        let var = candle_core::Var::from_slice(&[0f32, 200.0, -200.0], (1, 3), &dev).unwrap();
+        let y = Tensor::new(&[0u32], &dev).unwrap();
+        let l = cb.forward(var.as_tensor(), &y, 0).unwrap();
+        assert!(l.to_scalar::<f32>().unwrap().is_finite());
+        let g = l
+            .backward()
+            .unwrap()
+            .get(&var)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        assert!(g.to_vec1::<f32>().unwrap().iter().all(|v| v.is_finite()));
         // Generalised re-weighting, counts 3 : 1, rho = 1: weights 0.5, 1.5,
         // weighted mean.
         let rw = build("reweighted", "rho = 1", &[3, 1]);
