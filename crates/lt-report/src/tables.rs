@@ -251,7 +251,7 @@ pub fn summary_markdown(
             .next()
             .unwrap_or("by training count");
         let _ = writeln!(md, "Split: {}. Groups: {rule}.\n", splits.join(", "));
-        md.push_str("| Sampler | Method | Many | Medium | Few | All | Seeds |\n");
+        md.push_str("| Stage 1 | Method | Many | Medium | Few | All | Seeds |\n");
         md.push_str("|---|---|---:|---:|---:|---:|---:|\n");
         for r in &ds_rows {
             let _ = writeln!(
@@ -270,8 +270,11 @@ pub fn summary_markdown(
         // The sampler x head matrix of All (the paper's sampling study).
         let heads = heads_of(ds_runs);
         let samplers = groups(ds_runs);
-        let _ = writeln!(md, "\nAll, stage-1 sampler × classifier:\n");
-        md.push_str("| Sampler |");
+        let _ = writeln!(
+            md,
+            "\nAll, stage 1 (sampler, or sampler and loss) × classifier:\n"
+        );
+        md.push_str("| Stage 1 |");
         for h in &heads {
             let _ = write!(md, " {} |", cell(&label_in(ds_runs, h)));
         }

@@ -357,9 +357,9 @@ fn report_of_a_sweep_has_every_table_and_plot() {
         100.0 * row.many.unwrap().std
     );
     assert!(md.contains(&expected), "{expected}\n{md}");
-    assert!(md.contains("| Sampler | Method | Many | Medium | Few | All | Seeds |"));
+    assert!(md.contains("| Stage 1 | Method | Many | Medium | Few | All | Seeds |"));
     assert!(
-        md.contains("| Sampler | Joint | NCM | cRT | τ-norm | LWS |"),
+        md.contains("| Stage 1 | Joint | NCM | cRT | τ-norm | LWS |"),
         "{md}"
     );
     if cfg!(feature = "plot") {
