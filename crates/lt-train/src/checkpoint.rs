@@ -10,6 +10,12 @@
 //! previous or the new checkpoint, never a mix. A copy of the metadata is
 //! also written next to it as `<name>.json` for people and tools; loading
 //! trusts only the copy inside the safetensors file.
+//!
+//! The metadata carries a SHA-256 of the tensors (names, dtypes, shapes and
+//! bytes; see [`lt_run::checkpoint_meta`]), verified on every load: a
+//! checkpoint changed on disk after it was written (a flipped bit, a
+//! partial copy) is an error naming the file. Checkpoints written before
+//! the checksum existed have none and load as before.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -18,6 +24,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 
 use crate::TrainError;
+use lt_run::checkpoint_meta::tensor_digest_record;
 pub use lt_run::checkpoint_meta::{FORMAT_VERSION, META_KEY};
 pub use lt_run::{BestMetric, CheckpointMeta, RngState};
 
@@ -89,6 +96,82 @@ fn first_non_finite<'a>(
     Ok(None)
 }
 
+/// [`CheckpointMeta::tensors_sha256`] of tensors given by name (any
+/// order), as safetensors views.
+fn tensors_sha256<V: safetensors::View>(tensors: &[(&str, V)]) -> String {
+    let mut sorted: Vec<&(&str, V)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let parts: Vec<(Vec<u8>, std::borrow::Cow<'_, [u8]>)> = sorted
+        .iter()
+        .map(|(name, v)| {
+            let data = v.data();
+            let record = tensor_digest_record(name, &v.dtype().to_string(), v.shape(), data.len());
+            (record, data)
+        })
+        .collect();
+    lt_core::fs::sha256_hex_parts(
+        parts
+            .iter()
+            .flat_map(|(record, data)| [record.as_slice(), data.as_ref()]),
+    )
+}
+
+/// Checks the tensors of a parsed safetensors file against the checksum in
+/// its metadata, when it has one.
+fn verify_checksum(
+    path: &Path,
+    file: &safetensors::SafeTensors<'_>,
+    meta: &CheckpointMeta,
+) -> Result<(), TrainError> {
+    let Some(expected) = &meta.tensors_sha256 else {
+        tracing::debug!(checkpoint = %path.display(), "no checksum (written by an older build)");
+        return Ok(());
+    };
+    let views = file.tensors();
+    let views: Vec<(&str, &safetensors::tensor::TensorView<'_>)> =
+        views.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let actual = tensors_sha256(&views);
+    if &actual != expected {
+        return Err(TrainError::Checkpoint(format!(
+            "{}: the tensors do not match the checksum written with them (sha256 {actual},              recorded {expected}): the file was changed or damaged after it was written",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Parses a checkpoint's bytes: its metadata (when it has ours) checked for
+/// version and checksum.
+fn parse_checked<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+    require_meta: bool,
+) -> Result<(safetensors::SafeTensors<'a>, Option<CheckpointMeta>), TrainError> {
+    let bad = |msg: String| TrainError::Checkpoint(format!("{}: {msg}", path.display()));
+    let file = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let Some(meta_json) = header.metadata().as_ref().and_then(|m| m.get(META_KEY)) else {
+        if require_meta {
+            return Err(bad(format!(
+                "no `{META_KEY}` metadata: not a training checkpoint"
+            )));
+        }
+        return Ok((file, None));
+    };
+    let meta =
+        CheckpointMeta::from_json(meta_json).map_err(|e| bad(format!("bad metadata: {e}")))?;
+    if meta.format_version != FORMAT_VERSION {
+        return Err(bad(format!(
+            "format version {} (expected {FORMAT_VERSION})",
+            meta.format_version
+        )));
+    }
+    verify_checksum(path, &file, &meta)?;
+    Ok((file, Some(meta)))
+}
+
 /// Writes a checkpoint atomically (see the module docs). A tensor holding a
 /// NaN or an infinity (parameters, BN statistics or optimiser state) is an
 /// error naming it, and nothing is written: the previous checkpoint stays.
@@ -111,7 +194,12 @@ pub fn save_checkpoint(
             path.display()
         )));
     }
-    let meta_json = serde_json::to_string(meta)
+    let views: Vec<(&str, &Tensor)> = all.iter().map(|(k, t)| (*k, t)).collect();
+    let meta = CheckpointMeta {
+        tensors_sha256: Some(tensors_sha256(&views)),
+        ..meta.clone()
+    };
+    let meta_json = serde_json::to_string(&meta)
         .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
     let info = HashMap::from([(META_KEY.to_string(), meta_json)]);
     let bytes = safetensors::tensor::serialize(all.iter().map(|(k, t)| (*k, t)), Some(info))
@@ -121,34 +209,19 @@ pub fn save_checkpoint(
 }
 
 /// Reads a checkpoint: all tensors (model and `momentum.*`) and its
-/// metadata. A tensor with a NaN or an infinity is an error naming the file
-/// and the tensor.
+/// metadata, the tensors checked against the metadata's checksum (when it
+/// has one). A mismatch, or a tensor with a NaN or an infinity, is an error
+/// naming the file.
 pub fn load_checkpoint(
     path: &Path,
     device: &Device,
 ) -> Result<(HashMap<String, Tensor>, CheckpointMeta), TrainError> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
     let bad = |msg: String| TrainError::Checkpoint(format!("{}: {msg}", path.display()));
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-    let meta_json = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(META_KEY))
-        .ok_or_else(|| {
-            bad(format!(
-                "no `{META_KEY}` metadata: not a training checkpoint"
-            ))
-        })?;
-    let meta: CheckpointMeta =
-        serde_json::from_str(meta_json).map_err(|e| bad(format!("bad metadata: {e}")))?;
-    if meta.format_version != FORMAT_VERSION {
-        return Err(bad(format!(
-            "format version {} (expected {FORMAT_VERSION})",
-            meta.format_version
-        )));
-    }
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
+    let (_, meta) = parse_checked(path, &bytes, true)?;
+    let meta = meta.expect("required above");
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| bad(format!("cannot load the tensors: {e}")))?;
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort_unstable();
     if let Some(name) = first_non_finite(names.into_iter().map(|k| (k.as_str(), &tensors[k])))? {
@@ -158,18 +231,15 @@ pub fn load_checkpoint(
 }
 
 /// Reads only the model tensors of a checkpoint or of a plain safetensors
-/// weight file (no metadata needed); optimiser state is dropped.
+/// weight file (no metadata needed; a checkpoint's checksum is verified);
+/// optimiser state is dropped.
 pub fn load_model_tensors(
     path: &Path,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>, TrainError> {
-    if !path.exists() {
-        return Err(TrainError::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
-        ));
-    }
-    let mut t = candle_core::safetensors::load(path, device)
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    parse_checked(path, &bytes, false)?;
+    let mut t = candle_core::safetensors::load_buffer(&bytes, device)
         .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
     t.retain(|k, _| !k.starts_with("momentum."));
     Ok(t)
@@ -198,6 +268,15 @@ mod tests {
             }),
             config_hash: "abc".into(),
             lr: 0.1,
+            tensors_sha256: None,
+        }
+    }
+
+    /// `m` without its checksum.
+    fn unsummed(m: CheckpointMeta) -> CheckpointMeta {
+        CheckpointMeta {
+            tensors_sha256: None,
+            ..m
         }
     }
 
@@ -223,10 +302,11 @@ mod tests {
         )]);
         save_checkpoint(&p, &model, &optim, &meta()).unwrap();
         let (tensors, m) = load_checkpoint(&p, &dev).unwrap();
-        assert_eq!(m, meta());
-        assert_eq!(tensors.len(), 2);
+        assert_eq!(m.tensors_sha256.as_ref().map(String::len), Some(64));
         let sidecar = CheckpointMeta::read_sidecar(&p).unwrap();
-        assert_eq!(sidecar, meta());
+        assert_eq!(sidecar, m);
+        assert_eq!(unsummed(m), meta());
+        assert_eq!(tensors.len(), 2);
 
         varmap
             .set_one(
@@ -240,6 +320,76 @@ mod tests {
 
         let model_only = load_model_tensors(&p, &dev).unwrap();
         assert_eq!(model_only.len(), 1);
+    }
+
+    /// A checkpoint of two tensors; returns its bytes.
+    fn two_tensors(p: &Path) -> Vec<u8> {
+        let dev = Device::Cpu;
+        let model = BTreeMap::from([
+            (
+                "fc.weight".to_string(),
+                Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &dev).unwrap(),
+            ),
+            (
+                "fc.bias".to_string(),
+                Tensor::new(&[0.5f32, -0.5], &dev).unwrap(),
+            ),
+        ]);
+        save_checkpoint(p, &model, &BTreeMap::new(), &meta()).unwrap();
+        std::fs::read(p).unwrap()
+    }
+
+    #[test]
+    fn a_changed_byte_fails_the_checksum_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("crt_last.safetensors");
+        let bytes = two_tensors(&p);
+        let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        // Every byte of the tensor data is covered, whatever value it takes.
+        for (at, xor) in [
+            (header_end, 0x01u8),
+            (bytes.len() - 1, 0x80),
+            (header_end + 9, 0x10),
+        ] {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= xor;
+            std::fs::write(&p, &flipped).unwrap();
+            for e in [
+                load_checkpoint(&p, &Device::Cpu).unwrap_err().to_string(),
+                load_model_tensors(&p, &Device::Cpu)
+                    .unwrap_err()
+                    .to_string(),
+            ] {
+                assert!(
+                    e.contains("crt_last.safetensors") && e.contains("checksum"),
+                    "byte {at}: {e}"
+                );
+            }
+        }
+        std::fs::write(&p, &bytes).unwrap();
+        load_checkpoint(&p, &Device::Cpu).unwrap();
+        // Same tensors, same checksum: it depends on the content only.
+        let q = dir.path().join("again.safetensors");
+        assert_eq!(two_tensors(&q), bytes);
+    }
+
+    #[test]
+    fn a_checkpoint_without_a_checksum_still_loads() {
+        // As written before the checksum existed: the metadata has no
+        // `tensors_sha256`.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("old.safetensors");
+        let dev = Device::Cpu;
+        let t = HashMap::from([("fc.weight", Tensor::new(&[1f32, 2.0], &dev).unwrap())]);
+        let json = serde_json::to_string(&meta()).unwrap();
+        assert!(!json.contains("sha256"), "{json}");
+        let info = HashMap::from([(META_KEY.to_string(), json)]);
+        let bytes =
+            safetensors::tensor::serialize(t.iter().map(|(k, v)| (*k, v)), Some(info)).unwrap();
+        std::fs::write(&p, bytes).unwrap();
+        let (tensors, m) = load_checkpoint(&p, &dev).unwrap();
+        assert_eq!(m, meta());
+        assert_eq!(tensors["fc.weight"].to_vec1::<f32>().unwrap(), [1.0, 2.0]);
     }
 
     #[test]

@@ -486,6 +486,8 @@ impl Trainer<'_> {
                 best: best.clone(),
                 config_hash: spec.config_hash.clone(),
                 lr,
+                // Filled in by `save_checkpoint`.
+                tensors_sha256: None,
             };
             // Only rank 0 writes: every rank holds the same weights, and the
             // sampler state is that of the global stream (no rank or world size
