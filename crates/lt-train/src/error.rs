@@ -24,10 +24,12 @@ pub enum TrainError {
     /// A checkpoint could not be written or read.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
-    /// The loss became NaN or infinite; the last good checkpoint is kept.
+    /// The loss became NaN or infinite; the last good checkpoint, if any, is
+    /// kept.
     #[error(
         "non-finite loss {loss} at epoch {epoch}, step {step} (global step {global_step}); \
-         training stopped, the last good checkpoint was kept"
+         training stopped, {}",
+        kept_note(.kept)
     )]
     NonFiniteLoss {
         /// Epoch (1-based).
@@ -38,6 +40,31 @@ pub enum TrainError {
         global_step: u64,
         /// The offending value.
         loss: f32,
+        /// Epoch of the last checkpoint of the stage, kept as it was; `None`
+        /// when the stage has none yet.
+        kept: Option<usize>,
+    },
+    /// The evaluation at the end of an epoch failed (diverged weights show
+    /// up here as non-finite logits); the last good checkpoint, if any, is
+    /// kept.
+    #[error(
+        "{stage}, epoch {epoch}: evaluation on {} failed{}; training stopped, {}",
+        .split.as_str(),
+        diverged_note(.source),
+        kept_note(.kept)
+    )]
+    EpochEvaluation {
+        /// The stage being trained.
+        stage: lt_core::Stage,
+        /// Epoch (1-based).
+        epoch: usize,
+        /// The evaluated split.
+        split: lt_core::Split,
+        /// Epoch of the last checkpoint of the stage, kept as it was.
+        kept: Option<usize>,
+        /// What failed.
+        #[source]
+        source: Box<TrainError>,
     },
     /// The requested device cannot be used.
     #[error("device: {0}")]
@@ -111,6 +138,27 @@ boxed_from!(
     lt_metrics::MetricsError => Metrics,
     lt_run::RunError => Run,
 );
+
+/// What a stopped stage left on disk.
+fn kept_note(kept: &Option<usize>) -> String {
+    match *kept {
+        Some(epoch) => format!("the last good checkpoint (epoch {epoch}) was kept"),
+        None => "there is no checkpoint of this stage to keep (it failed in its first epoch)"
+            .to_string(),
+    }
+}
+
+/// A hint when an evaluation failed on a NaN or infinite logit.
+fn diverged_note(e: &TrainError) -> &'static str {
+    match e {
+        TrainError::Metrics(m)
+            if matches!(**m, lt_metrics::MetricsError::NonFiniteLogit { .. }) =>
+        {
+            " (the weights diverged: lower the learning rate)"
+        }
+        _ => "",
+    }
+}
 
 impl TrainError {
     /// An I/O error on `path`.

@@ -322,6 +322,7 @@ impl Trainer<'_> {
                         step: i + 1,
                         global_step: global_step + 1,
                         loss: l,
+                        kept: (epoch > 0).then_some(epoch),
                     });
                 }
                 let mut grads = loss.backward()?;
@@ -418,15 +419,28 @@ impl Trainer<'_> {
             let [loss_sum, correct, seen] = totals;
 
             let evaluate_now = (epoch + 1) % spec.eval_every == 0 || epoch + 1 == spec.epochs;
+            // An evaluation error (diverged weights give non-finite logits)
+            // names the stage and the epoch; this epoch's checkpoint is not
+            // written.
+            let mut evaluate = |split: Split| -> Result<SplitMetrics, TrainError> {
+                let (e, loss) = model
+                    .evaluate(split)
+                    .map_err(|e| TrainError::EpochEvaluation {
+                        stage: stage.clone(),
+                        epoch: epoch + 1,
+                        split,
+                        kept: (epoch > 0).then_some(epoch),
+                        source: Box::new(e),
+                    })?;
+                Ok(SplitMetrics::of(&e, loss))
+            };
             let val = if evaluate_now && spec.eval_val {
-                let (e, loss) = model.evaluate(Split::Val)?;
-                Some(SplitMetrics::of(&e, loss))
+                Some(evaluate(Split::Val)?)
             } else {
                 None
             };
             let test = if evaluate_now && spec.eval_test {
-                let (e, loss) = model.evaluate(Split::Test)?;
-                Some(SplitMetrics::of(&e, loss))
+                Some(evaluate(Split::Test)?)
             } else {
                 None
             };

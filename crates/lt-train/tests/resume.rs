@@ -341,3 +341,54 @@ fn crt_and_lws_leave_every_backbone_parameter_bit_identical() {
         assert!(s2.contains_key(trained));
     }
 }
+
+#[test]
+fn divergence_names_the_stage_the_epoch_and_what_was_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::make_dataset(&data);
+    let stages = |lr: &str| format!("[stage1]\nepochs = 2\nbatch_size = 8\nlr = {lr}\n");
+    // Diverged in the first epoch: there is no good checkpoint to keep, and
+    // the message does not claim one.
+    let exp = open(&data, &tmp.path().join("a"), &stages("1e35"));
+    let err = lt_train::stage1::train_stage1(&exp, opts(StartMode::Fresh, None)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TrainError::NonFiniteLoss {
+                epoch: 1,
+                kept: None,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("no checkpoint of this stage to keep") && !msg.contains("was kept"),
+        "{msg}"
+    );
+    assert!(!exp.run.last_checkpoint("stage1").exists());
+    drop(exp);
+    // Weights that diverge without a non-finite loss show up as infinite
+    // logits in the validation at the end of the epoch: the error names the
+    // stage, the epoch and the split, down to the logit.
+    let exp = open(&data, &tmp.path().join("b"), &stages("1e6"));
+    let err = lt_train::stage1::train_stage1(&exp, opts(StartMode::Fresh, None)).unwrap_err();
+    let chain = lt_core::error_chain(&err);
+    match &err {
+        TrainError::EpochEvaluation {
+            stage, epoch, kept, ..
+        } => {
+            assert_eq!(stage, &lt_core::Stage::Stage1, "{chain}");
+            assert_eq!(*kept, (*epoch > 1).then_some(*epoch - 1), "{chain}");
+        }
+        other => panic!("expected an evaluation error naming the epoch, got {other}"),
+    }
+    assert!(
+        chain.contains("stage1, epoch ")
+            && chain.contains("evaluation on val failed")
+            && chain.contains("non-finite logit"),
+        "{chain}"
+    );
+}
