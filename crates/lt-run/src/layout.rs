@@ -67,6 +67,16 @@ impl RunDir {
         std::fs::create_dir_all(&ck).map_err(|e| FsError::new("creating directory", &ck, e))
     }
 
+    /// Removes the temp files that an atomic write killed before its rename
+    /// left in the root and in `checkpoints/` (see
+    /// [`lt_core::fs::remove_atomic_temps`]), and returns them. Call it only
+    /// while holding the directory's lock.
+    pub fn remove_stale_temps(&self) -> Result<Vec<PathBuf>, FsError> {
+        let mut removed = lt_core::fs::remove_atomic_temps(&self.root)?;
+        removed.extend(lt_core::fs::remove_atomic_temps(&self.checkpoints_dir())?);
+        Ok(removed)
+    }
+
     /// `config.toml`, or `config.<command>.toml` for commands other than stage 1.
     pub fn config_copy(&self, command: Option<&str>) -> PathBuf {
         match command {
@@ -128,4 +138,33 @@ impl RunDir {
 /// Path of the JSON copy of a checkpoint's metadata (`<name>.json`).
 pub fn checkpoint_meta_path(checkpoint: &Path) -> PathBuf {
     checkpoint.with_extension("json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_temps_of_the_root_and_the_checkpoints_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        assert!(run.remove_stale_temps().unwrap().is_empty());
+        run.create().unwrap();
+        let stale = [
+            run.checkpoints_dir()
+                .join(".crt_last.safetensors.4000000001.tmp"),
+            run.root().join(".results.json.4000000001.tmp"),
+        ];
+        for p in &stale {
+            std::fs::write(p, b"cut").unwrap();
+        }
+        let kept = run.last_checkpoint("crt");
+        std::fs::write(&kept, b"whole").unwrap();
+        let mut removed = run.remove_stale_temps().unwrap();
+        removed.sort();
+        let mut want = stale.to_vec();
+        want.sort();
+        assert_eq!(removed, want);
+        assert!(kept.is_file() && stale.iter().all(|p| !p.exists()));
+    }
 }

@@ -111,6 +111,9 @@ impl Experiment {
         device: candle_core::Device,
         dist: Dist,
     ) -> Result<Self, TrainError> {
+        // A config built or changed in code is checked like a loaded one,
+        // before anything is read or created.
+        config.validate()?;
         let d = &config.data;
         let train = lt_data::split_list::read_split_list(&d.train_list, &d.root, d.num_classes)?;
         let num_classes = train.num_classes();
@@ -165,7 +168,19 @@ impl Experiment {
         let config_hash = config.hash()?;
         let lock = if dist.is_main() {
             run.create()?;
-            Some(run.lock()?)
+            let lock = run.lock()?;
+            // Under the lock nobody else writes here: a temp file left by
+            // another process is the trace of a write killed mid-way.
+            let stale = run.remove_stale_temps()?;
+            if !stale.is_empty() {
+                let names: Vec<String> = stale.iter().map(|p| p.display().to_string()).collect();
+                tracing::info!(
+                    files = %names.join(", "),
+                    "removed {} temp file(s) of writes interrupted in an earlier run",
+                    stale.len()
+                );
+            }
+            Some(lock)
         } else {
             None
         };
