@@ -91,7 +91,9 @@ struct ConfigArgs {
 
 #[derive(Debug, Clone, Args)]
 struct StartArgs {
-    /// Continue from the last checkpoint of this stage.
+    /// Continue from the last checkpoint of this stage (`run`: every stage
+    /// continues from its checkpoint, a stage without one starts from the
+    /// beginning, a finished one is skipped).
     #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
     /// Start over, replacing an existing checkpoint of this stage.
@@ -105,11 +107,16 @@ struct StartArgs {
     /// number of ranks.
     #[arg(long, value_name = "N")]
     nproc_per_node: Option<usize>,
+    /// A stage of `run`: `--resume` continues whatever stage was reached.
+    #[arg(skip)]
+    in_pipeline: bool,
 }
 
 impl StartArgs {
     fn options(&self) -> RunOptions {
-        let start = if self.resume {
+        let start = if self.resume && self.in_pipeline {
+            StartMode::Continue
+        } else if self.resume {
             StartMode::Resume
         } else if self.overwrite {
             StartMode::Overwrite
@@ -346,15 +353,21 @@ fn run_launcher(nproc_per_node: usize) -> Result<()> {
 fn run(command: Command, out: &mut String) -> Result<()> {
     match command {
         Command::Run(a) => {
+            // With --resume, each stage continues from its checkpoint or,
+            // having none yet, starts: a pipeline killed anywhere goes on.
+            let start = StartArgs {
+                in_pipeline: true,
+                ..a.start.clone()
+            };
             let mut stages = vec![Command::Train(TrainArgs {
                 config: a.config.clone(),
-                start: a.start.clone(),
+                start: start.clone(),
             })];
             for h in heads::REGISTRY.iter().filter(|h| h.training().is_some()) {
                 stages.push(Command::Retrain(RetrainArgs {
                     config: a.config.clone(),
                     head: h.id(),
-                    start: a.start.clone(),
+                    start: start.clone(),
                 }));
             }
             stages.push(Command::Eval(EvalArgs {

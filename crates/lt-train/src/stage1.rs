@@ -18,7 +18,7 @@ use crate::model::Network;
 use crate::optim::SgdMomentum;
 use crate::seed::{derive_seed, Purpose};
 use crate::trainer::{
-    BatchSource, Checkpointer, MetricsLog, RunOptions, TrainModel, TrainReport, Trainer,
+    BatchSource, Checkpointer, Dependents, MetricsLog, RunOptions, TrainModel, TrainReport, Trainer,
 };
 use crate::TrainError;
 
@@ -152,6 +152,7 @@ pub fn train_stage1(exp: &Experiment, options: RunOptions) -> Result<TrainReport
         device: exp.device.clone(),
         dist: &exp.dist,
         checkpoints: Checkpointer::new(&exp.run, &Stage::Stage1, cfg.seed),
+        dependents: dependents(exp),
         log: MetricsLog::new(exp.run.metrics()),
         max_norm: s1.max_norm,
         mixup: s1
@@ -166,6 +167,26 @@ pub fn train_stage1(exp: &Experiment, options: RunOptions) -> Result<TrainReport
         &schedule,
         loss.as_ref(),
     )
+}
+
+/// What is built on stage 1 and goes when it starts over: every trained
+/// head's checkpoints (and their records in `metrics.jsonl`), `results.json`
+/// and `tau_sweep.json`.
+fn dependents(exp: &Experiment) -> Dependents {
+    let stages = crate::heads::REGISTRY
+        .iter()
+        .filter(|h| h.training().is_some())
+        .map(|h| {
+            let stage = Stage::Head(h.id());
+            let checkpoints = Checkpointer::new(&exp.run, &stage, exp.config.seed);
+            (stage, checkpoints)
+        })
+        .collect();
+    Dependents {
+        stages,
+        files: vec![exp.run.results(), exp.run.tau_sweep()],
+        always: true,
+    }
 }
 
 /// The stage-1 checkpoint later stages use, by `stage1.model_select`.

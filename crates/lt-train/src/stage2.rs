@@ -34,7 +34,7 @@ use crate::optim::SgdMomentum;
 use crate::seed::derive_seed_code;
 use crate::settings::Stage2Bn;
 use crate::trainer::{
-    BatchSource, Checkpointer, MetricsLog, RunOptions, TrainModel, TrainReport, Trainer,
+    BatchSource, Checkpointer, Dependents, MetricsLog, RunOptions, TrainModel, TrainReport, Trainer,
 };
 use crate::TrainError;
 
@@ -251,6 +251,11 @@ pub fn retrain(
         device: exp.device.clone(),
         dist: &exp.dist,
         checkpoints: Checkpointer::new(&exp.run, &stage, cfg.seed),
+        // `results.json` may hold the head's previous version.
+        dependents: Dependents {
+            files: vec![exp.run.results()],
+            ..Dependents::default()
+        },
         log: MetricsLog::new(exp.run.metrics()),
         max_norm: spec.max_norm,
         mixup: None,

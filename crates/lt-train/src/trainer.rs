@@ -46,6 +46,10 @@ pub enum StartMode {
     Resume,
     /// Start from scratch, replacing any previous checkpoint of this stage.
     Overwrite,
+    /// Continue from the last checkpoint when there is one, otherwise start
+    /// from scratch: what `lt-cli run --resume` does for every stage, so a
+    /// pipeline continues from whatever stage it had reached.
+    Continue,
 }
 
 /// How a training command runs.
@@ -98,16 +102,62 @@ impl Checkpointer {
         }
     }
 
-    /// Removes both checkpoints and their metadata copies.
-    fn remove(&self) -> Result<(), TrainError> {
-        for p in [&self.last, &self.best] {
-            for f in [p.clone(), checkpoint_meta_path(p)] {
-                if f.exists() {
-                    std::fs::remove_file(&f).map_err(|e| TrainError::io(&f, e))?;
-                }
+    /// The files of both checkpoints (with their metadata copies) that
+    /// exist.
+    fn existing(&self) -> Vec<PathBuf> {
+        [&self.last, &self.best]
+            .into_iter()
+            .flat_map(|p| [p.clone(), checkpoint_meta_path(p)])
+            .filter(|f| f.exists())
+            .collect()
+    }
+
+    /// Removes both checkpoints and their metadata copies; returns the
+    /// removed files.
+    fn remove(&self) -> Result<Vec<PathBuf>, TrainError> {
+        let files = self.existing();
+        for f in &files {
+            std::fs::remove_file(f).map_err(|e| TrainError::io(f, e))?;
+        }
+        Ok(files)
+    }
+}
+
+/// What is built on a stage's checkpoints, removed when the stage starts
+/// over, so that no later stage or result mixes in its old version.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Dependents {
+    /// Stages trained on it: their checkpoints and `metrics.jsonl` records.
+    pub stages: Vec<(Stage, Checkpointer)>,
+    /// Files computed from it (`results.json`, `tau_sweep.json`).
+    pub files: Vec<PathBuf>,
+    /// Whether they go even when the stage had no checkpoint of its own
+    /// (what is built on a stage 1 that is gone has nothing left to stand
+    /// on); otherwise only when a checkpoint of it is replaced.
+    pub always: bool,
+}
+
+impl Dependents {
+    /// Removes them; returns the removed files and the stages whose records
+    /// were dropped from the log.
+    fn remove(&self, metrics: &Path) -> Result<(Vec<PathBuf>, Vec<Stage>), TrainError> {
+        let mut removed = Vec::new();
+        let mut logged = Vec::new();
+        let records = read_records(metrics)?;
+        for (stage, checkpoints) in &self.stages {
+            removed.extend(checkpoints.remove()?);
+            if records.iter().any(|r| &r.stage == stage) {
+                truncate_records(metrics, stage, 0)?;
+                logged.push(stage.clone());
             }
         }
-        Ok(())
+        for f in &self.files {
+            if f.exists() {
+                std::fs::remove_file(f).map_err(|e| TrainError::io(f, e))?;
+                removed.push(f.clone());
+            }
+        }
+        Ok((removed, logged))
     }
 }
 
@@ -137,6 +187,8 @@ pub(crate) struct Trainer<'a> {
     pub device: Device,
     pub dist: &'a Dist,
     pub checkpoints: Checkpointer,
+    /// What goes when this stage starts over.
+    pub dependents: Dependents,
     pub log: MetricsLog,
     /// MaxNorm projection after the optimiser, if configured.
     pub max_norm: Option<MaxNormConfig>,
@@ -194,7 +246,7 @@ impl Trainer<'_> {
         let mut resumed_from = None;
         let mut last_val = None;
         let mut last_test = None;
-        match spec.options.start {
+        let resume = match spec.options.start {
             StartMode::Resume => {
                 if !last_path.exists() {
                     return Err(TrainError::Checkpoint(format!(
@@ -202,69 +254,97 @@ impl Trainer<'_> {
                         last_path.display()
                     )));
                 }
-                let (tensors, meta) = load_checkpoint(&last_path, &device)?;
-                if &meta.stage != stage {
-                    return Err(TrainError::Checkpoint(format!(
-                        "{}: holds stage `{}`, expected `{stage}`",
-                        last_path.display(),
-                        meta.stage
-                    )));
+                true
+            }
+            StartMode::Continue => {
+                let found = last_path.exists();
+                if !found {
+                    tracing::info!(
+                        stage = %stage,
+                        "no checkpoint at {} yet: starting the stage from the beginning",
+                        last_path.display()
+                    );
                 }
-                if meta.config_hash != spec.config_hash {
-                    return Err(TrainError::Checkpoint(format!(
-                        "{}: written with another config (hash {} vs {}); resuming would not \
+                found
+            }
+            StartMode::Fresh | StartMode::Overwrite => false,
+        };
+        if resume {
+            let (tensors, meta) = load_checkpoint(&last_path, &device)?;
+            if &meta.stage != stage {
+                return Err(TrainError::Checkpoint(format!(
+                    "{}: holds stage `{}`, expected `{stage}`",
+                    last_path.display(),
+                    meta.stage
+                )));
+            }
+            if meta.config_hash != spec.config_hash {
+                return Err(TrainError::Checkpoint(format!(
+                    "{}: written with another config (hash {} vs {}); resuming would not \
                      reproduce the run (use the same config and --set values, or start over \
                      with --overwrite)",
-                        last_path.display(),
-                        meta.config_hash,
-                        spec.config_hash
-                    )));
-                }
-                model.load(&tensors, &last_path)?;
-                opt.load_state_tensors(&tensors)?;
-                let state: SamplerState = meta
-                    .sampler
-                    .clone()
-                    .ok_or_else(|| {
-                        TrainError::Checkpoint(format!("{}: no sampler state", last_path.display()))
-                    })
-                    .and_then(|v| {
-                        serde_json::from_value(v).map_err(|e| {
-                            TrainError::Checkpoint(format!(
-                                "{}: bad sampler state: {e}",
-                                last_path.display()
-                            ))
-                        })
-                    })?;
-                sampler
-                    .restore(state)
-                    .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", last_path.display())))?;
-                start_epoch = meta.epoch;
-                global_step = meta.global_step;
-                best = meta.best.clone();
-                resumed_from = Some(meta.epoch);
-                if self.dist.is_main() {
-                    truncate_records(&metrics_path, stage, start_epoch)?;
-                }
-                tracing::info!(
-                    stage = %stage,
-                    epoch = start_epoch,
-                    global_step,
-                    "resumed from {}",
-                    last_path.display()
-                );
+                    last_path.display(),
+                    meta.config_hash,
+                    spec.config_hash
+                )));
             }
-            StartMode::Fresh | StartMode::Overwrite => {
-                if spec.options.start == StartMode::Fresh && last_path.exists() {
-                    return Err(TrainError::Checkpoint(format!(
-                        "{} already exists: pass --resume to continue that run or --overwrite to \
+            model.load(&tensors, &last_path)?;
+            opt.load_state_tensors(&tensors)?;
+            let state: SamplerState = meta
+                .sampler
+                .clone()
+                .ok_or_else(|| {
+                    TrainError::Checkpoint(format!("{}: no sampler state", last_path.display()))
+                })
+                .and_then(|v| {
+                    serde_json::from_value(v).map_err(|e| {
+                        TrainError::Checkpoint(format!(
+                            "{}: bad sampler state: {e}",
+                            last_path.display()
+                        ))
+                    })
+                })?;
+            sampler
+                .restore(state)
+                .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", last_path.display())))?;
+            start_epoch = meta.epoch;
+            global_step = meta.global_step;
+            best = meta.best.clone();
+            resumed_from = Some(meta.epoch);
+            if self.dist.is_main() {
+                truncate_records(&metrics_path, stage, start_epoch)?;
+            }
+            tracing::info!(
+                stage = %stage,
+                epoch = start_epoch,
+                global_step,
+                "resumed from {}",
+                last_path.display()
+            );
+        } else {
+            if spec.options.start == StartMode::Fresh && last_path.exists() {
+                return Err(TrainError::Checkpoint(format!(
+                    "{} already exists: pass --resume to continue that run or --overwrite to \
                      start over",
-                        last_path.display()
-                    )));
-                }
-                if self.dist.is_main() {
-                    self.checkpoints.remove()?;
-                    truncate_records(&metrics_path, stage, 0)?;
+                    last_path.display()
+                )));
+            }
+            if self.dist.is_main() {
+                let replaced = self.checkpoints.remove()?;
+                truncate_records(&metrics_path, stage, 0)?;
+                if !replaced.is_empty() || self.dependents.always {
+                    let (removed, logged) = self.dependents.remove(&metrics_path)?;
+                    if !removed.is_empty() || !logged.is_empty() {
+                        let names: Vec<String> =
+                            removed.iter().map(|p| p.display().to_string()).collect();
+                        let logged: Vec<String> = logged.iter().map(|s| s.to_string()).collect();
+                        tracing::info!(
+                            stage = %stage,
+                            removed = %names.join(", "),
+                            metrics_records_of = %logged.join(", "),
+                            "starting over: removed what was built on the previous {stage}"
+                        );
+                    }
                 }
             }
         }
