@@ -254,8 +254,14 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     if args.report_only {
         return write_report(&grid.out_dir);
     }
+    // Every cell's config is checked before anything is created or run: a
+    // bad value (a negative lr in a row's `set`) fails the sweep up front
+    // instead of leaving cell directories behind.
     for cell in &cells {
-        check_unchanged(&grid, cell, &grid.config_text(cell)?)?;
+        let text = grid.config_text(cell)?;
+        check_unchanged(&grid, cell, &text)?;
+        let origin = format!("{} cell {}", grid.path.display(), cell.name());
+        lt_train::config::ExperimentConfig::from_toml_str(&text, &origin)?;
     }
     let states: Vec<CellState> = cells.iter().map(|c| cell_state(c, &grid.heads)).collect();
     let total: usize = states

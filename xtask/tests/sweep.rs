@@ -75,6 +75,9 @@ run_dir = "runs/base"
 [data]
 root = "data"
 train_list = "train.txt"
+val_list = "val.txt"
+train_preset = "cifar_train"
+eval_preset = "cifar_eval"
 [model]
 arch = "resnet8"
 [stage1]
@@ -282,6 +285,41 @@ fn report_only_and_bad_grids() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("grid.toml") && err.contains("seeds"), "{err}");
     assert!(calls(d).is_empty());
+}
+
+#[cfg(unix)]
+#[test]
+fn a_bad_cell_config_fails_before_anything_is_created() {
+    let (dir, cli) = setup();
+    let d = dir.path();
+    let out = sweep(d, &cli, &["--set", "stage1.lr=-0.1"], None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stage1.lr") && err.contains("must be finite and > 0"),
+        "{err}"
+    );
+    assert!(err.contains("cell tiny/ib/seed0"), "{err}");
+    assert!(!d.join("out").exists(), "a cell directory was created");
+    assert!(calls(d).is_empty());
+}
+
+#[cfg(unix)]
+#[test]
+fn logs_carry_no_colour_codes_off_a_terminal() {
+    let (dir, cli) = setup();
+    // Stderr is a pipe here.
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(dir.path())
+        .args(["sweep", "grid.toml", "--dry-run", "--lt-cli"])
+        .arg(&cli)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("INFO") && err.contains("sweep"), "{err}");
+    assert!(!err.contains('\u{1b}'), "colour codes in {err:?}");
 }
 
 /// The tiny grid CI runs, with the real `lt-cli` on CIFAR-10-LT from
