@@ -499,7 +499,17 @@ fn run(command: Command, out: &mut String) -> Result<()> {
                     pct(p.report.as_ref().map(|r| r.top1)),
                 );
             }
-            outln!(out, "chosen tau = {}", sweep.chosen);
+            match sweep.selection {
+                lt_core::TauSelect::SweepOnVal => outln!(
+                    out,
+                    "chosen tau = {} (best top-1 on {})",
+                    sweep.chosen,
+                    sweep.select_split.as_str()
+                ),
+                lt_core::TauSelect::Fixed => {
+                    outln!(out, "tau = {} (fixed by eval.tau)", sweep.chosen)
+                }
+            }
             outln!(out, "wrote {}", exp.run.tau_sweep().display());
         }
         Command::Features(a) => {
