@@ -375,7 +375,7 @@ pub(crate) fn fetch_cifar(opts: &FetchOptions, progress: &dyn Progress) -> Resul
         );
         if shared > 0 {
             how.push_str(&format!(
-                "; classes {shared_classes:?} use every training image in {lt_name}, so their {shared} validation images are also in it"
+                "; classes {shared_classes:?} have fewer than {CIFAR_VAL_PER_CLASS} training images outside {lt_name}, so {shared} of their validation images are also in it"
             ));
             overlap_note.push(format!("r{rho}: classes {shared_classes:?}"));
         }
@@ -383,7 +383,7 @@ pub(crate) fn fetch_cifar(opts: &FetchOptions, progress: &dyn Progress) -> Resul
     }
     if !overlap_note.is_empty() {
         notes.push(format!(
-            "{ds}-LT validation lists: the head class keeps all its training images in the LT subset, so its {CIFAR_VAL_PER_CLASS} validation images come from the subset itself ({})",
+            "{ds}-LT validation lists: a class with fewer than {CIFAR_VAL_PER_CLASS} training images outside the LT subset (the head class, which keeps all of them, always) takes the rest of its validation images from the subset itself ({})",
             overlap_note.join("; ")
         ));
     }
