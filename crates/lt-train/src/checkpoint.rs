@@ -133,7 +133,8 @@ fn verify_checksum(
     let actual = tensors_sha256(&views);
     if &actual != expected {
         return Err(TrainError::Checkpoint(format!(
-            "{}: the tensors do not match the checksum written with them (sha256 {actual},              recorded {expected}): the file was changed or damaged after it was written",
+            "{}: the tensors do not match the checksum written with them (sha256 {actual}, \
+             recorded {expected}): the file was changed or damaged after it was written",
             path.display()
         )));
     }
@@ -361,7 +362,9 @@ mod tests {
                     .to_string(),
             ] {
                 assert!(
-                    e.contains("crt_last.safetensors") && e.contains("checksum"),
+                    e.contains("crt_last.safetensors")
+                        && e.contains("checksum")
+                        && !e.contains("  "),
                     "byte {at}: {e}"
                 );
             }
