@@ -379,7 +379,25 @@ fn run(command: Command, out: &mut String) -> Result<()> {
             }
         }
         Command::Heads => {
-            outln!(out, "{:<10} {:<8} {:<8} what", "head", "label", "stage");
+            // Columns as wide as their longest entry (labels hold non-ASCII
+            // characters such as τ: width in characters, not bytes).
+            let width = |f: fn(&dyn heads::HeadMethod) -> &'static str, title: &str| {
+                heads::REGISTRY
+                    .iter()
+                    .map(|h| f(*h).chars().count())
+                    .chain([title.len()])
+                    .max()
+                    .unwrap_or(0)
+            };
+            let (wn, wl) = (width(|h| h.name(), "head"), width(|h| h.label(), "label"));
+            let pad = |s: &str, w: usize| format!("{s}{}", " ".repeat(w - s.chars().count()));
+            outln!(
+                out,
+                "{}  {}  {:<7}  what",
+                pad("head", wn),
+                pad("label", wl),
+                "stage"
+            );
             for h in heads::REGISTRY {
                 let kind = if h.training().is_some() {
                     "trained"
@@ -388,9 +406,9 @@ fn run(command: Command, out: &mut String) -> Result<()> {
                 };
                 outln!(
                     out,
-                    "{:<10} {:<8} {:<8} {}",
-                    h.name(),
-                    h.label(),
+                    "{}  {}  {:<7}  {}",
+                    pad(h.name(), wn),
+                    pad(h.label(), wl),
                     kind,
                     h.about()
                 );

@@ -246,8 +246,11 @@ fn tau_figure(g: &[Run]) -> Option<Figure> {
     }
     let chosen: Vec<f64> = sweeps.iter().map(|s| s.chosen).collect();
     if let Some(t) = super::Stat::of(chosen) {
-        let select = first.select_split;
-        panel.marker = Some((t.mean, format!(" chosen τ = {:.2} (on {select})", t.mean)));
+        let how = match first.selection {
+            lt_core::TauSelect::Fixed => "fixed".to_string(),
+            lt_core::TauSelect::SweepOnVal => format!("chosen on {}", first.select_split),
+        };
+        panel.marker = Some((t.mean, format!(" τ = {:.2} ({how})", t.mean)));
     }
     Some(Figure::single(panel))
 }

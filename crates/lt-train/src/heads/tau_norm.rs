@@ -25,7 +25,7 @@ impl HeadMethod for TauNorm {
     }
 
     fn about(&self) -> &'static str {
-        "joint head with w_j / ||w_j||^tau, bias dropped, tau swept on val"
+        "joint head with w_j / ||w_j||^tau, bias dropped, tau swept on val (or fixed)"
     }
 
     fn build(&self, ctx: &HeadContext<'_>) -> Result<Built, TrainError> {
