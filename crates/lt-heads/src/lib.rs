@@ -57,6 +57,7 @@ use candle_core::Tensor;
 
 mod config;
 mod error;
+mod fold;
 mod linear;
 mod lws;
 mod ncm;
@@ -65,6 +66,7 @@ mod vars;
 
 pub use config::{CrtInit, NcmConfig, NcmDistance, NcmFeature, UnknownName};
 pub use error::HeadError;
+pub use fold::{Fold, LinearLayer};
 pub use linear::{pytorch_linear_init, LinearHead};
 pub use lt_core::TauBias;
 pub use lws::LwsHead;
@@ -88,6 +90,15 @@ pub trait Classifier {
     /// Reports plot the norm of each row.
     fn class_weights(&self) -> candle_core::Result<Option<Tensor>> {
         Ok(None)
+    }
+
+    /// The head as one plain linear layer `z = W f + b` with the same logits
+    /// (up to float rounding), or why it is not one (see [`Fold`]). Default:
+    /// refused, so a new head is never folded by accident.
+    fn fold(&self) -> candle_core::Result<Fold> {
+        Ok(Fold::Refused(
+            "the head does not say that its logits are a linear layer of the features".into(),
+        ))
     }
 }
 

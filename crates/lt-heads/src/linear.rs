@@ -219,7 +219,21 @@ impl Classifier for LinearHead {
         }
         Ok(Some(self.weight().clone()))
     }
+
+    fn fold(&self) -> candle_core::Result<crate::Fold> {
+        if self.cosine {
+            return Ok(crate::Fold::Refused(COSINE_NOT_LINEAR.into()));
+        }
+        Ok(crate::Fold::Linear(crate::LinearLayer {
+            weight: self.weight().detach(),
+            bias: self.bias().detach(),
+        }))
+    }
 }
+
+/// Why a cosine head does not fold into a linear layer.
+pub(crate) const COSINE_NOT_LINEAR: &str =
+    "a cosine head divides each feature vector by its norm, which no linear layer does";
 
 impl Module for LinearHead {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {

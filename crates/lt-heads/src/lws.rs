@@ -104,6 +104,20 @@ impl Classifier for LwsHead {
         let s = self.scales.as_tensor().unsqueeze(1)?;
         Ok(Some(self.weight.as_tensor().broadcast_mul(&s)?))
     }
+
+    fn fold(&self) -> candle_core::Result<crate::Fold> {
+        if self.cosine {
+            return Ok(crate::Fold::Refused(
+                crate::linear::COSINE_NOT_LINEAR.into(),
+            ));
+        }
+        crate::LinearLayer {
+            weight: self.weight.as_detached_tensor(),
+            bias: self.bias.as_detached_tensor(),
+        }
+        .scale_rows(&self.scales.as_detached_tensor())
+        .map(crate::Fold::Linear)
+    }
 }
 
 impl Module for LwsHead {

@@ -446,6 +446,27 @@ impl Classifier for NcmHead {
             NcmDistance::Cos => xc / self.dim() as f64,
         }
     }
+
+    /// Only NCM on raw features (`feature = "un"`) with the dot-product
+    /// score (`distance = "cos"`) is linear: `z_j = f . c_j / d`.
+    fn fold(&self) -> candle_core::Result<crate::Fold> {
+        let why = match (self.config.feature, self.config.distance) {
+            (NcmFeature::Un, NcmDistance::Cos) => {
+                let w = (&self.centroids / self.dim() as f64)?;
+                return Ok(crate::Fold::Linear(crate::LinearLayer::without_bias(&w)?));
+            }
+            (NcmFeature::L2n | NcmFeature::Cl2n, _) => format!(
+                "NCM with feature = \"{}\" normalises each feature vector (f / ||f||), which no \
+                 linear layer of the features does",
+                self.config.feature
+            ),
+            (NcmFeature::Un, NcmDistance::L2) => "NCM with distance = \"l2\" has the term \
+                 -||f||^2 in every logit, which differs from image to image (only \
+                 feature = \"un\" with distance = \"cos\" is linear)"
+                .to_string(),
+        };
+        Ok(crate::Fold::Refused(why))
+    }
 }
 
 impl Module for NcmHead {

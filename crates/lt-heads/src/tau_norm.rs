@@ -88,6 +88,16 @@ impl Classifier for TauNormHead {
     fn class_weights(&self) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(self.weight.clone()))
     }
+
+    fn fold(&self) -> candle_core::Result<crate::Fold> {
+        Ok(crate::Fold::Linear(match &self.bias {
+            Some(b) => crate::LinearLayer {
+                weight: self.weight.clone(),
+                bias: b.clone(),
+            },
+            None => crate::LinearLayer::without_bias(&self.weight)?,
+        }))
+    }
 }
 
 impl Module for TauNormHead {
