@@ -1,10 +1,11 @@
-//! Stage 2: re-train the classifier on the frozen stage-1 backbone.
+//! Stage 2: train a head on the frozen stage-1 backbone.
 //!
-//! * **cRT**: a linear head, re-initialised by default, trained with the
-//!   class-balanced sampler (class cycle, 4 per class).
-//! * **LWS**: per-class scales `s_j` on the frozen joint head
-//!   (`z_j = s_j (w_j . f + b_j)`), trained on the train set (not on val)
-//!   with the class-balanced sampler, as the official `cls_lws.yaml`.
+//! Every trained head of the registry ([`crate::heads`]: cRT, LWS, LA-cRT,
+//! learned τ, MiSLAS, DisAlign, WB, ...) runs through [`retrain`]: the head
+//! gives its classifier, its default settings (sampler, loss, BN mode,
+//! MaxNorm, ...) and any per-parameter learning-rate scales; this module
+//! builds the sampler, the loader or the feature cache, the optimiser and the
+//! schedule, and runs the shared epoch loop.
 //!
 //! Backbone parameters are never given to the optimiser and the features are
 //! detached before the head. With `bn = "train"` (the reference) the backbone
