@@ -46,8 +46,7 @@ impl Loss for ClassBalancedLoss {
             .index_select(&labels, 0)?;
         match self.form {
             CbForm::SoftmaxCe => {
-                let lsm = candle_nn::ops::log_softmax(logits, 1)?;
-                let nll = lsm.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+                let (_, nll) = super::log_softmax_and_nll(logits, &labels)?;
                 (nll * w)?.mean_all()
             }
             CbForm::SoftmaxBce => {
@@ -123,12 +122,7 @@ impl LossKind for ClassBalanced {
     ) -> Result<Box<dyn Loss>, ConfigError> {
         self.check(options)?;
         let beta = float_option(options, "beta", 0.9999, |_| true, "")?;
-        if let Some(c) = ctx.class_counts.iter().position(|&n| n == 0) {
-            return Err(ConfigError::at(
-                "kind",
-                format!("class {c} has no training image: its weight is infinite"),
-            ));
-        }
+        super::require_every_class(ctx.class_counts, "weight")?;
         Ok(Box::new(ClassBalancedLoss {
             weights: to_f32(effective_number_weights(ctx.class_counts, beta)),
             form: form_option(options)?,
@@ -181,12 +175,7 @@ impl LossKind for Reweighted {
     ) -> Result<Box<dyn Loss>, ConfigError> {
         self.check(options)?;
         let rho = float_option(options, "rho", 1.2, |_| true, "")?;
-        if let Some(c) = ctx.class_counts.iter().position(|&n| n == 0) {
-            return Err(ConfigError::at(
-                "kind",
-                format!("class {c} has no training image: its weight is infinite"),
-            ));
-        }
+        super::require_every_class(ctx.class_counts, "weight")?;
         Ok(Box::new(ReweightedLoss {
             weights: to_f32(inverse_frequency_weights(ctx.class_counts, rho)),
         }))

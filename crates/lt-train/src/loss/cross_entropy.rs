@@ -1,7 +1,7 @@
 //! Softmax cross-entropy, the reference loss of every stage, with optional
 //! label smoothing.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use super::{float_option, only_keys, Loss, LossContext, LossKind};
 use crate::config::ConfigError;
@@ -26,11 +26,7 @@ pub(crate) fn smoothed_cross_entropy(
     if eps == 0.0 {
         return candle_nn::loss::cross_entropy(logits, labels);
     }
-    let lsm = candle_nn::ops::log_softmax(logits, 1)?;
-    let nll = lsm
-        .gather(&labels.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?
-        .squeeze(1)?
-        .neg()?;
+    let (lsm, nll) = super::log_softmax_and_nll(logits, labels)?;
     let uniform = lsm.mean(1)?.neg()?;
     ((nll * (1.0 - eps))? + (uniform * eps)?)?.mean_all()
 }

@@ -73,8 +73,7 @@ impl Loss for LabelAwareSmoothingLoss {
         let eps = Tensor::new(self.epsilons.as_slice(), logits.device())?
             .to_dtype(logits.dtype())?
             .index_select(&labels, 0)?;
-        let lsm = candle_nn::ops::log_softmax(logits, 1)?;
-        let nll = lsm.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+        let (lsm, nll) = super::log_softmax_and_nll(logits, &labels)?;
         let uniform = lsm.mean(1)?.neg()?;
         let keep = eps.affine(-1.0, 1.0)?;
         ((nll * keep)? + (uniform * eps)?)?.mean_all()

@@ -138,12 +138,7 @@ impl LossKind for LdamDrw {
         let scale = float_option(options, "s", 30.0, any, "")?;
         let start = float_option(options, "drw_start", 0.8, any, "")?;
         let beta = float_option(options, "beta", 0.9999, any, "")?;
-        if let Some(c) = ctx.class_counts.iter().position(|&n| n == 0) {
-            return Err(ConfigError::at(
-                "kind",
-                format!("class {c} has no training image: its LDAM margin is infinite"),
-            ));
-        }
+        super::require_every_class(ctx.class_counts, "LDAM margin")?;
         let drw_from = drw_option(options)?.then(|| (start * ctx.epochs as f64).round() as usize);
         Ok(Box::new(LdamLoss {
             margins: Self::margins_f32(ctx.class_counts, max_m),

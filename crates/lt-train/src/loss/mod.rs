@@ -178,6 +178,32 @@ impl<'de> Deserialize<'de> for LossConfig {
     }
 }
 
+/// Fails, naming the first class without a training image, for the losses
+/// whose per-class quantity (`what`) is infinite at a count of 0.
+pub(crate) fn require_every_class(counts: &[usize], what: &str) -> Result<(), ConfigError> {
+    match counts.iter().position(|&n| n == 0) {
+        Some(c) => Err(ConfigError::at(
+            "kind",
+            format!("class {c} has no training image: its {what} is infinite"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Log-softmax of the logits `(B, C)` and each row's −log p of its label
+/// `(B,)`: the two terms every softmax loss here is made of.
+pub(crate) fn log_softmax_and_nll(
+    logits: &Tensor,
+    labels: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let lsm = candle_nn::ops::log_softmax(logits, 1)?;
+    let nll = lsm
+        .gather(&labels.to_dtype(candle_core::DType::U32)?.unsqueeze(1)?, 1)?
+        .squeeze(1)?
+        .neg()?;
+    Ok((lsm, nll))
+}
+
 /// A number option: its value (integers accepted), `default` when absent;
 /// `ok` checks the range, `range` says it in words.
 pub(crate) fn float_option(

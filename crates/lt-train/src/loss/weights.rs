@@ -43,8 +43,7 @@ pub fn weighted_cross_entropy(
     class_weights: &[f32],
 ) -> candle_core::Result<Tensor> {
     let labels = labels.to_dtype(DType::U32)?;
-    let lsm = candle_nn::ops::log_softmax(logits, 1)?;
-    let nll = lsm.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+    let (_, nll) = super::log_softmax_and_nll(logits, &labels)?;
     let w = Tensor::new(class_weights, logits.device())?
         .to_dtype(logits.dtype())?
         .index_select(&labels, 0)?;
