@@ -56,6 +56,21 @@ impl LinearLayer {
     }
 }
 
+impl crate::Classifier for LinearLayer {
+    fn logits(&self, features: &Tensor) -> candle_core::Result<Tensor> {
+        crate::vars::check_features("linear layer", features, self.weight.dim(1)?)?;
+        LinearLayer::logits(self, features)
+    }
+
+    fn class_weights(&self) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(self.weight.clone()))
+    }
+
+    fn fold(&self) -> candle_core::Result<Fold> {
+        Ok(Fold::Linear(self.clone()))
+    }
+}
+
 /// Whether a head folds into a linear layer ([`crate::Classifier::fold`]).
 #[derive(Debug, Clone)]
 pub enum Fold {

@@ -113,6 +113,14 @@ impl Classifier for DisAlignHead {
         let shift = conf.broadcast_mul(&self.margin.as_tensor().unsqueeze(0)?)?;
         (z * scale)? + shift
     }
+
+    fn fold(&self) -> candle_core::Result<lt_heads::Fold> {
+        Ok(lt_heads::Fold::Refused(
+            "DisAlign scales and shifts every logit by a per-image confidence \
+             sigmoid(v . f + c), which is not linear in the features"
+                .into(),
+        ))
+    }
 }
 
 impl TrainableHead for DisAlignHead {

@@ -207,6 +207,18 @@ impl Classifier for LearnedTauHead {
     fn class_weights(&self) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(self.scaled_weight()?))
     }
+
+    fn fold(&self) -> candle_core::Result<lt_heads::Fold> {
+        let weight = self.scaled_weight()?.detach();
+        Ok(lt_heads::Fold::Linear(if self.keep_bias {
+            lt_heads::LinearLayer {
+                weight,
+                bias: self.bias.as_detached_tensor(),
+            }
+        } else {
+            lt_heads::LinearLayer::without_bias(&weight)?
+        }))
+    }
 }
 
 impl TrainableHead for LearnedTauHead {

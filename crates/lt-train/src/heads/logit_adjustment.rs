@@ -53,6 +53,11 @@ impl Classifier for AdjustedHead {
         // The weights are the joint head's; only the biases move.
         self.head.class_weights()
     }
+
+    /// A bias shift of the joint head: `b_j - tau log pi_j`.
+    fn fold(&self) -> candle_core::Result<lt_heads::Fold> {
+        self.head.fold()?.map(|l| l.shift_bias(&self.shift))
+    }
 }
 
 impl HeadMethod for PosthocLogitAdjustment {

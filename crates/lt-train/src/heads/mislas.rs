@@ -128,6 +128,11 @@ impl Classifier for MislasHead {
         let s = self.scales.as_tensor().unsqueeze(1)?;
         Ok(Some(self.linear.weight().broadcast_mul(&s)?))
     }
+
+    fn fold(&self) -> candle_core::Result<lt_heads::Fold> {
+        let scales = self.scales.as_detached_tensor();
+        self.linear.fold()?.map(|l| l.scale_rows(&scales))
+    }
 }
 
 impl TrainableHead for MislasHead {

@@ -494,6 +494,9 @@ impl Classifier for TrainedClassifier {
     fn class_weights(&self) -> candle_core::Result<Option<candle_core::Tensor>> {
         self.0.class_weights()
     }
+    fn fold(&self) -> candle_core::Result<lt_heads::Fold> {
+        self.0.fold()
+    }
 }
 
 #[cfg(test)]
