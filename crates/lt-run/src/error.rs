@@ -53,4 +53,14 @@ pub enum RunError {
         #[source]
         source: serde_json::Error,
     },
+    /// A safetensors file without the metadata of an exported model.
+    #[error(
+        "{}: not an exported model (no `lt_export` metadata in its header); write one with \
+         `lt-cli export`",
+        path.display()
+    )]
+    NotExported {
+        /// The file.
+        path: PathBuf,
+    },
 }
