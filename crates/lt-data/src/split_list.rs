@@ -318,8 +318,80 @@ pub fn read_split_info(list: &Path) -> Result<SplitInfo> {
     serde_json::from_slice(&bytes).map_err(|e| DataError::Json { path: p, source: e })
 }
 
+/// The file of class names: one name per line, line `i` names class `i`.
+pub const CLASS_NAMES_FILE: &str = "classes.txt";
+
+/// Reads a [`CLASS_NAMES_FILE`]: one name per line (trimmed; blank lines at
+/// the end ignored), exactly `num_classes` of them.
+pub fn read_class_names(path: &Path, num_classes: usize) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut names: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
+    while names.last().is_some_and(|n| n.is_empty()) {
+        names.pop();
+    }
+    if let Some(i) = names.iter().position(|n| n.is_empty()) {
+        return Err(DataError::Parse {
+            path: path.to_path_buf(),
+            line: i + 1,
+            message: "empty class name".into(),
+        });
+    }
+    if names.len() != num_classes {
+        return Err(DataError::Parse {
+            path: path.to_path_buf(),
+            line: names.len(),
+            message: format!(
+                "{} class names for {num_classes} classes (one name per line, line i names \
+                 class i)",
+                names.len()
+            ),
+        });
+    }
+    Ok(names)
+}
+
+/// The class names of a split list: [`CLASS_NAMES_FILE`] next to the list,
+/// else in `root`; `None` when neither exists.
+pub fn find_class_names(
+    list: &Path,
+    root: &Path,
+    num_classes: usize,
+) -> Result<Option<(Vec<String>, PathBuf)>> {
+    let beside = list
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(CLASS_NAMES_FILE);
+    for file in [beside, root.join(CLASS_NAMES_FILE)] {
+        if file.is_file() {
+            return Ok(Some((read_class_names(&file, num_classes)?, file)));
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn class_names_one_per_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("lists/train.txt");
+        assert!(find_class_names(&list, dir.path(), 2).unwrap().is_none());
+        std::fs::write(dir.path().join(CLASS_NAMES_FILE), "cat\n dog \n\n").unwrap();
+        let (names, file) = find_class_names(&list, dir.path(), 2).unwrap().unwrap();
+        assert_eq!(names, ["cat", "dog"]);
+        assert_eq!(file, dir.path().join(CLASS_NAMES_FILE));
+        let e = find_class_names(&list, dir.path(), 3)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("classes.txt") && e.contains("2 class names for 3"),
+            "{e}"
+        );
+    }
     use super::*;
 
     fn touch(root: &Path, rel: &str) {
