@@ -35,7 +35,7 @@ use lt_samplers::{SamplerError, ShiftedTestSet, TestShift};
 
 use crate::eval::{evaluate_head, evaluate_head_scored, extract_features, Features};
 use crate::experiment::Experiment;
-use crate::heads::{Built, FeatureCache, HeadContext};
+use crate::heads::{FeatureCache, HeadContext};
 use crate::TrainError;
 
 fn eval_on(
@@ -367,22 +367,12 @@ pub fn export_features(
     head: &HeadId,
     out_dir: Option<&Path>,
 ) -> Result<Vec<PathBuf>, TrainError> {
-    let method = crate::heads::lookup(head.as_str())?;
-    let (net, path, epoch) = crate::stage1::load_selected(exp)?;
-    let stage1_features = FeatureCache::new(exp, &net.backbone, "stage1");
-    let ctx = HeadContext {
-        exp,
-        stage1: &net,
-        stage1_checkpoint: &path,
-        stage1_epoch: epoch,
-        features: &stage1_features,
-    };
-    let Built {
-        classifier,
+    let crate::export::HeadModel {
         backbone,
+        classifier,
         ..
-    } = method.build(&ctx)?;
-    let backbone = backbone.as_ref().unwrap_or(&net.backbone);
+    } = crate::export::build_head(exp, head)?;
+    let backbone = &backbone;
     let mut written = Vec::new();
     for &s in splits {
         let loader = exp.eval_loader(s)?;

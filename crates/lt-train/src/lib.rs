@@ -102,6 +102,7 @@ pub mod error;
 pub mod eval;
 pub mod evaluation;
 pub mod experiment;
+pub mod export;
 pub mod heads;
 pub mod loss;
 pub mod max_norm;
