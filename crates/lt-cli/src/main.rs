@@ -10,6 +10,9 @@
 //! lt-cli heads                                                        (every head, from the registry)
 //! lt-cli split-stats <list> [--image-root DIR] [--num-classes N]
 //! lt-cli report    <results dir>
+//! lt-cli predict   (--config X.toml | --run DIR | --model M.safetensors) (--images DIR | --list L)
+//!                  [--head HEAD] [--top-k 5] [--format jsonl|csv] [--out FILE]
+//! lt-cli export    (--config X.toml | --run DIR) [--head HEAD] --out M.safetensors
 //! ```
 //!
 //! `train`, `retrain` and `run` take `--nproc-per-node N` for data-parallel
@@ -22,7 +25,9 @@
 //! Only argument parsing and composition live here; everything else is in
 //! `lt-train` and the crates below it.
 
+mod export;
 mod launch;
+mod predict;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,6 +82,51 @@ enum Command {
         /// Directory holding run directories with results.json (e.g. runs/sweeps/tiny).
         results_dir: PathBuf,
     },
+    /// Top-k classes (names, probabilities) of images with a run's head or an
+    /// exported model; accuracy too on a split list.
+    Predict(predict::PredictArgs),
+    /// Write one safetensors file: the backbone and a head folded into a
+    /// plain linear layer `fc`, with its classes and preprocessing.
+    Export(export::ExportArgs),
+}
+
+/// A trained run: its config, or its directory (`<run>/config.toml`).
+#[derive(Debug, Clone, Args)]
+struct ModelSource {
+    /// Experiment config of the run (TOML).
+    #[arg(long, conflicts_with = "run")]
+    config: Option<PathBuf>,
+    /// Run directory (reads `<run>/config.toml`).
+    #[arg(long)]
+    run: Option<PathBuf>,
+    /// Override a config key (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+/// Opens the run of `--config` or `--run` (whose directory stays the one
+/// given, wherever it was trained from).
+fn open_source(source: &ModelSource, config_file: &str) -> Result<Experiment> {
+    let args = match (&source.config, &source.run) {
+        (Some(c), _) => ConfigArgs {
+            config: c.clone(),
+            set: source.set.clone(),
+        },
+        (None, Some(run)) => {
+            let config = run.join("config.toml");
+            if !config.is_file() {
+                bail!(
+                    "--run {}: no config.toml in it (is it a run directory?)",
+                    run.display()
+                );
+            }
+            let mut set = vec![format!("run_dir={:?}", run.display().to_string())];
+            set.extend(source.set.iter().cloned());
+            ConfigArgs { config, set }
+        }
+        (None, None) => bail!("give --config <run config> or --run <run dir> (or --model)"),
+    };
+    open(&args, config_file)
 }
 
 #[derive(Debug, Clone, Args)]
@@ -562,6 +612,8 @@ fn run(command: Command, out: &mut String) -> Result<()> {
             }
         }
         Command::SplitStats(a) => split_stats(out, &a)?,
+        Command::Predict(a) => predict::predict(&a, out)?,
+        Command::Export(a) => export::export(&a, out)?,
         Command::Report { results_dir } => {
             let r = lt_report::regenerate(&results_dir)
                 .with_context(|| format!("report of {}", results_dir.display()))?;
