@@ -39,6 +39,42 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Loading an exported model
+//!
+//! `lt-cli export` writes one safetensors file: the backbone's tensors, the
+//! chosen head folded into a plain linear layer `fc.weight` `(C, d)` /
+//! `fc.bias` `(C)` (it gives the head's logits: the export test checks every
+//! foldable head to 1e-5), and JSON metadata under the header key
+//! `lt_export` (arch, class names, preprocessing preset and normalisation,
+//! head, tau, source run). This crate alone runs it:
+//!
+//! ```
+//! # use candle_core::{DType, Device, Tensor};
+//! # use lt_models::{Arch, Backbone, BnMode};
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("model.safetensors");
+//! # let dev = Device::Cpu;
+//! # { // An exported file of a ResNet-8 with a 5-class head.
+//! #     let mut t: Vec<(String, Tensor)> = Backbone::new(Arch::ResNet8, &dev, 0)?.state_dict()?.into_iter().collect();
+//! #     t.push(("fc.weight".into(), Tensor::ones((5, 64), DType::F32, &dev)?));
+//! #     t.push(("fc.bias".into(), Tensor::zeros(5, DType::F32, &dev)?));
+//! #     let meta = std::collections::HashMap::from([("lt_export".to_string(), r#"{"arch":"resnet8"}"#.to_string())]);
+//! #     std::fs::write(&path, safetensors::tensor::serialize(t.iter().map(|(k, v)| (k.as_str(), v)), Some(meta))?)?;
+//! # }
+//! let bytes = std::fs::read(&path)?;
+//! let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
+//! let meta: serde_json::Value = serde_json::from_str(&header.metadata().as_ref().unwrap()["lt_export"])?;
+//! let arch: Arch = meta["arch"].as_str().unwrap().parse()?;
+//! let backbone = Backbone::new(arch, &dev, 0)?;
+//! backbone.load(&path)?; // every backbone tensor (fc.* is left to us)
+//! let fc = lt_models::store::read_safetensors(&path, &dev)?;
+//! let images = Tensor::zeros((2, 3, 32, 32), DType::F32, &dev)?; // preprocessed as the metadata says
+//! let features = backbone.forward_t(&images, BnMode::Eval)?;
+//! let logits = features.matmul(&fc["fc.weight"].t()?)?.broadcast_add(&fc["fc.bias"])?;
+//! assert_eq!(logits.dims(), &[2, 5]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Architectures
 //!
 //! | [`Arch`] (config name) | family | blocks per stage | feature dim | parameters (no fc) |
