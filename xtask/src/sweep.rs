@@ -71,11 +71,30 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(lt_core::fs::write_atomic(path, bytes)?)
 }
 
+/// The digest that identifies a cell's config: of its body, without the
+/// header comment, which names the grid file (moving or copying a grid must
+/// not orphan the cells it started).
+fn config_digest(text: &str) -> String {
+    let body = match text.split_once('\n') {
+        Some((first, rest)) if first.starts_with('#') => rest,
+        _ => text,
+    };
+    lt_core::fs::sha256_hex(body.as_bytes())
+}
+
 /// Refuses a cell whose config differs from the one it started with: its
-/// checkpoints and results belong to the old one.
+/// checkpoints and results belong to the old one. A digest written by an
+/// earlier build (of the whole text, header included) is accepted when it
+/// matches and rewritten in the current form.
 fn check_unchanged(grid: &Grid, cell: &Cell, text: &str) -> anyhow::Result<()> {
     if let Ok(old) = std::fs::read_to_string(cell.digest_path()) {
-        if old.trim() != lt_core::fs::sha256_hex(text.as_bytes()) {
+        let old = old.trim();
+        if old == lt_core::fs::sha256_hex(text.as_bytes()) {
+            write_atomic(
+                &cell.digest_path(),
+                format!("{}\n", config_digest(text)).as_bytes(),
+            )?;
+        } else if old != config_digest(text) {
             bail!(
                 "cell {}: its config changed since it started (grid {}); delete {} to redo \
                  the cell, or restore the grid",
@@ -99,8 +118,10 @@ fn prepare(grid: &Grid, cell: &Cell) -> anyhow::Result<PathBuf> {
         &cell.dir.join(CELL_FILE),
         &serde_json::to_vec_pretty(&cell.info)?,
     )?;
-    let digest = lt_core::fs::sha256_hex(text.as_bytes());
-    write_atomic(&cell.digest_path(), format!("{digest}\n").as_bytes())?;
+    write_atomic(
+        &cell.digest_path(),
+        format!("{}\n", config_digest(&text)).as_bytes(),
+    )?;
     Ok(cell.config_path())
 }
 
@@ -454,6 +475,17 @@ stage1.epochs = 10
             e.contains("changed") && e.contains("c10_r100/ib/seed0"),
             "{e}"
         );
+        // A digest of the whole text, as earlier builds wrote it, is accepted
+        // and rewritten without the header.
+        let full = g.config_text(cell).unwrap();
+        std::fs::write(cell.digest_path(), lt_core::fs::sha256_hex(full.as_bytes())).unwrap();
+        prepare(&g, cell).unwrap();
+        let digest = std::fs::read_to_string(cell.digest_path()).unwrap();
+        assert_eq!(digest.trim(), config_digest(&full));
+        // The same grid copied elsewhere (its header names another file)
+        // keeps the cells it started.
+        let g3 = Grid::parse(&text, &dir.path().join("copy.toml"), &[]).unwrap();
+        prepare(&g3, &g3.cells()[0]).unwrap();
     }
 
     #[test]
