@@ -960,10 +960,12 @@ pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<(), ConfigE
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
+    /// The smallest valid config (no file is read); other modules' tests
+    /// build on it too.
+    pub(crate) const MINIMAL: &str = r#"
 run_dir = "runs/x"
 [data]
 root = "data"

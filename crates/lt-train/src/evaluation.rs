@@ -414,22 +414,7 @@ mod tests {
     use candle_core::{Device, Tensor};
     use lt_samplers::Imbalance;
 
-    const CONFIG: &str = r#"
-run_dir = "runs/x"
-[data]
-root = "data"
-train_list = "train.txt"
-val_list = "val.txt"
-train_preset = "cifar_train"
-eval_preset = "cifar_eval"
-normalization = "cifar"
-[model]
-arch = "resnet8"
-[stage1]
-epochs = 2
-batch_size = 8
-lr = 0.1
-"#;
+    use crate::config::tests::MINIMAL as CONFIG;
 
     #[test]
     fn shifted_test_keys_default_and_bad_imbalances_name_the_key() {
