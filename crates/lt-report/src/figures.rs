@@ -2,25 +2,40 @@
 
 use std::path::{Path, PathBuf};
 
+use super::series::{class_order, mean_of, num_classes, per_class_mean, tau_curve};
 use super::{groups, heads_of, label_in, slug, summarize, ReportError, Run};
-use crate::plot::{save, Bars, Figure, LegendPosition, Panel, Series, PALETTE};
+use crate::html::InlinePlot;
+use crate::plot::{save_with_svg, Bars, Figure, LegendPosition, Panel, Series, PALETTE};
 
 /// Above this many classes the per-class curves are smoothed, or a
 /// thousand-class plot is a solid band.
 const SMOOTH_ABOVE: usize = 200;
 
-/// Writes every figure of `runs` under `plots_dir/<dataset>/` and returns the
-/// files. Figures that lack their data (no tau sweep, no weight norms) are
-/// skipped with a warning.
+/// Writes every figure of `runs` under `plots_dir/<dataset>/` and returns
+/// them (files and SVG text, for the HTML page). Figures that lack their
+/// data (no tau sweep, no weight norms) are skipped with a warning.
 pub(crate) fn write_plots(
     runs: &[Run],
     plots_dir: &Path,
     warnings: &mut Vec<String>,
-) -> Result<Vec<PathBuf>, ReportError> {
-    let mut files = Vec::new();
+) -> Result<Vec<InlinePlot>, ReportError> {
+    let mut plots = Vec::new();
+    let mut save = |fig: &Figure, stem: PathBuf, dataset: &str, sampler: Option<&str>, name| {
+        let (files, svg) = save_with_svg(fig, &stem)?;
+        plots.push(InlinePlot {
+            dataset: dataset.to_string(),
+            sampler: sampler.map(str::to_string),
+            name,
+            files,
+            svg,
+        });
+        Ok::<_, ReportError>(())
+    };
     for ds in runs.chunk_by(|a, b| a.dataset == b.dataset) {
-        let dir = plots_dir.join(slug(&ds[0].dataset));
+        let dataset = ds[0].dataset.as_str();
+        let dir = plots_dir.join(slug(dataset));
         for g in groups(ds) {
+            let sampler = Some(g[0].sampler.as_str());
             let tag = slug(&g[0].sampler);
             let what = format!("{} / {}", g[0].dataset, g[0].sampler_label);
             let figures = [
@@ -31,18 +46,28 @@ pub(crate) fn write_plots(
             ];
             for (name, fig, missing) in figures {
                 match fig {
-                    Some(fig) => files.extend(save(&fig, &dir.join(format!("{name}_{tag}")))?),
+                    Some(fig) => {
+                        let stem = dir.join(format!("{name}_{tag}"));
+                        save(&fig, stem, dataset, sampler, name)?;
+                    }
                     None => warnings.push(format!("{what}: no {missing}; plot `{name}` skipped")),
                 }
             }
             // Optional: only runs evaluated with `eval.shifted_test` have it.
             if let Some(fig) = shifted_figure(g) {
-                files.extend(save(&fig, &dir.join(format!("shifted_{tag}")))?);
+                let stem = dir.join(format!("shifted_{tag}"));
+                save(&fig, stem, dataset, sampler, "shifted")?;
             }
         }
-        files.extend(save(&sampler_figure(ds), &dir.join("samplers"))?);
+        save(
+            &sampler_figure(ds),
+            dir.join("samplers"),
+            dataset,
+            None,
+            "samplers",
+        )?;
     }
-    Ok(files)
+    Ok(plots)
 }
 
 /// Colour of a head: its position among the heads of the figure (the
@@ -50,37 +75,6 @@ pub(crate) fn write_plots(
 fn head_color(head: &str, heads: &[String]) -> [u8; 3] {
     let i = heads.iter().position(|h| h == head).unwrap_or(0);
     PALETTE[i % PALETTE.len()]
-}
-
-/// Class indices by training count, largest first (ties by index), when the
-/// runs carry counts for `classes` classes.
-fn class_order(g: &[Run], classes: usize) -> Option<Vec<usize>> {
-    let counts = g
-        .iter()
-        .filter_map(Run::train_counts)
-        .find(|c| c.len() == classes)?;
-    let mut order: Vec<usize> = (0..classes).collect();
-    order.sort_by_key(|&j| (std::cmp::Reverse(counts[j]), j));
-    Some(order)
-}
-
-/// Element-wise mean of equally long vectors, ignoring non-finite values.
-fn mean_of(vectors: &[&[f64]]) -> Vec<f64> {
-    let len = vectors.first().map_or(0, |v| v.len());
-    (0..len)
-        .map(|j| {
-            let (sum, n) = vectors
-                .iter()
-                .map(|v| v[j])
-                .filter(|x| x.is_finite())
-                .fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
-            if n == 0 {
-                f64::NAN
-            } else {
-                sum / n as f64
-            }
-        })
-        .collect()
 }
 
 /// Centred moving average over `window` values (finite ones only).
@@ -145,11 +139,7 @@ fn class_axis(g: &[Run], classes: usize) -> (Vec<usize>, usize, String) {
 /// (1) Per-class accuracy against class rank, one line per head.
 fn per_class_figure(g: &[Run]) -> Option<Figure> {
     let heads = heads_of(g);
-    let classes = g
-        .iter()
-        .flat_map(|r| &r.results.heads)
-        .map(|h| h.evaluation.per_class.len())
-        .find(|&c| c > 0)?;
+    let classes = Some(num_classes(g)).filter(|&c| c > 0)?;
     let (order, window, x_label) = class_axis(g, classes);
     let mut panel = Panel::new(
         format!(
@@ -164,19 +154,13 @@ fn per_class_figure(g: &[Run]) -> Option<Figure> {
     );
     panel.y_range = Some((-2.0, 102.0));
     for head in &heads {
-        let curves: Vec<&[f64]> = g
-            .iter()
-            .flat_map(|r| r.results.heads.iter().filter(|h| h.head == head.as_str()))
-            .map(|h| h.evaluation.per_class.as_slice())
-            .filter(|c| c.len() == classes)
-            .collect();
-        if curves.is_empty() {
+        let Some(mean) = per_class_mean(g, head, classes) else {
             continue;
-        }
+        };
         panel.series.push(Series::new(
             label_in(g, head),
             head_color(head, &heads),
-            ranked(&mean_of(&curves), &order, window, 100.0),
+            ranked(&mean, &order, window, 100.0),
         ));
     }
     (!panel.series.is_empty()).then(|| Figure::single(panel))
@@ -184,72 +168,36 @@ fn per_class_figure(g: &[Run]) -> Option<Figure> {
 
 /// (2) Tau-norm accuracy of many / medium / few / all against tau.
 fn tau_figure(g: &[Run]) -> Option<Figure> {
-    let sweeps: Vec<_> = g
-        .iter()
-        .filter_map(|r| {
-            r.results
-                .head("tau_norm")
-                .and_then(|h| h.tau_sweep.as_ref())
-        })
-        .filter(|s| !s.curve.is_empty())
-        .collect();
-    let first = sweeps.first()?;
-    let on_report = first.curve.iter().all(|p| p.report.is_some());
-    let split = if on_report {
-        first.report_split
-    } else {
-        first.select_split
-    }
-    .to_string();
-    type Pick = fn(&lt_run::SplitMetrics) -> Option<f64>;
-    let metrics: [(&str, Pick, [u8; 3]); 4] = [
-        ("Many", |m| m.many, PALETTE[0]),
-        ("Medium", |m| m.medium, PALETTE[1]),
-        ("Few", |m| m.few, PALETTE[2]),
-        ("All", |m| Some(m.top1), [0, 0, 0]),
+    let curve = tau_curve(g)?;
+    let metrics: [(&str, [u8; 3]); 4] = [
+        ("Many", PALETTE[0]),
+        ("Medium", PALETTE[1]),
+        ("Few", PALETTE[2]),
+        ("All", [0, 0, 0]),
     ];
     let mut panel = Panel::new(
         format!(
-            "{}, {}: τ-norm accuracy against τ ({split}, {})",
+            "{}, {}: τ-norm accuracy against τ ({}, {})",
             g[0].dataset,
             g[0].sampler_label,
-            seeds_note(sweeps.len())
+            curve.split,
+            seeds_note(curve.runs)
         ),
         "τ",
         "accuracy (%)",
     );
     panel.legend = LegendPosition::LowerRight;
-    for (name, pick, color) in metrics {
-        let points = first
-            .curve
+    for (k, (name, color)) in metrics.into_iter().enumerate() {
+        let points = curve
+            .points
             .iter()
-            .map(|p0| {
-                let values: Vec<f64> = sweeps
-                    .iter()
-                    .filter_map(|s| s.curve.iter().find(|p| (p.tau - p0.tau).abs() < 1e-9))
-                    .filter_map(|p| {
-                        let m = if on_report {
-                            p.report.as_ref()
-                        } else {
-                            Some(&p.select)
-                        };
-                        m.and_then(pick)
-                    })
-                    .collect();
-                let mean = super::Stat::of(values).map_or(f64::NAN, |s| s.mean);
-                (p0.tau, 100.0 * mean)
-            })
+            .map(|(tau, v)| (*tau, 100.0 * v[k]))
             .collect();
         let mut s = Series::new(name, color, points);
         s.markers = true;
         panel.series.push(s);
     }
-    let chosen: Vec<f64> = sweeps.iter().map(|s| s.chosen).collect();
-    if let Some(t) = super::Stat::of(chosen) {
-        let how = match first.selection {
-            lt_core::TauSelect::Fixed => "fixed".to_string(),
-            lt_core::TauSelect::SweepOnVal => format!("chosen on {}", first.select_split),
-        };
+    if let Some((t, how)) = &curve.chosen {
         panel.marker = Some((t.mean, format!(" τ = {:.2} ({how})", t.mean)));
     }
     Some(Figure::single(panel))
@@ -554,13 +502,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn means_and_smoothing_skip_gaps() {
-        let a = [1.0, f64::NAN, 3.0];
-        let b = [3.0, f64::NAN, 5.0];
-        let m = mean_of(&[&a, &b]);
-        assert_eq!(m[0], 2.0);
-        assert!(m[1].is_nan());
-        assert_eq!(m[2], 4.0);
+    fn smoothing_skips_gaps() {
         assert_eq!(smooth(&[1.0, 2.0, 3.0, 10.0], 3), vec![1.5, 2.0, 5.0, 6.5]);
         assert_eq!(smooth(&[1.0, f64::NAN, 3.0], 3), vec![1.0, 2.0, 3.0]);
         assert_eq!(

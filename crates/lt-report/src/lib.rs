@@ -16,6 +16,7 @@
 //! | `runs.csv`, `runs.json` | one row per run and head: Many / Medium / Few / All, top-5, macro accuracy, ECE, tau |
 //! | `summary.csv`, `summary.json` | mean and sample std over seeds per dataset, sampler and head |
 //! | `summary.md` | the paper's tables (percent, mean ± std), the shifted-test tables, and links to the plots |
+//! | `report.html` | everything on one self-contained page (see below) |
 //! | `shifted.csv` | one row per run, method and shifted test set (runs evaluated with `eval.shifted_test`) |
 //! | `plots/<dataset>/per_class_<sampler>.{png,svg}` | per-class accuracy against class rank by training count, one line per head |
 //! | `plots/<dataset>/reliability_<sampler>.{png,svg}` | reliability diagram of every head: accuracy against confidence per bin, with the diagonal, ECE in each title |
@@ -31,6 +32,17 @@
 //! record; classifier weight norms are those `results.json` records (files
 //! of schema version 1 have none: a warning, no plot). Without the `plot`
 //! feature only the tables are written.
+//!
+//! `report.html` ([`HTML_FILE`]) is one page per results directory (a run
+//! or a sweep), readable offline: per dataset the class statistics, the
+//! Many / Medium / Few / All table and the stage 1 × classifier matrix,
+//! every figure above inline as SVG, the τ curve, shifted-test and
+//! per-class tables; then every run with its heads and resolved config, the
+//! warnings, and the command and version that wrote it ([`Provenance`]).
+//! It uses no script, no external stylesheet, font or image, and escapes
+//! every string it shows ([`escape`]). It is built from the same runs,
+//! summary rows and drawn figures as the other files, so it shows the same
+//! numbers.
 //!
 //! ```
 //! use lt_core::stats::{ClassStats, GroupRule};
@@ -73,11 +85,15 @@
 
 #![warn(missing_docs)]
 
+mod html;
 mod input;
+mod series;
 mod shifted;
 mod table;
 mod tables;
 
+#[cfg(feature = "plot")]
+pub mod class_counts;
 #[cfg(feature = "plot")]
 mod figures;
 #[cfg(feature = "plot")]
@@ -88,6 +104,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+pub use html::{escape, Provenance, HTML_FILE};
 pub use input::find_runs;
 pub use lt_run::layout::{CELL_FILE, RESULTS_FILE};
 pub use shifted::{shifted_csv, shifted_table};
@@ -463,7 +480,7 @@ pub struct ReportSummary {
     pub runs: usize,
     /// The seed statistics behind the tables.
     pub rows: Vec<SummaryRow>,
-    /// Table files (CSV, JSON, markdown).
+    /// Table files (CSV, JSON, markdown) and the HTML page ([`HTML_FILE`]).
     pub tables: Vec<PathBuf>,
     /// Plot files (PNG and SVG; empty without the `plot` feature).
     pub plots: Vec<PathBuf>,
@@ -471,10 +488,20 @@ pub struct ReportSummary {
     pub warnings: Vec<String>,
 }
 
-/// Reads every run under `results_dir` and writes the tables and plots into
-/// `<results_dir>/report/` (see the module docs). Fails when there is no run,
-/// a results file is malformed, or a file cannot be written.
+/// Reads every run under `results_dir` and writes the tables, plots and
+/// the HTML page into `<results_dir>/report/` (see the module docs); the
+/// page names this process's command line and the workspace version. Fails
+/// when there is no run, a results file is malformed, or a file cannot be
+/// written.
 pub fn regenerate(results_dir: &Path) -> Result<ReportSummary, ReportError> {
+    regenerate_with(results_dir, &Provenance::of_this_process())
+}
+
+/// [`regenerate`], with the command and version the HTML page names.
+pub fn regenerate_with(
+    results_dir: &Path,
+    provenance: &Provenance,
+) -> Result<ReportSummary, ReportError> {
     let runs = load_runs(results_dir)?;
     if runs.is_empty() {
         return Err(ReportError::NoRuns(results_dir.to_path_buf()));
@@ -484,12 +511,13 @@ pub fn regenerate(results_dir: &Path) -> Result<ReportSummary, ReportError> {
     let mut warnings: Vec<String> = runs.iter().flat_map(|r| r.warnings.clone()).collect();
 
     #[cfg(feature = "plot")]
-    let plots = figures::write_plots(&runs, &out_dir.join("plots"), &mut warnings)?;
+    let drawn = figures::write_plots(&runs, &out_dir.join("plots"), &mut warnings)?;
     #[cfg(not(feature = "plot"))]
-    let plots: Vec<PathBuf> = {
+    let drawn: Vec<html::InlinePlot> = {
         warnings.push("no plots: lt-report was built without its `plot` feature".into());
         Vec::new()
     };
+    let plots: Vec<PathBuf> = drawn.iter().flat_map(|p| p.files.clone()).collect();
 
     let run_rows = RunRow::from_runs(&runs, results_dir);
     let mut files: Vec<(&str, Vec<u8>)> = vec![
@@ -508,6 +536,16 @@ pub fn regenerate(results_dir: &Path) -> Result<ReportSummary, ReportError> {
     if runs.iter().any(|r| r.results.shifted_test.is_some()) {
         files.push(("shifted.csv", shifted_csv(&runs, results_dir).into_bytes()));
     }
+    let page = html::page(&html::PageInput {
+        runs: &runs,
+        rows: &rows,
+        plots: &drawn,
+        results_dir,
+        out_dir: &out_dir,
+        provenance,
+        warnings: &warnings,
+    });
+    files.push((HTML_FILE, page.into_bytes()));
     let mut tables = Vec::new();
     for (name, bytes) in files {
         let path = out_dir.join(name);

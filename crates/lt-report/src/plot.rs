@@ -334,13 +334,19 @@ pub fn render_svg(fig: &Figure) -> Result<String, ReportError> {
 /// Writes `<stem>.png` and `<stem>.svg` (each atomically) and returns their
 /// paths.
 pub fn save(fig: &Figure, stem: &Path) -> Result<[PathBuf; 2], ReportError> {
+    save_with_svg(fig, stem).map(|(paths, _)| paths)
+}
+
+/// [`save`], also returning the SVG document it wrote (the HTML report
+/// inlines it rather than drawing the figure twice).
+pub fn save_with_svg(fig: &Figure, stem: &Path) -> Result<([PathBuf; 2], String), ReportError> {
     let png_path = stem.with_extension("png");
     let svg_path = stem.with_extension("svg");
     let png = render_png(fig).map_err(|e| e.with_path(&png_path))?;
     let svg = render_svg(fig).map_err(|e| e.with_path(&svg_path))?;
     crate::write_file(&png_path, &png)?;
     crate::write_file(&svg_path, svg.as_bytes())?;
-    Ok([png_path, svg_path])
+    Ok(([png_path, svg_path], svg))
 }
 
 fn check_size(fig: &Figure) -> Result<(), ReportError> {
