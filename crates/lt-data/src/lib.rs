@@ -7,6 +7,7 @@
 //! | [`split_list`] | `relative/path label` lists (ImageNet-LT / Places-LT / iNaturalist format), read with checks, written atomically with a JSON summary |
 //! | [`cifar`] | the official CIFAR-10 / CIFAR-100 binary releases |
 //! | [`image_folder`] | `<root>/<split>/<class>/<file>` folders |
+//! | [`scaffold`] | a folder of one's own images (or a split list) to checked, stratified, seeded train / val / test lists (`lt-cli init`) |
 //! | [`longtail`] | exponential / step profiles, the exact LDAM-DRW (NumPy) subset, balanced validation hold-outs |
 //! | [`decode`] | JPEG / PNG to 8-bit RGB (grayscale, CMYK, alpha handled; truncated files rejected) |
 //! | [`transform`] | the reference augmentation presets and normalisations |
@@ -93,6 +94,7 @@ pub mod image_folder;
 pub mod loader;
 pub mod longtail;
 pub mod rng;
+pub mod scaffold;
 pub mod split_list;
 pub mod transform;
 

@@ -15,6 +15,9 @@ use rand_chacha::ChaCha8Rng;
 pub const AUGMENT: u64 = 0x6175_676d_656e_7401;
 /// Purpose tag of the validation hold-out draw (`a` = 0, `b` = class).
 pub const HOLDOUT: u64 = 0x686f_6c64_6f75_7402;
+/// Purpose tag of the train / val / test split of `lt-cli init` (`a` = 0,
+/// `b` = class).
+pub const SPLIT: u64 = 0x7370_6c69_7400_0003;
 
 /// The stream for `(seed, purpose, a, b)`.
 pub fn stream(seed: u64, purpose: u64, a: u64, b: u64) -> ChaCha8Rng {

@@ -39,6 +39,7 @@
 //! order. How "dataset order" is recovered for each archive is described by
 //! [`cifar_file_order_note`] and in the source of the CIFAR step.
 
+pub mod auto;
 mod cifar;
 mod lists;
 mod source;
