@@ -22,6 +22,7 @@
 //! | [`mixup`] | stage-1 mixup, drawn per batch from a seeded stream |
 //! | [`stage2`] | any trained head on the frozen backbone (`bn = train | eval`, cached-feature fast path) |
 //! | [`evaluation`] | every requested head from one stage-1 checkpoint, `results.json`, feature export |
+//! | [`scaffold`] | a ready config for a data set of one's own (`lt-cli init`), written through the config types and parsed back |
 //! | [`sweep`] | grids of experiments: parsing, cell configs, the steps left in each cell (`cargo xtask sweep` runs them) |
 //! | [`trainer`] | the shared epoch loop, built from parts: evaluation, best / last checkpoints, `metrics.jsonl`, `--resume`, non-finite loss stop |
 //! | [`dist`] | data-parallel training: communicators (in-process, TCP, NCCL), gradient averaging, SyncBN, the launch environment |
@@ -110,6 +111,7 @@ pub mod mixup;
 pub mod model;
 pub mod optim;
 pub mod progress;
+pub mod scaffold;
 pub mod schedule;
 pub mod seed;
 pub mod settings;
