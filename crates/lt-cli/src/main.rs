@@ -13,6 +13,7 @@
 //! lt-cli predict   (--config X.toml | --run DIR | --model M.safetensors) (--images DIR | --list L)
 //!                  [--head HEAD] [--top-k 5] [--format jsonl|csv] [--out FILE]
 //! lt-cli export    (--config X.toml | --run DIR) [--head HEAD] --out M.safetensors
+//! lt-cli init      <image folder | split list> [--out DIR] [--val-fraction F] [--test-fraction F]
 //! ```
 //!
 //! `train`, `retrain` and `run` take `--nproc-per-node N` for data-parallel
@@ -26,6 +27,8 @@
 //! `lt-train` and the crates below it.
 
 mod export;
+mod fetch_missing;
+mod init;
 mod launch;
 mod predict;
 
@@ -88,6 +91,10 @@ enum Command {
     /// Write one safetensors file: the backbone and a head folded into a
     /// plain linear layer `fc`, with its classes and preprocessing.
     Export(export::ExportArgs),
+    /// From a folder of images (one sub-folder per class) or a split list:
+    /// stratified train / val / test lists, classes.txt, class statistics
+    /// and a histogram, and a ready config for `run`.
+    Init(init::InitArgs),
 }
 
 /// A trained run: its config, or its directory (`<run>/config.toml`).
@@ -320,6 +327,17 @@ fn main() -> ExitCode {
     init_logging(if rank == 0 { &cli.log } else { "warn" });
     if rank != 0 {
         lt_train::progress::set_hidden(true);
+    }
+    // A CIFAR data set that a `run` or `train` config names and that is
+    // missing is fetched first, once, by the process that starts the
+    // command (not by each rank).
+    if dist_env.is_none() && std::env::var_os(launch::CHILD_ENV).is_none() {
+        if let Command::Run(a) | Command::Train(a) = &cli.command {
+            if let Err(e) = fetch_missing::ensure(&a.config) {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
     }
     if let Some(n) = launch_request(&cli.command) {
         if std::env::var_os(launch::CHILD_ENV).is_none() {
@@ -614,6 +632,7 @@ fn run(command: Command, out: &mut String) -> Result<()> {
         Command::SplitStats(a) => split_stats(out, &a)?,
         Command::Predict(a) => predict::predict(&a, out)?,
         Command::Export(a) => export::export(&a, out)?,
+        Command::Init(a) => init::init(&a, out)?,
         Command::Report { results_dir } => {
             let r = lt_report::regenerate(&results_dir)
                 .with_context(|| format!("report of {}", results_dir.display()))?;
