@@ -50,7 +50,8 @@ fn parse_dataset(s: &str) -> Result<FetchDataset, String> {
 
 /// indicatif bars for [`Progress`]; hidden automatically when stderr is not
 /// a terminal.
-struct Bars {
+#[derive(Default)]
+pub(crate) struct Bars {
     bar: Mutex<Option<ProgressBar>>,
 }
 

@@ -3,6 +3,8 @@
 //!
 //! * `fetch-data`: download or take a local archive, verify its sha256,
 //!   unpack, index, and write the split lists (see [`fetch_data`]).
+//! * `lt-folder`: a long-tailed folder of images (one sub-folder per class)
+//!   cut from CIFAR, to try `lt-cli init` on (see [`lt_folder`]).
 //! * `sweep`: run a grid of experiments through `lt-cli`, resumably, and
 //!   write its tables and plots (see [`sweep`]).
 
@@ -10,6 +12,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod fetch_data;
+mod lt_folder;
 mod sweep;
 
 /// Project tasks.
@@ -27,6 +30,9 @@ enum Command {
     /// Run a grid of experiments (datasets x samplers x seeds x heads) and
     /// write its tables and plots; rerun to resume.
     Sweep(sweep::SweepArgs),
+    /// Write a long-tailed folder of images (one sub-folder per class) cut
+    /// from CIFAR, fetching CIFAR first when it is missing.
+    LtFolder(lt_folder::LtFolderArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,5 +48,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::FetchData(args) => fetch_data::run(args),
         Command::Sweep(args) => sweep::run(args),
+        Command::LtFolder(args) => lt_folder::run(args),
     }
 }
