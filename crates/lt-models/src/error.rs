@@ -55,6 +55,16 @@ pub enum ModelError {
         source: candle_core::Error,
     },
 
+    /// A PyTorch checkpoint is damaged, is not a checkpoint, or holds no
+    /// state dict (see [`crate::torch_import`]).
+    #[error("cannot read PyTorch checkpoint {}: {reason}", path.display())]
+    TorchCheckpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A checkpoint file could not be written (or renamed into place).
     #[error("cannot write checkpoint {}: {reason}", path.display())]
     WriteCheckpoint {

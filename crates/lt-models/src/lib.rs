@@ -129,6 +129,13 @@
 //! prefixes, converts dtypes, and reports every missing, unexpected or
 //! mis-shaped key in one [`ModelError::IncompatibleCheckpoint`] without
 //! touching the model ([`store`]).
+//!
+//! PyTorch checkpoints load as they are, without Python: [`Backbone::load`]
+//! and [`Backbone::load_pretrained`] read `.pth` / `.pth.tar` files (both
+//! `torch.save` formats) as well as safetensors, recognising torchvision
+//! state dicts, training checkpoints wrapping one (`state_dict`), and the
+//! classifier-balancing release (`feat_model` / `classifier`);
+//! [`torch_import::convert`] writes one as safetensors ([`torch_import`]).
 
 pub mod arch;
 pub mod backbone;
@@ -142,6 +149,7 @@ pub mod precision;
 pub mod resnet;
 pub mod store;
 pub mod sync_bn;
+pub mod torch_import;
 
 pub use arch::{Arch, ArchConfig};
 pub use backbone::Backbone;

@@ -181,20 +181,22 @@ impl ParamStore {
     }
 
     /// Loads a checkpoint written by [`ParamStore::save`] (or any file with
-    /// exactly the model's keys, see the module docs for what is ignored).
+    /// exactly the model's keys, see the module docs for what is ignored;
+    /// a PyTorch `.pth` is read too, see [`crate::torch_import`]).
     /// Missing, unexpected and mis-shaped keys are all reported in one error.
     pub fn load(&self, path: impl AsRef<Path>) -> Result<LoadReport> {
         let path = path.as_ref();
-        let tensors = read_safetensors(path, &self.device)?;
+        let tensors = crate::torch_import::read_weights(path, &self.device)?;
         self.load_state_dict(tensors, &path.display().to_string(), true)
     }
 
     /// Loads pretrained weights, e.g. a torchvision ImageNet checkpoint
-    /// converted to safetensors: like [`ParamStore::load`] but keys the model
-    /// does not have are skipped with a warning (and listed in the report).
+    /// (`.pth`, or converted to safetensors): like [`ParamStore::load`] but
+    /// keys the model does not have are skipped with a warning (and listed
+    /// in the report).
     pub fn load_pretrained(&self, path: impl AsRef<Path>) -> Result<LoadReport> {
         let path = path.as_ref();
-        let tensors = read_safetensors(path, &self.device)?;
+        let tensors = crate::torch_import::read_weights(path, &self.device)?;
         self.load_state_dict(tensors, &path.display().to_string(), false)
     }
 
@@ -305,6 +307,36 @@ pub fn save_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()>
     })();
     if result.is_err() {
         // Best effort: the temporary file may not exist if the write failed early.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory,
+/// flushed to disk and renamed into place (as [`save_atomic`]).
+pub(crate) fn write_bytes_atomic(bytes: &[u8], path: &Path) -> Result<()> {
+    let write_err = |reason: String| ModelError::WriteCheckpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| write_err("the path has no file name".into()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp: PathBuf = path.with_file_name(tmp_name);
+    let result = (|| {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)
+            .map_err(|e| write_err(format!("creating {}: {e}", tmp.display())))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| write_err(format!("writing {}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| write_err(format!("renaming {} into place: {e}", tmp.display())))
+    })();
+    if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
