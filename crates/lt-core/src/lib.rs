@@ -7,6 +7,7 @@
 //! | [`head`] | [`HeadId`]: the name of a classifier head (`joint`, `crt`, ...) |
 //! | [`stage`] | [`Stage`]: the name of a training stage (`stage1` or a trained head) |
 //! | [`fs`] | atomic file writes and SHA-256 hashing |
+//! | [`classes`] | class names (`classes.txt`) |
 //!
 //! Keeping these here lets the data, metrics, report and sweep crates agree on
 //! names without depending on the training crate (and on candle).
@@ -25,6 +26,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod classes;
 pub mod fs;
 pub mod head;
 pub mod split;

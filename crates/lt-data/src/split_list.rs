@@ -319,38 +319,21 @@ pub fn read_split_info(list: &Path) -> Result<SplitInfo> {
 }
 
 /// The file of class names: one name per line, line `i` names class `i`.
-pub const CLASS_NAMES_FILE: &str = "classes.txt";
+pub use lt_core::classes::CLASS_NAMES_FILE;
 
 /// Reads a [`CLASS_NAMES_FILE`]: one name per line (trimmed; blank lines at
-/// the end ignored), exactly `num_classes` of them.
+/// the end ignored), exactly `num_classes` of them
+/// ([`lt_core::classes::parse_class_names`]).
 pub fn read_class_names(path: &Path, num_classes: usize) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut names: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
-    while names.last().is_some_and(|n| n.is_empty()) {
-        names.pop();
-    }
-    if let Some(i) = names.iter().position(|n| n.is_empty()) {
-        return Err(DataError::Parse {
-            path: path.to_path_buf(),
-            line: i + 1,
-            message: "empty class name".into(),
-        });
-    }
-    if names.len() != num_classes {
-        return Err(DataError::Parse {
-            path: path.to_path_buf(),
-            line: names.len(),
-            message: format!(
-                "{} class names for {num_classes} classes (one name per line, line i names \
-                 class i)",
-                names.len()
-            ),
-        });
-    }
-    Ok(names)
+    lt_core::classes::parse_class_names(&text, num_classes).map_err(|e| DataError::Parse {
+        path: path.to_path_buf(),
+        line: e.line,
+        message: e.message,
+    })
 }
 
 /// The class names of a split list: [`CLASS_NAMES_FILE`] next to the list,
