@@ -297,7 +297,8 @@ fn dataset_section(
         escape(rule)
     );
 
-    class_statistics(h, ds);
+    let names = class_names(ds);
+    class_statistics(h, ds, &names);
 
     // The Many / Medium / Few / All table.
     h.push_str("<h3>Many / Medium / Few / All</h3>\n<table class=\"summary\">\n");
@@ -357,8 +358,9 @@ fn dataset_section(
     }
     h.push_str("</table>\n");
 
+    let names = names.ok().flatten();
     for (j, g) in samplers.iter().enumerate() {
-        sampler_section(h, i, j, g, plots, out_dir);
+        sampler_section(h, i, j, g, plots, out_dir, names.as_ref());
     }
 
     let whole: Vec<&InlinePlot> = plots
@@ -374,10 +376,42 @@ fn dataset_section(
     h.push_str("</section>\n");
 }
 
+/// The class names of a dataset and their file: [`CLASS_NAMES_FILE`]
+/// beside the training list that the first run's `data.json` names (a
+/// relative list path is taken from the working directory, as training
+/// took it). `Ok(None)` without a file; the file's error in words.
+///
+/// [`CLASS_NAMES_FILE`]: lt_core::classes::CLASS_NAMES_FILE
+fn class_names(ds: &[Run]) -> Result<Option<(Vec<String>, PathBuf)>, String> {
+    let Ok(info) = lt_run::DataInfo::read(&lt_run::RunDir::new(&ds[0].dir).data_info()) else {
+        return Ok(None);
+    };
+    let file = Path::new(&info.train.list)
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(lt_core::classes::CLASS_NAMES_FILE);
+    if !file.is_file() {
+        return Ok(None);
+    }
+    let classes = ds[0].results.train_class_counts.len();
+    std::fs::read_to_string(&file)
+        .map_err(|e| e.to_string())
+        .and_then(|text| {
+            lt_core::classes::parse_class_names(&text, classes).map_err(|e| e.to_string())
+        })
+        .map(|names| Some((names, file.clone())))
+        .map_err(|e| format!("{}: {e}", file.display()))
+}
+
 /// Classes, images, imbalance ratio and group sizes of the training split
-/// (from the first run of the dataset), and the other splits' sizes when
-/// the run directory has its `data.json`.
-fn class_statistics(h: &mut String, ds: &[Run]) {
+/// (from the first run of the dataset), the other splits' sizes when the
+/// run directory has its `data.json`, the class names' file, and the
+/// class-count histogram.
+fn class_statistics(
+    h: &mut String,
+    ds: &[Run],
+    names: &Result<Option<(Vec<String>, PathBuf)>, String>,
+) {
     let r = &ds[0].results;
     let stats = ClassStats::from_counts(r.train_class_counts.clone());
     h.push_str("<h3>Class statistics</h3>\n<table class=\"classes\">\n");
@@ -420,7 +454,34 @@ fn class_statistics(h: &mut String, ds: &[Run]) {
         }
         row(h, "training list", info.train.list.clone());
     }
+    match names {
+        Ok(Some((_, file))) => row(h, "class names", file.display().to_string()),
+        Ok(None) => row(h, "class names", "none (class ids)".into()),
+        Err(e) => row(h, "class names", format!("not read: {e}")),
+    }
     h.push_str("</table>\n");
+    #[cfg(feature = "plot")]
+    {
+        let shown: &[String] = match names {
+            Ok(Some((n, _))) => n,
+            _ => &[],
+        };
+        let fig = crate::class_counts::class_counts_figure(
+            &format!("{}: training images per class", ds[0].dataset),
+            shown,
+            counts,
+            &r.group_rule_config,
+        );
+        if let Ok(svg) = crate::plot::render_svg(&fig) {
+            w!(
+                h,
+                "<figure class=\"plot\" data-plot=\"class_counts\">\n{}\n\
+                 <figcaption>class_counts (classes by training images, coloured by \
+                 group)</figcaption>\n</figure>\n",
+                inline_svg(&svg)
+            );
+        }
+    }
 }
 
 /// One stage-1 sampler of a dataset: its figures and tables.
@@ -431,6 +492,7 @@ fn sampler_section(
     g: &[Run],
     plots: &[InlinePlot],
     out_dir: &Path,
+    names: Option<&(Vec<String>, PathBuf)>,
 ) {
     w!(
         h,
@@ -500,7 +562,7 @@ fn sampler_section(
             }
         }
     }
-    per_class_table(h, g);
+    per_class_table(h, g, names.map(|(n, _)| n.as_slice()));
     h.push_str("</section>\n");
 }
 
@@ -559,7 +621,7 @@ fn tau_table(h: &mut String, g: &[Run]) {
 
 /// Per-class accuracy of every head (mean over seeds), classes by training
 /// count, in a collapsed block.
-fn per_class_table(h: &mut String, g: &[Run]) {
+fn per_class_table(h: &mut String, g: &[Run], names: Option<&[String]>) {
     let classes = num_classes(g);
     if classes == 0 {
         return;
@@ -573,11 +635,13 @@ fn per_class_table(h: &mut String, g: &[Run]) {
     let counts = class_counts(g, classes);
     let groups: Option<Vec<ShotGroup>> =
         counts.map(|c| ClassStats::from_counts(c.to_vec()).groups(&g[0].results.group_rule_config));
+    let names = names.filter(|n| n.len() == classes);
     w!(
         h,
         "<details><summary>Per-class accuracy ({} classes, by training images)</summary>\n\
-         <table class=\"per-class\">\n<tr><th>Class</th><th>Training images</th><th>Group</th>",
-        classes
+         <table class=\"per-class\">\n<tr><th>Class</th>{}<th>Training images</th><th>Group</th>",
+        classes,
+        if names.is_some() { "<th>Name</th>" } else { "" }
     );
     for (label, _) in &means {
         w!(h, "<th>{}</th>", escape(label));
@@ -585,6 +649,9 @@ fn per_class_table(h: &mut String, g: &[Run]) {
     h.push_str("</tr>\n");
     for &c in &order {
         w!(h, "<tr><td class=\"n\">{c}</td>");
+        if let Some(n) = names {
+            h.push_str(&text_cell(&n[c]));
+        }
         match counts {
             Some(n) => {
                 w!(h, "<td class=\"n\">{}</td>", n[c]);

@@ -24,6 +24,9 @@ use lt_samplers::{Imbalance, Strategy, TestShift};
 /// A dataset name, head label and config text a careless page would break on.
 const NASTY: &str = "<script>alert('x')</script> & \"q\"";
 
+/// A class name to escape.
+const CLASS: &str = "<b>bold</b> & co";
+
 const PER_CLASS: usize = 10;
 
 /// Training counts of `c` classes: 200 * 0.6^j.
@@ -198,9 +201,22 @@ fn sweep_run(root: &Path, sampler: &str, order: usize, seed: u64) -> PathBuf {
         total: counts.iter().sum(),
         counts,
     };
+    // The class names, beside the training list (one of them unkind).
+    let data = root.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let names: Vec<String> = (0..C)
+        .map(|j| {
+            if j == 3 {
+                CLASS.to_string()
+            } else {
+                format!("class{j}")
+            }
+        })
+        .collect();
+    std::fs::write(data.join("classes.txt"), names.join("\n")).unwrap();
     DataInfo {
         num_classes: C,
-        train: split("data/tiny/train.txt", counts(C)),
+        train: split(&data.join("train.txt").display().to_string(), counts(C)),
         val: Some(split("data/tiny/val.txt", vec![2; C])),
         test: Some(split("data/tiny/test.txt", vec![PER_CLASS; C])),
         imbalance_ratio: None,
@@ -382,8 +398,10 @@ fn sweep_page_has_every_table_and_figure_inline_and_escapes_strings() {
     // Per sampler: per-class, τ, weight norms, reliability; shifted for
     // `ib`; and the sampler figure of the dataset.
     assert_eq!(svgs.len(), 2 * 4 + 1 + 1, "{svgs:?}");
-    assert_eq!(count("<svg"), svgs.len());
-    assert_eq!(count("</svg>"), svgs.len());
+    // ... and the class-count histogram of the dataset.
+    assert_eq!(count("<svg"), svgs.len() + 1);
+    assert_eq!(count("</svg>"), svgs.len() + 1);
+    assert_eq!(count("data-plot=\"class_counts\""), 1);
     for p in svgs {
         let svg = std::fs::read_to_string(p).unwrap();
         let start = svg.find("<svg").unwrap();
@@ -404,6 +422,10 @@ fn sweep_page_has_every_table_and_figure_inline_and_escapes_strings() {
     );
     assert!(html.contains(&format!("<td>{escaped}</td>")), "head label");
     assert!(html.contains("root = &quot;a &lt; b &amp;&amp; c&quot;"));
+    assert!(!html.contains(CLASS));
+    assert!(html.contains("<th>Name</th>"));
+    assert!(html.contains(&format!("<td>{}</td>", report::escape(CLASS))));
+    assert!(html.contains("<td>class0</td>"));
     // Identical configs are shown once, naming both files.
     assert!(html.contains("Config: config.toml, config.eval.toml"));
     assert_eq!(count("<details class=\"config\">"), 4);
@@ -435,8 +457,10 @@ fn tiny_run_page_is_valid() {
     assert!(html.contains("No resolved config in the run directory."));
     assert!(!html.contains("<table class=\"tau\">"));
     if cfg!(feature = "plot") {
-        // Per-class, reliability and the sampler figure; no τ or weight norms.
-        assert_eq!(html.matches("<svg").count(), 3);
+        // Class counts, per-class, reliability and the sampler figure; no τ
+        // or weight norms.
+        assert_eq!(html.matches("<svg").count(), 4);
+        assert!(!html.contains("<th>Name</th>"));
         assert!(html.contains("id=\"warnings\""));
     }
 }
