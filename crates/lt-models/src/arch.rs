@@ -1,6 +1,7 @@
 //! The catalogue of backbone architectures.
 
 use crate::cifar_resnet::CifarResNetConfig;
+use crate::encoders::{EncoderConfig, EncoderFamily};
 use crate::error::ModelError;
 use crate::resnet::ResNetConfig;
 use serde::{Deserialize, Serialize};
@@ -77,6 +78,68 @@ pub enum Arch {
     Resnext101_32x4d,
     /// ResNeXt-152 32x4d: bottlenecks `[3, 8, 36, 3]`, 32 groups, 2048-d features.
     Resnext152_32x4d,
+    /// ViT-S/16 at 224 (HF `ViTModel` layout), 384-d features.
+    #[serde(rename = "vit_s16")]
+    VitS16,
+    /// ViT-B/16 at 224 (google/vit-base-patch16-224[-in21k]), 768-d features.
+    #[serde(rename = "vit_b16")]
+    VitB16,
+    /// ViT-L/16 at 224 (google/vit-large-patch16-224[-in21k]), 1024-d features.
+    #[serde(rename = "vit_l16")]
+    VitL16,
+    /// ViT of any size, read from the encoder config JSON.
+    Vit,
+    /// DINOv2 ViT-S/14 (original release layout), 384-d features.
+    #[serde(rename = "dinov2_s14")]
+    Dinov2S14,
+    /// DINOv2 ViT-B/14, 768-d features.
+    #[serde(rename = "dinov2_b14")]
+    Dinov2B14,
+    /// DINOv2 ViT-L/14, 1024-d features.
+    #[serde(rename = "dinov2_l14")]
+    Dinov2L14,
+    /// DINOv2 of any size, read from the encoder config JSON.
+    Dinov2,
+    /// CLIP ViT-B/32 vision tower (openai/clip-vit-base-patch32), 768-d features.
+    #[serde(rename = "clip_b32")]
+    ClipB32,
+    /// CLIP ViT-B/16 vision tower (openai/clip-vit-base-patch16), 768-d features.
+    #[serde(rename = "clip_b16")]
+    ClipB16,
+    /// CLIP ViT-L/14 vision tower (openai/clip-vit-large-patch14), 1024-d features.
+    #[serde(rename = "clip_l14")]
+    ClipL14,
+    /// CLIP vision tower of any size, read from the encoder config JSON.
+    Clip,
+    /// SigLIP ViT-B/16 vision tower (google/siglip-base-patch16-224), 768-d features.
+    #[serde(rename = "siglip_b16")]
+    SiglipB16,
+    /// SigLIP vision tower of any size, read from the encoder config JSON.
+    Siglip,
+}
+
+/// An encoder architecture: its family and, for the sized names, the
+/// standard size (`None`: the size comes from the encoder config JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncoderArch {
+    /// The model code.
+    pub family: EncoderFamily,
+    /// Width letter (`s`, `b`, `l`) and patch side of a sized name.
+    pub size: Option<(char, usize)>,
+}
+
+impl EncoderArch {
+    /// The configuration of a sized name.
+    pub fn standard(self) -> Option<EncoderConfig> {
+        self.size
+            .map(|(w, p)| EncoderConfig::standard(self.family, w, p))
+    }
+
+    /// The standard configuration, or the family's default one.
+    pub fn standard_or_default(self) -> EncoderConfig {
+        self.standard()
+            .unwrap_or_else(|| EncoderConfig::family_default(self.family))
+    }
 }
 
 /// The two backbone families, with their configurations.
@@ -86,10 +149,31 @@ pub enum ArchConfig {
     Cifar(CifarResNetConfig),
     /// A torchvision-layout ResNet / ResNeXt (7x7 stem, four stages).
     ImageNet(ResNetConfig),
+    /// A pretrained vision encoder (see [`crate::encoders`]).
+    Encoder(EncoderArch),
 }
 
 impl Arch {
-    /// Every architecture, CIFAR ones first.
+    /// Every encoder architecture ([`crate::encoders`]), by family.
+    pub const ENCODERS: [Arch; 14] = [
+        Arch::VitS16,
+        Arch::VitB16,
+        Arch::VitL16,
+        Arch::Vit,
+        Arch::Dinov2S14,
+        Arch::Dinov2B14,
+        Arch::Dinov2L14,
+        Arch::Dinov2,
+        Arch::ClipB32,
+        Arch::ClipB16,
+        Arch::ClipL14,
+        Arch::Clip,
+        Arch::SiglipB16,
+        Arch::Siglip,
+    ];
+
+    /// Every convolutional architecture, CIFAR ones first (the encoders are
+    /// in [`Arch::ENCODERS`]).
     pub const ALL: [Arch; 14] = [
         Arch::ResNet8,
         Arch::ResNet20,
@@ -124,6 +208,20 @@ impl Arch {
             Arch::Resnext50_32x4d => "resnext50_32x4d",
             Arch::Resnext101_32x4d => "resnext101_32x4d",
             Arch::Resnext152_32x4d => "resnext152_32x4d",
+            Arch::VitS16 => "vit_s16",
+            Arch::VitB16 => "vit_b16",
+            Arch::VitL16 => "vit_l16",
+            Arch::Vit => "vit",
+            Arch::Dinov2S14 => "dinov2_s14",
+            Arch::Dinov2B14 => "dinov2_b14",
+            Arch::Dinov2L14 => "dinov2_l14",
+            Arch::Dinov2 => "dinov2",
+            Arch::ClipB32 => "clip_b32",
+            Arch::ClipB16 => "clip_b16",
+            Arch::ClipL14 => "clip_l14",
+            Arch::Clip => "clip",
+            Arch::SiglipB16 => "siglip_b16",
+            Arch::Siglip => "siglip",
         }
     }
 
@@ -145,6 +243,38 @@ impl Arch {
             Arch::Resnext50_32x4d => ImageNet(ResNetConfig::resnext50_32x4d()),
             Arch::Resnext101_32x4d => ImageNet(ResNetConfig::resnext101_32x4d()),
             Arch::Resnext152_32x4d => ImageNet(ResNetConfig::resnext152_32x4d()),
+            _ => {
+                let (family, size) = self.encoder_parts();
+                ArchConfig::Encoder(EncoderArch { family, size })
+            }
+        }
+    }
+
+    fn encoder_parts(self) -> (EncoderFamily, Option<(char, usize)>) {
+        use EncoderFamily::{Clip, Dinov2, Siglip, Vit};
+        match self {
+            Arch::VitS16 => (Vit, Some(('s', 16))),
+            Arch::VitB16 => (Vit, Some(('b', 16))),
+            Arch::VitL16 => (Vit, Some(('l', 16))),
+            Arch::Dinov2S14 => (Dinov2, Some(('s', 14))),
+            Arch::Dinov2B14 => (Dinov2, Some(('b', 14))),
+            Arch::Dinov2L14 => (Dinov2, Some(('l', 14))),
+            Arch::Dinov2 => (Dinov2, None),
+            Arch::ClipB32 => (Clip, Some(('b', 32))),
+            Arch::ClipB16 => (Clip, Some(('b', 16))),
+            Arch::ClipL14 => (Clip, Some(('l', 14))),
+            Arch::Clip => (Clip, None),
+            Arch::SiglipB16 => (Siglip, Some(('b', 16))),
+            Arch::Siglip => (Siglip, None),
+            _ => (Vit, None),
+        }
+    }
+
+    /// The encoder family and size, for the encoder architectures.
+    pub fn encoder(self) -> Option<EncoderArch> {
+        match self.config() {
+            ArchConfig::Encoder(e) => Some(e),
+            _ => None,
         }
     }
 
@@ -153,11 +283,14 @@ impl Arch {
         matches!(self.config(), ArchConfig::Cifar(_))
     }
 
-    /// Length of the feature vector `forward_t` returns.
+    /// Length of the feature vector `forward_t` returns (for the encoders
+    /// sized by their config JSON, `vit`, `dinov2`, `clip` and `siglip`, that
+    /// of the family's default base size; the built backbone knows the actual one).
     pub fn feature_dim(self) -> usize {
         match self.config() {
             ArchConfig::Cifar(c) => c.feature_dim(),
             ArchConfig::ImageNet(c) => c.feature_dim(),
+            ArchConfig::Encoder(e) => e.standard_or_default().hidden_size,
         }
     }
 }
@@ -176,10 +309,16 @@ impl FromStr for Arch {
         let wanted = s.trim().to_ascii_lowercase().replace('-', "_");
         Arch::ALL
             .into_iter()
+            .chain(Arch::ENCODERS)
             .find(|a| a.name() == wanted)
             .ok_or_else(|| ModelError::UnknownArch {
                 name: s.to_string(),
-                expected: Arch::ALL.map(Arch::name).join(", "),
+                expected: Arch::ALL
+                    .into_iter()
+                    .chain(Arch::ENCODERS)
+                    .map(Arch::name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })
     }
 }

@@ -3,7 +3,8 @@
 use crate::arch::{Arch, ArchConfig};
 use crate::batch_norm::BnMode;
 use crate::cifar_resnet::CifarResNet;
-use crate::error::Result;
+use crate::encoders::{Encoder, Trainable};
+use crate::error::{ModelError, Result};
 use crate::precision::Precision;
 use crate::resnet::ResNet;
 use crate::store::{LoadReport, ParamStore};
@@ -13,9 +14,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 #[derive(Debug, Clone)]
-enum Net {
+enum Inner {
     Cifar(CifarResNet),
     ImageNet(ResNet),
+    Encoder(Box<Encoder>),
 }
 
 /// A feature extractor: images `(N, 3, H, W)` to features `(N, feature_dim)`.
@@ -25,23 +27,72 @@ enum Net {
 #[derive(Debug, Clone)]
 pub struct Backbone {
     arch: Arch,
-    net: Net,
+    net: Inner,
     precision: Precision,
 }
 
 impl Backbone {
     /// Builds `arch` on `device` with weights drawn from a generator seeded with
-    /// `seed`: the same arch and seed give bit-identical weights.
+    /// `seed`: the same arch and seed give bit-identical weights. An encoder
+    /// arch gets its standard size (the family's default for `vit`,
+    /// `dinov2`, `clip`, `siglip`); see [`Backbone::from_encoder`] for others.
     pub fn new(arch: Arch, device: &Device, seed: u64) -> Result<Self> {
         let net = match arch.config() {
-            ArchConfig::Cifar(c) => Net::Cifar(CifarResNet::new(&c, device, seed)?),
-            ArchConfig::ImageNet(c) => Net::ImageNet(ResNet::new(&c, device, seed)?),
+            ArchConfig::Cifar(c) => Inner::Cifar(CifarResNet::new(&c, device, seed)?),
+            ArchConfig::ImageNet(c) => Inner::ImageNet(ResNet::new(&c, device, seed)?),
+            ArchConfig::Encoder(e) => Inner::Encoder(Box::new(Encoder::random(
+                e.standard_or_default(),
+                device,
+                seed,
+            )?)),
         };
         Ok(Self {
             arch,
             net,
             precision: Precision::F32,
         })
+    }
+
+    /// Wraps an encoder (see [`crate::encoders`]) built or loaded by the
+    /// caller; `arch` must be of its family.
+    pub fn from_encoder(arch: Arch, encoder: Encoder) -> Result<Self> {
+        match arch.encoder() {
+            Some(e) if e.family == encoder.config().family => Ok(Self {
+                arch,
+                net: Inner::Encoder(Box::new(encoder)),
+                precision: Precision::F32,
+            }),
+            _ => Err(ModelError::InvalidConfig(format!(
+                "arch {arch} cannot hold a {} encoder",
+                encoder.config().family
+            ))),
+        }
+    }
+
+    /// The encoder, if this is one.
+    pub fn as_encoder(&self) -> Option<&Encoder> {
+        match &self.net {
+            Inner::Encoder(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// True for the backbones with batch norm (the ResNets): their features
+    /// depend on [`BnMode`].
+    pub fn has_batch_norm(&self) -> bool {
+        !matches!(self.net, Inner::Encoder(_))
+    }
+
+    /// Chooses the trained variables of an encoder; an error for the
+    /// ResNets (which select theirs by name prefix).
+    pub fn set_trainable(&mut self, trainable: Trainable) -> Result<()> {
+        match &mut self.net {
+            Inner::Encoder(e) => e.set_trainable(trainable),
+            _ => Err(ModelError::InvalidConfig(format!(
+                "trainable `{trainable}` applies to encoder archs, not {}",
+                self.arch
+            ))),
+        }
     }
 
     /// Sets the dtype of the forward pass (see [`Precision`]); the
@@ -63,8 +114,9 @@ impl Backbone {
     /// Length of the feature vector [`Backbone::forward_t`] returns.
     pub fn feature_dim(&self) -> usize {
         match &self.net {
-            Net::Cifar(n) => n.feature_dim(),
-            Net::ImageNet(n) => n.feature_dim(),
+            Inner::Cifar(n) => n.feature_dim(),
+            Inner::ImageNet(n) => n.feature_dim(),
+            Inner::Encoder(e) => e.feature_dim(),
         }
     }
 
@@ -85,32 +137,54 @@ impl Backbone {
             x.to_dtype(dtype)?
         };
         match &self.net {
-            Net::Cifar(n) => n.forward_t(&x, mode),
-            Net::ImageNet(n) => n.forward_t(&x, mode),
+            Inner::Cifar(n) => n.forward_t(&x, mode),
+            Inner::ImageNet(n) => n.forward_t(&x, mode),
+            // No batch norm (nor dropout): `mode` changes nothing.
+            Inner::Encoder(e) => e.forward_dtype(&x, dtype),
         }
+    }
+
+    /// Features for a frozen backbone, detached. An encoder runs without
+    /// building the autograd graph at all; a ResNet runs [`Backbone::forward_t`]
+    /// (its BN statistics are updated in [`BnMode::Train`]) and detaches.
+    pub fn forward_frozen(&self, x: &Tensor, mode: impl Into<BnMode>) -> Result<Tensor> {
+        match &self.net {
+            Inner::Encoder(e) => e.forward_frozen_dtype(x, self.precision.compute_dtype()),
+            _ => Ok(self.forward_t(x, mode)?.detach()),
+        }
+    }
+
+    /// Features of `x` as [`Backbone::forward_t`] in [`BnMode::Eval`]
+    /// computes them, without an autograd graph (see
+    /// [`crate::ops::without_grad`]): every activation is freed as soon as
+    /// the next layer has read it. The output is detached. For feature
+    /// extraction and prediction.
+    pub fn forward_inference(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(crate::ops::without_grad(|| self.forward_t(x, BnMode::Eval))?.detach())
     }
 
     /// The ImageNet-family network, if this is one.
     pub fn as_resnet(&self) -> Option<&ResNet> {
         match &self.net {
-            Net::ImageNet(n) => Some(n),
-            Net::Cifar(_) => None,
+            Inner::ImageNet(n) => Some(n),
+            _ => None,
         }
     }
 
     /// The CIFAR-family network, if this is one.
     pub fn as_cifar(&self) -> Option<&CifarResNet> {
         match &self.net {
-            Net::Cifar(n) => Some(n),
-            Net::ImageNet(_) => None,
+            Inner::Cifar(n) => Some(n),
+            _ => None,
         }
     }
 
     /// The model's variables, with every listing / saving / loading method.
     pub fn store(&self) -> &ParamStore {
         match &self.net {
-            Net::Cifar(n) => n.store(),
-            Net::ImageNet(n) => n.store(),
+            Inner::Cifar(n) => n.store(),
+            Inner::ImageNet(n) => n.store(),
+            Inner::Encoder(e) => e.store(),
         }
     }
 
@@ -124,9 +198,13 @@ impl Backbone {
         self.store().varmap()
     }
 
-    /// Trainable variables by name (BN buffers excluded), sorted by name.
+    /// Trainable variables by name (BN buffers excluded), sorted by name;
+    /// for an encoder, those its [`Trainable`] setting selects.
     pub fn parameters(&self) -> Vec<(String, Var)> {
-        self.store().parameters()
+        match &self.net {
+            Inner::Encoder(e) => e.parameters(),
+            _ => self.store().parameters(),
+        }
     }
 
     /// BN running statistics by name, sorted by name.
@@ -171,9 +249,13 @@ impl Backbone {
     }
 
     /// Loads pretrained weights, skipping keys the model lacks; see
-    /// [`ParamStore::load_pretrained`].
+    /// [`ParamStore::load_pretrained`]. An encoder reads the layouts of
+    /// [`crate::encoders::weights`] and rejects keys it does not know.
     pub fn load_pretrained(&self, path: impl AsRef<Path>) -> Result<LoadReport> {
-        self.store().load_pretrained(path)
+        match &self.net {
+            Inner::Encoder(e) => e.load_pretrained(path.as_ref()),
+            _ => self.store().load_pretrained(path),
+        }
     }
 }
 

@@ -46,6 +46,31 @@ pub enum ModelError {
     #[error("invalid model config: {0}")]
     InvalidConfig(String),
 
+    /// A weights file named in a config does not exist.
+    #[error("weights file {} does not exist", path.display())]
+    WeightsNotFound {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// An encoder configuration file is unreadable or describes another model.
+    #[error("encoder config {}: {reason}", path.display())]
+    EncoderConfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The input batch does not fit an encoder.
+    #[error("the encoder expects {expected}, got an input of shape {shape:?}")]
+    BadEncoderInput {
+        /// Shape of the offending input.
+        shape: Vec<usize>,
+        /// What the encoder takes.
+        expected: String,
+    },
+
     /// A checkpoint file could not be read or parsed.
     #[error("cannot read checkpoint {}", path.display())]
     ReadCheckpoint {

@@ -102,6 +102,13 @@
 //! ([`Shortcut`], [`ConvInit`]), for like-for-like comparisons with their
 //! numbers. Both families end in global average pooling, so any input size works.
 //!
+//! Pretrained vision encoders are architectures too: `vit_s16`, `vit_b16`,
+//! `vit_l16`, `dinov2_s14`, `dinov2_b14`, `dinov2_l14`, `clip_b32`,
+//! `clip_b16`, `clip_l14`, `siglip_b16`, and `vit`, `dinov2`, `clip`,
+//! `siglip` sized by their config JSON ([`Arch::ENCODERS`]). They are read
+//! from Hugging Face style safetensors files and return pooled features; see
+//! [`encoders`].
+//!
 //! # Initialisation and determinism
 //!
 //! Conv weights ~ N(0, 2 / (k² · C_out)) (groups ignored; `resnet32_ldam`:
@@ -142,6 +149,7 @@ pub mod backbone;
 pub mod batch_norm;
 mod block;
 pub mod cifar_resnet;
+pub mod encoders;
 pub mod error;
 pub mod init;
 pub mod ops;
@@ -151,10 +159,11 @@ pub mod store;
 pub mod sync_bn;
 pub mod torch_import;
 
-pub use arch::{Arch, ArchConfig};
+pub use arch::{Arch, ArchConfig, EncoderArch};
 pub use backbone::Backbone;
 pub use batch_norm::{BatchNorm2d, BnMode, BN_EPS, BN_MOMENTUM};
 pub use cifar_resnet::{CifarResNet, CifarResNetConfig, Shortcut};
+pub use encoders::{Encoder, EncoderConfig, EncoderFamily, Trainable};
 pub use error::{ModelError, Result, ShapeMismatch, StateDictMismatch};
 pub use init::ConvInit;
 pub use precision::Precision;
