@@ -9,6 +9,17 @@
 //! | `imagenet_eval` | shorter side to 256 (bilinear), centre crop 224 | ImageNet |
 //! | `inaturalist_eval` | as `imagenet_eval` | iNaturalist |
 //! | `none` | none | identity (pixels in `[0, 1]`) |
+//! | `vit_eval` | resize to 224x224 (bilinear), as HF `ViTImageProcessor` | half (mean = std = 0.5) |
+//! | `dinov2_eval` | shorter side to 256 (bicubic), centre crop 224, as DINOv2's evaluation | ImageNet |
+//! | `clip_eval` | shorter side to 224 (bicubic), centre crop 224, as CLIP's preprocessing | CLIP |
+//! | `siglip_eval` | resize to 224x224 (bicubic), as HF `SiglipImageProcessor` | half |
+//!
+//! The four encoder presets are the preprocessing of the pretrained encoders
+//! of `lt-models` (`crop_size` changes their 224; `resize_shorter` the
+//! shorter side of `dinov2_eval` and `clip_eval`). To fine-tune an encoder
+//! with augmentation, use `imagenet_train` with the encoder's normalisation.
+//! Bicubic resizing is PIL's (cubic coefficient -0.5, antialiased when
+//! downscaling), with the intermediate pass clamped to 8-bit range.
 //!
 //! Places-LT uses the ImageNet presets. Every step follows torchvision on PIL
 //! images: RandomResizedCrop draws the area fraction uniformly and the aspect
@@ -47,6 +58,14 @@ pub enum Preset {
     ImagenetEval,
     /// iNaturalist evaluation: as `imagenet_eval`, iNaturalist statistics.
     InaturalistEval,
+    /// ViT (HF) evaluation: resize to 224x224, bilinear; mean = std = 0.5.
+    VitEval,
+    /// DINOv2 evaluation: shorter side 256 (bicubic), centre crop 224; ImageNet statistics.
+    Dinov2Eval,
+    /// CLIP evaluation: shorter side 224 (bicubic), centre crop 224; CLIP statistics.
+    ClipEval,
+    /// SigLIP evaluation: resize to 224x224, bicubic; mean = std = 0.5.
+    SiglipEval,
 }
 
 impl Preset {
@@ -60,6 +79,10 @@ impl Preset {
             Preset::InaturalistTrain => "inaturalist_train",
             Preset::ImagenetEval => "imagenet_eval",
             Preset::InaturalistEval => "inaturalist_eval",
+            Preset::VitEval => "vit_eval",
+            Preset::Dinov2Eval => "dinov2_eval",
+            Preset::ClipEval => "clip_eval",
+            Preset::SiglipEval => "siglip_eval",
         }
     }
 
@@ -104,6 +127,22 @@ impl Normalization {
         Self {
             mean: [0.4914, 0.4822, 0.4465],
             std: [0.2023, 0.1994, 0.2010],
+        }
+    }
+
+    /// CLIP's statistics (OpenAI CLIP preprocessing).
+    pub fn clip() -> Self {
+        Self {
+            mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
+            std: [0.268_629_54, 0.261_302_6, 0.275_777_1],
+        }
+    }
+
+    /// Mean = std = 0.5 (pixels to `[-1, 1]`): HF ViT and SigLIP.
+    pub fn half() -> Self {
+        Self {
+            mean: [0.5; 3],
+            std: [0.5; 3],
         }
     }
 
@@ -206,12 +245,15 @@ impl Transform {
             Preset::InaturalistTrain | Preset::InaturalistEval => {
                 (Normalization::inaturalist(), 224)
             }
+            Preset::VitEval | Preset::SiglipEval => (Normalization::half(), 224),
+            Preset::Dinov2Eval => (Normalization::imagenet(), 224),
+            Preset::ClipEval => (Normalization::clip(), 224),
         };
         Self {
             preset,
             normalization,
             crop_size,
-            resize_shorter: 256,
+            resize_shorter: if preset == Preset::ClipEval { 224 } else { 256 },
             padding: 4,
         }
     }
@@ -231,8 +273,10 @@ impl Transform {
                 "must be at least 1",
             ));
         }
-        if matches!(self.preset, Preset::ImagenetEval | Preset::InaturalistEval)
-            && self.resize_shorter < self.crop_size
+        if matches!(
+            self.preset,
+            Preset::ImagenetEval | Preset::InaturalistEval | Preset::Dinov2Eval | Preset::ClipEval
+        ) && self.resize_shorter < self.crop_size
         {
             return Err(DataError::config(
                 "transform.resize_shorter",
@@ -300,14 +344,39 @@ impl Transform {
             Preset::ImagenetTrain | Preset::InaturalistTrain => {
                 let (x, y, w, h) = random_resized_crop_box(img.width, img.height, rng);
                 let size = self.crop_size as usize;
-                let mut px = resample(img, (x, y, w, h), (size, size), (0, 0), (size, size));
+                let mut px = resample(
+                    img,
+                    (x, y, w, h),
+                    (size, size),
+                    (0, 0),
+                    (size, size),
+                    Filter::Bilinear,
+                );
                 let flip = rng.random_bool(0.5);
                 if self.preset == Preset::ImagenetTrain {
                     color_jitter(&mut px, rng);
                 }
                 write_chw(&px, size, size, flip, &lut, out);
             }
-            Preset::ImagenetEval | Preset::InaturalistEval => {
+            Preset::VitEval | Preset::SiglipEval => {
+                let c = self.crop_size as usize;
+                let filter = if self.preset == Preset::VitEval {
+                    Filter::Bilinear
+                } else {
+                    Filter::Bicubic
+                };
+                let full = (0, 0, img.width, img.height);
+                let px = resample(img, full, (c, c), (0, 0), (c, c), filter);
+                write_chw(&px, c, c, false, &lut, out);
+            }
+            Preset::ImagenetEval
+            | Preset::InaturalistEval
+            | Preset::Dinov2Eval
+            | Preset::ClipEval => {
+                let filter = match self.preset {
+                    Preset::Dinov2Eval | Preset::ClipEval => Filter::Bicubic,
+                    _ => Filter::Bilinear,
+                };
                 let (rw, rh) = resized_shorter(img.width, img.height, self.resize_shorter);
                 let c = self.crop_size as usize;
                 let top = round_half_even((rh as f64 - c as f64) / 2.0) as usize;
@@ -318,6 +387,7 @@ impl Transform {
                     (rw as usize, rh as usize),
                     (left, top),
                     (c, c),
+                    filter,
                 );
                 write_chw(&px, c, c, false, &lut, out);
             }
@@ -436,9 +506,43 @@ fn random_resized_crop_box<R: Rng + ?Sized>(
     ((width - w) / 2, (height - h) / 2, w, h)
 }
 
-/// Resampling coefficients along one axis (PIL's `precompute_coeffs` with
-/// the bilinear filter): for each output position, the first input index and
-/// the normalised weights.
+/// PIL's resampling filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Filter {
+    /// Triangle, support 1.
+    Bilinear,
+    /// Cubic convolution with `a = -0.5`, support 2.
+    Bicubic,
+}
+
+impl Filter {
+    fn support(self) -> f64 {
+        match self {
+            Filter::Bilinear => 1.0,
+            Filter::Bicubic => 2.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        let x = x.abs();
+        match self {
+            Filter::Bilinear => (1.0 - x).max(0.0),
+            Filter::Bicubic => {
+                const A: f64 = -0.5;
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+/// Resampling coefficients along one axis (PIL's `precompute_coeffs`): for
+/// each output position, the first input index and the normalised weights.
 struct Coeffs {
     start: Vec<usize>,
     len: Vec<usize>,
@@ -448,10 +552,17 @@ struct Coeffs {
 
 /// Coefficients mapping `in_size` inputs onto `out_size` outputs, for the
 /// outputs `out_from .. out_from + out_len` only (a fused crop).
-fn coeffs(in_size: usize, out_size: usize, out_from: usize, out_len: usize) -> Coeffs {
+fn coeffs(
+    in_size: usize,
+    out_size: usize,
+    out_from: usize,
+    out_len: usize,
+    filter: Filter,
+) -> Coeffs {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
-    let support = filterscale; // bilinear support 1, widened when downscaling
+    // The filter's support, widened when downscaling.
+    let support = filter.support() * filterscale;
     let stride = (support.ceil() as usize) * 2 + 1;
     let mut c = Coeffs {
         start: Vec::with_capacity(out_len),
@@ -476,7 +587,7 @@ fn coeffs(in_size: usize, out_size: usize, out_from: usize, out_len: usize) -> C
         };
         for (x, w) in buf.iter_mut().enumerate() {
             let t = ((x + xmin) as f64 - center + 0.5) / filterscale;
-            *w = (1.0 - t.abs()).max(0.0);
+            *w = filter.weight(t);
             total += *w;
         }
         for (dst, w) in k.iter_mut().zip(buf.iter()) {
@@ -493,7 +604,7 @@ fn coeffs(in_size: usize, out_size: usize, out_from: usize, out_len: usize) -> C
 }
 
 /// Resizes the `(x, y, w, h)` box of `img` to `out_size` with PIL's
-/// antialiased bilinear filter and returns the `crop_size` window at
+/// antialiased `filter` and returns the `crop_size` window at
 /// `crop_at` of the result, as interleaved 8-bit RGB. Only the pixels of the
 /// window are computed.
 fn resample(
@@ -502,10 +613,19 @@ fn resample(
     (out_w, out_h): (usize, usize),
     (cx, cy): (usize, usize),
     (cw, ch): (usize, usize),
+    filter: Filter,
 ) -> Vec<u8> {
     let src_w = img.width as usize;
-    let hc = coeffs(bw as usize, out_w, cx, cw);
-    let vc = coeffs(bh as usize, out_h, cy, ch);
+    let hc = coeffs(bw as usize, out_w, cx, cw, filter);
+    let vc = coeffs(bh as usize, out_h, cy, ch, filter);
+    // Bicubic weights overshoot: PIL clips the horizontal pass to 8 bits.
+    let clip = |v: f32| {
+        if filter == Filter::Bicubic {
+            v.clamp(0.0, 255.0)
+        } else {
+            v
+        }
+    };
     let row_lo = vc.start.first().copied().unwrap_or(0);
     let row_hi = vc
         .start
@@ -528,9 +648,9 @@ fn resample(
                 b += s[i * 3 + 1] as f32 * w;
                 c += s[i * 3 + 2] as f32 * w;
             }
-            dst[x * 3] = a;
-            dst[x * 3 + 1] = b;
-            dst[x * 3 + 2] = c;
+            dst[x * 3] = clip(a);
+            dst[x * 3 + 1] = clip(b);
+            dst[x * 3 + 2] = clip(c);
         }
     }
     // Vertical pass, rounded to 8 bits as PIL's resize output is.
@@ -763,30 +883,104 @@ mod tests {
     fn resize_matches_pil_on_simple_cases() {
         // A constant image stays constant under any resize.
         let c = img(37, 23, |_, _| [10, 200, 77]);
-        let out = resample(&c, (0, 0, 37, 23), (16, 9), (0, 0), (16, 9));
+        let out = resample(
+            &c,
+            (0, 0, 37, 23),
+            (16, 9),
+            (0, 0),
+            (16, 9),
+            Filter::Bilinear,
+        );
         assert!(out.chunks(3).all(|p| p == [10, 200, 77]));
         // 2x downscale of a ramp uses PIL's widened triangle (weights 1/8, 3/8,
         // 3/8, 1/8 inside, renormalised at the borders); PIL's own
         // `Image.resize((4, 1), BILINEAR)` of [0, 2, .., 14] gives [1, 5, 9, 13].
         let ramp = img(8, 1, |x, _| [(2 * x) as u8; 3]);
-        let out = resample(&ramp, (0, 0, 8, 1), (4, 1), (0, 0), (4, 1));
+        let out = resample(
+            &ramp,
+            (0, 0, 8, 1),
+            (4, 1),
+            (0, 0),
+            (4, 1),
+            Filter::Bilinear,
+        );
         let r: Vec<u8> = out.chunks(3).map(|p| p[0]).collect();
         assert_eq!(r, [1, 5, 9, 13]);
         // Upscaling 2x interpolates linearly between centres.
         let two = img(2, 1, |x, _| [(x * 100) as u8; 3]);
-        let out = resample(&two, (0, 0, 2, 1), (4, 1), (0, 0), (4, 1));
+        let out = resample(&two, (0, 0, 2, 1), (4, 1), (0, 0), (4, 1), Filter::Bilinear);
         let r: Vec<u8> = out.chunks(3).map(|p| p[0]).collect();
         assert_eq!(r, [0, 25, 75, 100]);
         // A fused crop equals cropping the full resize.
         let im = img(50, 40, |x, y| [(x * 5) as u8, (y * 6) as u8, (x + y) as u8]);
-        let full = resample(&im, (0, 0, 50, 40), (30, 24), (0, 0), (30, 24));
-        let part = resample(&im, (0, 0, 50, 40), (30, 24), (4, 3), (20, 16));
+        let full = resample(
+            &im,
+            (0, 0, 50, 40),
+            (30, 24),
+            (0, 0),
+            (30, 24),
+            Filter::Bilinear,
+        );
+        let part = resample(
+            &im,
+            (0, 0, 50, 40),
+            (30, 24),
+            (4, 3),
+            (20, 16),
+            Filter::Bilinear,
+        );
         for y in 0..16 {
             for x in 0..20 {
                 let a = &full[((y + 3) * 30 + x + 4) * 3..][..3];
                 let b = &part[(y * 20 + x) * 3..][..3];
                 assert_eq!(a, b);
             }
+        }
+    }
+
+    #[test]
+    fn bicubic_resize_matches_pil() {
+        // PIL 13's `Image.resize(size, BICUBIC)` of the same images.
+        let row = |px: &[u8]| img(px.len() as u32, 1, |x, _| [px[x as usize]; 3]);
+        let first = |out: Vec<u8>| out.chunks(3).map(|p| p[0]).collect::<Vec<u8>>();
+        let ramp = row(&[0, 2, 4, 6, 8, 10, 12, 14]);
+        let out = resample(&ramp, (0, 0, 8, 1), (4, 1), (0, 0), (4, 1), Filter::Bicubic);
+        assert_eq!(first(out), [1, 5, 9, 13]);
+        // Upscaling overshoots and is clipped to 8 bits.
+        let edges = row(&[0, 250, 0, 250]);
+        let out = resample(
+            &edges,
+            (0, 0, 4, 1),
+            (7, 1),
+            (0, 0),
+            (7, 1),
+            Filter::Bicubic,
+        );
+        assert_eq!(first(out), [0, 85, 246, 125, 4, 165, 255]);
+        let im = img(9, 7, |x, y| [(10 * x + 3 * y) as u8; 3]);
+        let out = resample(&im, (0, 0, 9, 7), (4, 3), (0, 0), (4, 3), Filter::Bicubic);
+        assert_eq!(first(out), [9, 30, 54, 75, 16, 37, 61, 82, 23, 44, 68, 89]);
+    }
+
+    #[test]
+    fn encoder_presets() {
+        let t = Transform::new(Preset::ClipEval);
+        assert_eq!((t.crop_size, t.resize_shorter), (224, 224));
+        assert_eq!(t.normalization, Normalization::clip());
+        assert_eq!(Transform::new(Preset::Dinov2Eval).resize_shorter, 256);
+        for p in [
+            Preset::VitEval,
+            Preset::SiglipEval,
+            Preset::ClipEval,
+            Preset::Dinov2Eval,
+        ] {
+            let t = Transform::new(p);
+            assert!(!p.is_random());
+            assert_eq!(t.output_size(300, 200), (224, 224), "{}", p.name());
+            let im = img(300, 200, |x, y| [(x % 256) as u8, (y % 256) as u8, 9]);
+            let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+            let v = t.apply_to_vec(&im, &mut rng).unwrap();
+            assert_eq!(v.len(), 3 * 224 * 224);
         }
     }
 
