@@ -295,17 +295,18 @@ pub fn init(a: &InitArgs, out: &mut String) -> Result<()> {
     // Everything is checked; write. The config goes last, so a config on
     // disk means its lists are there.
     let how = format!(
-        "lt-cli init: stratified per class, val fraction {}, seed {}",
-        a.val_fraction, a.seed
+        "lt-cli init: stratified per class, val fraction {}, test fraction {}, seed {}",
+        a.val_fraction,
+        match &kept_from {
+            Some(p) => format!("0 (test split kept from {})", p.display()),
+            None => a.test_fraction.to_string(),
+        },
+        a.seed
     );
     write_split_with_info(&train_path, &splits.train, num_classes, &how)?;
     write_split_with_info(&val_path, &splits.val, num_classes, &how)?;
     if kept_from.is_none() {
         if let Some(p) = &test_path {
-            let how = format!(
-                "lt-cli init: stratified per class, test fraction {}, seed {}",
-                a.test_fraction, a.seed
-            );
             write_split_with_info(p, &splits.test, num_classes, &how)?;
         }
     }
@@ -415,7 +416,7 @@ fn print_summary(
     }
     outln!(
         out,
-        "groups ({}): many {} / medium {} / few {}",
+        "groups by {}: many {} / medium {} / few {}",
         s.rule,
         s.many_medium_few[0],
         s.many_medium_few[1],

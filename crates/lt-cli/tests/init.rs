@@ -142,7 +142,7 @@ fn init_writes_seeded_stratified_lists_and_a_config_run_trains() {
     assert_eq!(cfg.data.num_classes, Some(4));
     assert_eq!(cfg.data.root, images);
     assert_eq!(serde_json::to_value(cfg.model.arch).unwrap(), "resnet32");
-    assert_eq!(cfg.stage1.batch_size, 8);
+    assert_eq!(cfg.stage1.batch_size, 16);
     assert_eq!(cfg.seed, 1);
 
     // A second init refuses to replace the config without --force.

@@ -26,7 +26,9 @@
 //! };
 //! let (text, cfg) = scaffold_config(&input).unwrap();
 //! assert!(text.contains("arch = \"resnet32\""));
-//! assert_eq!(cfg.stage1.batch_size, 128);
+//! // 700 images: batch 32 (at least 20 batches an epoch), lr scaled with it.
+//! assert_eq!(cfg.stage1.batch_size, 32);
+//! assert_eq!(cfg.stage1.lr, 0.025);
 //! ```
 
 use std::path::PathBuf;
@@ -100,12 +102,13 @@ impl Recipe {
     /// ImageNet augmentation (random resized 224 crops; evaluation on the
     /// 224 centre crop of the image resized to 256), batch 64, lr 0.025.
     /// Both: 30 epochs, cosine schedule, instance-balanced sampling. The
-    /// batch is halved (with the lr) until an epoch has at least 4 batches.
+    /// batch is halved (with the lr), down to 16, until an epoch has at least
+    /// 20 batches: a small data set still gets enough steps.
     pub fn for_images(image_size: Option<(u32, u32)>, train_images: usize) -> Recipe {
         let cifar = image_size == Some((32, 32));
         let (base_batch, base_lr) = if cifar { (128, 0.1) } else { (64, 0.025) };
         let mut batch = base_batch;
-        while batch > 8 && batch * 4 > train_images {
+        while batch > 16 && batch * 20 > train_images {
             batch /= 2;
         }
         let lr = base_lr * batch as f64 / base_batch as f64;
@@ -180,6 +183,8 @@ pub fn scaffold_config(input: &ScaffoldInput) -> Result<(String, ExperimentConfi
         arch: recipe.arch,
         seed: None,
         pretrained: None,
+        encoder_config: None,
+        trainable: None,
         trainable_prefixes: None,
         precision: Default::default(),
         classifier: Default::default(),
