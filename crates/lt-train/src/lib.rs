@@ -22,6 +22,7 @@
 //! | [`mixup`] | stage-1 mixup, drawn per batch from a seeded stream |
 //! | [`stage2`] | any trained head on the frozen backbone (`bn = train | eval`, cached-feature fast path) |
 //! | [`evaluation`] | every requested head from one stage-1 checkpoint, `results.json`, feature export |
+//! | [`torch_import`] | a PyTorch checkpoint (the classifier-balancing release, or any backbone + joint classifier) as the finished stage 1 of a run |
 //! | [`scaffold`] | a ready config for a data set of one's own (`lt-cli init`), written through the config types and parsed back |
 //! | [`sweep`] | grids of experiments: parsing, cell configs, the steps left in each cell (`cargo xtask sweep` runs them) |
 //! | [`trainer`] | the shared epoch loop, built from parts: evaluation, best / last checkpoints, `metrics.jsonl`, `--resume`, non-finite loss stop |
@@ -118,6 +119,7 @@ pub mod settings;
 pub mod stage1;
 pub mod stage2;
 pub mod sweep;
+pub mod torch_import;
 pub mod trainer;
 
 pub use error::TrainError;
