@@ -23,8 +23,8 @@
 //! same command again. Changing a cell's config after it started is refused
 //! (delete the cell directory to redo it).
 //!
-//! Finally `lt_report::regenerate` writes tables and plots into
-//! `<out_dir>/report/`. The grid format is documented in `grids/README.md`.
+//! Finally `lt_report::regenerate` writes tables, plots and the one-page
+//! `report.html` into `<out_dir>/report/`. The grid format is documented in `grids/README.md`.
 //!
 //! Grid parsing, cell configs and step planning are `lt_train::sweep`'s;
 //! this file runs the steps (processes, logs, the lock) and the report.
@@ -384,6 +384,7 @@ fn write_report(out_dir: &Path) -> anyhow::Result<()> {
         r.out_dir.display()
     );
     println!("{}", r.out_dir.join("summary.md").display());
+    println!("{}", r.out_dir.join(lt_report::HTML_FILE).display());
     Ok(())
 }
 

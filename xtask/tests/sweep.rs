@@ -236,8 +236,11 @@ fn sweep_runs_resumes_skips_and_reports() {
     assert!(d.join("out/report/runs.csv").is_file());
     assert!(d.join("out/report/plots/tiny/samplers.png").is_file());
     assert!(d.join("out/report/plots/tiny/per_class_pb.svg").is_file());
+    let html = std::fs::read_to_string(d.join("out/report/report.html")).unwrap();
+    assert!(html.contains("<table class=\"summary\">") && html.contains("<svg"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("report of 4 runs"), "{stdout}");
+    assert!(stdout.contains("report.html"), "{stdout}");
 
     // A third run has nothing to do but the report.
     let out = sweep(d, &cli, &[], None);
