@@ -179,16 +179,16 @@ pub fn scaffold_config(input: &ScaffoldInput) -> Result<(String, ExperimentConfi
         cache_decoded: recipe.cache_decoded,
         on_unreadable: Default::default(),
     };
-    let model = ModelConfig {
-        arch: recipe.arch,
-        seed: None,
-        pretrained: None,
-        encoder_config: None,
-        trainable: None,
-        trainable_prefixes: None,
-        precision: Default::default(),
-        classifier: Default::default(),
-    };
+    // `[model]` with the architecture and every other key at its default,
+    // whatever keys the section has.
+    let mut model_t = toml::Table::new();
+    let arch = toml::Value::try_from(recipe.arch).map_err(|e| {
+        TrainError::from(ConfigError::at("model.arch", format!("serialising: {e}")))
+    })?;
+    model_t.insert("arch".into(), arch);
+    let model: ModelConfig = toml::Value::Table(model_t)
+        .try_into()
+        .map_err(|e| TrainError::from(ConfigError::at("model", format!("{e}"))))?;
     let mut settings = StageSettings::stage1();
     settings.epochs = recipe.epochs;
     settings.batch_size = recipe.batch_size;
