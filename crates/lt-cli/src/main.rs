@@ -79,8 +79,8 @@ enum Command {
     Features(FeaturesArgs),
     /// Per-class counts, imbalance ratio and group sizes of a split list.
     SplitStats(SplitStatsArgs),
-    /// Regenerate the tables and plots of a results directory (one run or a
-    /// sweep) without training.
+    /// Regenerate the tables, plots and one-page report.html of a results
+    /// directory (one run or a sweep) without training.
     Report {
         /// Directory holding run directories with results.json (e.g. runs/sweeps/tiny).
         results_dir: PathBuf,
@@ -645,6 +645,7 @@ fn run(command: Command, out: &mut String) -> Result<()> {
                 r.plots.len(),
                 r.out_dir.display()
             );
+            outln!(out, "{}", r.out_dir.join(lt_report::HTML_FILE).display());
         }
     }
     Ok(())

@@ -320,6 +320,17 @@ fn every_command_end_to_end() {
     assert!(out.starts_with("1 runs:"), "{out}");
     assert!(run.join("report/summary.md").is_file());
     assert!(run.join("report/shifted.csv").is_file());
+    // The one-page report of the tiny run: its tables and figures inline.
+    assert!(out.contains("report.html"), "{out}");
+    let html = std::fs::read_to_string(run.join("report/report.html")).unwrap();
+    for part in [
+        "<table class=\"summary\">",
+        "<table class=\"run\">",
+        "<svg",
+        "ci_tiny",
+    ] {
+        assert!(html.contains(part), "{part} missing from report.html");
+    }
     let plots = run.join("report/plots/ci_tiny");
     for name in ["reliability", "shifted"] {
         let p = plots.join(format!("{name}_instance_balanced.png"));
