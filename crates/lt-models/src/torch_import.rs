@@ -801,7 +801,8 @@ pub fn convert(input: &Path, output: &Path, arch: Option<Arch>) -> Result<Conver
     for (name, t) in &ckpt.tensors {
         if t.dtype().is_float() {
             let t32 = t.to_dtype(DType::F32)?;
-            let s = (&t32 - &t32)?.sum_all()?.to_scalar::<f32>()?;
+            // x - x is 0 for every finite x and NaN otherwise.
+            let s = t32.broadcast_sub(&t32)?.sum_all()?.to_scalar::<f32>()?;
             if s != 0.0 {
                 return Err(bad(
                     input,
