@@ -40,7 +40,11 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 use lt_core::Stage;
-use lt_models::torch_import::{read_torch_checkpoint, TorchLayout};
+use lt_models::torch_import::read_torch_checkpoint;
+/// The file conversion (`lt-cli convert <in> <out>`) and its vocabulary,
+/// from `lt_models::torch_import`.
+pub use lt_models::torch_import::{convert, ConvertReport, TorchLayout};
+pub use lt_models::Arch;
 use lt_run::layout::checkpoint_meta_path;
 use lt_samplers::{Sampler, SamplerConfig};
 
