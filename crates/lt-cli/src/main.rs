@@ -13,6 +13,7 @@
 //! lt-cli predict   (--config X.toml | --run DIR | --model M.safetensors) (--images DIR | --list L)
 //!                  [--head HEAD] [--top-k 5] [--format jsonl|csv] [--out FILE]
 //! lt-cli export    (--config X.toml | --run DIR) [--head HEAD] --out M.safetensors
+//! lt-cli convert   <in.pth> (<out.safetensors> [--arch A] | --config X.toml | --run DIR [--overwrite])
 //! lt-cli init      <image folder | split list> [--out DIR] [--val-fraction F] [--test-fraction F]
 //! ```
 //!
@@ -26,6 +27,7 @@
 //! Only argument parsing and composition live here; everything else is in
 //! `lt-train` and the crates below it.
 
+mod convert;
 mod export;
 mod fetch_missing;
 mod init;
@@ -91,6 +93,10 @@ enum Command {
     /// Write one safetensors file: the backbone and a head folded into a
     /// plain linear layer `fc`, with its classes and preprocessing.
     Export(export::ExportArgs),
+    /// A PyTorch checkpoint (.pth, .pth.tar: torchvision, a training
+    /// checkpoint, the classifier-balancing release) to safetensors, or into
+    /// a run as its finished stage 1.
+    Convert(convert::ConvertArgs),
     /// From a folder of images (one sub-folder per class) or a split list:
     /// stratified train / val / test lists, classes.txt, class statistics
     /// and a histogram, and a ready config for `run`.
@@ -632,6 +638,7 @@ fn run(command: Command, out: &mut String) -> Result<()> {
         Command::SplitStats(a) => split_stats(out, &a)?,
         Command::Predict(a) => predict::predict(&a, out)?,
         Command::Export(a) => export::export(&a, out)?,
+        Command::Convert(a) => convert::convert(&a, out)?,
         Command::Init(a) => init::init(&a, out)?,
         Command::Report { results_dir } => {
             let r = lt_report::regenerate(&results_dir)
