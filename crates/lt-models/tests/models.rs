@@ -486,3 +486,26 @@ fn backbones_can_cross_threads() {
     assert_send_sync::<lt_models::ParamStore>();
     assert_send_sync::<ModelError>();
 }
+
+#[test]
+fn forward_inference_is_eval_forward_without_a_graph() {
+    // ResNet-10 (projection shortcuts, max-pool) and ResNet-8 (zero-padding
+    // shortcuts): every entry point of the eval path.
+    for (arch, size) in [(Arch::ResNet10, 40), (Arch::ResNet8, 16)] {
+        let b = Backbone::new(arch, &Device::Cpu, 3).unwrap();
+        let x = randn((2, 3, size, size), 5);
+        let eval = b.forward_t(&x, BnMode::Eval).unwrap();
+        assert!(
+            eval.track_op(),
+            "{arch}: the eval forward records the graph"
+        );
+        let inference = b.forward_inference(&x).unwrap();
+        assert!(
+            !inference.track_op(),
+            "{arch}: forward_inference has a graph"
+        );
+        assert_eq!(bits(&tvalues(&inference)), bits(&tvalues(&eval)), "{arch}");
+        // The scope ends with the call: the next forward records again.
+        assert!(b.forward_t(&x, BnMode::Eval).unwrap().track_op());
+    }
+}

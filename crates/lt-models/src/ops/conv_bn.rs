@@ -12,7 +12,7 @@ use super::batch_norm::{bn_train_bwd, bn_train_fwd, BnSaved, EpilogueKind};
 use super::conv::{conv_bwd_data, conv_bwd_filter, conv_fwd, ConvGeom};
 use super::cpu::f32_slice;
 use super::{Conv2dParams, Epilogue};
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// What the forward pass keeps for the backward pass.
@@ -21,7 +21,6 @@ struct Saved {
     g: ConvGeom,
     /// Convolution output, the batch norm's input.
     z: Vec<f32>,
-    w: Vec<f32>,
     bn: BnSaved,
 }
 
@@ -89,12 +88,9 @@ impl CustomOp3 for ConvBnOp {
             self.eps,
             self.epilogue.relu(),
         );
-        let saved = Saved {
-            g,
-            z,
-            w: w.to_vec(),
-            bn,
-        };
+        // The weights are not copied: the backward pass reads them from
+        // the packed operand, which the graph keeps anyway.
+        let saved = Saved { g, z, bn };
         if self.saved.set(saved).is_err() {
             bail!("{OP}: an op instance was applied twice");
         }
@@ -112,6 +108,7 @@ impl CustomOp3 for ConvBnOp {
         let add = self.epilogue == EpilogueKind::AddRelu;
         let op = ConvBnBwdOp {
             saved: self.saved.clone(),
+            packed: packed.clone(),
             relu: self.epilogue.relu(),
             want_dx: x.track_op(),
             want_dres: add && residual.track_op(),
@@ -145,6 +142,8 @@ type Extra = (Vec<f32>, Option<Vec<f32>>);
 #[derive(Debug)]
 struct ConvBnBwdOp {
     saved: Arc<OnceLock<Saved>>,
+    /// The forward pass's `cat(w.flatten(), gamma, beta)`.
+    packed: Tensor,
     relu: bool,
     want_dx: bool,
     want_dres: bool,
@@ -186,7 +185,19 @@ impl CustomOp3 for ConvBnBwdOp {
         let bn = bn_train_bwd(&s.z, y, dy, dims, &s.bn, self.relu, self.want_dres);
         let dw = conv_bwd_filter(g, x, &bn.dx);
         let dx = if self.want_dx {
-            conv_bwd_data(g, &bn.dx, &s.w)
+            let (storage, layout) = self.packed.storage_and_layout();
+            let Storage::Cpu(packed) = &*storage else {
+                bail!("{OP}: the packed parameters are not on the CPU");
+            };
+            let w_len = g.c_out * g.kdim();
+            let packed = f32_slice(packed, layout, OP)?;
+            if packed.len() < w_len {
+                bail!(
+                    "{OP}: {} packed parameters for {w_len} weights",
+                    packed.len()
+                );
+            }
+            conv_bwd_data(g, &bn.dx, &packed[..w_len])
         } else {
             vec![0f32; x.len()]
         };

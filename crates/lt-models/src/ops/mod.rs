@@ -125,6 +125,33 @@ fn conv2d_other(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
 
 thread_local! {
     static FORCE_REFERENCE: Cell<bool> = const { Cell::new(false) };
+    static NO_GRAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every entry point of this module recording no autograd
+/// graph in the calling thread: their operands are detached, so each output
+/// owns only its own storage and every activation is freed as soon as the
+/// caller drops it (inference; a graph would keep every activation of the
+/// forward pass alive until the output is dropped). The values are those
+/// of the same calls outside `f`.
+pub fn without_grad<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            NO_GRAD.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(NO_GRAD.with(|c| c.replace(true)));
+    f()
+}
+
+/// `t` detached inside [`without_grad`], `t` itself otherwise.
+fn operand(t: &Tensor) -> Tensor {
+    if NO_GRAD.with(Cell::get) {
+        t.detach()
+    } else {
+        t.clone()
+    }
 }
 
 /// Runs `f` with every entry point of this module on the `reference` path
@@ -183,6 +210,7 @@ impl Default for Conv2dParams {
 ///
 /// Any stride, padding, group count and kernel size (square or not).
 pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
+    let (x, w) = (&operand(x), &operand(w));
     if !on_kernels(&[x, w]) {
         return conv2d_other(x, w, p);
     }
@@ -196,6 +224,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
 /// As in PyTorch, the padding is at most half the kernel, the output size is
 /// rounded down, and the first maximum of a window takes the whole gradient.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    let x = &operand(x);
     #[cfg(feature = "cuda")]
     if on_cuda(x) {
         return cuda::max_pool2d(x, kernel, stride, padding);
@@ -240,6 +269,20 @@ impl<'a> Epilogue<'a> {
         }
     }
 
+    /// `self` with the residual of [`Epilogue::AddRelu`] replaced by
+    /// `residual` (when given).
+    fn with_residual<'b>(self, residual: Option<&'b Tensor>) -> Epilogue<'b>
+    where
+        'a: 'b,
+    {
+        match (self, residual) {
+            (Self::AddRelu(_), Some(r)) => Epilogue::AddRelu(r),
+            (Self::AddRelu(r), None) => Epilogue::AddRelu(r),
+            (Self::None, _) => Epilogue::None,
+            (Self::Relu, _) => Epilogue::Relu,
+        }
+    }
+
     /// The residual of [`Epilogue::AddRelu`].
     pub(crate) fn residual(self) -> Option<&'a Tensor> {
         match self {
@@ -271,6 +314,9 @@ pub fn batch_norm_train(
     eps: f64,
     epilogue: Epilogue<'_>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    let (x, weight, bias) = (&operand(x), &operand(weight), &operand(bias));
+    let residual = epilogue.residual().map(operand);
+    let epilogue = epilogue.with_residual(residual.as_ref());
     #[cfg(feature = "cuda")]
     if on_cuda_bn(x) {
         return cuda::batch_norm_train(x, weight, bias, eps, epilogue);
@@ -295,6 +341,8 @@ pub fn batch_norm_eval(
     eps: f64,
     epilogue: Epilogue<'_>,
 ) -> Result<Tensor> {
+    let (x, weight, bias) = (&operand(x), &operand(weight), &operand(bias));
+    let (running_mean, running_var) = (&operand(running_mean), &operand(running_var));
     let relu = match epilogue {
         Epilogue::None => false,
         Epilogue::Relu => true,
@@ -347,6 +395,10 @@ pub fn conv2d_batch_norm_train(
     eps: f64,
     epilogue: Epilogue<'_>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    let (x, w) = (&operand(x), &operand(w));
+    let (weight, bias) = (&operand(weight), &operand(bias));
+    let residual = epilogue.residual().map(operand);
+    let epilogue = epilogue.with_residual(residual.as_ref());
     if !on_kernels_with(&[x, w, weight, bias], epilogue) {
         return batch_norm_train(&conv2d_other(x, w, p)?, weight, bias, eps, epilogue);
     }
@@ -355,6 +407,7 @@ pub fn conv2d_batch_norm_train(
 
 /// `relu(a + b)` in one pass each way (a residual connection's output).
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (a, b) = (&operand(a), &operand(b));
     if !on_kernels(&[a, b]) || a.dims() != b.dims() {
         return reference::add_relu(a, b);
     }
@@ -371,6 +424,7 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// On the CPU kernels one pass each way; elsewhere index selects and a
 /// concatenation ([`reference::zero_pad_shortcut`]).
 pub fn zero_pad_shortcut(x: &Tensor, stride: usize, front: usize, back: usize) -> Result<Tensor> {
+    let x = &operand(x);
     if !on_kernels(&[x]) {
         return reference::zero_pad_shortcut(x, stride, front, back);
     }
