@@ -33,6 +33,7 @@ mod fetch_missing;
 mod init;
 mod launch;
 mod predict;
+mod timing;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -398,12 +399,14 @@ fn init_logging(default: &str) {
 }
 
 fn open(args: &ConfigArgs, config_file: &str) -> Result<Experiment> {
+    let started = std::time::Instant::now();
     let cfg = ExperimentConfig::load(&args.config, &args.set)?;
     let exp = match lt_train::dist::DistEnv::from_env()? {
         Some(env) if env.world_size > 1 => Experiment::open_distributed(cfg, config_file, &env),
         _ => Experiment::open(cfg, config_file),
     }
     .with_context(|| format!("opening experiment {}", args.config.display()))?;
+    timing::opened(&exp.run, exp.dist.rank() == 0, started.elapsed());
     Ok(exp)
 }
 
@@ -433,23 +436,44 @@ fn run(command: Command, out: &mut String) -> Result<()> {
                 in_pipeline: true,
                 ..a.start.clone()
             };
-            let mut stages = vec![Command::Train(TrainArgs {
-                config: a.config.clone(),
-                start: start.clone(),
-            })];
-            for h in heads::REGISTRY.iter().filter(|h| h.training().is_some()) {
-                stages.push(Command::Retrain(RetrainArgs {
+            let mut stages = vec![(
+                "stage 1".to_string(),
+                Command::Train(TrainArgs {
                     config: a.config.clone(),
-                    head: h.id(),
                     start: start.clone(),
-                }));
+                }),
+            )];
+            for h in heads::REGISTRY.iter().filter(|h| h.training().is_some()) {
+                stages.push((
+                    format!("stage 2 {}", h.id()),
+                    Command::Retrain(RetrainArgs {
+                        config: a.config.clone(),
+                        head: h.id(),
+                        start: start.clone(),
+                    }),
+                ));
             }
-            stages.push(Command::Eval(EvalArgs {
-                config: a.config,
-                head: vec![None],
-            }));
-            for stage in stages {
+            stages.push((
+                "evaluation".to_string(),
+                Command::Eval(EvalArgs {
+                    config: a.config,
+                    head: vec![None],
+                }),
+            ));
+            let started = std::time::Instant::now();
+            timing::take_loading();
+            let mut breakdown = timing::Breakdown::default();
+            for (name, stage) in stages {
+                let t = std::time::Instant::now();
                 run(stage, out)?;
+                breakdown.add_command(&name, t.elapsed());
+            }
+            let timings = breakdown.finish(started.elapsed());
+            outp!(out, "{}", timing::table(&timings));
+            if let Some(run) = timing::written_run() {
+                timings
+                    .write(&run.timings())
+                    .with_context(|| format!("writing {}", run.timings().display()))?;
             }
         }
         Command::Heads => {

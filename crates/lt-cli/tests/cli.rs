@@ -315,6 +315,35 @@ fn every_command_end_to_end() {
     }
     assert!(run.join("results.json").is_file());
 
+    // The time breakdown: printed, and written as `timings.json` with a
+    // phase for every command of the pipeline (each after its loading).
+    for part in [
+        "time breakdown:",
+        "  loading ",
+        "  stage 1 ",
+        "  stage 2 crt ",
+        "  total ",
+    ] {
+        assert!(out.contains(part), "{part} missing:\n{out}");
+    }
+    let timings = json(&run.join("timings.json"));
+    let names: Vec<&str> = timings["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names[..4], ["loading", "stage 1", "loading", "stage 2 crt"]);
+    assert_eq!(names[names.len() - 2..], ["loading", "evaluation"]);
+    let seconds: f64 = timings["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["seconds"].as_f64().unwrap())
+        .sum();
+    let total = timings["total_seconds"].as_f64().unwrap();
+    assert!(seconds > 0.0 && seconds <= total + 1e-6, "{timings}");
+
     // Tables and plots of the run, without training.
     let out = ok(&["report", run.to_str().unwrap()]);
     assert!(out.starts_with("1 runs:"), "{out}");

@@ -10,6 +10,7 @@
 //!   checkpoints/<stage>_best.safetensors (+ .json)   best validation epoch
 //!   results.json                 `eval` output (every head)
 //!   tau_sweep.json               `tau-sweep` output
+//!   timings.json                 time breakdown of the last `run`
 //!   features/<split>.safetensors `features` output
 //!   cell.json                    the run's grid cell, in a sweep
 //! ```
@@ -33,6 +34,8 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const DATA_INFO_FILE: &str = "data.json";
 /// `tau_sweep.json`.
 pub const TAU_SWEEP_FILE: &str = "tau_sweep.json";
+/// `timings.json`.
+pub const TIMINGS_FILE: &str = "timings.json";
 /// `checkpoints/`.
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 /// `features/`.
@@ -120,6 +123,11 @@ impl RunDir {
     /// `tau_sweep.json`.
     pub fn tau_sweep(&self) -> PathBuf {
         self.root.join(TAU_SWEEP_FILE)
+    }
+
+    /// `timings.json`.
+    pub fn timings(&self) -> PathBuf {
+        self.root.join(TIMINGS_FILE)
     }
 
     /// `cell.json`.

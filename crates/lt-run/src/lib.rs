@@ -33,6 +33,7 @@ pub mod layout;
 pub mod lock;
 pub mod metrics_log;
 pub mod results;
+pub mod timings;
 
 pub use cell::CellInfo;
 pub use checkpoint_meta::{BestMetric, CheckpointMeta, RngState};
@@ -46,6 +47,7 @@ pub use results::{
     HeadResult, Results, ShiftedRow, ShiftedSet, ShiftedTest, Stage1Summary, TauPoint, TauSweep,
     KNOWN_PRIOR_LA,
 };
+pub use timings::{Phase, Timings};
 
 /// Reads a JSON artefact; errors name the file, and the line and column.
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
