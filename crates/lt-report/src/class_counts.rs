@@ -24,11 +24,7 @@ pub fn class_counts_figure(
     let groups = stats.groups(rule);
     let mut order: Vec<usize> = (0..counts.len()).collect();
     order.sort_by_key(|&j| (std::cmp::Reverse(counts[j]), j));
-    let mut panel = Panel::new(
-        title,
-        "class (by training count)",
-        "training images",
-    );
+    let mut panel = Panel::new(title, "class (by training count)", "training images");
     for (k, g) in ShotGroup::ALL.into_iter().enumerate() {
         let bars: Vec<(f64, f64, f64, f64)> = order
             .iter()
@@ -38,11 +34,9 @@ pub fn class_counts_figure(
             .collect();
         if !bars.is_empty() {
             let n = bars.len();
-            panel.bars.push(Bars::new(
-                format!("{} ({n})", g.name()),
-                PALETTE[k],
-                bars,
-            ));
+            panel
+                .bars
+                .push(Bars::new(format!("{} ({n})", g.name()), PALETTE[k], bars));
         }
     }
     if counts.len() <= NAMED_UP_TO && names.len() == counts.len() {
@@ -80,9 +74,14 @@ mod tests {
         let per: Vec<usize> = p.bars.iter().map(|b| b.bars.len()).collect();
         assert_eq!(per, [1, 1, 1]);
         let dir = tempfile::tempdir().unwrap();
-        let files =
-            save_class_counts(&dir.path().join("h"), "t", &names, &[5, 300, 50], &GroupRule::default())
-                .unwrap();
+        let files = save_class_counts(
+            &dir.path().join("h"),
+            "t",
+            &names,
+            &[5, 300, 50],
+            &GroupRule::default(),
+        )
+        .unwrap();
         assert!(files.iter().all(|f| f.is_file()));
     }
 }
