@@ -231,6 +231,10 @@ pub enum NormalizationKind {
     Cifar,
     /// None: pixels in `[0, 1]`.
     Identity,
+    /// CLIP's mean / std.
+    Clip,
+    /// Mean = std = 0.5 (HF ViT, SigLIP).
+    Half,
 }
 
 impl NormalizationKind {
@@ -241,6 +245,8 @@ impl NormalizationKind {
             NormalizationKind::Inaturalist => Normalization::inaturalist(),
             NormalizationKind::Cifar => Normalization::cifar(),
             NormalizationKind::Identity => Normalization::identity(),
+            NormalizationKind::Clip => Normalization::clip(),
+            NormalizationKind::Half => Normalization::half(),
         }
     }
 }
@@ -302,9 +308,26 @@ pub struct ModelConfig {
     #[serde(default)]
     pub seed: Option<u64>,
     /// Pretrained backbone weights (safetensors, torchvision names); keys the
-    /// backbone does not have (e.g. an ImageNet `fc`) are skipped.
-    #[serde(default)]
+    /// backbone does not have (e.g. an ImageNet `fc`) are skipped. For an
+    /// encoder arch (`vit_b16`, `dinov2_s14`, `clip_b16`, ...; also written
+    /// `weights`), the encoder's safetensors file in one of the layouts of
+    /// `lt_models::encoders::weights`, every key checked.
+    #[serde(default, alias = "weights")]
     pub pretrained: Option<PathBuf>,
+    /// The encoder's config JSON (Hugging Face style); default: `config.json`
+    /// beside the weights, else the arch's standard size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_config: Option<PathBuf>,
+    /// Which encoder variables stage 1 trains: `"none"` (default: a frozen
+    /// encoder and a linear probe on cached features), `"last:N"` or `"all"`
+    /// (DINOv2 only; see `lt_models::Trainable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainable: Option<String>,
+    /// Layer-wise learning-rate decay of a fine-tuned encoder: the lr of a
+    /// variable at depth `d` (0 embeddings, `i + 1` block `i`, `L + 1` the
+    /// final norm and the classifier) is scaled by `decay^(L + 1 - d)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_decay: Option<f64>,
     /// Train only parameters whose name starts with one of these (e.g.
     /// `["layer4.", "fc."]` for Places-LT); default: everything.
     #[serde(default)]
@@ -320,6 +343,45 @@ pub struct ModelConfig {
     /// with; see `lt_heads::LinearHead`).
     #[serde(default, skip_serializing_if = "ClassifierKind::is_linear")]
     pub classifier: ClassifierKind,
+}
+
+impl ModelConfig {
+    /// The encoder's trainable setting (`none` unless set).
+    pub fn encoder_trainable(&self) -> Result<lt_models::Trainable, ConfigError> {
+        match &self.trainable {
+            None => Ok(lt_models::Trainable::None),
+            Some(t) => t.parse().map_err(|e: lt_models::ModelError| {
+                ConfigError::at("model.trainable", e.to_string())
+            }),
+        }
+    }
+
+    fn check_encoder(&self) -> Result<(), ConfigError> {
+        if self.arch.encoder().is_none() {
+            for (key, set) in [
+                ("model.trainable", self.trainable.is_some()),
+                ("model.encoder_config", self.encoder_config.is_some()),
+                ("model.layer_decay", self.layer_decay.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::at(
+                        key,
+                        format!(
+                            "applies to encoder archs (vit_b16, dinov2_s14, ...), not {}",
+                            self.arch
+                        ),
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        if let Some(d) = self.layer_decay {
+            if !(d > 0.0 && d <= 1.0) {
+                return Err(ConfigError::at("model.layer_decay", "must be in (0, 1]"));
+            }
+        }
+        self.encoder_trainable().map(|_| ())
+    }
 }
 
 /// The kind of the stage-1 (joint) classifier.
@@ -735,6 +797,7 @@ impl ExperimentConfig {
 
     fn check(&self) -> Result<(), ConfigError> {
         self.dist.validate()?;
+        self.model.check_encoder()?;
         let s1 = &self.stage1;
         s1.settings.validate("stage1")?;
         if s1.bn != Stage2Bn::Train || !s1.augment {

@@ -77,7 +77,7 @@ pub fn extract_features(
         }
         expected += size;
         let images = batch.images.to_device(&device)?;
-        let f = backbone.forward_t(&images, mode)?.detach();
+        let f = backbone.forward_frozen(&images, mode)?;
         chunks.push(f);
         bar.inc(1);
     }

@@ -41,7 +41,37 @@ impl Network {
         seed: u64,
         device: &Device,
     ) -> Result<Self, TrainError> {
-        let backbone = Backbone::new(arch, device, seed)?;
+        Self::with_backbone(
+            Backbone::new(arch, device, seed)?,
+            num_classes,
+            seed,
+            device,
+        )
+    }
+
+    /// The network a `[model]` section describes. An encoder arch reads its
+    /// config JSON and, with `with_weights`, its weights file (later stages
+    /// load a stage-1 checkpoint instead), and gets the `model.trainable`
+    /// setting; a ResNet is [`Network::new`] (its pretrained weights are
+    /// loaded by [`Network::load_pretrained`]).
+    pub fn from_config(
+        model: &crate::config::ModelConfig,
+        num_classes: usize,
+        seed: u64,
+        device: &Device,
+        with_weights: bool,
+    ) -> Result<Self, TrainError> {
+        let backbone = build_backbone(model, seed, device, with_weights)?;
+        Self::with_backbone(backbone, num_classes, seed, device)
+    }
+
+    /// A backbone and a fresh linear head seeded from `seed`.
+    pub fn with_backbone(
+        backbone: Backbone,
+        num_classes: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
         let head_vars = VarMap::new();
         let head = LinearHead::new(
             &head_vars,
@@ -138,6 +168,47 @@ impl Network {
             .filter(|(n, _)| prefixes.iter().any(|p| n.starts_with(p.as_str())))
             .collect())
     }
+}
+
+/// The backbone a `[model]` section describes (see [`Network::from_config`]):
+/// a ResNet seeded with `seed`, or an encoder with its config JSON, its
+/// weights when `with_weights`, and its `model.trainable` setting.
+pub fn build_backbone(
+    model: &crate::config::ModelConfig,
+    seed: u64,
+    device: &Device,
+    with_weights: bool,
+) -> Result<Backbone, TrainError> {
+    let Some(enc) = model.arch.encoder() else {
+        return Ok(Backbone::new(model.arch, device, seed)?);
+    };
+    let (config, file) = lt_models::encoders::resolve_config(
+        enc.family,
+        enc.standard(),
+        model.encoder_config.as_deref(),
+        model.pretrained.as_deref(),
+    )?;
+    let mut encoder = match (&model.pretrained, with_weights) {
+        (Some(weights), true) => lt_models::Encoder::from_safetensors(config, weights, device)?,
+        (None, true) => {
+            tracing::warn!(
+                arch = %model.arch,
+                "no `model.weights`: the encoder is randomly initialised"
+            );
+            lt_models::Encoder::random(config, device, seed)?
+        }
+        (_, false) => lt_models::Encoder::random(config, device, seed)?,
+    };
+    encoder.set_trainable(model.encoder_trainable()?)?;
+    tracing::info!(
+        arch = %model.arch,
+        config = %file.map(|f| f.display().to_string()).unwrap_or_else(|| "standard size".into()),
+        width = encoder.feature_dim(),
+        blocks = encoder.config().num_layers,
+        trainable = %encoder.trainable(),
+        "encoder"
+    );
+    Ok(Backbone::from_encoder(model.arch, encoder)?)
 }
 
 #[cfg(test)]

@@ -27,10 +27,17 @@ struct Stage1Model<'a> {
     net: Network,
     val: Option<Loader>,
     test: Option<Loader>,
+    /// A frozen encoder: training batches are cached features, and the
+    /// evaluation features of each split are computed once.
+    frozen: bool,
+    eval_cache: HashMap<&'static str, crate::eval::Features>,
 }
 
 impl TrainModel for Stage1Model<'_> {
     fn train_logits(&self, input: &Tensor) -> Result<Tensor, TrainError> {
+        if self.frozen {
+            return Ok(lt_heads::Classifier::logits(&self.net.head, input)?);
+        }
         self.net.logits(input, BnMode::Train)
     }
 
@@ -49,6 +56,16 @@ impl TrainModel for Stage1Model<'_> {
             Split::Train => None,
         }
         .ok_or_else(|| TrainError::Invalid(format!("no {} loader", split.as_str())))?;
+        if let Some(f) = self.eval_cache.get(split.as_str()) {
+            let f = f.clone();
+            return evaluate_head(
+                &self.net.head,
+                &f,
+                self.exp.num_classes(),
+                &self.exp.train_stats,
+                &self.exp.config.eval.group_rule,
+            );
+        }
         let f = extract_features(
             &self.net.backbone,
             loader,
@@ -57,6 +74,9 @@ impl TrainModel for Stage1Model<'_> {
             &format!("eval {}", split.as_str()),
             &self.exp.dist,
         )?;
+        if self.frozen {
+            self.eval_cache.insert(split.as_str(), f.clone());
+        }
         evaluate_head(
             &self.net.head,
             &f,
@@ -71,17 +91,21 @@ impl TrainModel for Stage1Model<'_> {
 pub fn train_stage1(exp: &Experiment, options: RunOptions) -> Result<TrainReport, TrainError> {
     let cfg = &exp.config;
     let s1 = &cfg.stage1;
-    let mut net = Network::new(
-        cfg.model.arch,
+    let mut net = Network::from_config(
+        &cfg.model,
         exp.num_classes(),
         cfg.model_seed(),
         &exp.device,
+        true,
     )?;
     net.backbone.set_precision(cfg.model.precision);
     net.set_classifier(cfg.model.classifier);
-    if let Some(p) = &cfg.model.pretrained {
+    if let (Some(p), None) = (&cfg.model.pretrained, cfg.model.arch.encoder()) {
         net.load_pretrained(p)?;
     }
+    // A frozen encoder (no batch norm, no trainable variable): a linear probe
+    // on features computed once.
+    let frozen = !net.backbone.has_batch_norm() && net.backbone.parameters().is_empty();
     if s1.loss.kind == "ldam_drw" && cfg.model.classifier != crate::config::ClassifierKind::Cosine {
         tracing::warn!(
             "stage1.loss is ldam_drw on a linear classifier; the reference trains it on a \
@@ -95,7 +119,19 @@ pub fn train_stage1(exp: &Experiment, options: RunOptions) -> Result<TrainReport
         trainable_scalars = params.iter().map(|(_, v)| v.elem_count()).sum::<usize>(),
         "stage-1 network"
     );
+    let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
     let mut opt = SgdMomentum::new(params, s1.sgd())?;
+    if let (Some(decay), Some(encoder)) = (cfg.model.layer_decay, net.backbone.as_encoder()) {
+        let top = encoder.config().num_layers + 1;
+        for name in &names {
+            let depth = if name.starts_with("fc.") {
+                top
+            } else {
+                encoder.depth_of(name)
+            };
+            opt.set_lr_scale(name, decay.powi((top - depth.min(top)) as i32))?;
+        }
+    }
     let mut sampler = Sampler::new(
         exp.train.labels(),
         exp.num_classes(),
@@ -120,8 +156,27 @@ pub fn train_stage1(exp: &Experiment, options: RunOptions) -> Result<TrainReport
         derive_seed(cfg.seed, Purpose::Stage1Augment),
     )?;
     let schedule = s1.schedule.build(s1.lr, s1.epochs, sampler.num_batches())?;
+    let cache = if frozen {
+        tracing::info!(
+            preset = cfg.data.eval_preset.name(),
+            "frozen encoder: training the linear probe on cached features (the eval preset, \
+             no augmentation)"
+        );
+        Some(extract_features(
+            &net.backbone,
+            &exp.loader(Split::Train, cfg.data.eval_preset, 0)?,
+            cfg.eval.batch_size,
+            BnMode::Eval,
+            "train features",
+            &exp.dist,
+        )?)
+    } else {
+        None
+    };
     let mut model = Stage1Model {
         exp,
+        frozen,
+        eval_cache: HashMap::new(),
         net,
         val: exp
             .val
@@ -159,11 +214,15 @@ pub fn train_stage1(exp: &Experiment, options: RunOptions) -> Result<TrainReport
             .mixup
             .map(|m| crate::mixup::Mixup::new(m, derive_seed(cfg.seed, Purpose::Stage1Mixup))),
     };
+    let source = match &cache {
+        Some(f) => BatchSource::Features(f),
+        None => BatchSource::Images(&loader),
+    };
     trainer.run(
         &mut model,
         &mut opt,
         &mut sampler,
-        BatchSource::Images(&loader),
+        source,
         &schedule,
         loss.as_ref(),
     )
@@ -215,11 +274,12 @@ pub fn load_selected(exp: &Experiment) -> Result<(Network, PathBuf, usize), Trai
             meta.config_hash
         );
     }
-    let mut net = Network::new(
-        exp.config.model.arch,
+    let mut net = Network::from_config(
+        &exp.config.model,
         exp.num_classes(),
         exp.config.model_seed(),
         &exp.device,
+        false,
     )?;
     net.backbone.set_precision(exp.config.model.precision);
     net.set_classifier(exp.config.model.classifier);

@@ -58,7 +58,7 @@ impl TrainModel for Stage2Model<'_> {
         } else {
             // No backbone parameter is optimised; detaching keeps the backward
             // pass (and its memory) to the head.
-            self.backbone.forward_t(input, self.bn)?.detach()
+            self.backbone.forward_frozen(input, self.bn)?
         };
         Ok(self.head.logits(&features)?)
     }
@@ -192,7 +192,9 @@ pub fn retrain(
         Stage2Bn::Train => BnMode::Train,
         Stage2Bn::Eval => BnMode::Eval,
     };
-    let cached = spec.uses_cached_features();
+    // Without batch norm (an encoder), features do not depend on `bn`: only
+    // augmentation prevents caching them.
+    let cached = spec.uses_cached_features() || (!spec.augment && !net.backbone.has_batch_norm());
     let preset = if spec.augment {
         cfg.data.train_preset
     } else {
@@ -204,11 +206,15 @@ pub fn retrain(
         derive_seed_code(cfg.seed, augment_stream),
     )?;
     let cache = if cached {
-        tracing::info!(
-            stage = %stage,
-            "bn = eval without augmentation: training the head on cached features \
-             (an approximation of the reference, which refreshes BN statistics)"
-        );
+        if net.backbone.has_batch_norm() {
+            tracing::info!(
+                stage = %stage,
+                "bn = eval without augmentation: training the head on cached features \
+                 (an approximation of the reference, which refreshes BN statistics)"
+            );
+        } else {
+            tracing::info!(stage = %stage, "no augmentation: training the head on cached features");
+        }
         Some(extract_features(
             &net.backbone,
             &exp.loader(Split::Train, cfg.data.eval_preset, 0)?,

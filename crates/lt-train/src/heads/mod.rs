@@ -415,7 +415,8 @@ pub fn build_trained(
         );
     }
     let cfg = &exp.config;
-    let mut backbone = Backbone::new(cfg.model.arch, &exp.device, cfg.model_seed())?;
+    let mut backbone =
+        crate::model::build_backbone(&cfg.model, cfg.model_seed(), &exp.device, false)?;
     backbone.set_precision(cfg.model.precision);
     crate::stage2::load_backbone(&backbone, &tensors, &path)?;
     let joint = placeholder_joint(&tensors, &path, &exp.device)?
