@@ -474,6 +474,21 @@ fn run(command: Command, out: &mut String) -> Result<()> {
                 timings
                     .write(&run.timings())
                     .with_context(|| format!("writing {}", run.timings().display()))?;
+                // The run's own report (tables, plots, report.html), as
+                // `lt-cli report` writes it. The results are already safe in
+                // results.json, so a report that cannot be drawn is a
+                // warning, not a failed run.
+                match lt_report::regenerate(run.root()) {
+                    Ok(r) => {
+                        r.warnings.iter().for_each(|w| tracing::warn!("{w}"));
+                        outln!(
+                            out,
+                            "report: {}",
+                            r.out_dir.join(lt_report::HTML_FILE).display()
+                        );
+                    }
+                    Err(e) => tracing::warn!("report of {}: {e}", run.root().display()),
+                }
             }
         }
         Command::Heads => {

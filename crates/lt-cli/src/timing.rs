@@ -119,8 +119,14 @@ mod tests {
         assert_eq!(names, ["loading", "stage 1", "loading", "stage 2 crt"]);
         assert_eq!(t.phases[1].seconds, 8.0);
         let text = table(&t);
-        assert!(text.contains("  loading            3.0 s   21.4 %"), "{text}");
-        assert!(text.contains("  total             14.0 s  100.0 %"), "{text}");
+        assert!(
+            text.contains("  loading            3.0 s   21.4 %"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  total             14.0 s  100.0 %"),
+            "{text}"
+        );
         assert_eq!(written_run(), Some(run));
     }
 }

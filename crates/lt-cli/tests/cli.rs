@@ -314,6 +314,9 @@ fn every_command_end_to_end() {
         assert!(out.contains(part), "{part} missing:\n{out}");
     }
     assert!(run.join("results.json").is_file());
+    // `run` ends with the run's report, its one-page HTML included.
+    assert!(out.contains("report: "), "{out}");
+    assert!(run.join("report/report.html").is_file());
 
     // The time breakdown: printed, and written as `timings.json` with a
     // phase for every command of the pipeline (each after its loading).

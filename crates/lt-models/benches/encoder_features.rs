@@ -58,7 +58,9 @@ fn main() -> Result<()> {
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
         let t = Instant::now();
-        let f = encoder.forward_frozen(&x).map_err(candle_core::Error::wrap)?;
+        let f = encoder
+            .forward_frozen(&x)
+            .map_err(candle_core::Error::wrap)?;
         let _ = f.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
         if i >= warmup {
             times.push(t.elapsed().as_secs_f64());

@@ -307,7 +307,8 @@ pub struct ModelConfig {
     /// Seed of the initial weights (default: the top-level `seed`).
     #[serde(default)]
     pub seed: Option<u64>,
-    /// Pretrained backbone weights (safetensors, torchvision names); keys the
+    /// Pretrained backbone weights (safetensors, or a PyTorch `.pth` /
+    /// `.pth.tar` read by `lt_models::torch_import`; torchvision names); keys the
     /// backbone does not have (e.g. an ImageNet `fc`) are skipped. For an
     /// encoder arch (`vit_b16`, `dinov2_s14`, `clip_b16`, ...; also written
     /// `weights`), the encoder's safetensors file in one of the layouts of
