@@ -169,16 +169,25 @@ enum Format {
 }
 
 fn sniff(path: &Path) -> Result<Format> {
-    let mut head = [0u8; 4];
+    let mut head = [0u8; 9];
     let mut f = std::fs::File::open(path).map_err(|e| read_err(path)(e.into()))?;
     let n = read_up_to(&mut f, &mut head).map_err(|e| read_err(path)(e.into()))?;
-    Ok(if head[..n].starts_with(ZIP_MAGIC) {
+    Ok(sniff_bytes(&head[..n]))
+}
+
+fn sniff_bytes(head: &[u8]) -> Format {
+    if head.starts_with(ZIP_MAGIC) {
         Format::Zip
-    } else if n > 0 && head[0] == PICKLE_PROTO {
+    } else if head.len() == 9 && head[8] == b'{' {
+        // A safetensors file: an 8-byte little-endian header length, then
+        // the JSON header. Checked before the pickle opcode because that
+        // length's low byte is 0x80 for one header size in 256.
+        Format::Other
+    } else if head.first() == Some(&PICKLE_PROTO) {
         Format::Legacy
     } else {
         Format::Other
-    })
+    }
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -879,6 +888,18 @@ fn json_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_safetensors_header_length_ending_in_0x80_is_not_a_pickle() {
+        // Header length 0x280: its first byte is the pickle protocol opcode.
+        let mut st = vec![0x80, 0x02, 0, 0, 0, 0, 0, 0, b'{'];
+        assert_eq!(sniff_bytes(&st), Format::Other);
+        st[8] = 0x8a;
+        assert_eq!(sniff_bytes(&st), Format::Legacy);
+        assert_eq!(sniff_bytes(&LEGACY_MAGIC), Format::Legacy);
+        assert_eq!(sniff_bytes(b"PK\x03\x04rest"), Format::Zip);
+        assert_eq!(sniff_bytes(&[]), Format::Other);
+    }
 
     fn fake(shapes: &[(&str, &[usize])]) -> BTreeMap<String, Tensor> {
         let one = Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();
