@@ -132,23 +132,7 @@ pub fn train_stage1(exp: &Experiment, options: RunOptions) -> Result<TrainReport
             opt.set_lr_scale(name, decay.powi((top - depth.min(top)) as i32))?;
         }
     }
-    let mut sampler = Sampler::new(
-        exp.train.labels(),
-        exp.num_classes(),
-        SamplerConfig {
-            strategy: s1.sampler.clone(),
-            batch_size: s1.batch_size,
-            epoch_length: s1.epoch_length,
-            seed: derive_seed(cfg.seed, Purpose::Stage1Sampler),
-            rank: exp.dist.rank(),
-            world_size: exp.dist.world_size(),
-            shuffle_in_batch: s1.shuffle_in_batch,
-        },
-    )
-    .map_err(|source| TrainError::Sampler {
-        context: "key `stage1.sampler`".into(),
-        source,
-    })?;
+    let mut sampler = stage1_sampler(exp)?;
     tracing::info!(sampler = %s1.sampler, batches_per_epoch = sampler.num_batches(), "stage-1 sampler");
     let loader = exp.loader(
         Split::Train,
@@ -226,6 +210,32 @@ pub fn train_stage1(exp: &Experiment, options: RunOptions) -> Result<TrainReport
         &schedule,
         loss.as_ref(),
     )
+}
+
+/// The stage-1 sampler of `exp`, before its first epoch. Training stage 1 and
+/// importing a finished one (which replays every epoch to leave the state a
+/// trained stage 1 would) both build it here, so the two cannot draw different
+/// batches.
+pub(crate) fn stage1_sampler(exp: &Experiment) -> Result<Sampler, TrainError> {
+    let cfg = &exp.config;
+    let s1 = &cfg.stage1;
+    Sampler::new(
+        exp.train.labels(),
+        exp.num_classes(),
+        SamplerConfig {
+            strategy: s1.sampler.clone(),
+            batch_size: s1.batch_size,
+            epoch_length: s1.epoch_length,
+            seed: derive_seed(cfg.seed, Purpose::Stage1Sampler),
+            rank: exp.dist.rank(),
+            world_size: exp.dist.world_size(),
+            shuffle_in_batch: s1.shuffle_in_batch,
+        },
+    )
+    .map_err(|source| TrainError::Sampler {
+        context: "key `stage1.sampler`".into(),
+        source,
+    })
 }
 
 /// What is built on stage 1 and goes when it starts over: every trained

@@ -46,12 +46,10 @@ use lt_models::torch_import::read_torch_checkpoint;
 pub use lt_models::torch_import::{convert, ConvertReport, TorchLayout};
 pub use lt_models::Arch;
 use lt_run::layout::checkpoint_meta_path;
-use lt_samplers::{Sampler, SamplerConfig};
 
 use crate::checkpoint::{load_into_varmap, save_checkpoint, CheckpointMeta, RngState};
 use crate::experiment::Experiment;
 use crate::model::Network;
-use crate::seed::{derive_seed, Purpose};
 use crate::TrainError;
 
 /// What [`import_stage1`] did.
@@ -210,26 +208,8 @@ pub fn import_stage1(
 /// The stage-1 sampler's state once it has drawn every epoch of the config,
 /// as a finished stage 1 would have left it.
 fn finished_sampler_state(exp: &Experiment) -> Result<lt_samplers::SamplerState, TrainError> {
-    let cfg = &exp.config;
-    let s1 = &cfg.stage1;
-    let mut sampler = Sampler::new(
-        exp.train.labels(),
-        exp.num_classes(),
-        SamplerConfig {
-            strategy: s1.sampler.clone(),
-            batch_size: s1.batch_size,
-            epoch_length: s1.epoch_length,
-            seed: derive_seed(cfg.seed, Purpose::Stage1Sampler),
-            rank: exp.dist.rank(),
-            world_size: exp.dist.world_size(),
-            shuffle_in_batch: s1.shuffle_in_batch,
-        },
-    )
-    .map_err(|source| TrainError::Sampler {
-        context: "key `stage1.sampler`".into(),
-        source,
-    })?;
-    for _ in 0..s1.epochs {
+    let mut sampler = crate::stage1::stage1_sampler(exp)?;
+    for _ in 0..exp.config.stage1.epochs {
         sampler.next_epoch();
     }
     Ok(sampler.state())

@@ -127,3 +127,26 @@ fn a_checkpoint_that_does_not_fit_is_refused_and_nothing_is_written() {
     assert!(!exp.run.last_checkpoint(lt_core::Stage::Stage1).exists());
     assert!(!exp.run.best_checkpoint(lt_core::Stage::Stage1).exists());
 }
+
+/// The sampler state an import records is the one a trained stage 1 of the
+/// same config leaves, so a stage-1 resume after either draws the same batches.
+#[test]
+fn an_imported_stage_1_records_the_sampler_state_training_leaves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::make_dataset(&data);
+    let sampler_of = |exp: &Experiment| -> serde_json::Value {
+        let meta =
+            lt_run::layout::checkpoint_meta_path(&exp.run.last_checkpoint(lt_core::Stage::Stage1));
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+        meta["sampler"].clone()
+    };
+    let imported = open(&data, &tmp.path().join("imported"));
+    import_stage1(&imported, &fixture("resnet8_cb.pth"), false).unwrap();
+    let trained = open(&data, &tmp.path().join("trained"));
+    lt_train::stage1::train_stage1(&trained, opts(StartMode::Fresh)).unwrap();
+    let (a, b) = (sampler_of(&imported), sampler_of(&trained));
+    assert!(!a.is_null(), "the import recorded no sampler state");
+    assert_eq!(a, b);
+}
