@@ -154,11 +154,7 @@ impl TrainedHead for LearnedTau {
             vec![0; c]
         };
         let norms = init.joint.weight().detach().sqr()?.sum(1)?.sqrt()?;
-        if norms.to_vec1::<f32>()?.contains(&0.0) {
-            return Err(TrainError::Invalid(
-                "learned_tau: a class weight row of the joint head is zero".into(),
-            ));
-        }
+        check_norms(&norms.to_vec1::<f32>()?)?;
         Ok(Box::new(LearnedTauHead {
             weight,
             bias,
@@ -168,6 +164,35 @@ impl TrainedHead for LearnedTau {
             keep_bias: o.bias == TauBias::Keep,
         }))
     }
+}
+
+/// Refuses a joint head the τ scaling is undefined on. The head divides each
+/// class row by ‖w_j‖^τ through ln ‖w_j‖: a zero row (ln 0 = −∞, and 0·∞ at
+/// τ = 0) or an infinite / NaN one turns every logit of that class into NaN,
+/// and no τ fixes that, so training stops here naming the classes instead of
+/// learning τ on NaN losses.
+fn check_norms(norms: &[f32]) -> Result<(), TrainError> {
+    let classes = |bad: fn(f32) -> bool| -> Vec<usize> {
+        (0..norms.len()).filter(|&j| bad(norms[j])).collect()
+    };
+    let zero = classes(|n| n == 0.0);
+    if !zero.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "learned_tau: classifier weight norms are zero for classes {zero:?} (of {}); \
+             stage 1 collapsed, so there is no class direction for τ to rescale: retrain \
+             stage 1 (e.g. a lower learning rate or weight decay)",
+            norms.len()
+        )));
+    }
+    let non_finite = classes(|n| !n.is_finite());
+    if !non_finite.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "learned_tau: classifier weight norms are not finite for classes {non_finite:?} \
+             (of {}); stage 1 diverged: retrain it (e.g. a lower learning rate)",
+            norms.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The frozen joint head rescaled by a learnable τ per class group.
@@ -234,26 +259,64 @@ mod tests {
     use candle_nn::VarMap;
     use lt_heads::LinearHead;
 
-    fn head(options: &str, groups: &[ShotGroup]) -> (VarMap, Box<dyn TrainableHead>) {
+    /// The head on a joint classifier with rows `w` and bias (0.5, -0.5).
+    fn init_on(
+        w: [[f32; 2]; 2],
+        options: &str,
+        groups: &[ShotGroup],
+    ) -> Result<(VarMap, Box<dyn TrainableHead>), TrainError> {
         let dev = Device::Cpu;
         let vars = VarMap::new();
         let jv = VarMap::new();
-        // Rows of norm 2 and 1.
-        let w = Tensor::new(&[[2f32, 0.0], [0.0, 1.0]], &dev).unwrap();
+        let w = Tensor::new(&w, &dev).unwrap();
         let b = Tensor::new(&[0.5f32, -0.5], &dev).unwrap();
         let joint = LinearHead::from_tensors(&jv, "fc", &w, &b).unwrap();
         let options: toml::Table = toml::from_str(options).unwrap();
-        let h = LearnedTau
-            .init(&HeadInit {
-                joint: &joint,
-                vars: &vars,
-                options: &options,
-                seed: 0,
-                class_counts: &[10, 1],
-                groups,
-            })
-            .unwrap();
-        (vars, h)
+        let h = LearnedTau.init(&HeadInit {
+            joint: &joint,
+            vars: &vars,
+            options: &options,
+            seed: 0,
+            class_counts: &[10, 1],
+            groups,
+        })?;
+        Ok((vars, h))
+    }
+
+    fn head(options: &str, groups: &[ShotGroup]) -> (VarMap, Box<dyn TrainableHead>) {
+        // Rows of norm 2 and 1.
+        init_on([[2.0, 0.0], [0.0, 1.0]], options, groups).unwrap()
+    }
+
+    fn refusal(w: [[f32; 2]; 2]) -> String {
+        match init_on(w, "", &[ShotGroup::Many, ShotGroup::Few]) {
+            Ok((_, h)) => panic!("accepted; logits {:?}", logits(h.as_ref())),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_collapsed_joint_head_is_refused_naming_the_classes() {
+        // Stage 1 collapsed to an all-zero classifier: ln 0 would make every
+        // logit NaN.
+        let e = refusal([[0.0, 0.0], [0.0, 0.0]]);
+        assert!(
+            e.starts_with(
+                "learned_tau: classifier weight norms are zero for classes [0, 1] (of 2)"
+            ) && e.contains("stage 1 collapsed"),
+            "{e}"
+        );
+        let e = refusal([[2.0, 0.0], [0.0, 0.0]]);
+        assert!(e.contains("zero for classes [1] (of 2)"), "{e}");
+        // A diverged row: ln ∞ times the initial τ = 0 is NaN.
+        let e = refusal([[f32::INFINITY, 0.0], [0.0, 1.0]]);
+        assert!(
+            e.starts_with("learned_tau: classifier weight norms are not finite for classes [0]")
+                && e.contains("stage 1 diverged"),
+            "{e}"
+        );
+        let e = refusal([[2.0, 0.0], [f32::NAN, 1.0]]);
+        assert!(e.contains("not finite for classes [1]"), "{e}");
     }
 
     fn logits(h: &dyn TrainableHead) -> Vec<f32> {
