@@ -57,24 +57,36 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 #[test]
 fn features_match_the_reference_implementation() {
     for name in ["vit", "dinov2", "clip", "siglip"] {
-        let encoder = load(name);
+        let mut encoder = load(name);
         let (x, expected) = io(&format!("{name}_io.safetensors"));
+        // Frozen: candle-transformers' model code (DINOv2: this crate's).
         let frozen = encoder.forward_frozen(&x).unwrap();
         let d = max_abs_diff(&frozen, &expected);
-        assert!(d < 1e-4, "{name}: max |diff| {d}");
-        let mut encoder = encoder;
-        if name == "dinov2" {
-            encoder.set_trainable(Trainable::All).unwrap();
+        assert!(d < 1e-4, "{name} frozen: max |diff| {d}");
+        // Fine-tuned (all, or the last block): the shared differentiable
+        // block of this crate, with an autograd graph.
+        for trainable in [Trainable::All, Trainable::LastBlocks(1)] {
+            encoder.set_trainable(trainable).unwrap();
             let trained = encoder.forward(&x).unwrap();
-            assert!(trained.track_op());
-            assert!(max_abs_diff(&frozen, &trained) < 1e-5, "{name}");
-        } else {
-            // candle-nn's fused layer norm and softmax have no backward pass:
-            // frozen only.
-            let e = encoder.set_trainable(Trainable::All).unwrap_err();
-            assert!(e.to_string().contains("frozen"), "{e}");
+            assert!(trained.track_op(), "{name} {trainable}");
+            let d = max_abs_diff(&trained, &expected);
+            assert!(d < 1e-4, "{name} {trainable}: max |diff| {d}");
         }
     }
+}
+
+#[test]
+fn siglip_resizes_position_embeddings_alike_in_both_implementations() {
+    // At 48x40 (a 6x5 grid from the 4x4 of the checkpoint): candle-transformers'
+    // nearest-neighbour resizing when frozen, index selection when trained.
+    let mut encoder = load("siglip");
+    let (x, _) = io("dinov2_io_48x40.safetensors");
+    let frozen = encoder.forward_frozen(&x).unwrap();
+    encoder.set_trainable(Trainable::All).unwrap();
+    let trained = encoder.forward(&x).unwrap();
+    assert!(trained.track_op());
+    let d = max_abs_diff(&frozen, &trained);
+    assert!(d < 1e-5, "max |diff| {d}");
 }
 
 #[test]
@@ -87,6 +99,16 @@ fn dinov2_interpolates_position_embeddings_as_the_release() {
 
 #[test]
 fn a_frozen_encoder_builds_no_autograd_graph() {
+    for name in ["vit", "clip", "siglip"] {
+        let mut encoder = load(name);
+        let (x, _) = io(&format!("{name}_io.safetensors"));
+        assert!(!encoder.forward(&x).unwrap().track_op(), "{name}");
+        encoder.set_trainable(Trainable::LastBlocks(1)).unwrap();
+        assert!(encoder.forward(&x).unwrap().track_op(), "{name}");
+        assert!(!encoder.forward_frozen(&x).unwrap().track_op(), "{name}");
+        encoder.set_trainable(Trainable::LastBlocks(0)).unwrap();
+        assert!(!encoder.forward(&x).unwrap().track_op(), "{name}");
+    }
     let mut encoder = load("dinov2");
     let (x, _) = io("dinov2_io.safetensors");
     // Frozen by default.

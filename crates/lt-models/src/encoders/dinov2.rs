@@ -10,114 +10,40 @@
 //! 1e-6, resizes the position embeddings with nearest-neighbour sampling
 //! where the release uses bicubic interpolation, always builds the
 //! ImageNet linear head (`head.*`, absent from the backbone checkpoints), and
-//! keeps its blocks private. So the same blocks are written here, over the
-//! same variable names, with a layer norm and a softmax that keep their
-//! backward passes when a gradient is needed (candle-nn's fused ones have
-//! none), which makes DINOv2 the encoder that can be fine-tuned.
+//! keeps its blocks private. So the model is written here, over the same
+//! variable names, from the shared differentiable block of
+//! [`super::transformer`] (with DINOv2's layer scale); it runs both frozen
+//! and fine-tuned.
 
 use super::config::EncoderConfig;
+use super::transformer::{self, Attention, Block, LayerNorm, Mlp, Projections};
 use candle_core::{IndexOp, Module, Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
-/// A layer norm that stays differentiable: candle-nn's `LayerNorm` runs a
-/// fused kernel without a backward pass on contiguous inputs (no gradient
-/// reaches its parameters or anything before it), so when a gradient is
-/// needed the norm is composed of ordinary tensor ops instead.
-#[derive(Debug, Clone)]
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn new(d: usize, eps: f64, vb: VarBuilder<'_>) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get(d, "weight")?,
-            bias: vb.get(d, "bias")?,
-            eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if !(x.track_op() || self.weight.track_op() || self.bias.track_op()) {
-            return candle_nn::ops::layer_norm(
-                &x.contiguous()?,
-                &self.weight,
-                &self.bias,
-                self.eps as f32,
-            );
-        }
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let x = x.broadcast_sub(&mean)?;
-        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-        x.broadcast_div(&(var + self.eps)?.sqrt()?)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Block {
-    norm1: LayerNorm,
-    qkv: Linear,
-    proj: Linear,
-    ls1: Tensor,
-    norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    ls2: Tensor,
-    num_heads: usize,
-}
-
-impl Block {
-    fn new(c: &EncoderConfig, vb: VarBuilder<'_>) -> Result<Self> {
-        let d = c.hidden_size;
-        let ln = |name: &str| LayerNorm::new(d, c.layer_norm_eps, vb.pp(name));
-        Ok(Self {
-            norm1: ln("norm1")?,
-            qkv: candle_nn::linear_b(d, 3 * d, c.qkv_bias, vb.pp("attn.qkv"))?,
-            proj: candle_nn::linear(d, d, vb.pp("attn.proj"))?,
-            ls1: vb.get(d, "ls1.gamma")?,
-            norm2: ln("norm2")?,
-            fc1: candle_nn::linear(d, c.intermediate_size, vb.pp("mlp.fc1"))?,
-            fc2: candle_nn::linear(c.intermediate_size, d, vb.pp("mlp.fc2"))?,
-            ls2: vb.get(d, "ls2.gamma")?,
-            num_heads: c.num_heads,
-        })
-    }
-
-    fn attention(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, d) = x.dims3()?;
-        let h = self.num_heads;
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((b, n, 3, h, d / h))?
-            .permute((2, 0, 3, 1, 4))?;
-        let scale = 1.0 / ((d / h) as f64).sqrt();
-        let q = (qkv.i(0)?.contiguous()? * scale)?;
-        let k = qkv.i(1)?.contiguous()?;
-        let v = qkv.i(2)?.contiguous()?;
-        let scores = q.matmul(&k.t()?)?;
-        // candle-nn's fused `softmax_last_dim` has no backward pass: it would
-        // silently cut the gradient to the query and key projections.
-        let attn = if scores.track_op() {
-            candle_nn::ops::softmax(&scores, D::Minus1)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        };
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
-        self.proj.forward(&out)
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let a = self.attention(&self.norm1.forward(x)?)?;
-        let x = (x + a.broadcast_mul(&self.ls1)?)?;
-        let m = self.fc1.forward(&self.norm2.forward(&x)?)?.gelu_erf()?;
-        let m = self.fc2.forward(&m)?;
-        x + m.broadcast_mul(&self.ls2)?
-    }
+fn block(c: &EncoderConfig, vb: VarBuilder<'_>) -> Result<Block> {
+    let d = c.hidden_size;
+    let ln = |name: &str| LayerNorm::new(d, c.layer_norm_eps, vb.pp(name));
+    Ok(Block {
+        norm1: ln("norm1")?,
+        attn: Attention::new(
+            Projections::Fused(candle_nn::linear_b(
+                d,
+                3 * d,
+                c.qkv_bias,
+                vb.pp("attn.qkv"),
+            )?),
+            candle_nn::linear(d, d, vb.pp("attn.proj"))?,
+            c.num_heads,
+        ),
+        ls1: Some(vb.get(d, "ls1.gamma")?),
+        norm2: ln("norm2")?,
+        mlp: Mlp::new(
+            candle_nn::linear(d, c.intermediate_size, vb.pp("mlp.fc1"))?,
+            candle_nn::linear(c.intermediate_size, d, vb.pp("mlp.fc2"))?,
+            c.activation,
+        ),
+        ls2: Some(vb.get(d, "ls2.gamma")?),
+    })
 }
 
 /// The DINOv2 feature extractor: the class token after the final norm
@@ -137,15 +63,11 @@ pub(crate) struct Dinov2 {
 impl Dinov2 {
     pub(crate) fn new(c: &EncoderConfig, vb: VarBuilder<'_>) -> Result<Self> {
         let d = c.hidden_size;
-        let conv = candle_nn::Conv2dConfig {
-            stride: c.patch_size,
-            ..Default::default()
-        };
-        let patch_embed = candle_nn::conv2d(
+        let patch_embed = transformer::patch_conv(
             c.num_channels,
             d,
             c.patch_size,
-            conv,
+            true,
             vb.pp("patch_embed.proj"),
         )?;
         let grid = c.grid();
@@ -153,7 +75,7 @@ impl Dinov2 {
             .then(|| vb.get((1, c.num_register_tokens, d), "register_tokens"))
             .transpose()?;
         let blocks = (0..c.num_layers)
-            .map(|i| Block::new(c, vb.pp(format!("blocks.{i}"))))
+            .map(|i| block(c, vb.pp(format!("blocks.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             patch_embed,
@@ -196,11 +118,7 @@ impl Dinov2 {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, _, h, w) = x.dims4()?;
         let p = self.patch_size;
-        let tokens = self
-            .patch_embed
-            .forward(x)?
-            .flatten_from(2)?
-            .transpose(1, 2)?;
+        let tokens = transformer::tokens(&self.patch_embed.forward(x)?)?;
         let d = tokens.dim(D::Minus1)?;
         let cls = self.cls_token.broadcast_as((b, 1, d))?.contiguous()?;
         let mut x =
@@ -210,9 +128,7 @@ impl Dinov2 {
             let n = x.dim(1)?;
             x = Tensor::cat(&[&x.narrow(1, 0, 1)?, &r, &x.narrow(1, 1, n - 1)?], 1)?;
         }
-        for block in &self.blocks {
-            x = block.forward(&x)?;
-        }
+        let x = transformer::run_blocks(&self.blocks, &x)?;
         self.norm.forward(&x.i((.., 0, ..))?)
     }
 }

@@ -4,9 +4,19 @@
 //! An [`Encoder`] maps images `(N, 3, H, W)` to their pooled features
 //! `(N, hidden)`: the CLS token after the final layer norm (ViT, DINOv2),
 //! CLIP's `pooler_output` (layer-normed CLS token) or SigLIP's attention
-//! pooling. ViT, CLIP and SigLIP run the model code of candle-transformers
-//! through thin wrappers ([`vit`], [`clip`], [`siglip`]); DINOv2 runs this
-//! crate's own blocks ([`dinov2`] says why).
+//! pooling.
+//!
+//! # Model code
+//!
+//! Every family is written once over the shared pre-norm block of
+//! [`transformer`], whose layer norm and attention softmax keep their
+//! backward passes when a gradient is needed (candle-nn's fused kernels,
+//! which they use otherwise, have none). This code runs whenever a variable
+//! is trained. A frozen ViT, CLIP or SigLIP runs candle-transformers' model
+//! code instead, through thin wrappers ([`vit`], [`clip`], [`siglip`]); both
+//! read the same variables and match Hugging Face transformers' features to
+//! 1e-4 (`tests/encoders.rs`). DINOv2 has only this crate's code ([`dinov2`]
+//! says why).
 //!
 //! # Weights and freezing
 //!
@@ -50,6 +60,7 @@ pub mod clip;
 pub mod config;
 pub mod dinov2;
 pub mod siglip;
+pub mod transformer;
 pub mod vit;
 pub mod weights;
 
@@ -65,15 +76,16 @@ use std::path::Path;
 use std::str::FromStr;
 use weights::{Collect, Serve, Source};
 
-/// Which encoder variables are trained (`model.trainable`).
+/// Which encoder variables are trained (`model.trainable`), for every
+/// family.
 ///
-/// Only DINOv2 can be fine-tuned. candle-nn's fused layer norm and
-/// last-dimension softmax, which the ViT, CLIP and SigLIP model code of
-/// candle-transformers use, have no backward pass: gradients would silently
-/// skip the layer norms (and, in ViT and SigLIP, the query and key
-/// projections), so [`Encoder::set_trainable`] refuses anything but
-/// [`Trainable::None`] for them. The DINOv2 code of this crate keeps both
-/// differentiable when a gradient is needed.
+/// A trained encoder runs the differentiable block of [`transformer`]
+/// (candle-transformers' model code, which serves the frozen ViT, CLIP and
+/// SigLIP, goes through candle-nn's fused layer norm and softmax, whose
+/// missing backward passes would silently cut the gradient). Frozen
+/// variables are served detached: with `last:N` the blocks before the last
+/// `N` run without an autograd graph. The depth of each variable, for
+/// layer-wise learning-rate decay, is [`Encoder::depth_of`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Trainable {
     /// Every variable (`"all"`).
@@ -115,30 +127,50 @@ impl fmt::Display for Trainable {
     }
 }
 
+/// Which implementation runs a forward pass (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Code {
+    /// candle-transformers' model code (ViT, CLIP, SigLIP), for a frozen
+    /// encoder; DINOv2 has only its own.
+    Frozen,
+    /// The shared differentiable block of [`transformer`].
+    Differentiable,
+}
+
 #[derive(Debug, Clone)]
 enum Model {
     Vit(vit::Vit),
+    CandleVit(vit::CandleVit),
     Dinov2(dinov2::Dinov2),
     Clip(clip::Clip),
+    CandleClip(clip::CandleClip),
     Siglip(siglip::Siglip),
+    CandleSiglip(siglip::CandleSiglip),
 }
 
 impl Model {
-    fn build(c: &EncoderConfig, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
+    fn build(c: &EncoderConfig, vb: VarBuilder<'_>, code: Code) -> candle_core::Result<Self> {
+        let own = code == Code::Differentiable;
         Ok(match c.family {
-            EncoderFamily::Vit => Model::Vit(vit::Vit::new(c, vb)?),
+            EncoderFamily::Vit if own => Model::Vit(vit::Vit::new(c, vb)?),
+            EncoderFamily::Vit => Model::CandleVit(vit::CandleVit::new(c, vb)?),
             EncoderFamily::Dinov2 => Model::Dinov2(dinov2::Dinov2::new(c, vb)?),
-            EncoderFamily::Clip => Model::Clip(clip::Clip::new(c, vb)?),
-            EncoderFamily::Siglip => Model::Siglip(siglip::Siglip::new(c, vb)?),
+            EncoderFamily::Clip if own => Model::Clip(clip::Clip::new(c, vb)?),
+            EncoderFamily::Clip => Model::CandleClip(clip::CandleClip::new(c, vb)?),
+            EncoderFamily::Siglip if own => Model::Siglip(siglip::Siglip::new(c, vb)?),
+            EncoderFamily::Siglip => Model::CandleSiglip(siglip::CandleSiglip::new(c, vb)?),
         })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Model::Vit(m) => m.forward(x),
+            Model::CandleVit(m) => m.forward(x),
             Model::Dinov2(m) => m.forward(x),
             Model::Clip(m) => m.forward(x),
+            Model::CandleClip(m) => m.forward(x),
             Model::Siglip(m) => m.forward(x),
+            Model::CandleSiglip(m) => m.forward(x),
         }
     }
 }
@@ -204,10 +236,14 @@ impl Encoder {
     ) -> Result<Self> {
         config.validate().map_err(ModelError::InvalidConfig)?;
         let collect = Collect::new(source);
-        let built = {
-            let vb = VarBuilder::from_backend(Box::new(&collect), DType::F32, device.clone());
-            Model::build(&config, vb)
-        };
+        // Both implementations are built, so that a variable either one asks
+        // for is collected (or reported); they ask for the same names.
+        let built = [Code::Frozen, Code::Differentiable]
+            .iter()
+            .try_for_each(|&code| {
+                let vb = VarBuilder::from_backend(Box::new(&collect), DType::F32, device.clone());
+                Model::build(&config, vb, code).map(|_| ())
+            });
         let collected = collect.finish();
         if !collected.mismatch.is_empty() {
             return Err(ModelError::IncompatibleCheckpoint {
@@ -248,18 +284,8 @@ impl Encoder {
         self.trainable
     }
 
-    /// Chooses the trained variables; `last:N` needs `N` at most the depth,
-    /// and only DINOv2 can be trained (see [`Trainable`]).
+    /// Chooses the trained variables; `last:N` needs `N` at most the depth.
     pub fn set_trainable(&mut self, trainable: Trainable) -> Result<()> {
-        let family = self.config.family;
-        if trainable != Trainable::None && family != EncoderFamily::Dinov2 {
-            return Err(ModelError::InvalidConfig(format!(
-                "trainable `{trainable}`: the {family} encoder can only be used frozen (its \
-                 model code uses candle-nn's fused layer norm and softmax, which have no \
-                 backward pass, so parts of it would silently not train); fine-tune a dinov2 \
-                 encoder instead"
-            )));
-        }
         if let Trainable::LastBlocks(n) = trainable {
             if n > self.config.num_layers {
                 return Err(ModelError::InvalidConfig(format!(
@@ -309,7 +335,15 @@ impl Encoder {
     /// reaches the trainable variables only. The forward runs in `dtype`
     /// (f32, or bf16 on GPUs); the features are f32.
     pub fn forward_dtype(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
-        self.run(x, dtype, &|n| self.is_trainable(n))
+        let any = match self.trainable {
+            Trainable::All => true,
+            Trainable::None | Trainable::LastBlocks(0) => false,
+            Trainable::LastBlocks(_) => true,
+        };
+        if !any {
+            return self.forward_frozen_dtype(x, dtype);
+        }
+        self.run(x, dtype, Code::Differentiable, &|n| self.is_trainable(n))
     }
 
     /// [`Encoder::forward_dtype`] in f32.
@@ -319,18 +353,19 @@ impl Encoder {
 
     /// Features with every variable frozen: no autograd graph is built.
     pub fn forward_frozen(&self, x: &Tensor) -> Result<Tensor> {
-        self.run(x, DType::F32, &|_| false)
+        self.forward_frozen_dtype(x, DType::F32)
     }
 
     /// [`Encoder::forward_frozen`] in `dtype`.
     pub fn forward_frozen_dtype(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
-        self.run(x, dtype, &|_| false)
+        self.run(x, dtype, Code::Frozen, &|_| false)
     }
 
     fn run(
         &self,
         x: &Tensor,
         dtype: DType,
+        code: Code,
         trainable: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Tensor> {
         self.check_input(x)?;
@@ -339,7 +374,7 @@ impl Encoder {
             trainable,
         };
         let vb = VarBuilder::from_backend(Box::new(backend), dtype, self.store.device().clone());
-        let model = Model::build(&self.config, vb)?;
+        let model = Model::build(&self.config, vb, code)?;
         let x = if x.dtype() == dtype {
             x.clone()
         } else {

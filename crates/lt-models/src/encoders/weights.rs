@@ -174,10 +174,11 @@ impl Source {
     }
 }
 
-/// The backend the model code is built through once, at construction: it
-/// turns every tensor the code asks for into a [`Var`] (from the file or
-/// drawn), and records every missing or mis-shaped key instead of failing at
-/// the first, so that one error lists them all.
+/// The backend the model code is built through at construction (both
+/// implementations, which ask for the same names): it turns every tensor the
+/// code asks for into a [`Var`] (from the file or drawn), and records every
+/// missing or mis-shaped key instead of failing at the first, so that one
+/// error lists them all.
 pub(crate) struct Collect {
     source: Source,
     state: Mutex<Collected>,
