@@ -321,7 +321,7 @@ pub struct ModelConfig {
     pub encoder_config: Option<PathBuf>,
     /// Which encoder variables stage 1 trains: `"none"` (default: a frozen
     /// encoder and a linear probe on cached features), `"last:N"` or `"all"`
-    /// (DINOv2 only; see `lt_models::Trainable`).
+    /// (every encoder family; see `lt_models::Trainable`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trainable: Option<String>,
     /// Layer-wise learning-rate decay of a fine-tuned encoder: the lr of a
