@@ -5,6 +5,7 @@ use crate::batch_norm::BnMode;
 use crate::cifar_resnet::CifarResNet;
 use crate::encoders::{Encoder, Trainable};
 use crate::error::{ModelError, Result};
+use crate::folded::Inference;
 use crate::precision::Precision;
 use crate::resnet::ResNet;
 use crate::store::{LoadReport, ParamStore};
@@ -145,22 +146,41 @@ impl Backbone {
     }
 
     /// Features for a frozen backbone, detached. An encoder runs without
-    /// building the autograd graph at all; a ResNet runs [`Backbone::forward_t`]
-    /// (its BN statistics are updated in [`BnMode::Train`]) and detaches.
+    /// building the autograd graph at all; a ResNet in [`BnMode::Eval`] runs
+    /// [`Backbone::forward_inference`] (batch norm folded), in
+    /// [`BnMode::Train`] [`Backbone::forward_t`] (its BN statistics are
+    /// updated: stage 2's "shift learning" must not fold) and detaches.
     pub fn forward_frozen(&self, x: &Tensor, mode: impl Into<BnMode>) -> Result<Tensor> {
-        match &self.net {
-            Inner::Encoder(e) => e.forward_frozen_dtype(x, self.precision.compute_dtype()),
-            _ => Ok(self.forward_t(x, mode)?.detach()),
+        match (&self.net, mode.into()) {
+            (Inner::Encoder(e), _) => e.forward_frozen_dtype(x, self.precision.compute_dtype()),
+            (_, BnMode::Eval) => self.forward_inference(x),
+            (_, BnMode::Train) => Ok(self.forward_t(x, BnMode::Train)?.detach()),
         }
     }
 
     /// Features of `x` as [`Backbone::forward_t`] in [`BnMode::Eval`]
-    /// computes them, without an autograd graph (see
+    /// computes them (up to float rounding), without an autograd graph (see
     /// [`crate::ops::without_grad`]): every activation is freed as soon as
     /// the next layer has read it. The output is detached. For feature
-    /// extraction and prediction.
+    /// extraction and prediction. Folds batch norm on every call; to run
+    /// many batches through the same weights, build [`Backbone::inference`]
+    /// once instead.
     pub fn forward_inference(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(crate::ops::without_grad(|| self.forward_t(x, BnMode::Eval))?.detach())
+        self.inference()?.forward(x)
+    }
+
+    /// The backbone prepared for inference (see [`Inference`]): a ResNet in
+    /// f32 on the CPU with batch norm folded into its convolutions, as it is
+    /// now (a snapshot: build a new one after the weights or BN statistics
+    /// change); anything else runs its own eval forward.
+    pub fn inference(&self) -> Result<Inference> {
+        let foldable = self.precision == Precision::F32 && self.device().is_cpu();
+        let folded = match &self.net {
+            Inner::Cifar(n) if foldable => Some(n.fold()?),
+            Inner::ImageNet(n) if foldable => Some(n.fold()?),
+            _ => None,
+        };
+        Ok(Inference::new(self, folded))
     }
 
     /// The ImageNet-family network, if this is one.

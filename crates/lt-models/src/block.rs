@@ -4,6 +4,7 @@ use crate::batch_norm::{BatchNorm2d, BnMode};
 use crate::cifar_resnet::Shortcut;
 use crate::error::ModelError;
 use crate::error::Result;
+use crate::folded::{FoldedBlock, FoldedConv, FoldedShortcut};
 use crate::init::{Conv, ParamBuilder};
 use crate::ops::{self, Conv2dParams, Epilogue};
 use candle_core::{DType, Tensor};
@@ -139,6 +140,33 @@ impl Block {
         }
         let (conv, bn) = &self.last;
         bn.forward_conv_t(conv, &y, Epilogue::AddRelu(&shortcut), mode)
+    }
+}
+
+impl Block {
+    /// The block with every batch norm folded into its convolution (see
+    /// [`crate::folded`]).
+    pub(crate) fn fold(&self) -> Result<FoldedBlock> {
+        let fold = |(conv, bn): &(Conv, BatchNorm2d)| FoldedConv::new(conv, bn);
+        Ok(FoldedBlock {
+            inner: self.inner.iter().map(fold).collect::<Result<_>>()?,
+            last: fold(&self.last)?,
+            shortcut: match &self.shortcut {
+                ShortcutPath::Identity => FoldedShortcut::Identity,
+                ShortcutPath::Projection(conv, bn) => {
+                    FoldedShortcut::Projection(FoldedConv::new(conv, bn)?)
+                }
+                &ShortcutPath::ZeroPad {
+                    stride,
+                    front,
+                    back,
+                } => FoldedShortcut::ZeroPad {
+                    stride,
+                    front,
+                    back,
+                },
+            },
+        })
     }
 }
 

@@ -11,6 +11,7 @@ use crate::batch_norm::{BatchNorm2d, BnMode};
 use crate::block::{check_input, global_avg_pool, Block, ConvSpec};
 use crate::cifar_resnet::Shortcut;
 use crate::error::{ModelError, Result};
+use crate::folded::{FoldedConv, FoldedNet};
 use crate::init::{Conv, ParamBuilder};
 use crate::ops::{self, Conv2dParams, Epilogue};
 use crate::store::ParamStore;
@@ -240,6 +241,22 @@ impl ResNet {
             x = block.forward_t(&x, mode)?;
         }
         global_avg_pool(&x)
+    }
+
+    /// The network with every batch norm folded into its convolution, for
+    /// inference (see [`crate::folded`]).
+    pub(crate) fn fold(&self) -> Result<FoldedNet> {
+        Ok(FoldedNet {
+            stem: FoldedConv::new(&self.conv1, &self.bn1)?,
+            max_pool: true,
+            blocks: self
+                .layers
+                .iter()
+                .flatten()
+                .map(Block::fold)
+                .collect::<Result<_>>()?,
+            in_channels: self.config.in_channels,
+        })
     }
 }
 

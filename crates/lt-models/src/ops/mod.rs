@@ -19,6 +19,7 @@
 //! | [`conv2d_batch_norm_train`] | the two above in one op | the two above, the gradient between them kept inside the op |
 //! | [`batch_norm_eval`] | one per-channel affine pass (+ ReLU) | one pass |
 //! | [`max_pool2d`] | one pass, keeps the argmax | scatter to the argmax |
+//! | [`conv2d_bias`] (inference) | the [`conv2d`] kernels, then bias (+ residual) + ReLU in place, per image | none |
 //! | [`add_relu`] | one pass | one pass |
 //! | [`zero_pad_shortcut`] | one pass | one pass |
 //!
@@ -66,6 +67,7 @@ use std::cell::Cell;
 mod batch_norm;
 mod conv;
 mod conv_bn;
+mod conv_infer;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -403,6 +405,41 @@ pub fn conv2d_batch_norm_train(
         return batch_norm_train(&conv2d_other(x, w, p)?, weight, bias, eps, epilogue);
     }
     conv_bn::conv2d_batch_norm_train(x, w, p, weight, bias, eps, epilogue)
+}
+
+/// `epilogue(conv2d(x, w, p) + bias[c])`, forward only: a convolution whose
+/// eval-mode batch norm was folded into `w` and `bias` (inference). On the
+/// CPU kernels the bias, the residual and the ReLU are applied in place on
+/// the convolution's output (one activation written instead of two or
+/// three); elsewhere through candle's ops. The operands are detached: no
+/// gradient flows through this op.
+pub fn conv2d_bias(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    p: Conv2dParams,
+    epilogue: Epilogue<'_>,
+) -> Result<Tensor> {
+    let (x, w, bias) = (x.detach(), w.detach(), bias.detach());
+    let residual = epilogue.residual().map(Tensor::detach);
+    let mut operands = vec![&x, &w, &bias];
+    operands.extend(residual.as_ref());
+    if !on_kernels(&operands) {
+        let c = bias.elem_count();
+        let y = conv2d(&x, &w, p)?.broadcast_add(&bias.reshape((1, c, 1, 1))?)?;
+        return match &residual {
+            Some(r) => (y + r)?.relu(),
+            None if matches!(epilogue, Epilogue::Relu) => y.relu(),
+            None => Ok(y),
+        };
+    }
+    let op = conv_infer::ConvBiasOp {
+        params: p,
+        relu: !matches!(epilogue, Epilogue::None),
+        residual: residual.map(|r| r.contiguous()).transpose()?,
+    };
+    x.contiguous()?
+        .apply_op3_no_bwd(&w.contiguous()?, &bias.contiguous()?, &op)
 }
 
 /// `relu(a + b)` in one pass each way (a residual connection's output).
