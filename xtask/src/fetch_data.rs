@@ -12,12 +12,10 @@
 //! ```
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use lt_core::stats::{ClassStats, GroupRule};
-use lt_data::fetch::{fetch, FetchDataset, FetchOptions, FetchReport, Progress};
+use lt_data::fetch::{fetch, Bars, FetchDataset, FetchOptions, FetchReport};
 
 /// Arguments of `fetch-data`.
 #[derive(Debug, clap::Args)]
@@ -48,55 +46,6 @@ fn parse_dataset(s: &str) -> Result<FetchDataset, String> {
         .map_err(|e: lt_data::error::DataError| e.to_string())
 }
 
-/// indicatif bars for [`Progress`]; hidden automatically when stderr is not
-/// a terminal.
-#[derive(Default)]
-pub(crate) struct Bars {
-    bar: Mutex<Option<ProgressBar>>,
-}
-
-impl Progress for Bars {
-    fn start(&self, message: &str, total: Option<u64>, bytes: bool) {
-        let bar = match total {
-            Some(n) => ProgressBar::new(n),
-            None => ProgressBar::new_spinner(),
-        };
-        let template = match (total.is_some(), bytes) {
-            (true, true) => "{msg}\n[{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta})",
-            (true, false) => "{msg}\n[{elapsed_precise}] {wide_bar} {pos}/{len} ({eta})",
-            (false, _) => "{spinner} {msg} [{elapsed_precise}]",
-        };
-        if let Ok(style) = ProgressStyle::with_template(template) {
-            bar.set_style(style);
-        }
-        bar.set_message(message.to_string());
-        if total.is_none() {
-            bar.enable_steady_tick(std::time::Duration::from_millis(200));
-        }
-        if let Ok(mut slot) = self.bar.lock() {
-            if let Some(old) = slot.replace(bar) {
-                old.finish_and_clear();
-            }
-        }
-    }
-
-    fn inc(&self, n: u64) {
-        if let Ok(slot) = self.bar.lock() {
-            if let Some(b) = slot.as_ref() {
-                b.inc(n);
-            }
-        }
-    }
-
-    fn finish(&self) {
-        if let Ok(mut slot) = self.bar.lock() {
-            if let Some(b) = slot.take() {
-                b.finish_and_clear();
-            }
-        }
-    }
-}
-
 /// Runs `fetch-data`.
 pub fn run(args: FetchDataArgs) -> anyhow::Result<()> {
     let opts = FetchOptions {
@@ -107,10 +56,8 @@ pub fn run(args: FetchDataArgs) -> anyhow::Result<()> {
         image_root: args.image_root,
         force: args.force,
     };
-    let bars = Bars {
-        bar: Mutex::new(None),
-    };
-    let report = fetch(&opts, &bars).with_context(|| format!("fetch-data {}", opts.dataset))?;
+    let report =
+        fetch(&opts, &Bars::new()).with_context(|| format!("fetch-data {}", opts.dataset))?;
     print!("{}", summary(opts.dataset, &report));
     Ok(())
 }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use lt_data::fetch::auto::{auto_sources, ARCHIVE_DIR, SOURCE_ENV};
-use lt_data::fetch::{fetch, FetchDataset, FetchOptions};
+use lt_data::fetch::{fetch, Bars, FetchDataset, FetchOptions};
 use lt_data::image_folder::{scan_image_folder, FileOrder};
 use lt_data::longtail::{class_counts, numpy_subset, Profile};
 
@@ -72,7 +72,7 @@ pub fn run(a: LtFolderArgs) -> Result<()> {
         Path::new(ARCHIVE_DIR),
         std::env::var(SOURCE_ENV).ok(),
     );
-    let bars = crate::fetch_data::Bars::default();
+    let bars = Bars::new();
     let report = fetch(&opts, &bars).with_context(|| format!("fetching {}", a.dataset))?;
     let dir = report.dataset_dir;
     let train = scan_image_folder(&dir, "train", FileOrder::NumericStem)?;

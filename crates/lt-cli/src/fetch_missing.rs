@@ -3,57 +3,13 @@
 //! is `lt_data::fetch::fetch`, verified as `cargo xtask fetch-data` verifies).
 
 use std::path::Path;
-use std::sync::Mutex;
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lt_data::fetch::auto::{auto_sources, missing_cifar, ARCHIVE_DIR, SOURCE_ENV};
-use lt_data::fetch::{fetch, FetchOptions, Progress};
+use lt_data::fetch::{fetch, Bars, FetchOptions};
 use lt_train::config::ExperimentConfig;
 
 use crate::ConfigArgs;
-
-/// Progress bars on stderr (drawn only on a terminal).
-struct Bars(Mutex<Option<ProgressBar>>);
-
-impl Progress for Bars {
-    fn start(&self, message: &str, total: Option<u64>, bytes: bool) {
-        let bar = match total {
-            Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()),
-            None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
-        };
-        let template = match (total.is_some(), bytes) {
-            (true, true) => "{msg}\n[{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta})",
-            (true, false) => "{msg}\n[{elapsed_precise}] {wide_bar} {pos}/{len} ({eta})",
-            (false, _) => "{spinner} {msg} [{elapsed_precise}]",
-        };
-        if let Ok(style) = ProgressStyle::with_template(template) {
-            bar.set_style(style);
-        }
-        bar.set_message(message.to_string());
-        if let Ok(mut slot) = self.0.lock() {
-            if let Some(old) = slot.replace(bar) {
-                old.finish_and_clear();
-            }
-        }
-    }
-
-    fn inc(&self, n: u64) {
-        if let Ok(slot) = self.0.lock() {
-            if let Some(b) = slot.as_ref() {
-                b.inc(n);
-            }
-        }
-    }
-
-    fn finish(&self) {
-        if let Ok(mut slot) = self.0.lock() {
-            if let Some(b) = slot.take() {
-                b.finish_and_clear();
-            }
-        }
-    }
-}
 
 /// Fetches the CIFAR data set the config of `args` names when it is
 /// missing; does nothing otherwise (a config that does not load is left to
@@ -94,7 +50,7 @@ pub fn ensure(args: &ConfigArgs) -> Result<()> {
             opts.dataset_dir().display()
         ),
     }
-    let report = fetch(&opts, &Bars(Mutex::new(None))).with_context(|| {
+    let report = fetch(&opts, &Bars::new()).with_context(|| {
         format!("fetching the missing {dataset} data set (as `cargo xtask fetch-data {dataset}`)")
     })?;
     for s in &report.sources {

@@ -40,6 +40,7 @@
 //! [`cifar_file_order_note`] and in the source of the CIFAR step.
 
 pub mod auto;
+mod bars;
 mod cifar;
 mod lists;
 mod source;
@@ -54,6 +55,7 @@ use crate::error::{DataError, Result};
 use crate::split_list::SplitInfo;
 use lt_core::fs::{sha256_file, write_atomic};
 
+pub use bars::Bars;
 pub use cifar::{cifar_file_order_note, CIFAR_RHOS, CIFAR_VAL_PER_CLASS, CIFAR_VAL_SEED};
 pub use source::{KnownArchive, KNOWN_ARCHIVES};
 
