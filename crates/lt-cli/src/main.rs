@@ -410,6 +410,47 @@ fn open(args: &ConfigArgs, config_file: &str) -> Result<Experiment> {
     Ok(exp)
 }
 
+/// Adds this process's command line to the run's `commands.json` (by the
+/// main rank, under the run's lock), so the run and its report say how it was
+/// trained; within `run` it is the `run` command line. A stage 1 that starts
+/// from scratch starts the list over (what trained the old one no longer
+/// describes the run); a command the stage will refuse (`--resume` with no
+/// checkpoint, a fresh start over one) is not recorded.
+fn record_training_command(
+    exp: &Experiment,
+    stage: &lt_core::Stage,
+    mode: StartMode,
+) -> Result<()> {
+    if !exp.dist.is_main() {
+        return Ok(());
+    }
+    let has_checkpoint = exp.run.last_checkpoint(stage).exists();
+    let refused = match mode {
+        StartMode::Fresh => has_checkpoint,
+        StartMode::Resume => !has_checkpoint,
+        StartMode::Overwrite | StartMode::Continue => false,
+    };
+    if refused {
+        return Ok(());
+    }
+    let from_scratch = match mode {
+        StartMode::Overwrite => true,
+        StartMode::Fresh | StartMode::Continue => !has_checkpoint,
+        StartMode::Resume => false,
+    };
+    let path = exp.run.commands();
+    let record = lt_run::CommandRecord {
+        command: lt_run::commands::this_command_line(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    lt_run::Commands::record(
+        &path,
+        record,
+        from_scratch && *stage == lt_core::Stage::Stage1,
+    )
+    .with_context(|| format!("recording the command in {}", path.display()))
+}
+
 /// `--nproc-per-node` of a command that trains.
 fn launch_request(command: &Command) -> Option<usize> {
     match command {
@@ -529,12 +570,15 @@ fn run(command: Command, out: &mut String) -> Result<()> {
         }
         Command::Train(a) => {
             let exp = open(&a.config, "config.toml")?;
+            record_training_command(&exp, &lt_core::Stage::Stage1, a.start.options().start)?;
             let report = lt_train::stage1::train_stage1(&exp, a.start.options())
                 .context("stage-1 training failed")?;
             print_report(out, &report);
         }
         Command::Retrain(a) => {
             let exp = open(&a.config, &format!("config.{}.toml", a.head))?;
+            let stage = lt_core::Stage::Head(a.head.clone());
+            record_training_command(&exp, &stage, a.start.options().start)?;
             let report = lt_train::stage2::retrain(&exp, &a.head, a.start.options())
                 .with_context(|| format!("{} training failed", a.head))?;
             print_report(out, &report);

@@ -317,6 +317,18 @@ fn every_command_end_to_end() {
     // `run` ends with the run's report, its one-page HTML included.
     assert!(out.contains("report: "), "{out}");
     assert!(run.join("report/report.html").is_file());
+    // The command that trained it, recorded once though every stage of the
+    // pipeline ran under it, and nothing from before the overwrite.
+    let commands = lt_run::Commands::read(&run.join("commands.json"))
+        .unwrap()
+        .commands;
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    assert!(
+        commands[0]
+            .command
+            .starts_with("lt-cli run --overwrite --config "),
+        "{commands:?}"
+    );
 
     // The time breakdown: printed, and written as `timings.json` with a
     // phase for every command of the pipeline (each after its loading).
@@ -360,6 +372,7 @@ fn every_command_end_to_end() {
         "<table class=\"run\">",
         "<svg",
         "ci_tiny",
+        "<dt>training command</dt><dd><code>lt-cli run ",
     ] {
         assert!(html.contains(part), "{part} missing from report.html");
     }

@@ -10,9 +10,9 @@
 //! matrix, and per stage-1 sampler every figure inline as SVG (per-class
 //! accuracy, τ curve, weight norms, reliability diagrams, shifted test
 //! sets), the shifted-test table, the τ curve and the per-class accuracies
-//! as tables; then every run with its heads, stage-1 summary, data splits
-//! and resolved config; the warnings; and the command and version that
-//! wrote the page.
+//! as tables; then every run with its heads, stage-1 summary, data splits,
+//! resolved config and the commands that trained it (`commands.json`); the
+//! warnings; and the command and version that wrote the page.
 //!
 //! Nothing is loaded from elsewhere: no script, no stylesheet or font
 //! file, no image link; a little inline CSS only, so the page reads the
@@ -45,35 +45,10 @@ impl Provenance {
     /// The command line of this process (the program by its file name) and
     /// the workspace version.
     pub fn of_this_process() -> Self {
-        let mut args = std::env::args_os().map(|a| a.to_string_lossy().into_owned());
-        let program = args
-            .next()
-            .map(|p| {
-                Path::new(&p)
-                    .file_name()
-                    .map_or(p.clone(), |f| f.to_string_lossy().into_owned())
-            })
-            .unwrap_or_default();
-        let command = std::iter::once(program)
-            .chain(args)
-            .map(|a| shell_quote(&a))
-            .collect::<Vec<_>>()
-            .join(" ");
         Self {
-            command,
+            command: lt_run::commands::this_command_line(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         }
-    }
-}
-
-/// A word as a POSIX shell reads it back: plain words as they are, others
-/// in single quotes.
-fn shell_quote(s: &str) -> String {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "_./=:,+@%-".contains(c);
-    if !s.is_empty() && s.chars().all(plain) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
 
@@ -237,7 +212,7 @@ pub(crate) fn page(input: &PageInput<'_>) -> String {
     if !warnings.is_empty() {
         h.push_str("<li><a href=\"#warnings\">Warnings</a></li>\n");
     }
-    h.push_str("<li><a href=\"#about\">Command and version</a></li>\n</ul></nav>\n");
+    h.push_str("<li><a href=\"#about\">Report command and version</a></li>\n</ul></nav>\n");
 
     for (i, ds) in datasets.iter().enumerate() {
         dataset_section(&mut h, i, ds, rows, plots, out_dir);
@@ -257,10 +232,10 @@ pub(crate) fn page(input: &PageInput<'_>) -> String {
         h.push_str("</ul>\n</section>\n");
     }
 
-    h.push_str("<section id=\"about\">\n<h2>Command and version</h2>\n<dl>\n");
+    h.push_str("<section id=\"about\">\n<h2>Report command and version</h2>\n<dl>\n");
     w!(
         h,
-        "<dt>command</dt><dd><code>{}</code></dd>\n\
+        "<dt>report command</dt><dd><code>{}</code></dd>\n\
          <dt>version</dt><dd>lt-report {}</dd>\n\
          <dt>results directory</dt><dd><code>{}</code></dd>\n\
          <dt>report directory</dt><dd><code>{}</code> (tables as CSV, JSON and \
@@ -697,6 +672,7 @@ fn run_section(h: &mut String, k: usize, r: &Run, results_dir: &Path) {
     for (key, value) in items {
         w!(h, "<dt>{}</dt><dd>{}</dd>\n", escape(key), escape(&value));
     }
+    training_commands(h, &r.dir);
     h.push_str("</dl>\n<table class=\"run\">\n");
     let k_label = res.heads.first().map_or("Top-5".to_string(), |x| {
         format!("Top-{}", x.evaluation.top5_k)
@@ -736,6 +712,33 @@ fn run_section(h: &mut String, k: usize, r: &Run, results_dir: &Path) {
     }
     configs(h, &r.dir);
     h.push_str("</section>\n");
+}
+
+/// The commands that trained the run, from its `commands.json` (the page's
+/// own command, at its foot, only drew the report).
+fn training_commands(h: &mut String, dir: &Path) {
+    let path = dir.join(lt_run::layout::COMMANDS_FILE);
+    let dd = match lt_run::Commands::read(&path) {
+        Ok(c) if !c.commands.is_empty() => c
+            .commands
+            .iter()
+            .map(|c| {
+                format!(
+                    "<code>{}</code> (version {})",
+                    escape(&c.command),
+                    escape(&c.version)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("<br>\n"),
+        Ok(_) => "not recorded (<code>commands.json</code> is empty)".to_string(),
+        Err(_) if !path.exists() => {
+            "not recorded (no <code>commands.json</code>: trained before it was written)"
+                .to_string()
+        }
+        Err(e) => format!("cannot be read: {}", escape(&e.to_string())),
+    };
+    w!(h, "<dt>training command</dt><dd>{dd}</dd>\n");
 }
 
 /// The run's resolved configs (`config.toml`, `config.<command>.toml`),
@@ -794,13 +797,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escaping_and_quoting() {
+    fn escaping() {
         assert_eq!(escape("<script>&'\""), "&lt;script&gt;&amp;&#39;&quot;");
         assert_eq!(escape("τ-norm"), "τ-norm");
-        assert_eq!(shell_quote("runs/a_b-1.toml"), "runs/a_b-1.toml");
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote(""), "''");
     }
 
     #[test]

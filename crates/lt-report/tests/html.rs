@@ -185,6 +185,22 @@ fn sweep_run(root: &Path, sampler: &str, order: usize, seed: u64) -> PathBuf {
     }
     .write(&dir.join(CELL_FILE))
     .unwrap();
+    // The commands that trained it (the second one resumed it).
+    let trained = format!("lt-cli run 'configs/tiny <{sampler}>.toml' --set seed={seed}");
+    lt_run::Commands {
+        commands: vec![
+            lt_run::CommandRecord {
+                command: trained.clone(),
+                version: "9.9.8".into(),
+            },
+            lt_run::CommandRecord {
+                command: format!("{trained} --resume"),
+                version: "9.9.9".into(),
+            },
+        ],
+    }
+    .write(&lt_run::RunDir::new(&dir).commands())
+    .unwrap();
     std::fs::write(
         dir.join("config.toml"),
         format!("name = \"tiny\"\n# {NASTY}\n[data]\nroot = \"a < b && c\"\n"),
@@ -434,8 +450,22 @@ fn sweep_page_has_every_table_and_figure_inline_and_escapes_strings() {
     assert!(html.contains("<th>imbalance ratio</th><td class=\"n\">"));
     assert!(html.contains("test images (data/tiny/test.txt)"));
 
-    // Command and version.
-    assert!(html.contains("<code>lt-cli report &#39;runs/my sweep&#39;</code>"));
+    // Each run's training commands, labelled apart from the report command.
+    for (sampler, seed) in [("ib", 0), ("ib", 1), ("cb", 0), ("cb", 1)] {
+        let trained =
+            format!("lt-cli run &#39;configs/tiny &lt;{sampler}&gt;.toml&#39; --set seed={seed}");
+        let want = format!(
+            "<dt>training command</dt><dd><code>{trained}</code> (version 9.9.8)<br>\n\
+             <code>{trained} --resume</code> (version 9.9.9)</dd>"
+        );
+        assert!(html.contains(&want), "{want}");
+    }
+    assert_eq!(count("<dt>training command</dt>"), 4);
+
+    // Report command and version.
+    assert!(html.contains(
+        "<dt>report command</dt><dd><code>lt-cli report &#39;runs/my sweep&#39;</code></dd>"
+    ));
     assert!(html.contains("lt-report 9.9.9"));
 
     // Written atomically: no temp file is left beside it.
@@ -455,6 +485,9 @@ fn tiny_run_page_is_valid() {
     assert!(html.contains("<table class=\"summary\">"));
     assert!(html.contains("<table class=\"run\">"));
     assert!(html.contains("No resolved config in the run directory."));
+    assert!(
+        html.contains("<dt>training command</dt><dd>not recorded (no <code>commands.json</code>")
+    );
     assert!(!html.contains("<table class=\"tau\">"));
     if cfg!(feature = "plot") {
         // Class counts, per-class, reliability and the sampler figure; no τ

@@ -11,6 +11,7 @@
 //!   results.json                 `eval` output (every head)
 //!   tau_sweep.json               `tau-sweep` output
 //!   timings.json                 time breakdown of the last `run`
+//!   commands.json                the `run` / `train` / `retrain` command lines that trained it
 //!   features/<split>.safetensors `features` output
 //!   cell.json                    the run's grid cell, in a sweep
 //! ```
@@ -36,6 +37,8 @@ pub const DATA_INFO_FILE: &str = "data.json";
 pub const TAU_SWEEP_FILE: &str = "tau_sweep.json";
 /// `timings.json`.
 pub const TIMINGS_FILE: &str = "timings.json";
+/// `commands.json`.
+pub const COMMANDS_FILE: &str = "commands.json";
 /// `checkpoints/`.
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 /// `features/`.
@@ -128,6 +131,11 @@ impl RunDir {
     /// `timings.json`.
     pub fn timings(&self) -> PathBuf {
         self.root.join(TIMINGS_FILE)
+    }
+
+    /// `commands.json`.
+    pub fn commands(&self) -> PathBuf {
+        self.root.join(COMMANDS_FILE)
     }
 
     /// `cell.json`.

@@ -26,6 +26,7 @@
 
 pub mod cell;
 pub mod checkpoint_meta;
+pub mod commands;
 pub mod data_info;
 mod error;
 pub mod export;
@@ -37,6 +38,7 @@ pub mod timings;
 
 pub use cell::CellInfo;
 pub use checkpoint_meta::{BestMetric, CheckpointMeta, RngState};
+pub use commands::{CommandRecord, Commands};
 pub use data_info::DataInfo;
 pub use error::RunError;
 pub use export::{ExportMeta, ExportNormalization, EXPORT_FORMAT_VERSION, EXPORT_METADATA_KEY};
