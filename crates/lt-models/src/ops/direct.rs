@@ -34,6 +34,11 @@ pub(crate) struct Plan {
     /// Per tile, runs `(lane, output index oy * OW + ox, len)` of grid
     /// points that are real outputs.
     runs: Vec<Vec<(usize, usize, usize)>>,
+    /// A pointwise convolution (1x1, unpadded): the input is its own padded
+    /// grid, so whole tiles read it in place and only the last, partial
+    /// tile goes through the scratch buffer, at these offsets
+    /// (`c * NP`). Empty otherwise.
+    tail_offs: Vec<u32>,
 }
 
 /// Fraction of computed grid points that must be real outputs for the
@@ -93,6 +98,11 @@ impl Plan {
                 runs
             })
             .collect();
+        let tail_offs = if g.pointwise() {
+            (0..g.cig()).map(|c| (c * NP) as u32).collect()
+        } else {
+            Vec::new()
+        };
         Some(Self {
             g: *g,
             hp,
@@ -101,16 +111,24 @@ impl Plan {
             wpack,
             tiles,
             runs,
+            tail_offs,
         })
     }
 
     /// Floats of per-image scratch: one group's padded input plus slack for
-    /// the last tile's reads past the end.
+    /// the last tile's reads past the end (pointwise: the last tile's
+    /// strip of every channel).
     pub fn scratch_len(&self) -> usize {
-        self.g.cig() * self.hp * self.wp + NP + self.wp * self.g.kh + self.g.kw
+        let padded = self.g.cig() * self.hp * self.wp + NP + self.wp * self.g.kh + self.g.kw;
+        padded.max(self.tail_offs.len() * NP)
     }
 
     /// Convolves one image: `x` `(C_in, H, W)` into `y` `(C_out, OH, OW)`.
+    ///
+    /// `xpad` must be zeroed when first passed and then only passed to
+    /// this plan: the padded copy writes the same interior positions every
+    /// time, so the padding stays zero without a fill (a memset as large
+    /// as the input, per image and group).
     pub fn run(&self, x: &[f32], y: &mut [f32], xpad: &mut [f32]) {
         let g = &self.g;
         let (cig, cog, hw, ohw) = (g.cig(), g.cog(), g.h * g.w, g.oh * g.ow);
@@ -124,29 +142,58 @@ impl Plan {
             x.len() == g.c_in * hw && y.len() == g.c_out * ohw,
             "direct conv: bad image"
         );
+        let pointwise = !self.tail_offs.is_empty();
         for grp in 0..g.groups {
-            // Zero-padded copy of this group's input.
-            xpad.fill(0.0);
-            for c in 0..cig {
-                let src = &x[(grp * cig + c) * hw..][..hw];
-                for iy in 0..g.h {
-                    let dst = c * plane + (iy + g.pad) * self.wp + g.pad;
-                    xpad[dst..dst + g.w].copy_from_slice(&src[iy * g.w..(iy + 1) * g.w]);
+            let xg = &x[grp * cig * hw..(grp + 1) * cig * hw];
+            // Tiles `..in_place` read `xg` itself, the rest `xpad`.
+            let in_place = if pointwise {
+                // Only the last tile would read past a channel's plane:
+                // its strip of every channel, zero-filled to NP.
+                let full = hw / NP;
+                if full < self.tiles {
+                    let len = hw - full * NP;
+                    for (c, strip) in xpad[..cig * NP].chunks_exact_mut(NP).enumerate() {
+                        strip[..len].copy_from_slice(&xg[c * hw + full * NP..(c + 1) * hw]);
+                        strip[len..].fill(0.0);
+                    }
                 }
-            }
+                full
+            } else {
+                // Zero-padded copy of this group's input (the padding is
+                // zero already, see above).
+                for c in 0..cig {
+                    let src = &xg[c * hw..][..hw];
+                    for iy in 0..g.h {
+                        let dst = c * plane + (iy + g.pad) * self.wp + g.pad;
+                        xpad[dst..dst + g.w].copy_from_slice(&src[iy * g.w..(iy + 1) * g.w]);
+                    }
+                }
+                0
+            };
             for blk in 0..cog / MR {
                 let co0 = grp * cog + blk * MR;
                 let w = &self.wpack[(co0 / MR) * MR * kdim..][..MR * kdim];
                 let yb = &mut y[co0 * ohw..(co0 + MR) * ohw];
                 for t in 0..self.tiles {
                     let mut acc = [[0f32; NP]; MR];
-                    // SAFETY: AVX-512F was detected when the plan was made.
-                    // Reads: the largest offset is the last tap of the last
-                    // channel, `(cig-1)*plane + (K-1)*wp + K-1`, plus the
-                    // last grid point of the last tile, `< oh*wp + NP`; with
+                    // SAFETY: AVX-512F was detected when the plan was made,
+                    // and `w` holds `MR * kdim` floats. Reads, padded: the
+                    // largest offset is the last tap of the last channel,
+                    // `(cig-1)*plane + (K-1)*wp + K-1`, plus the last grid
+                    // point of the last tile, `< oh*wp + NP`; with
                     // `oh + K - 1 == hp` that stays below `scratch_len`, which
-                    // was asserted above. `w` holds `MR * kdim` floats.
-                    unsafe { tile(&xpad[t * NP..], &self.offs, w, &mut acc) };
+                    // was asserted above. Pointwise in place:
+                    // `(cig-1)*hw + (t+1)*NP <= cig*hw` for `t < hw / NP`;
+                    // the tail strips: `(cig-1)*NP + NP <= scratch_len`.
+                    unsafe {
+                        if t < in_place {
+                            tile(&xg[t * NP..], &self.offs, w, &mut acc);
+                        } else if pointwise {
+                            tile(xpad, &self.tail_offs, w, &mut acc);
+                        } else {
+                            tile(&xpad[t * NP..], &self.offs, w, &mut acc);
+                        }
+                    }
                     for &(lane, out, len) in &self.runs[t] {
                         for (r, row) in acc.iter().enumerate() {
                             yb[r * ohw + out..r * ohw + out + len]
@@ -231,9 +278,13 @@ impl FilterPlan {
     /// Adds one image's weight gradient to `lanes`, which holds 16 partial
     /// sums per weight (see [`FilterPlan::finish`]): summing the lanes once
     /// at the end, not after every image, keeps the tile loop short.
+    ///
+    /// `scratch` must be zeroed when first passed and then only passed to
+    /// this plan (as in [`Plan::run`]: the padding of the input and the
+    /// discarded columns of the gradient grid stay zero without a fill).
     pub fn accumulate(&self, x: &[f32], dy: &[f32], lanes: &mut [f32], scratch: &mut [f32]) {
         let g = &self.g;
-        let (cig, cog, hw, ohw, kdim) = (g.cig(), g.cog(), g.h * g.w, g.oh * g.ow, g.kdim());
+        let (cig, cog, hw, ohw) = (g.cig(), g.cog(), g.h * g.w, g.oh * g.ow);
         let plane = self.hp * self.wp;
         assert!(
             scratch.len() >= self.scratch_len(),
@@ -248,8 +299,20 @@ impl FilterPlan {
             "direct conv: bad accumulator"
         );
         let (xpad, dyg) = scratch.split_at_mut(self.xpad_len());
+        // A pointwise convolution whose plane is whole vectors is its own
+        // grid, input and gradient alike: read both in place.
+        if g.pointwise() && self.p_len == ohw {
+            for grp in 0..g.groups {
+                let xg = &x[grp * cig * hw..(grp + 1) * cig * hw];
+                let dg = &dy[grp * cog * ohw..(grp + 1) * cog * ohw];
+                // SAFETY: as below, with `plane == p_len == hw`: the largest
+                // input read is `(cig-1)*hw + p_len - 1 < xg.len()`, and
+                // `dg` holds `cog` rows of `p_len`.
+                unsafe { self.blocks(grp, xg, dg, lanes) };
+            }
+            return;
+        }
         for grp in 0..g.groups {
-            xpad.fill(0.0);
             for c in 0..cig {
                 let src = &x[(grp * cig + c) * hw..][..hw];
                 for iy in 0..g.h {
@@ -257,7 +320,6 @@ impl FilterPlan {
                     xpad[dst..dst + g.w].copy_from_slice(&src[iy * g.w..(iy + 1) * g.w]);
                 }
             }
-            dyg[..cog * self.p_len].fill(0.0);
             for co in 0..cog {
                 let src = &dy[(grp * cog + co) * ohw..][..ohw];
                 for oy in 0..g.oh {
@@ -265,34 +327,40 @@ impl FilterPlan {
                     dyg[dst..dst + g.ow].copy_from_slice(&src[oy * g.ow..(oy + 1) * g.ow]);
                 }
             }
-            for blk in 0..cog / MR {
-                let d = &dyg[blk * MR * self.p_len..(blk + 1) * MR * self.p_len];
-                let co0 = grp * cog + blk * MR;
-                let out = &mut lanes[co0 * kdim * V..(co0 + MR) * kdim * V];
-                let mut k = 0;
-                while k < kdim {
-                    let nk = (kdim - k).min(3);
-                    // SAFETY: AVX-512F was detected when the plan was made.
-                    // `d` holds MR rows of `p_len` floats; the largest input
-                    // read is `max(offs) + p_len - 1 < cig*plane + K + V`
-                    // (as in the forward tile, with `oh + K - 1 == hp`),
-                    // inside `xpad_len`, which `xpad` was cut to; `out`
-                    // holds MR rows of `kdim * V` lanes and `k + nk <= kdim`.
-                    unsafe {
-                        match nk {
-                            3 => {
-                                wtile::<3>(xpad, &self.offs[k..k + 3], d, self.p_len, out, kdim, k)
-                            }
-                            2 => {
-                                wtile::<2>(xpad, &self.offs[k..k + 2], d, self.p_len, out, kdim, k)
-                            }
-                            _ => {
-                                wtile::<1>(xpad, &self.offs[k..k + 1], d, self.p_len, out, kdim, k)
-                            }
-                        }
+            // SAFETY: the largest input read is `max(offs) + p_len - 1 <
+            // cig*plane + K + V` (as in the forward tile, with
+            // `oh + K - 1 == hp`), inside `xpad_len`, which `xpad` was cut
+            // to; `dyg` holds `cog` rows of `p_len`.
+            unsafe { self.blocks(grp, xpad, dyg, lanes) };
+        }
+    }
+
+    /// Adds group `grp`'s products to `lanes`: `x` is the group's input on
+    /// the grid, `d` its `cog` gradient rows of `p_len` floats.
+    ///
+    /// # Safety
+    /// `x` must hold `max(offs) + p_len` floats and `d` `cog * p_len`.
+    unsafe fn blocks(&self, grp: usize, x: &[f32], d: &[f32], lanes: &mut [f32]) {
+        let kdim = self.g.kdim();
+        for blk in 0..self.g.cog() / MR {
+            let d = &d[blk * MR * self.p_len..(blk + 1) * MR * self.p_len];
+            let co0 = grp * self.g.cog() + blk * MR;
+            let out = &mut lanes[co0 * kdim * V..(co0 + MR) * kdim * V];
+            let mut k = 0;
+            while k < kdim {
+                let nk = (kdim - k).min(3);
+                // SAFETY: AVX-512F was detected when the plan was made. `d`
+                // holds MR rows of `p_len` floats, `x` covers every read by
+                // the caller's contract; `out` holds MR rows of `kdim * V`
+                // lanes and `k + nk <= kdim`.
+                unsafe {
+                    match nk {
+                        3 => wtile::<3>(x, &self.offs[k..k + 3], d, self.p_len, out, kdim, k),
+                        2 => wtile::<2>(x, &self.offs[k..k + 2], d, self.p_len, out, kdim, k),
+                        _ => wtile::<1>(x, &self.offs[k..k + 1], d, self.p_len, out, kdim, k),
                     }
-                    k += nk;
                 }
+                k += nk;
             }
         }
     }
@@ -463,6 +531,11 @@ mod tests {
             (1, 3, 5, 4, 8, 1, 0, 1),
             (1, 2, 5, 5, 8, 2, 1, 1),
             (1, 16, 32, 32, 16, 3, 1, 1),
+            // Pointwise, read in place: whole tiles and a partial last
+            // one; whole tiles only; two groups.
+            (2, 16, 10, 10, 16, 1, 0, 1),
+            (1, 8, 6, 8, 8, 1, 0, 1),
+            (2, 16, 7, 9, 32, 1, 0, 2),
         ];
         for (n, ci, h, w, co, k, pad, groups) in cases {
             let p = Conv2dParams {
@@ -508,6 +581,11 @@ mod tests {
             (2, 4, 4, 4, 16, 3, 1, 2),
             (1, 2, 5, 5, 8, 2, 1, 1),
             (3, 16, 32, 32, 16, 3, 1, 1),
+            // Pointwise with whole vectors per plane (read in place), and
+            // without (through the scratch grid).
+            (2, 16, 8, 8, 16, 1, 0, 1),
+            (2, 16, 4, 8, 16, 1, 0, 2),
+            (2, 8, 5, 5, 8, 1, 0, 1),
         ];
         for (n, ci, h, w, co, k, pad, groups) in cases {
             let p = Conv2dParams {

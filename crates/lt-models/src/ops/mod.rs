@@ -173,15 +173,20 @@ pub fn with_reference_ops<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Makes the C allocator keep freed memory for reuse (glibc: raises the mmap
-/// and trim thresholds); returns whether it applied (`false` off glibc).
+/// Makes the C allocator keep freed memory for reuse (glibc: no `mmap`ed
+/// blocks, no trimming); returns whether it applied (`false` off glibc).
 ///
 /// A training step frees and re-allocates the same activation-sized blocks
 /// every step. By default glibc serves blocks from 128 KiB up with fresh
 /// `mmap`s and unmaps them on free, so every step pays a page fault per
 /// 4 KiB touched, which measured here cost more than the convolutions
-/// themselves. The kernels call this once, the first time they run; the
-/// price is that the process keeps its peak heap size.
+/// themselves. Raising the mmap threshold to its 32 MiB maximum is not
+/// enough at 224²: ResNet-50's activations at batch 16 are 51 MB, and each
+/// training step still took about 250,000 page faults (1 GB faulted in,
+/// `perf stat`), so mmap is switched off (with it off, the faults after
+/// the first step fell to a few thousand per step). The kernels call this once, the
+/// first time they run; the price is that the process keeps its peak heap
+/// size.
 pub fn retain_freed_memory() -> bool {
     cpu::retain_freed_memory()
 }
