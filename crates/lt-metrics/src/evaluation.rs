@@ -1,9 +1,10 @@
 //! The full evaluation of one set of logits.
 
 use crate::calibration::{Binner, CalibrationBin, ECE_BINS};
-use crate::rows::{argmax, check, check_matrix, max_probability, rank};
+use crate::rows::{argmax, check, check_matrix, max_probability, rank, softmax_denominator};
 use crate::{ConfusionMatrix, MetricsError};
 use lt_core::stats::{ClassStats, GroupRule, ShotGroup};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// The `k` of [`Evaluation::top5`] before clamping to the number of classes.
@@ -95,6 +96,50 @@ pub fn evaluate(
     check(logits, num_classes, labels)?;
     let scores = host_sample_scores(logits, num_classes, labels);
     evaluate_scores(&scores, num_classes, labels, train_stats, rule)
+}
+
+/// [`evaluate`] together with the mean cross-entropy of the logits against
+/// the labels, `mean_i (max_i + ln sum_j exp(z_ij - max_i) - z_i,y_i)` in
+/// f64, from one pass of exponentials per row: the softmax denominator gives
+/// both the confidence and the loss (a tau-norm sweep evaluates many heads
+/// and spent half its time computing it twice). The loss is summed over the
+/// rows in order, so it equals the separately computed one bit for bit.
+///
+/// Fails where [`evaluate`] fails.
+pub fn evaluate_with_loss(
+    logits: &[f32],
+    num_classes: usize,
+    labels: &[u32],
+    train_stats: &ClassStats,
+    rule: &GroupRule,
+) -> Result<(Evaluation, f64), MetricsError> {
+    check(logits, num_classes, labels)?;
+    // Rows in parallel (each row's numbers do not depend on the others),
+    // the loss summed in row order afterwards so that it does not depend on
+    // the thread count.
+    let rows: Vec<(SampleScore, f64)> = logits
+        .par_chunks_exact(num_classes)
+        .zip(labels.par_iter())
+        .with_min_len(256)
+        .map(|(row, &label)| {
+            let pred = argmax(row);
+            let max = row[pred];
+            let sum = softmax_denominator(row, max);
+            let nll = f64::from(max) + sum.ln() - f64::from(row[label as usize]);
+            let score = SampleScore {
+                pred: pred as u32,
+                label_rank: rank(row, label as usize) as u32,
+                confidence: 1.0 / sum,
+            };
+            (score, nll)
+        })
+        .collect();
+    let loss = rows.iter().map(|&(_, nll)| nll).sum::<f64>() / labels.len() as f64;
+    let scores: Vec<SampleScore> = rows.into_iter().map(|(s, _)| s).collect();
+    Ok((
+        evaluate_scores(&scores, num_classes, labels, train_stats, rule)?,
+        loss,
+    ))
 }
 
 /// What every metric of [`Evaluation`] needs from one sample's logits: the

@@ -59,6 +59,6 @@ pub use calibration::{calibration, Calibration, CalibrationBin, ECE_BINS};
 pub use confusion::ConfusionMatrix;
 pub use error::MetricsError;
 pub use evaluation::{
-    evaluate, evaluate_scores, predictions, subset_top1, top_k_accuracy, Evaluation, SampleScore,
-    TOP5,
+    evaluate, evaluate_scores, evaluate_with_loss, predictions, subset_top1, top_k_accuracy,
+    Evaluation, SampleScore, TOP5,
 };

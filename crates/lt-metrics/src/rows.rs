@@ -80,6 +80,14 @@ pub(crate) fn rank(row: &[f32], label: usize) -> usize {
 /// Largest softmax probability of a row given its maximum logit, in f64:
 /// `1 / sum_j exp(z_j - max)`.
 pub(crate) fn max_probability(row: &[f32], max: f32) -> f64 {
+    1.0 / softmax_denominator(row, max)
+}
+
+/// `sum_j exp(z_j - max)` in f64, the softmax denominator relative to the
+/// row's maximum logit: both the largest probability (its inverse) and the
+/// cross-entropy (`max + ln(sum) - z_y`) are read from it, so one pass of
+/// exponentials serves both.
+pub(crate) fn softmax_denominator(row: &[f32], max: f32) -> f64 {
     let max = f64::from(max);
-    1.0 / row.iter().map(|&v| (f64::from(v) - max).exp()).sum::<f64>()
+    row.iter().map(|&v| (f64::from(v) - max).exp()).sum::<f64>()
 }

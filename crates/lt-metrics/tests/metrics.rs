@@ -2,8 +2,8 @@
 
 use lt_core::stats::{ClassStats, GroupRule, GroupThresholds, ShotGroup};
 use lt_metrics::{
-    calibration, evaluate, predictions, top_k_accuracy, ConfusionMatrix, Evaluation, MetricsError,
-    ECE_BINS,
+    calibration, evaluate, evaluate_with_loss, predictions, top_k_accuracy, ConfusionMatrix,
+    Evaluation, MetricsError, ECE_BINS,
 };
 
 fn approx(a: f64, b: f64) {
@@ -53,6 +53,35 @@ fn accuracies_and_groups_by_hand() {
     // Top-4 (k clamped from 5 to 4) is always right.
     assert_eq!(e.top5_k, 4);
     assert_eq!(e.top5, 1.0);
+}
+
+/// The loss from the shared softmax pass is the mean of
+/// `-ln softmax(z)_y`, computed here term by term from the closed forms,
+/// and the metrics are [`evaluate`]'s.
+#[test]
+fn evaluation_with_loss_by_hand() {
+    let (logits, labels) = case4();
+    let (e, loss) = evaluate_with_loss(&logits, 4, &labels, &stats4(), &rule()).unwrap();
+    // Through JSON: class 3 has no test sample, so its accuracy is NaN.
+    let json = |e: &Evaluation| serde_json::to_string(e).unwrap();
+    let want_e = evaluate(&logits, 4, &labels, &stats4(), &rule()).unwrap();
+    assert_eq!(json(&e), json(&want_e));
+    let ln = f64::ln;
+    let ex = f64::exp;
+    let nll = [
+        ln(ex(5.0) + ex(1.0) + 2.0) - 5.0,
+        ln(ex(4.0) + ex(1.0) + 1.0 + ex(2.0)) - 4.0,
+        ln(ex(1.0) + 2.0 + ex(3.0)) - 0.0,
+        ln(2.0 + ex(2.0) + ex(1.0)) - 2.0,
+        ln(4.0),
+        ln(2.0 + ex(1.0) + ex(9.0)) - 1.0,
+    ];
+    let want = nll.iter().sum::<f64>() / 6.0;
+    assert!((loss - want).abs() < 1e-12, "{loss} vs {want}");
+    // Bad logits fail as `evaluate` fails.
+    let mut bad = logits.clone();
+    bad[3] = f32::NAN;
+    assert!(evaluate_with_loss(&bad, 4, &labels, &stats4(), &rule()).is_err());
 }
 
 #[test]

@@ -5,8 +5,12 @@
 //! ```text
 //! cargo bench -p lt-models --bench resnet_step -- --model resnet32 --batch 128 \
 //!     --threads 2 --steps 10 --warmup 3 [--classes 100] [--size 32] [--profile] \
-//!     [--device cpu|cuda:N] [--precision f32|bf16]
+//!     [--device cpu|cuda:N] [--precision f32|bf16] [--mode train|infer|infer-unfused]
 //! ```
+//!
+//! `--mode infer` times `Backbone::forward_inference` (batch norm folded into
+//! the convolutions, folding included in every step) and the head;
+//! `infer-unfused` the eval-mode forward without folding, for comparison.
 //!
 //! Prints one JSON line: model, batch, size, threads, `img_per_s_median`,
 //! `step_ms` (timed steps), `cpu_ms_median` (process CPU time per step, which
@@ -100,6 +104,9 @@ struct Args {
     warmup: usize,
     profile: bool,
     infer: bool,
+    /// `--mode infer-unfused`: the eval forward without folding batch norm
+    /// (what `forward_inference` ran before folding), for an A/B.
+    unfused: bool,
     device: String,
     precision: Precision,
 }
@@ -115,6 +122,7 @@ fn parse_args() -> Args {
         warmup: 3,
         profile: false,
         infer: false,
+        unfused: false,
         device: "cpu".into(),
         precision: Precision::F32,
     };
@@ -137,7 +145,8 @@ fn parse_args() -> Args {
             "--mode" => match value("--mode").as_str() {
                 "train" => a.infer = false,
                 "infer" => a.infer = true,
-                v => panic!("--mode: expected train or infer, got {v:?}"),
+                "infer-unfused" => (a.infer, a.unfused) = (true, true),
+                v => panic!("--mode: expected train, infer or infer-unfused, got {v:?}"),
             },
             "--device" => a.device = value("--device"),
             "--precision" => {
@@ -308,9 +317,15 @@ fn main() -> Result<()> {
         dev.synchronize()?;
         let (c0, t0) = (process_cpu_ms(), Instant::now());
         if args.infer {
-            let feats = backbone
-                .forward_inference(&x)
-                .map_err(candle_core::Error::wrap)?;
+            let feats = if args.unfused {
+                lt_models::ops::without_grad(|| backbone.forward_t(&x, BnMode::Eval))
+                    .map_err(candle_core::Error::wrap)?
+                    .detach()
+            } else {
+                backbone
+                    .forward_inference(&x)
+                    .map_err(candle_core::Error::wrap)?
+            };
             let logits = feats
                 .matmul(&fc_w.as_tensor().detach().t()?)?
                 .broadcast_add(&fc_b.as_tensor().detach())?;
@@ -370,7 +385,11 @@ fn main() -> Result<()> {
         args.threads,
         args.device,
         args.precision,
-        if args.infer { "infer" } else { "train" },
+        match (args.infer, args.unfused) {
+            (true, true) => "infer-unfused",
+            (true, false) => "infer",
+            _ => "train",
+        },
         args.batch as f64 / med * 1e3,
         steps.join(", "),
         median(&cpu),

@@ -61,6 +61,12 @@ pub fn extract_features(
         .into_iter()
         .map(|b| b.into_iter().map(|i| i + shard.start).collect())
         .collect();
+    // In eval mode the weights cannot change during the pass: batch norm is
+    // folded into the convolutions once for the whole split.
+    let inference = match mode {
+        BnMode::Eval => Some(backbone.inference()?),
+        BnMode::Train => None,
+    };
     let bar = progress::bar(batches.len() as u64, what);
     let device = backbone.device().clone();
     let mut chunks = Vec::with_capacity(batches.len());
@@ -77,7 +83,10 @@ pub fn extract_features(
         }
         expected += size;
         let images = batch.images.to_device(&device)?;
-        let f = backbone.forward_frozen(&images, mode)?;
+        let f = match &inference {
+            Some(inference) => inference.forward(&images)?,
+            None => backbone.forward_frozen(&images, mode)?,
+        };
         chunks.push(f);
         bar.inc(1);
     }
@@ -155,9 +164,15 @@ pub fn evaluate_head(
         return evaluate_head_on_device(head, features, num_classes, train_stats, rule);
     }
     let logits = logits_host(head, &features.features, 4096)?;
-    let loss = mean_cross_entropy(&logits, num_classes, &features.labels);
-    let e = lt_metrics::evaluate(&logits, num_classes, &features.labels, train_stats, rule)?;
-    Ok((e, loss))
+    // One softmax pass for the loss and the confidences (the tau sweep
+    // evaluates dozens of heads this way).
+    Ok(lt_metrics::evaluate_with_loss(
+        &logits,
+        num_classes,
+        &features.labels,
+        train_stats,
+        rule,
+    )?)
 }
 
 /// A head's evaluation on a feature set with the prediction of every row.
@@ -192,9 +207,8 @@ pub fn evaluate_head_scored(
         });
     }
     let logits = logits_host(head, &features.features, 4096)?;
-    let loss = mean_cross_entropy(&logits, num_classes, &features.labels);
-    let evaluation =
-        lt_metrics::evaluate(&logits, num_classes, &features.labels, train_stats, rule)?;
+    let (evaluation, loss) =
+        lt_metrics::evaluate_with_loss(&logits, num_classes, &features.labels, train_stats, rule)?;
     let predictions = lt_metrics::predictions(&logits, num_classes)?;
     Ok(Scored {
         evaluation,
@@ -279,6 +293,16 @@ mod tests {
         assert_eq!(
             scored.predictions,
             lt_metrics::predictions(&logits, c).unwrap()
+        );
+        // The shared softmax pass gives the separately computed loss and
+        // metrics bit for bit.
+        assert_eq!(
+            want_loss.to_bits(),
+            mean_cross_entropy(&logits, c, &features.labels).to_bits()
+        );
+        assert_eq!(
+            want,
+            lt_metrics::evaluate(&logits, c, &features.labels, &stats, &rule).unwrap()
         );
         assert_eq!(got.top1, want.top1);
         assert_eq!(got.top5, want.top5);

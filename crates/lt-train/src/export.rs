@@ -18,7 +18,7 @@ use candle_core::{DType, Device, Tensor};
 use lt_core::HeadId;
 use lt_data::transform::{Normalization, Preset, Transform};
 use lt_heads::LinearLayer;
-use lt_models::{Arch, Backbone, BnMode, Precision};
+use lt_models::{Arch, Backbone, Precision};
 use lt_run::{ExportMeta, ExportNormalization, EXPORT_FORMAT_VERSION};
 
 use crate::experiment::Experiment;
@@ -47,7 +47,7 @@ pub struct HeadModel {
 impl HeadModel {
     /// Logits `(N, C)` of preprocessed images `(N, 3, H, W)` (BN in eval mode).
     pub fn logits(&self, images: &Tensor) -> Result<Tensor, TrainError> {
-        let f = self.backbone.forward_t(images, BnMode::Eval)?;
+        let f = self.backbone.forward_inference(images)?;
         Ok(self.classifier.logits(&f.to_dtype(DType::F32)?)?)
     }
 }
@@ -256,7 +256,7 @@ impl ExportedModel {
 
     /// Logits `(N, C)` of preprocessed images `(N, 3, H, W)`.
     pub fn logits(&self, images: &Tensor) -> Result<Tensor, TrainError> {
-        let f = self.backbone.forward_t(images, BnMode::Eval)?;
+        let f = self.backbone.forward_inference(images)?;
         Ok(self.fc.logits(&f.to_dtype(DType::F32)?)?)
     }
 }
