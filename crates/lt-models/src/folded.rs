@@ -172,7 +172,8 @@ pub struct Inference {
 #[derive(Debug, Clone)]
 enum Inner {
     Folded(FoldedNet),
-    Plain(Backbone),
+    // Boxed: an encoder backbone is far larger than a folded ResNet.
+    Plain(Box<Backbone>),
 }
 
 impl Inference {
@@ -180,7 +181,7 @@ impl Inference {
     pub(crate) fn new(backbone: &Backbone, folded: Option<FoldedNet>) -> Self {
         let inner = match folded {
             Some(net) => Inner::Folded(net),
-            None => Inner::Plain(backbone.clone()),
+            None => Inner::Plain(Box::new(backbone.clone())),
         };
         Self { inner }
     }
