@@ -11,6 +11,13 @@ use candle_core::{Module, Tensor};
 /// reference [`TauBias::Drop`], tau = 0 gives `W f` (the joint head *without*
 /// its bias) and tau = 1 gives unit-norm rows. Nothing here is trained; the
 /// weights are detached copies.
+///
+/// A cosine joint head ([`LinearHead::is_cosine`]) scores with unit-norm
+/// rows on normalised features, so every class row already has norm 1 and τ
+/// has nothing to rescale: [`TauNormHead::from_linear`] keeps it a cosine
+/// head whose logits are the joint head's for every τ (rescaling its raw,
+/// unnormalised rows instead would score with norms the joint head never
+/// used).
 #[derive(Debug, Clone)]
 pub struct TauNormHead {
     /// `(C, d)` rescaled weight.
@@ -18,12 +25,27 @@ pub struct TauNormHead {
     /// `(C)` bias, when kept.
     bias: Option<Tensor>,
     tau: f64,
+    /// Cosine logits: unit rows (above) against normalised features.
+    cosine: bool,
 }
 
 impl TauNormHead {
     /// tau-normalises a trained joint head.
+    /// A cosine head stays one, unchanged by τ (see the type docs).
     pub fn from_linear(linear: &LinearHead, tau: f64, bias: TauBias) -> Result<Self, HeadError> {
-        Self::new(linear.weight(), linear.bias(), tau, bias)
+        if !linear.is_cosine() {
+            return Self::new(linear.weight(), linear.bias(), tau, bias);
+        }
+        if !tau.is_finite() {
+            return Err(HeadError::InvalidTau(tau));
+        }
+        Ok(Self {
+            weight: crate::linear::normalize_rows(&linear.weight().detach())?,
+            // A cosine head has no bias (its logits are cosines).
+            bias: None,
+            tau,
+            cosine: true,
+        })
     }
 
     /// tau-normalises a weight `(C, d)` and bias `(C)` (f32), for example read
@@ -51,7 +73,12 @@ impl TauNormHead {
             TauBias::Drop => None,
             TauBias::Keep => Some(bias.detach().copy()?),
         };
-        Ok(Self { weight, bias, tau })
+        Ok(Self {
+            weight,
+            bias,
+            tau,
+            cosine: false,
+        })
     }
 
     /// The tau this head was built with.
@@ -78,6 +105,9 @@ impl TauNormHead {
 impl Classifier for TauNormHead {
     fn logits(&self, features: &Tensor) -> candle_core::Result<Tensor> {
         check_features("tau-norm head", features, self.weight.dims()[1])?;
+        if self.cosine {
+            return crate::linear::normalize_rows(features)?.matmul(&self.weight.t()?);
+        }
         let z = features.matmul(&self.weight.t()?)?;
         match &self.bias {
             Some(b) => z.broadcast_add(b),
@@ -90,6 +120,11 @@ impl Classifier for TauNormHead {
     }
 
     fn fold(&self) -> candle_core::Result<crate::Fold> {
+        if self.cosine {
+            return Ok(crate::Fold::Refused(
+                crate::linear::COSINE_NOT_LINEAR.into(),
+            ));
+        }
         Ok(crate::Fold::Linear(match &self.bias {
             Some(b) => crate::LinearLayer {
                 weight: self.weight.clone(),

@@ -129,7 +129,16 @@ impl TrainedHead for LearnedTau {
     fn init(&self, init: &HeadInit<'_>) -> Result<Box<dyn TrainableHead>, TrainError> {
         let o = options(init.options).map_err(|e| TrainError::Invalid(e.to_string()))?;
         let dev = init.joint.weight().device();
-        let weight = super::register_var(init.vars, "fc.weight", init.joint.weight())?;
+        // A cosine joint head scores with unit rows: τ has no norm to rescale
+        // (ln 1 = 0 below), so the head stays the joint head whatever τ
+        // learns, instead of rescaling raw rows the joint head never used.
+        let cosine = init.joint.is_cosine();
+        let joint_weight = if cosine {
+            unit_rows(&init.joint.weight().detach())?
+        } else {
+            init.joint.weight().clone()
+        };
+        let weight = super::register_var(init.vars, "fc.weight", &joint_weight)?;
         let bias = super::register_var(init.vars, "fc.bias", init.joint.bias())?;
         let n_tau = if o.per_group { 3 } else { 1 };
         let tau0 = Tensor::full(o.init_tau as f32, n_tau, dev)?;
@@ -153,17 +162,28 @@ impl TrainedHead for LearnedTau {
         } else {
             vec![0; c]
         };
-        let norms = init.joint.weight().detach().sqr()?.sum(1)?.sqrt()?;
-        check_norms(&norms.to_vec1::<f32>()?)?;
+        let log_norms = if cosine {
+            Tensor::zeros(c, joint_weight.dtype(), dev)?
+        } else {
+            let norms = joint_weight.detach().sqr()?.sum(1)?.sqrt()?;
+            check_norms(&norms.to_vec1::<f32>()?)?;
+            norms.log()?
+        };
         Ok(Box::new(LearnedTauHead {
             weight,
             bias,
             tau,
-            log_norms: norms.log()?,
+            log_norms,
+            cosine,
             group_of: Tensor::new(group_of.as_slice(), dev)?,
             keep_bias: o.bias == TauBias::Keep,
         }))
     }
+}
+
+/// Rows divided by their L2 norm (at least 1e-12, as the cosine head does).
+fn unit_rows(w: &Tensor) -> candle_core::Result<Tensor> {
+    w.broadcast_div(&w.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?)
 }
 
 /// Refuses a joint head the τ scaling is undefined on. The head divides each
@@ -206,6 +226,8 @@ pub struct LearnedTauHead {
     /// Index into `tau` of each class, `(C)` u32.
     group_of: Tensor,
     keep_bias: bool,
+    /// A cosine joint head: unit rows against normalised features, no bias.
+    cosine: bool,
 }
 
 impl LearnedTauHead {
@@ -221,6 +243,9 @@ impl LearnedTauHead {
 
 impl Classifier for LearnedTauHead {
     fn logits(&self, features: &Tensor) -> candle_core::Result<Tensor> {
+        if self.cosine {
+            return unit_rows(features)?.matmul(&self.scaled_weight()?.t()?);
+        }
         let z = features.matmul(&self.scaled_weight()?.t()?)?;
         if self.keep_bias {
             z.broadcast_add(&self.bias.as_detached_tensor())
@@ -234,6 +259,11 @@ impl Classifier for LearnedTauHead {
     }
 
     fn fold(&self) -> candle_core::Result<lt_heads::Fold> {
+        if self.cosine {
+            return Ok(lt_heads::Fold::Refused(
+                "a cosine head normalises its input features, which no linear layer does".into(),
+            ));
+        }
         let weight = self.scaled_weight()?.detach();
         Ok(lt_heads::Fold::Linear(if self.keep_bias {
             lt_heads::LinearLayer {
@@ -368,5 +398,45 @@ mod tests {
             (gt[0] + 2f32.ln()).abs() < 1e-5 && gt[1] == 0.0 && gt[2] == 0.0,
             "{gt:?}"
         );
+    }
+
+    #[test]
+    fn on_a_cosine_joint_head_tau_changes_nothing() {
+        // Raw rows of norm 2 and 1; the cosine head scores f / ||f|| against
+        // unit rows: f = (1, 1) gives (1/√2, 1/√2) whatever the raw norms.
+        let dev = Device::Cpu;
+        let (vars, jv) = (VarMap::new(), VarMap::new());
+        let w = Tensor::new(&[[2f32, 0.0], [0.0, 1.0]], &dev).unwrap();
+        let b = Tensor::new(&[0.5f32, -0.5], &dev).unwrap();
+        let joint = LinearHead::from_tensors(&jv, "fc", &w, &b)
+            .unwrap()
+            .cosine(true);
+        let options: toml::Table = toml::from_str("bias = \"keep\"").unwrap();
+        let h = LearnedTau
+            .init(&HeadInit {
+                joint: &joint,
+                vars: &vars,
+                options: &options,
+                seed: 0,
+                class_counts: &[10, 1],
+                groups: &[ShotGroup::Many, ShotGroup::Few],
+            })
+            .unwrap();
+        let tau = vars.data().lock().unwrap()["fc.tau"].clone();
+        let s = std::f32::consts::FRAC_1_SQRT_2;
+        for t in [0f32, 1.0, 7.4] {
+            tau.set(&Tensor::new(&[t], &dev).unwrap()).unwrap();
+            let z = logits(h.as_ref());
+            assert!(
+                (z[0] - s).abs() < 1e-6 && (z[1] - s).abs() < 1e-6,
+                "{t}: {z:?}"
+            );
+        }
+        // No gradient moves tau, and the head does not fold to a linear layer.
+        let f = Tensor::new(&[[1f32, 3.0]], &dev).unwrap();
+        let g = h.logits(&f).unwrap().sum_all().unwrap().backward().unwrap();
+        let gt = g.get(&tau).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(gt, [0.0]);
+        assert!(matches!(h.fold().unwrap(), lt_heads::Fold::Refused(_)));
     }
 }
