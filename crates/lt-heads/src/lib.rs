@@ -67,7 +67,7 @@ mod vars;
 pub use config::{CrtInit, NcmConfig, NcmDistance, NcmFeature, UnknownName};
 pub use error::HeadError;
 pub use fold::{Fold, LinearLayer};
-pub use linear::{pytorch_linear_init, LinearHead};
+pub use linear::{normalize_rows, pytorch_linear_init, LinearHead, COSINE_NOT_LINEAR};
 pub use lt_core::TauBias;
 pub use lws::LwsHead;
 pub use ncm::NcmHead;

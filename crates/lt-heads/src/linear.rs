@@ -188,7 +188,7 @@ pub(crate) fn affine(
 
 /// Rows divided by their L2 norm (at least 1e-12, as PyTorch's
 /// `F.normalize`).
-pub(crate) fn normalize_rows(x: &Tensor) -> candle_core::Result<Tensor> {
+pub fn normalize_rows(x: &Tensor) -> candle_core::Result<Tensor> {
     let norms = x.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
     x.broadcast_div(&norms)
 }
@@ -232,7 +232,7 @@ impl Classifier for LinearHead {
 }
 
 /// Why a cosine head does not fold into a linear layer.
-pub(crate) const COSINE_NOT_LINEAR: &str =
+pub const COSINE_NOT_LINEAR: &str =
     "a cosine head divides each feature vector by its norm, which no linear layer does";
 
 impl Module for LinearHead {

@@ -134,7 +134,7 @@ impl TrainedHead for LearnedTau {
         // learns, instead of rescaling raw rows the joint head never used.
         let cosine = init.joint.is_cosine();
         let joint_weight = if cosine {
-            unit_rows(&init.joint.weight().detach())?
+            lt_heads::normalize_rows(&init.joint.weight().detach())?
         } else {
             init.joint.weight().clone()
         };
@@ -179,11 +179,6 @@ impl TrainedHead for LearnedTau {
             keep_bias: o.bias == TauBias::Keep,
         }))
     }
-}
-
-/// Rows divided by their L2 norm (at least 1e-12, as the cosine head does).
-fn unit_rows(w: &Tensor) -> candle_core::Result<Tensor> {
-    w.broadcast_div(&w.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?)
 }
 
 /// Refuses a joint head the τ scaling is undefined on. The head divides each
@@ -244,7 +239,7 @@ impl LearnedTauHead {
 impl Classifier for LearnedTauHead {
     fn logits(&self, features: &Tensor) -> candle_core::Result<Tensor> {
         if self.cosine {
-            return unit_rows(features)?.matmul(&self.scaled_weight()?.t()?);
+            return lt_heads::normalize_rows(features)?.matmul(&self.scaled_weight()?.t()?);
         }
         let z = features.matmul(&self.scaled_weight()?.t()?)?;
         if self.keep_bias {
@@ -260,9 +255,7 @@ impl Classifier for LearnedTauHead {
 
     fn fold(&self) -> candle_core::Result<lt_heads::Fold> {
         if self.cosine {
-            return Ok(lt_heads::Fold::Refused(
-                "a cosine head normalises its input features, which no linear layer does".into(),
-            ));
+            return Ok(lt_heads::Fold::Refused(lt_heads::COSINE_NOT_LINEAR.into()));
         }
         let weight = self.scaled_weight()?.detach();
         Ok(lt_heads::Fold::Linear(if self.keep_bias {
