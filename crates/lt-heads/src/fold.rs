@@ -161,7 +161,7 @@ mod tests {
                 .unwrap_err();
             assert!(why.contains(says), "{why}");
         }
-        let cosine = joint.clone().cosine(true);
+        let cosine = joint.clone().cosine(Some(30.0));
         let why = cosine.fold().unwrap().into_result().unwrap_err();
         assert!(why.contains("cosine"), "{why}");
     }

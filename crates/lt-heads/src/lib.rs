@@ -67,7 +67,9 @@ mod vars;
 pub use config::{CrtInit, NcmConfig, NcmDistance, NcmFeature, UnknownName};
 pub use error::HeadError;
 pub use fold::{Fold, LinearLayer};
-pub use linear::{normalize_rows, pytorch_linear_init, LinearHead, COSINE_NOT_LINEAR};
+pub use linear::{
+    cosine_logits, normalize_rows, pytorch_linear_init, LinearHead, COSINE_NOT_LINEAR,
+};
 pub use lt_core::TauBias;
 pub use lws::LwsHead;
 pub use ncm::NcmHead;
@@ -83,6 +85,14 @@ pub const DEFAULT_PREFIX: &str = "fc";
 pub trait Classifier {
     /// Logits `(N, C)` of the features `(N, d)`.
     fn logits(&self, features: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// `Some(s)` when the logits are cosine similarities times `s` (a cosine
+    /// head, see [`LinearHead`], or one that rescales its classes, as LWS
+    /// on it): a loss whose margin is defined on cosines (LDAM) needs to
+    /// know. `None` (the default): ordinary logits.
+    fn cosine_scale(&self) -> Option<f64> {
+        None
+    }
 
     /// The effective classifier weight `(C, d)`: the rows the logits are a dot
     /// product with (`w_j` for a linear head, `w_j / ||w_j||^tau` for tau-norm,

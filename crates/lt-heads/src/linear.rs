@@ -56,15 +56,21 @@ pub fn pytorch_linear_init(
 /// same shape, those variables are reused and overwritten.
 ///
 /// A *cosine* head ([`LinearHead::cosine`], the LDAM-DRW classifier)
-/// computes `z_j = (f / ||f||) . (w_j / ||w_j||)` instead: logits in
-/// [-1, 1], no bias (the bias variable exists so that checkpoints keep one
-/// layout, but the logits never use it and it never gets a gradient). Its
-/// argmax is that of the unit-norm rows `w_j / ||w_j||` applied to `f`.
+/// computes `z_j = s · (f / ||f||) . (w_j / ||w_j||)` instead: cosines times
+/// the head's scale `s` (LDAM-DRW's s = 30), no bias (the bias variable
+/// exists so that checkpoints keep one layout, but the logits never use it
+/// and it never gets a gradient). Its argmax is that of the unit-norm rows
+/// `w_j / ||w_j||` applied to `f`. The scale belongs to the head, not to a
+/// loss, because every consumer of the logits needs it: a softmax over bare
+/// cosines in [-1, 1] is nearly uniform, so confidences, ECE and post-hoc
+/// logit adjustment (which adds log-priors in logit units) would all be
+/// computed on the wrong scale.
 #[derive(Debug, Clone)]
 pub struct LinearHead {
     weight: Var,
     bias: Var,
-    cosine: bool,
+    /// `Some(s)`: cosine logits times `s`.
+    cosine: Option<f64>,
 }
 
 impl LinearHead {
@@ -98,17 +104,26 @@ impl LinearHead {
         Ok(Self {
             weight,
             bias,
-            cosine: false,
+            cosine: None,
         })
     }
 
-    /// The same variables as a cosine head (`true`) or an affine one.
-    pub fn cosine(self, cosine: bool) -> Self {
-        Self { cosine, ..self }
+    /// The same variables as a cosine head with logit scale `s` (`Some(s)`)
+    /// or an affine one (`None`).
+    pub fn cosine(self, scale: Option<f64>) -> Self {
+        Self {
+            cosine: scale,
+            ..self
+        }
     }
 
-    /// Whether the logits are cosine similarities (see [`LinearHead`]).
+    /// Whether the logits are scaled cosine similarities (see [`LinearHead`]).
     pub fn is_cosine(&self) -> bool {
+        self.cosine.is_some()
+    }
+
+    /// `Some(s)` for a cosine head of scale `s`, `None` for an affine one.
+    pub fn cosine_scale(&self) -> Option<f64> {
         self.cosine
     }
 
@@ -140,7 +155,7 @@ impl LinearHead {
             CrtInit::Finetune => {
                 Ok(
                     Self::from_tensors(varmap, prefix, stage1.weight(), stage1.bias())?
-                        .cosine(stage1.is_cosine()),
+                        .cosine(stage1.cosine_scale()),
                 )
             }
         }
@@ -193,17 +208,23 @@ pub fn normalize_rows(x: &Tensor) -> candle_core::Result<Tensor> {
     x.broadcast_div(&norms)
 }
 
-/// The logits of a linear head's weight and bias: affine, or cosine.
+/// `scale · (f / ||f||) . r_j` for the rows `r_j` of `rows`: the logits of a
+/// cosine head when the rows are unit vectors (see [`LinearHead`]).
+pub fn cosine_logits(features: &Tensor, rows: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
+    normalize_rows(features)?.matmul(&rows.t()?)? * scale
+}
+
+/// The logits of a linear head's weight and bias: affine, or cosine with
+/// the given scale.
 pub(crate) fn head_logits(
     features: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
-    cosine: bool,
+    cosine: Option<f64>,
 ) -> candle_core::Result<Tensor> {
-    if cosine {
-        normalize_rows(features)?.matmul(&normalize_rows(weight)?.t()?)
-    } else {
-        affine(features, weight, bias)
+    match cosine {
+        Some(scale) => cosine_logits(features, &normalize_rows(weight)?, scale),
+        None => affine(features, weight, bias),
     }
 }
 
@@ -213,15 +234,19 @@ impl Classifier for LinearHead {
         head_logits(features, self.weight(), self.bias(), self.cosine)
     }
 
+    fn cosine_scale(&self) -> Option<f64> {
+        self.cosine
+    }
+
     fn class_weights(&self) -> candle_core::Result<Option<Tensor>> {
-        if self.cosine {
+        if self.is_cosine() {
             return Ok(Some(normalize_rows(self.weight())?));
         }
         Ok(Some(self.weight().clone()))
     }
 
     fn fold(&self) -> candle_core::Result<crate::Fold> {
-        if self.cosine {
+        if self.is_cosine() {
             return Ok(crate::Fold::Refused(COSINE_NOT_LINEAR.into()));
         }
         Ok(crate::Fold::Linear(crate::LinearLayer {
@@ -254,7 +279,7 @@ mod cosine_tests {
         let b = Tensor::new(&[10f32, 10.0], &dev).unwrap();
         let head = LinearHead::from_tensors(&vars, "fc", &w, &b)
             .unwrap()
-            .cosine(true);
+            .cosine(Some(30.0));
         let f = Tensor::new(&[[2f32, 0.0]], &dev).unwrap();
         let z: Vec<f32> = head
             .logits(&f)
@@ -263,8 +288,8 @@ mod cosine_tests {
             .unwrap()
             .to_vec1()
             .unwrap();
-        // cos((1, 0), (0.6, 0.8)) = 0.6; cos((1, 0), (0, -1)) = 0.
-        assert!((z[0] - 0.6).abs() < 1e-6 && z[1].abs() < 1e-6, "{z:?}");
+        // 30 · cos((1, 0), (0.6, 0.8)) = 18; cos((1, 0), (0, -1)) = 0.
+        assert!((z[0] - 18.0).abs() < 1e-5 && z[1].abs() < 1e-6, "{z:?}");
         let loss = head.logits(&f).unwrap().sum_all().unwrap();
         let g = loss.backward().unwrap();
         assert!(
@@ -274,6 +299,6 @@ mod cosine_tests {
         // Fine-tuning keeps the kind.
         let v2 = VarMap::new();
         let ft = LinearHead::for_crt(&v2, "fc", CrtInit::Finetune, &head, 0).unwrap();
-        assert!(ft.is_cosine());
+        assert_eq!(ft.cosine_scale(), Some(30.0));
     }
 }

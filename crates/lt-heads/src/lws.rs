@@ -21,8 +21,9 @@ pub struct LwsHead {
     weight: Var,
     bias: Var,
     scales: Var,
-    /// Scales the logits of a cosine head (see [`LinearHead`]).
-    cosine: bool,
+    /// `Some(s)`: rescales the logits of a cosine head of scale `s` (see
+    /// [`LinearHead`]).
+    cosine: Option<f64>,
 }
 
 impl LwsHead {
@@ -32,12 +33,19 @@ impl LwsHead {
         prefix: &str,
         linear: &LinearHead,
     ) -> Result<Self, HeadError> {
-        Ok(Self::new(varmap, prefix, linear.weight(), linear.bias())?.cosine(linear.is_cosine()))
+        Ok(
+            Self::new(varmap, prefix, linear.weight(), linear.bias())?
+                .cosine(linear.cosine_scale()),
+        )
     }
 
-    /// The same head over cosine logits (`true`) or affine ones.
-    pub fn cosine(self, cosine: bool) -> Self {
-        Self { cosine, ..self }
+    /// The same head over cosine logits of scale `s` (`Some(s)`) or affine
+    /// ones (`None`).
+    pub fn cosine(self, scale: Option<f64>) -> Self {
+        Self {
+            cosine: scale,
+            ..self
+        }
     }
 
     /// LWS on top of a weight `(C, d)` and bias `(C)` (f32), scales set to 1.
@@ -57,7 +65,7 @@ impl LwsHead {
             weight,
             bias,
             scales,
-            cosine: false,
+            cosine: None,
         })
     }
 
@@ -100,13 +108,17 @@ impl Classifier for LwsHead {
         z.broadcast_mul(self.scales.as_tensor())
     }
 
+    fn cosine_scale(&self) -> Option<f64> {
+        self.cosine
+    }
+
     fn class_weights(&self) -> candle_core::Result<Option<Tensor>> {
         let s = self.scales.as_tensor().unsqueeze(1)?;
         Ok(Some(self.weight.as_tensor().broadcast_mul(&s)?))
     }
 
     fn fold(&self) -> candle_core::Result<crate::Fold> {
-        if self.cosine {
+        if self.cosine.is_some() {
             return Ok(crate::Fold::Refused(
                 crate::linear::COSINE_NOT_LINEAR.into(),
             ));

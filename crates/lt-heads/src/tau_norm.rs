@@ -25,8 +25,9 @@ pub struct TauNormHead {
     /// `(C)` bias, when kept.
     bias: Option<Tensor>,
     tau: f64,
-    /// Cosine logits: unit rows (above) against normalised features.
-    cosine: bool,
+    /// `Some(s)`: cosine logits, unit rows (above) against normalised
+    /// features, times the joint head's scale `s`.
+    cosine: Option<f64>,
 }
 
 impl TauNormHead {
@@ -44,7 +45,7 @@ impl TauNormHead {
             // A cosine head has no bias (its logits are cosines).
             bias: None,
             tau,
-            cosine: true,
+            cosine: linear.cosine_scale(),
         })
     }
 
@@ -77,7 +78,7 @@ impl TauNormHead {
             weight,
             bias,
             tau,
-            cosine: false,
+            cosine: None,
         })
     }
 
@@ -105,8 +106,8 @@ impl TauNormHead {
 impl Classifier for TauNormHead {
     fn logits(&self, features: &Tensor) -> candle_core::Result<Tensor> {
         check_features("tau-norm head", features, self.weight.dims()[1])?;
-        if self.cosine {
-            return crate::linear::normalize_rows(features)?.matmul(&self.weight.t()?);
+        if let Some(scale) = self.cosine {
+            return crate::linear::cosine_logits(features, &self.weight, scale);
         }
         let z = features.matmul(&self.weight.t()?)?;
         match &self.bias {
@@ -115,12 +116,16 @@ impl Classifier for TauNormHead {
         }
     }
 
+    fn cosine_scale(&self) -> Option<f64> {
+        self.cosine
+    }
+
     fn class_weights(&self) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(self.weight.clone()))
     }
 
     fn fold(&self) -> candle_core::Result<crate::Fold> {
-        if self.cosine {
+        if self.cosine.is_some() {
             return Ok(crate::Fold::Refused(
                 crate::linear::COSINE_NOT_LINEAR.into(),
             ));

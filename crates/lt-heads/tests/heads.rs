@@ -165,16 +165,18 @@ fn tau_one_gives_unit_rows_and_keep_adds_bias() -> R {
 fn tau_norm_of_a_cosine_head_is_the_cosine_head_for_every_tau() -> R {
     // Rows of norm 5, 1 and 2: a τ rescaling of these raw rows would change
     // the scores, but the cosine head never scores with their norms.
-    let head = toy_linear(&VarMap::new()).cosine(true);
+    let head = toy_linear(&VarMap::new()).cosine(Some(10.0));
     let joint = head.logits(&toy_features())?.to_vec2::<f32>()?;
-    // By hand: f = [1, 2] / √5 against unit rows [0.6, 0.8], [1, 0], [0, -1].
+    // By hand: 10 · f = [1, 2] / √5 against unit rows [0.6, 0.8], [1, 0],
+    // [0, -1].
     let r5 = 5f32.sqrt();
-    close(&joint[..1], &[vec![2.2 / r5, 1.0 / r5, -2.0 / r5]], 1e-6);
+    close(&joint[..1], &[vec![22.0 / r5, 10.0 / r5, -20.0 / r5]], 1e-5);
     for tau in [0.0, 0.5, 1.0, 2.0] {
         for bias in [TauBias::Drop, TauBias::Keep] {
             let t = TauNormHead::from_linear(&head, tau, bias)?;
             close(&t.logits(&toy_features())?.to_vec2::<f32>()?, &joint, 0.0);
             assert!(matches!(t.fold()?, lt_heads::Fold::Refused(_)));
+            assert_eq!(t.cosine_scale(), Some(10.0));
         }
     }
     Ok(())

@@ -142,6 +142,7 @@ fn train_head(d: &Data, name: &str) -> Res<f64> {
     let loss_fn = spec.loss.build(&LossContext {
         class_counts: d.stats.counts(),
         epochs: spec.epochs,
+        cosine_scale: None,
     })?;
     let mut top1 = 0.0;
     for epoch in 0..spec.epochs {

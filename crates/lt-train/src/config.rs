@@ -344,9 +344,38 @@ pub struct ModelConfig {
     /// with; see `lt_heads::LinearHead`).
     #[serde(default, skip_serializing_if = "ClassifierKind::is_linear")]
     pub classifier: ClassifierKind,
+    /// The scale `s` of a cosine classifier's logits, `s · cos(f, w_j)`
+    /// (default [`DEFAULT_COSINE_SCALE`], LDAM-DRW's s = 30). Only with
+    /// `classifier = "cosine"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cosine_scale: Option<f64>,
 }
 
+/// The logit scale of a cosine classifier unless `model.cosine_scale` says
+/// otherwise: LDAM-DRW's s = 30 (kaidic/LDAM-DRW).
+pub const DEFAULT_COSINE_SCALE: f64 = 30.0;
+
 impl ModelConfig {
+    /// `Some(s)` for a cosine classifier (its logit scale), `None` for a
+    /// linear one.
+    pub fn cosine_scale(&self) -> Option<f64> {
+        (self.classifier == ClassifierKind::Cosine)
+            .then(|| self.cosine_scale.unwrap_or(DEFAULT_COSINE_SCALE))
+    }
+
+    fn check_classifier(&self) -> Result<(), ConfigError> {
+        match (self.classifier, self.cosine_scale) {
+            (ClassifierKind::Linear, Some(_)) => Err(ConfigError::at(
+                "model.cosine_scale",
+                "applies to model.classifier = \"cosine\" only",
+            )),
+            (_, Some(s)) if !(s.is_finite() && s > 0.0) => Err(ConfigError::at(
+                "model.cosine_scale",
+                format!("must be a finite number > 0, got {s}"),
+            )),
+            _ => Ok(()),
+        }
+    }
     /// The encoder's trainable setting (`none` unless set).
     pub fn encoder_trainable(&self) -> Result<lt_models::Trainable, ConfigError> {
         match &self.trainable {
@@ -799,6 +828,7 @@ impl ExperimentConfig {
     fn check(&self) -> Result<(), ConfigError> {
         self.dist.validate()?;
         self.model.check_encoder()?;
+        self.model.check_classifier()?;
         let s1 = &self.stage1;
         s1.settings.validate("stage1")?;
         if s1.bn != Stage2Bn::Train || !s1.augment {
@@ -1079,6 +1109,37 @@ lr = 0.1
             c.stage_hash("stage1").unwrap()
         );
         assert_ne!(d.stage_hash("crt").unwrap(), c.stage_hash("crt").unwrap());
+    }
+
+    #[test]
+    fn cosine_scale_defaults_to_ldam_s_and_is_checked() {
+        let with = |model: &str| {
+            ExperimentConfig::from_toml_str(
+                &MINIMAL.replace(
+                    "arch = \"resnet8\"",
+                    &format!("arch = \"resnet8\"\n{model}"),
+                ),
+                "m.toml",
+            )
+        };
+        assert_eq!(with("").unwrap().model.cosine_scale(), None);
+        let cosine = with("classifier = \"cosine\"").unwrap();
+        assert_eq!(cosine.model.cosine_scale(), Some(DEFAULT_COSINE_SCALE));
+        // The default is left out of the saved config (old hashes hold).
+        assert!(!cosine.to_toml().unwrap().contains("cosine_scale"));
+        let s16 = with("classifier = \"cosine\"\ncosine_scale = 16.0").unwrap();
+        assert_eq!(s16.model.cosine_scale(), Some(16.0));
+        for (bad, why) in [
+            ("cosine_scale = 16.0", "applies to model.classifier"),
+            ("classifier = \"cosine\"\ncosine_scale = 0.0", "> 0"),
+            ("classifier = \"cosine\"\ncosine_scale = -3.0", "> 0"),
+        ] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("model.cosine_scale") && err.contains(why),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

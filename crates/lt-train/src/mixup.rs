@@ -139,6 +139,7 @@ mod tests {
             .build(&crate::loss::LossContext {
                 class_counts: &[1, 1],
                 epochs: 1,
+                cosine_scale: None,
             })
             .unwrap();
         let d = MixDraw {

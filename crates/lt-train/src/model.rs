@@ -88,11 +88,11 @@ impl Network {
         })
     }
 
-    /// Makes the joint head a cosine classifier (`model.classifier =
-    /// "cosine"`) or an affine one; the variables stay the same.
-    pub fn set_classifier(&mut self, kind: crate::config::ClassifierKind) {
-        let cosine = kind == crate::config::ClassifierKind::Cosine;
-        self.head = self.head.clone().cosine(cosine);
+    /// Makes the joint head the classifier `model` names: cosine
+    /// (`model.classifier = "cosine"`, with `model.cosine_scale`) or affine;
+    /// the variables stay the same.
+    pub fn set_classifier(&mut self, model: &crate::config::ModelConfig) {
+        self.head = self.head.clone().cosine(model.cosine_scale());
     }
 
     /// Loads pretrained backbone weights; keys the backbone lacks (an ImageNet

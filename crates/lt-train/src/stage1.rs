@@ -99,7 +99,7 @@ pub fn train_stage1(exp: &Experiment, options: RunOptions) -> Result<TrainReport
         true,
     )?;
     net.backbone.set_precision(cfg.model.precision);
-    net.set_classifier(cfg.model.classifier);
+    net.set_classifier(&cfg.model);
     if let (Some(p), None) = (&cfg.model.pretrained, cfg.model.arch.encoder()) {
         net.load_pretrained(p)?;
     }
@@ -178,6 +178,7 @@ pub fn train_stage1(exp: &Experiment, options: RunOptions) -> Result<TrainReport
         .build(&crate::loss::LossContext {
             class_counts: exp.train_stats.counts(),
             epochs: s1.epochs,
+            cosine_scale: cfg.model.cosine_scale(),
         })
         .map_err(|e| e.within("stage1.loss"))?;
     let trainer = Trainer {
@@ -292,7 +293,7 @@ pub fn load_selected(exp: &Experiment) -> Result<(Network, PathBuf, usize), Trai
         false,
     )?;
     net.backbone.set_precision(exp.config.model.precision);
-    net.set_classifier(exp.config.model.classifier);
+    net.set_classifier(&exp.config.model);
     net.load_tensors(&tensors, &path)?;
     tracing::info!(checkpoint = %path.display(), epoch = meta.epoch, "loaded stage-1 network");
     Ok((net, path, meta.epoch))

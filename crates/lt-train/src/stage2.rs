@@ -231,6 +231,7 @@ pub fn retrain(
         .build(&crate::loss::LossContext {
             class_counts: exp.train_stats.counts(),
             epochs: spec.epochs,
+            cosine_scale: classifier.cosine_scale(),
         })
         .map_err(|e| e.within(&format!("stage2.{head}.loss")))?;
     let mut model = Stage2Model {

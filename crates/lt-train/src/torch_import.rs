@@ -102,7 +102,7 @@ pub fn import_stage1(
         &exp.device,
     )?;
     net.backbone.set_precision(cfg.model.precision);
-    net.set_classifier(cfg.model.classifier);
+    net.set_classifier(&cfg.model);
     // Strict: fc.* and num_batches_tracked aside, the keys must be exactly
     // the backbone's.
     net.backbone

@@ -64,7 +64,7 @@ impl TrainedHead for DisAlign {
         // The frozen joint head (its kind kept: a cosine joint head stays
         // cosine); registered so that checkpoints hold it.
         let joint = LinearHead::from_tensors(init.vars, DEFAULT_PREFIX, j.weight(), j.bias())?
-            .cosine(j.is_cosine());
+            .cosine(j.cosine_scale());
         // nn.Linear(d, 1): its weight is then set to 0.1; its bias keeps
         // PyTorch's U(-1/sqrt(d), 1/sqrt(d)), drawn from the head's seed.
         let (_, b0) = lt_heads::pytorch_linear_init(d, 1, init.seed)?;

@@ -132,8 +132,8 @@ impl TrainedHead for LearnedTau {
         // A cosine joint head scores with unit rows: τ has no norm to rescale
         // (ln 1 = 0 below), so the head stays the joint head whatever τ
         // learns, instead of rescaling raw rows the joint head never used.
-        let cosine = init.joint.is_cosine();
-        let joint_weight = if cosine {
+        let cosine = init.joint.cosine_scale();
+        let joint_weight = if cosine.is_some() {
             lt_heads::normalize_rows(&init.joint.weight().detach())?
         } else {
             init.joint.weight().clone()
@@ -162,7 +162,7 @@ impl TrainedHead for LearnedTau {
         } else {
             vec![0; c]
         };
-        let log_norms = if cosine {
+        let log_norms = if cosine.is_some() {
             Tensor::zeros(c, joint_weight.dtype(), dev)?
         } else {
             let norms = joint_weight.detach().sqr()?.sum(1)?.sqrt()?;
@@ -221,8 +221,9 @@ pub struct LearnedTauHead {
     /// Index into `tau` of each class, `(C)` u32.
     group_of: Tensor,
     keep_bias: bool,
-    /// A cosine joint head: unit rows against normalised features, no bias.
-    cosine: bool,
+    /// `Some(s)`: a cosine joint head of scale `s`, unit rows against
+    /// normalised features, no bias.
+    cosine: Option<f64>,
 }
 
 impl LearnedTauHead {
@@ -238,8 +239,8 @@ impl LearnedTauHead {
 
 impl Classifier for LearnedTauHead {
     fn logits(&self, features: &Tensor) -> candle_core::Result<Tensor> {
-        if self.cosine {
-            return lt_heads::normalize_rows(features)?.matmul(&self.scaled_weight()?.t()?);
+        if let Some(scale) = self.cosine {
+            return lt_heads::cosine_logits(features, &self.scaled_weight()?, scale);
         }
         let z = features.matmul(&self.scaled_weight()?.t()?)?;
         if self.keep_bias {
@@ -249,12 +250,16 @@ impl Classifier for LearnedTauHead {
         }
     }
 
+    fn cosine_scale(&self) -> Option<f64> {
+        self.cosine
+    }
+
     fn class_weights(&self) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(self.scaled_weight()?))
     }
 
     fn fold(&self) -> candle_core::Result<lt_heads::Fold> {
-        if self.cosine {
+        if self.cosine.is_some() {
             return Ok(lt_heads::Fold::Refused(lt_heads::COSINE_NOT_LINEAR.into()));
         }
         let weight = self.scaled_weight()?.detach();
@@ -395,15 +400,16 @@ mod tests {
 
     #[test]
     fn on_a_cosine_joint_head_tau_changes_nothing() {
-        // Raw rows of norm 2 and 1; the cosine head scores f / ||f|| against
-        // unit rows: f = (1, 1) gives (1/√2, 1/√2) whatever the raw norms.
+        // Raw rows of norm 2 and 1; the cosine head scores 10 · f / ||f||
+        // against unit rows: f = (1, 1) gives 10 · (1/√2, 1/√2) whatever the
+        // raw norms.
         let dev = Device::Cpu;
         let (vars, jv) = (VarMap::new(), VarMap::new());
         let w = Tensor::new(&[[2f32, 0.0], [0.0, 1.0]], &dev).unwrap();
         let b = Tensor::new(&[0.5f32, -0.5], &dev).unwrap();
         let joint = LinearHead::from_tensors(&jv, "fc", &w, &b)
             .unwrap()
-            .cosine(true);
+            .cosine(Some(10.0));
         let options: toml::Table = toml::from_str("bias = \"keep\"").unwrap();
         let h = LearnedTau
             .init(&HeadInit {
@@ -416,12 +422,13 @@ mod tests {
             })
             .unwrap();
         let tau = vars.data().lock().unwrap()["fc.tau"].clone();
-        let s = std::f32::consts::FRAC_1_SQRT_2;
+        let s = 10.0 * std::f32::consts::FRAC_1_SQRT_2;
+        assert_eq!(h.cosine_scale(), Some(10.0));
         for t in [0f32, 1.0, 7.4] {
             tau.set(&Tensor::new(&[t], &dev).unwrap()).unwrap();
             let z = logits(h.as_ref());
             assert!(
-                (z[0] - s).abs() < 1e-6 && (z[1] - s).abs() < 1e-6,
+                (z[0] - s).abs() < 1e-5 && (z[1] - s).abs() < 1e-5,
                 "{t}: {z:?}"
             );
         }

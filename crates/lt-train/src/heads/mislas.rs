@@ -124,6 +124,10 @@ impl Classifier for MislasHead {
             .broadcast_mul(self.scales.as_tensor())
     }
 
+    fn cosine_scale(&self) -> Option<f64> {
+        self.linear.cosine_scale()
+    }
+
     fn class_weights(&self) -> candle_core::Result<Option<Tensor>> {
         let s = self.scales.as_tensor().unsqueeze(1)?;
         Ok(Some(self.linear.weight().broadcast_mul(&s)?))

@@ -419,8 +419,7 @@ pub fn build_trained(
         crate::model::build_backbone(&cfg.model, cfg.model_seed(), &exp.device, false)?;
     backbone.set_precision(cfg.model.precision);
     crate::stage2::load_backbone(&backbone, &tensors, &path)?;
-    let joint = placeholder_joint(&tensors, &path, &exp.device)?
-        .cosine(cfg.model.classifier == crate::config::ClassifierKind::Cosine);
+    let joint = placeholder_joint(&tensors, &path, &exp.device)?.cosine(cfg.model.cosine_scale());
     let vars = VarMap::new();
     let groups = exp.train_stats.groups(&cfg.eval.group_rule);
     let head = training.init(&HeadInit {
@@ -491,6 +490,9 @@ struct TrainedClassifier(Box<dyn TrainableHead>);
 impl Classifier for TrainedClassifier {
     fn logits(&self, f: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
         self.0.logits(f)
+    }
+    fn cosine_scale(&self) -> Option<f64> {
+        self.0.cosine_scale()
     }
     fn class_weights(&self) -> candle_core::Result<Option<candle_core::Tensor>> {
         self.0.class_weights()

@@ -5,8 +5,12 @@
 //!   so that the largest margin is `max_m` (0.5), is subtracted from the
 //!   logit of the true class only, then every logit is multiplied by the
 //!   scale `s` (30) before softmax cross-entropy. The reference applies it to
-//!   a cosine classifier (normalised weight, normalised feature), whose
-//!   logits lie in [−1, 1]: use it with `model.classifier = "cosine"`.
+//!   a cosine classifier (normalised weight, normalised feature): use it with
+//!   `model.classifier = "cosine"`. That head already multiplies its cosines
+//!   by its own scale s_h (`model.cosine_scale`, also 30 by default, so that
+//!   evaluation sees the logits training saw), so on it the loss computes
+//!   s · (z / s_h − Δ_y) = (s / s_h) · z − s · Δ_y: the reference's value.
+//!   With s = s_h the factor is exactly 1.
 //! * **DRW**: from epoch `drw_start · epochs` (0-based, 160 of 200 in the
 //!   reference) the cross-entropy is weighted per class with the
 //!   effective-number weights (1 − β)/(1 − β^{n_j}), β = 0.9999, normalised
@@ -24,6 +28,8 @@ use crate::config::ConfigError;
 pub struct LdamLoss {
     margins: Vec<f32>,
     scale: f64,
+    /// The head's own scale when its logits are scaled cosines.
+    head_scale: Option<f64>,
     /// First epoch (0-based) of the re-weighting; `None`: never.
     drw_from: Option<usize>,
     drw_weights: Vec<f32>,
@@ -68,8 +74,20 @@ impl Loss for LdamLoss {
         let one_hot = classes
             .broadcast_eq(&labels.unsqueeze(1)?)?
             .to_dtype(logits.dtype())?;
-        let adjusted = (logits - one_hot.broadcast_mul(&margins)?)?;
-        let scaled = (adjusted * self.scale)?;
+        let scaled = match self.head_scale {
+            // Affine logits, or a loss built without the head's scale: the
+            // reference's arithmetic, s · (z − Δ_y).
+            None => ((logits - one_hot.broadcast_mul(&margins)?)? * self.scale)?,
+            // z = s_h · cos: (s / s_h) · z − s · Δ_y.
+            Some(head) => {
+                let z = if head == self.scale {
+                    logits.clone()
+                } else {
+                    (logits * (self.scale / head))?
+                };
+                (z - (one_hot.broadcast_mul(&margins)? * self.scale)?)?
+            }
+        };
         match self.class_weights(epoch) {
             Some(w) => weighted_cross_entropy(&scaled, &labels, w),
             None => candle_nn::loss::cross_entropy(&scaled, &labels),
@@ -143,6 +161,7 @@ impl LossKind for LdamDrw {
         Ok(Box::new(LdamLoss {
             margins: Self::margins_f32(ctx.class_counts, max_m),
             scale,
+            head_scale: ctx.cosine_scale,
             drw_from,
             drw_weights: effective_number_weights(ctx.class_counts, beta)
                 .into_iter()

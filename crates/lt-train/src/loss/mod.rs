@@ -12,7 +12,7 @@
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let cfg = LossConfig::default(); // cross-entropy
-//! let loss = cfg.build(&LossContext { class_counts: &[10, 2], epochs: 1 })?;
+//! let loss = cfg.build(&LossContext { class_counts: &[10, 2], epochs: 1, cosine_scale: None })?;
 //! let logits = Tensor::new(&[[2f32, 0.0], [0.0, 0.0]], &Device::Cpu)?;
 //! let labels = Tensor::new(&[0u32, 1], &Device::Cpu)?;
 //! let l = loss.forward(&logits, &labels, 0)?.to_scalar::<f32>()?;
@@ -64,6 +64,10 @@ pub struct LossContext<'a> {
     pub class_counts: &'a [usize],
     /// Epochs of the stage.
     pub epochs: usize,
+    /// `Some(s)` when the trained head's logits are cosines times `s`
+    /// ([`lt_heads::Classifier::cosine_scale`]); LDAM's margins are in
+    /// cosine units.
+    pub cosine_scale: Option<f64>,
 }
 
 /// A kind of loss: its name, what it is, and how it is built.
@@ -278,6 +282,7 @@ mod tests {
         cfg.build(&LossContext {
             class_counts: counts,
             epochs: 1,
+            cosine_scale: None,
         })
         .unwrap()
     }
@@ -351,6 +356,7 @@ mod tests {
         let ctx = LossContext {
             class_counts: &[16, 1],
             epochs: 10,
+            cosine_scale: None,
         };
         let ldam = cfg.build(&ctx).unwrap();
         let want = (1.0 + (-15f64).exp()).ln() + 15.0;
@@ -380,6 +386,20 @@ mod tests {
         let cfg: LossConfig = toml::Value::Table(t).try_into().unwrap();
         let plain = cfg.build(&ctx).unwrap();
         assert!((value_at(plain.as_ref(), &z, 2, &y, 9) - (l0 + l1) / 2.0).abs() < 1e-3);
+        // On a cosine head of scale s_h the logits arrive as s_h · cos: the
+        // loss is the same function of the cosines, for s_h = s (factor 1)
+        // and for another s_h.
+        for head in [30.0, 16.0] {
+            let on_cosine = cfg
+                .build(&LossContext {
+                    cosine_scale: Some(head),
+                    ..ctx
+                })
+                .unwrap();
+            let scaled: Vec<f32> = z.iter().map(|v| v * head as f32).collect();
+            let got = value_at(on_cosine.as_ref(), &scaled, 2, &y, 9);
+            assert!((got - (l0 + l1) / 2.0).abs() < 1e-3, "s_h = {head}: {got}");
+        }
     }
 
     #[test]
@@ -518,6 +538,7 @@ mod tests {
             .build(&LossContext {
                 class_counts: &[3, 0],
                 epochs: 1,
+                cosine_scale: None,
             })
             .unwrap_err()
             .to_string();
