@@ -4,6 +4,7 @@
 //! 8x8 patches) come from `tests/fixtures/make_encoder_fixtures.py`.
 
 use candle_core::{Device, Tensor};
+use lt_models::encoders::transformer::without_inference_kernels;
 use lt_models::encoders::{resolve_config, Encoder, EncoderConfig, EncoderFamily, Trainable};
 use lt_models::{Arch, Backbone, BnMode, ModelError};
 use std::path::{Path, PathBuf};
@@ -59,12 +60,13 @@ fn features_match_the_reference_implementation() {
     for name in ["vit", "dinov2", "clip", "siglip"] {
         let mut encoder = load(name);
         let (x, expected) = io(&format!("{name}_io.safetensors"));
-        // Frozen: candle-transformers' model code (DINOv2: this crate's).
+        // Frozen: the blocks on the inference kernels.
         let frozen = encoder.forward_frozen(&x).unwrap();
         let d = max_abs_diff(&frozen, &expected);
         assert!(d < 1e-4, "{name} frozen: max |diff| {d}");
-        // Fine-tuned (all, or the last block): the shared differentiable
-        // block of this crate, with an autograd graph.
+        // Fine-tuned (all, or the last block): the composed differentiable
+        // block, with an autograd graph (last:1 runs block 0 on the
+        // inference kernels).
         for trainable in [Trainable::All, Trainable::LastBlocks(1)] {
             encoder.set_trainable(trainable).unwrap();
             let trained = encoder.forward(&x).unwrap();
@@ -76,9 +78,22 @@ fn features_match_the_reference_implementation() {
 }
 
 #[test]
-fn siglip_resizes_position_embeddings_alike_in_both_implementations() {
-    // At 48x40 (a 6x5 grid from the 4x4 of the checkpoint): candle-transformers'
-    // nearest-neighbour resizing when frozen, index selection when trained.
+fn inference_kernels_match_the_composed_blocks_in_every_family() {
+    for name in ["vit", "dinov2", "clip", "siglip"] {
+        let encoder = load(name);
+        let (x, _) = io(&format!("{name}_io.safetensors"));
+        let fast = encoder.forward_frozen(&x).unwrap();
+        let composed = without_inference_kernels(|| encoder.forward_frozen(&x)).unwrap();
+        let d = max_abs_diff(&fast, &composed);
+        assert!(d < 1e-5, "{name}: max |diff| {d}");
+    }
+}
+
+#[test]
+fn siglip_resizes_position_embeddings_alike_frozen_and_trained() {
+    // At 48x40 (a 6x5 grid from the 4x4 of the checkpoint): the frozen
+    // forward (inference kernels) and the trained one (composed ops) resize
+    // by nearest neighbour alike.
     let mut encoder = load("siglip");
     let (x, _) = io("dinov2_io_48x40.safetensors");
     let frozen = encoder.forward_frozen(&x).unwrap();

@@ -1,57 +1,17 @@
-//! The CLIP vision tower in the Hugging Face `CLIPVisionModel` layout.
+//! The CLIP vision tower in the Hugging Face `CLIPVisionModel` layout, on
+//! the shared block of [`super::transformer`] (whose frozen blocks run on
+//! the inference kernels of `super::infer`).
 //!
-//! Two implementations read the same variables:
-//!
-//! - [`CandleClip`], candle-transformers' `clip::vision_model`, runs the
-//!   frozen encoder; its `ClipVisionTransformer` already returns the pooled
-//!   output, so the wrapper only translates the configuration. That code
-//!   runs `quick_gelu` with layer-norm epsilon 1e-5, as OpenAI's CLIP
-//!   checkpoints do; other settings are rejected by
-//!   `EncoderConfig::validate`.
-//! - [`Clip`], the shared block of [`super::transformer`] over the same
-//!   names, runs it when a gradient is needed (candle-transformers' code goes
-//!   through candle-nn's fused layer norm and softmax, which have no backward
-//!   pass).
-//!
-//! Both return HF's `pooler_output`: the CLS token of the last block after
-//! `post_layernorm` (the tokens enter the blocks through `pre_layrnorm`, the
-//! checkpoints' spelling).
+//! [`Clip`] returns HF's `pooler_output`: the CLS token of the last block
+//! after `post_layernorm` (the tokens enter the blocks through
+//! `pre_layrnorm`, the checkpoints' spelling). OpenAI's CLIP checkpoints run
+//! `quick_gelu` with layer-norm epsilon 1e-5; other settings are rejected by
+//! `EncoderConfig::validate`.
 
 use super::config::EncoderConfig;
 use super::transformer::{self, Attention, Block, LayerNorm, Mlp, Projections};
 use candle_core::{IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::clip::{text_model, vision_model};
-
-/// The CLIP vision tower on candle-transformers' model code.
-#[derive(Debug, Clone)]
-pub(crate) struct CandleClip {
-    inner: vision_model::ClipVisionTransformer,
-}
-
-impl CandleClip {
-    pub(crate) fn new(c: &EncoderConfig, vb: VarBuilder<'_>) -> Result<Self> {
-        let cfg = vision_model::ClipVisionConfig {
-            embed_dim: c.hidden_size,
-            activation: text_model::Activation::QuickGelu,
-            intermediate_size: c.intermediate_size,
-            num_hidden_layers: c.num_layers,
-            num_attention_heads: c.num_heads,
-            // Only used by the (absent) projection.
-            projection_dim: c.hidden_size,
-            num_channels: c.num_channels,
-            image_size: c.image_size,
-            patch_size: c.patch_size,
-        };
-        Ok(Self {
-            inner: vision_model::ClipVisionTransformer::new(vb, &cfg)?,
-        })
-    }
-
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.inner.forward(x)
-    }
-}
 
 /// Block `encoder.layers.N` of the CLIP and SigLIP vision towers (the same
 /// names in both).

@@ -11,12 +11,13 @@
 //! Every family is written once over the shared pre-norm block of
 //! [`transformer`], whose layer norm and attention softmax keep their
 //! backward passes when a gradient is needed (candle-nn's fused kernels,
-//! which they use otherwise, have none). This code runs whenever a variable
-//! is trained. A frozen ViT, CLIP or SigLIP runs candle-transformers' model
-//! code instead, through thin wrappers ([`vit`], [`clip`], [`siglip`]); both
-//! read the same variables and match Hugging Face transformers' features to
-//! 1e-4 (`tests/encoders.rs`). DINOv2 has only this crate's code ([`dinov2`]
-//! says why).
+//! which they use otherwise, have none). The blocks through which no
+//! gradient flows (all of them in a frozen encoder, those before the
+//! trained ones with `last:N`) run, in f32 on the CPU, on inference-only
+//! kernels over the same variables (`infer`: fused row-parallel passes,
+//! attention per image and head, no autograd graph); elsewhere (GPUs, half
+//! precision) they compose candle ops. Both match Hugging Face
+//! transformers' features to 1e-4 (`tests/encoders.rs`).
 //!
 //! # Weights and freezing
 //!
@@ -59,6 +60,7 @@
 pub mod clip;
 pub mod config;
 pub mod dinov2;
+mod infer;
 pub mod siglip;
 pub mod transformer;
 pub mod vit;
@@ -80,11 +82,10 @@ use weights::{Collect, Serve, Source};
 /// family.
 ///
 /// A trained encoder runs the differentiable block of [`transformer`]
-/// (candle-transformers' model code, which serves the frozen ViT, CLIP and
-/// SigLIP, goes through candle-nn's fused layer norm and softmax, whose
-/// missing backward passes would silently cut the gradient). Frozen
-/// variables are served detached: with `last:N` the blocks before the last
-/// `N` run without an autograd graph. The depth of each variable, for
+/// (candle-nn's fused layer norm and softmax have no backward passes and
+/// would silently cut the gradient). Frozen variables are served detached:
+/// with `last:N` the blocks before the last `N` run without an autograd
+/// graph, on the inference kernels on the CPU. The depth of each variable, for
 /// layer-wise learning-rate decay, is [`Encoder::depth_of`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Trainable {
@@ -127,50 +128,30 @@ impl fmt::Display for Trainable {
     }
 }
 
-/// Which implementation runs a forward pass (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Code {
-    /// candle-transformers' model code (ViT, CLIP, SigLIP), for a frozen
-    /// encoder; DINOv2 has only its own.
-    Frozen,
-    /// The shared differentiable block of [`transformer`].
-    Differentiable,
-}
-
 #[derive(Debug, Clone)]
 enum Model {
     Vit(vit::Vit),
-    CandleVit(vit::CandleVit),
     Dinov2(dinov2::Dinov2),
     Clip(clip::Clip),
-    CandleClip(clip::CandleClip),
     Siglip(siglip::Siglip),
-    CandleSiglip(siglip::CandleSiglip),
 }
 
 impl Model {
-    fn build(c: &EncoderConfig, vb: VarBuilder<'_>, code: Code) -> candle_core::Result<Self> {
-        let own = code == Code::Differentiable;
+    fn build(c: &EncoderConfig, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
         Ok(match c.family {
-            EncoderFamily::Vit if own => Model::Vit(vit::Vit::new(c, vb)?),
-            EncoderFamily::Vit => Model::CandleVit(vit::CandleVit::new(c, vb)?),
+            EncoderFamily::Vit => Model::Vit(vit::Vit::new(c, vb)?),
             EncoderFamily::Dinov2 => Model::Dinov2(dinov2::Dinov2::new(c, vb)?),
-            EncoderFamily::Clip if own => Model::Clip(clip::Clip::new(c, vb)?),
-            EncoderFamily::Clip => Model::CandleClip(clip::CandleClip::new(c, vb)?),
-            EncoderFamily::Siglip if own => Model::Siglip(siglip::Siglip::new(c, vb)?),
-            EncoderFamily::Siglip => Model::CandleSiglip(siglip::CandleSiglip::new(c, vb)?),
+            EncoderFamily::Clip => Model::Clip(clip::Clip::new(c, vb)?),
+            EncoderFamily::Siglip => Model::Siglip(siglip::Siglip::new(c, vb)?),
         })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Model::Vit(m) => m.forward(x),
-            Model::CandleVit(m) => m.forward(x),
             Model::Dinov2(m) => m.forward(x),
             Model::Clip(m) => m.forward(x),
-            Model::CandleClip(m) => m.forward(x),
             Model::Siglip(m) => m.forward(x),
-            Model::CandleSiglip(m) => m.forward(x),
         }
     }
 }
@@ -236,14 +217,8 @@ impl Encoder {
     ) -> Result<Self> {
         config.validate().map_err(ModelError::InvalidConfig)?;
         let collect = Collect::new(source);
-        // Both implementations are built, so that a variable either one asks
-        // for is collected (or reported); they ask for the same names.
-        let built = [Code::Frozen, Code::Differentiable]
-            .iter()
-            .try_for_each(|&code| {
-                let vb = VarBuilder::from_backend(Box::new(&collect), DType::F32, device.clone());
-                Model::build(&config, vb, code).map(|_| ())
-            });
+        let vb = VarBuilder::from_backend(Box::new(&collect), DType::F32, device.clone());
+        let built = Model::build(&config, vb).map(|_| ());
         let collected = collect.finish();
         if !collected.mismatch.is_empty() {
             return Err(ModelError::IncompatibleCheckpoint {
@@ -343,7 +318,7 @@ impl Encoder {
         if !any {
             return self.forward_frozen_dtype(x, dtype);
         }
-        self.run(x, dtype, Code::Differentiable, &|n| self.is_trainable(n))
+        self.run(x, dtype, &|n| self.is_trainable(n))
     }
 
     /// [`Encoder::forward_dtype`] in f32.
@@ -358,14 +333,13 @@ impl Encoder {
 
     /// [`Encoder::forward_frozen`] in `dtype`.
     pub fn forward_frozen_dtype(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
-        self.run(x, dtype, Code::Frozen, &|_| false)
+        self.run(x, dtype, &|_| false)
     }
 
     fn run(
         &self,
         x: &Tensor,
         dtype: DType,
-        code: Code,
         trainable: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Tensor> {
         self.check_input(x)?;
@@ -374,7 +348,7 @@ impl Encoder {
             trainable,
         };
         let vb = VarBuilder::from_backend(Box::new(backend), dtype, self.store.device().clone());
-        let model = Model::build(&self.config, vb, code)?;
+        let model = Model::build(&self.config, vb)?;
         let x = if x.dtype() == dtype {
             x.clone()
         } else {

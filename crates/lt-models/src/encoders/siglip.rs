@@ -1,57 +1,15 @@
 //! The SigLIP vision tower in the Hugging Face `SiglipVisionModel` layout,
-//! with its attention-pooling head (HF's `pooler_output`).
+//! with its attention-pooling head (HF's `pooler_output`), on the shared
+//! block of [`super::transformer`] (whose frozen blocks run on the inference
+//! kernels of `super::infer`).
 //!
-//! Two implementations read the same variables:
-//!
-//! - [`CandleSiglip`], candle-transformers' `siglip::VisionModel`, runs the
-//!   frozen encoder; the wrapper only translates the configuration.
-//! - [`Siglip`], the shared block of [`super::transformer`] over the same
-//!   names, runs it when a gradient is needed (candle-transformers' code goes
-//!   through candle-nn's fused layer norm and softmax, which have no backward
-//!   pass).
-//!
-//! At another image size both resize the position embeddings as
-//! candle-transformers does: nearest neighbour.
+//! At another image size the position embeddings are resized by nearest
+//! neighbour, as candle-transformers' SigLIP does.
 
-use super::config::{Activation, EncoderConfig};
+use super::config::EncoderConfig;
 use super::transformer::{self, Attention, Block, LayerNorm, Mlp, Projections};
 use candle_core::{IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::siglip;
-
-/// The SigLIP vision tower on candle-transformers' model code.
-#[derive(Debug, Clone)]
-pub(crate) struct CandleSiglip {
-    inner: siglip::VisionModel,
-}
-
-impl CandleSiglip {
-    pub(crate) fn new(c: &EncoderConfig, vb: VarBuilder<'_>) -> Result<Self> {
-        let cfg = siglip::VisionConfig {
-            hidden_size: c.hidden_size,
-            intermediate_size: c.intermediate_size,
-            num_hidden_layers: c.num_layers,
-            num_attention_heads: c.num_heads,
-            num_channels: c.num_channels,
-            image_size: c.image_size,
-            patch_size: c.patch_size,
-            hidden_act: match c.activation {
-                Activation::Gelu => candle_nn::Activation::Gelu,
-                Activation::GeluTanh | Activation::QuickGelu => {
-                    candle_nn::Activation::GeluPytorchTanh
-                }
-            },
-            layer_norm_eps: c.layer_norm_eps,
-        };
-        Ok(Self {
-            inner: siglip::VisionModel::new(&cfg, true, vb)?,
-        })
-    }
-
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.inner.forward(x)
-    }
-}
 
 /// The attention-pooling head (`head.*`): one learned query (`probe`)
 /// attends over the tokens through PyTorch's `MultiheadAttention` (fused

@@ -30,9 +30,9 @@ fn widen(x: &Tensor) -> Result<Tensor> {
 /// A layer norm that stays differentiable (see the module docs).
 #[derive(Debug, Clone)]
 pub(crate) struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    pub(crate) eps: f64,
 }
 
 impl LayerNorm {
@@ -90,9 +90,9 @@ pub(crate) fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
 /// The two-layer MLP of a block (or of SigLIP's pooling head).
 #[derive(Debug, Clone)]
 pub(crate) struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
-    activation: Activation,
+    pub(crate) fc1: Linear,
+    pub(crate) fc2: Linear,
+    pub(crate) activation: Activation,
 }
 
 impl Mlp {
@@ -140,9 +140,9 @@ fn split3(weight: &Tensor, bias: Option<&Tensor>) -> Result<[Linear; 3]> {
 /// Multi-head attention with the differentiable softmax.
 #[derive(Debug, Clone)]
 pub(crate) struct Attention {
-    proj: Projections,
-    out: Linear,
-    num_heads: usize,
+    pub(crate) proj: Projections,
+    pub(crate) out: Linear,
+    pub(crate) num_heads: usize,
 }
 
 impl Attention {
@@ -229,15 +229,67 @@ impl Block {
         let m = scaled(self.mlp.forward(&self.norm2.forward(&x)?)?, &self.ls2)?;
         x + m
     }
+
+    /// Whether any variable of the block would receive a gradient.
+    fn tracked(&self) -> bool {
+        let lin = |l: &Linear| l.weight().track_op() || l.bias().is_some_and(Tensor::track_op);
+        let proj = match &self.attn.proj {
+            Projections::Fused(l) => lin(l),
+            Projections::Split { q, k, v } => lin(q) || lin(k) || lin(v),
+        };
+        let norm = |n: &LayerNorm| n.weight.track_op() || n.bias.track_op();
+        let ls = |g: &Option<Tensor>| g.as_ref().is_some_and(Tensor::track_op);
+        proj || lin(&self.attn.out)
+            || lin(&self.mlp.fc1)
+            || lin(&self.mlp.fc2)
+            || norm(&self.norm1)
+            || norm(&self.norm2)
+            || ls(&self.ls1)
+            || ls(&self.ls2)
+    }
 }
 
-/// Runs tokens through blocks in order.
+/// Runs tokens through blocks in order. The leading blocks through which no
+/// gradient flows (all of a frozen encoder's, the frozen ones before the
+/// trained blocks of `last:N`) run on the inference kernels of
+/// [`super::infer`] when the tokens are f32 on the CPU; the others compose
+/// the ops above.
 pub(crate) fn run_blocks(blocks: &[Block], x: &Tensor) -> Result<Tensor> {
+    let frozen = if x.track_op() {
+        0
+    } else {
+        blocks.iter().take_while(|b| !b.tracked()).count()
+    };
     let mut x = x.clone();
-    for block in blocks {
+    let mut rest = blocks;
+    if frozen > 0 && INFERENCE_KERNELS.with(std::cell::Cell::get) {
+        if let Some(y) = super::infer::run_blocks(&blocks[..frozen], &x)? {
+            x = y;
+            rest = &blocks[frozen..];
+        }
+    }
+    for block in rest {
         x = block.forward(&x)?;
     }
     Ok(x)
+}
+
+thread_local! {
+    static INFERENCE_KERNELS: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Runs `f` with the inference kernels of [`super::infer`] switched off on
+/// this thread, so that frozen blocks compose candle ops (for tests that
+/// compare the two).
+pub fn without_inference_kernels<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            INFERENCE_KERNELS.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(INFERENCE_KERNELS.with(|c| c.replace(false)));
+    f()
 }
 
 /// The patch embedding: `(B, C, H, W)` images to `(B, d, H/p, W/p)`.

@@ -1,69 +1,14 @@
-//! ViT in the Hugging Face `ViTModel` layout.
+//! ViT in the Hugging Face `ViTModel` layout, on the shared block of
+//! [`super::transformer`] (whose frozen blocks run on the inference kernels
+//! of `super::infer`).
 //!
-//! Two implementations read the same variables:
-//!
-//! - [`CandleVit`], candle-transformers' `vit` module, runs the frozen
-//!   encoder. Its `vit::Model` always builds an image classifier
-//!   (`classifier.*`, which a `ViTModel` checkpoint does not have) and
-//!   returns its logits, so the wrapper composes the module's public
-//!   `Embeddings` and `Encoder` with the final layer norm instead.
-//! - [`Vit`], the shared block of [`super::transformer`] over the same names,
-//!   runs it when a gradient is needed (candle-transformers' code goes
-//!   through candle-nn's fused layer norm and softmax, which have no backward
-//!   pass).
-//!
-//! Both return HF `ViTModel`'s `last_hidden_state[:, 0]`: the CLS token after
-//! the final layer norm.
+//! [`Vit`] returns HF `ViTModel`'s `last_hidden_state[:, 0]`: the CLS token
+//! after the final layer norm.
 
-use super::config::{Activation, EncoderConfig};
+use super::config::EncoderConfig;
 use super::transformer::{self, Attention, Block, LayerNorm, Mlp, Projections};
 use candle_core::{IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::vit;
-
-/// The ViT feature extractor on candle-transformers' model code.
-#[derive(Debug, Clone)]
-pub(crate) struct CandleVit {
-    embeddings: vit::Embeddings,
-    encoder: vit::Encoder,
-    layernorm: candle_nn::LayerNorm,
-}
-
-fn vit_config(c: &EncoderConfig) -> vit::Config {
-    vit::Config {
-        hidden_size: c.hidden_size,
-        num_hidden_layers: c.num_layers,
-        num_attention_heads: c.num_heads,
-        intermediate_size: c.intermediate_size,
-        hidden_act: match c.activation {
-            Activation::GeluTanh => candle_nn::Activation::GeluPytorchTanh,
-            // QuickGelu is rejected by `EncoderConfig::validate`.
-            Activation::Gelu | Activation::QuickGelu => candle_nn::Activation::Gelu,
-        },
-        layer_norm_eps: c.layer_norm_eps,
-        image_size: c.image_size,
-        patch_size: c.patch_size,
-        num_channels: c.num_channels,
-        qkv_bias: c.qkv_bias,
-    }
-}
-
-impl CandleVit {
-    pub(crate) fn new(c: &EncoderConfig, vb: VarBuilder<'_>) -> Result<Self> {
-        let cfg = vit_config(c);
-        Ok(Self {
-            embeddings: vit::Embeddings::new(&cfg, false, vb.pp("embeddings"))?,
-            encoder: vit::Encoder::new(&cfg, vb.pp("encoder"))?,
-            layernorm: candle_nn::layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layernorm"))?,
-        })
-    }
-
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.embeddings.forward(x, None, false)?;
-        let h = self.encoder.forward(&h)?;
-        h.i((.., 0, ..))?.apply(&self.layernorm)
-    }
-}
 
 /// Block `encoder.layer.N` of a `ViTModel`.
 fn block(c: &EncoderConfig, vb: VarBuilder<'_>) -> Result<Block> {

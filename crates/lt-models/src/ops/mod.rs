@@ -68,7 +68,7 @@ mod batch_norm;
 mod conv;
 mod conv_bn;
 mod conv_infer;
-mod cpu;
+pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 // AVX-512 intrinsics and target features are stable since Rust 1.89; the
@@ -79,7 +79,7 @@ mod eltwise;
 mod pool;
 pub mod reference;
 mod shortcut;
-mod simd;
+pub(crate) mod simd;
 
 use batch_norm::EpilogueKind;
 
