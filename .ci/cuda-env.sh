@@ -9,9 +9,13 @@
 # - installs pinned NVIDIA wheels into a virtual environment under $LT_CUDA_HOME
 #   (default ~/.cache/lt-cuda), every package pinned (nvcc's compiler front end
 #   and its assembler must come from the same release): nvcc, runtime headers, CCCL, cuBLAS, cuRAND, NVRTC,
-#   cuDNN 9 and NCCL. The 13.4 toolkit matches the newest bindings cudarc 0.19
-#   carries (a newer nvcc needs CUDARC_CUDA_VERSION=13040, which we set anyway);
-#   cuDNN 9.21 and NCCL 2.30 match cudarc's `cudnn` and `nccl` features.
+#   cuDNN 9 and NCCL. The release is CUDA 13.0, the oldest of the 13 series:
+#   candle's kernels are embedded as PTX, which a driver loads only if it is
+#   at least as new as the nvcc that wrote it, and the H200 machines this was
+#   lent here run a CUDA 13.0 driver (580.x).
+#   cuDNN 9.19.0.56 and NCCL 2.28.9 are the versions PyTorch 2.11's CUDA 13
+#   wheels carry, which is where a GPU machine usually gets its libraries.
+#   CUDARC_CUDA_VERSION=13000 makes cudarc bind that API level.
 # - the wheels ship only versioned shared objects (`libcublas.so.13`, ...): the
 #   linker wants `-lcublas`, so $LT_CUDA_HOME/lib gets unversioned symlinks.
 # - the wheels ship no `libcuda.so` (it belongs to the driver). candle links cudarc
@@ -30,18 +34,18 @@ LT_CUDA_HOME="${LT_CUDA_HOME:-$HOME/.cache/lt-cuda}"
 export LT_CUDA_HOME
 
 _lt_cuda_packages=(
-    "nvidia-cuda-nvcc==13.4.92"
-    # nvcc's own parts: unpinned, pip takes the newest, whose PTX the 13.4
-    # ptxas rejects ("Unsupported .version 9.5").
-    "nvidia-cuda-crt==13.4.92"
-    "nvidia-nvvm==13.4.92"
-    "nvidia-cuda-runtime==13.4.92"
-    "nvidia-cuda-nvrtc==13.4.92"
-    "nvidia-cuda-cccl==13.3.5.0.6"
-    "nvidia-cublas==13.4.3.11"
-    "nvidia-curand==10.4.4.72"
-    "nvidia-cudnn-cu13==9.21.*"
-    "nvidia-nccl-cu13==2.30.7"
+    "nvidia-cuda-nvcc==13.0.88"
+    # nvcc's own parts: unpinned, pip takes the newest, whose PTX an older
+    # ptxas rejects ("Unsupported .version").
+    "nvidia-cuda-crt==13.0.88"
+    "nvidia-nvvm==13.0.88"
+    "nvidia-cuda-runtime==13.0.96"
+    "nvidia-cuda-nvrtc==13.0.88"
+    "nvidia-cuda-cccl==13.0.85"
+    "nvidia-cublas==13.0.2.14"
+    "nvidia-curand==10.4.0.35"
+    "nvidia-cudnn-cu13==9.19.0.56"
+    "nvidia-nccl-cu13==2.28.9"
 )
 
 _lt_cuda_install() {
@@ -100,7 +104,7 @@ if _lt_cuda_install; then
     export CUDA_HOME="$CUDA_ROOT"
     export CUDNN_LIB="$LT_CUDA_HOME"
     export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
-    export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13040}"
+    export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}"
     # Headers of cuDNN / NCCL for anything that compiles against them.
     export CPATH="$_lt_nv/cudnn/include:$_lt_nv/nccl/include${CPATH:+:$CPATH}"
     unset _lt_nv

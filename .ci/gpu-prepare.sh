@@ -7,7 +7,7 @@
 #
 #     .ci/gpu-check.sh          # writes gpu-out/ (or $OUT)
 #
-# The GPU machine needs the NVIDIA driver (CUDA 13.4 or newer) and the CUDA 13
+# The GPU machine needs the NVIDIA driver (CUDA 13.0 or newer) and the CUDA 13
 # libraries the binaries link (cuBLAS 13, cuRAND 10, NVRTC 13, cuDNN 9,
 # cudart 13, NCCL 2): a PyTorch built for CUDA 13 carries them in its
 # nvidia/* wheels, which gpu-check.sh finds.
