@@ -7,7 +7,12 @@
 //! A register tile of 8 output channels x 48 grid points accumulates
 //! `sum_k w[co, k] * xpad[off(k) + p]` with broadcast FMAs, so the input is
 //! never expanded nine-fold (im2col) nor repacked (gemm), which measured as
-//! a fifth of a CIFAR ResNet training step.
+//! a fifth of a CIFAR ResNet training step. A grid that is not whole tiles
+//! ends in a tile of one or two vectors instead of three, which brings the
+//! 14x14 maps of 224² networks over the grid-use threshold (each output
+//! lane is the same chain of fused multiply-adds whatever the tile width,
+//! so this changes no result of a convolution that took the direct path
+//! before).
 //!
 //! Used for the forward pass and, through the flipped kernel, for the input
 //! gradient of stride-1 convolutions whose channels per group are a multiple
@@ -31,6 +36,10 @@ pub(crate) struct Plan {
     /// Weights per group and 8-channel block: `[k][r]`, `r` fastest.
     wpack: Vec<f32>,
     tiles: usize,
+    /// 16-lane vectors the last tile computes (1 to 3): a grid that is not
+    /// whole tiles ends in a narrower tile instead of a full one whose
+    /// extra lanes would be discarded.
+    last_vectors: usize,
     /// Per tile, runs `(lane, output index oy * OW + ox, len)` of grid
     /// points that are real outputs.
     runs: Vec<Vec<(usize, usize, usize)>>,
@@ -46,6 +55,9 @@ pub(crate) struct Plan {
 /// discarded columns and the last partial tile).
 const MIN_EFFICIENCY: f64 = 0.85;
 
+/// Lanes of one vector register.
+const LANES: usize = 16;
+
 impl Plan {
     /// A plan for `g` with weights `w`, or `None` when the direct path does
     /// not apply (CPU without AVX-512, stride > 1, channel counts, shape).
@@ -60,7 +72,10 @@ impl Plan {
         let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
         let grid = g.oh * wp;
         let tiles = grid.div_ceil(NP);
-        let efficiency = (g.oh * g.ow) as f64 / (tiles * NP) as f64;
+        // The last tile computes only the vectors that hold grid points.
+        let last_vectors = (grid - (tiles - 1) * NP).div_ceil(LANES);
+        let computed = (tiles - 1) * NP + last_vectors * LANES;
+        let efficiency = (g.oh * g.ow) as f64 / computed as f64;
         let kdim = g.cig() * g.kh * g.kw;
         if efficiency < min_efficiency || g.cig() * hp * wp + NP + wp * g.kh >= u32::MAX as usize {
             return None;
@@ -110,6 +125,7 @@ impl Plan {
             offs,
             wpack,
             tiles,
+            last_vectors,
             runs,
             tail_offs,
         })
@@ -176,6 +192,11 @@ impl Plan {
                 let yb = &mut y[co0 * ohw..(co0 + MR) * ohw];
                 for t in 0..self.tiles {
                     let mut acc = [[0f32; NP]; MR];
+                    let nv = if t + 1 == self.tiles {
+                        self.last_vectors
+                    } else {
+                        NP / LANES
+                    };
                     // SAFETY: AVX-512F was detected when the plan was made,
                     // and `w` holds `MR * kdim` floats. Reads, padded: the
                     // largest offset is the last tap of the last channel,
@@ -185,13 +206,14 @@ impl Plan {
                     // was asserted above. Pointwise in place:
                     // `(cig-1)*hw + (t+1)*NP <= cig*hw` for `t < hw / NP`;
                     // the tail strips: `(cig-1)*NP + NP <= scratch_len`.
+                    // A narrower last tile reads a prefix of the same.
                     unsafe {
                         if t < in_place {
-                            tile(&xg[t * NP..], &self.offs, w, &mut acc);
+                            tile_of(nv, &xg[t * NP..], &self.offs, w, &mut acc);
                         } else if pointwise {
-                            tile(xpad, &self.tail_offs, w, &mut acc);
+                            tile_of(nv, xpad, &self.tail_offs, w, &mut acc);
                         } else {
-                            tile(&xpad[t * NP..], &self.offs, w, &mut acc);
+                            tile_of(nv, &xpad[t * NP..], &self.offs, w, &mut acc);
                         }
                     }
                     for &(lane, out, len) in &self.runs[t] {
@@ -365,9 +387,16 @@ impl FilterPlan {
         }
     }
 
-    /// Sums the lanes: `dw[i] = sum(lanes[16 i..16 i + 16])`.
+    /// Sums the lanes: `dw[i] = sum(lanes[16 i..16 i + 16])`, output
+    /// channels in parallel.
     pub fn finish(&self, lanes: &[f32]) -> Vec<f32> {
-        lanes.chunks_exact(V).map(|l| l.iter().sum()).collect()
+        let kdim = self.g.kdim();
+        super::cpu::par_zeroed(self.g.c_out * kdim, kdim.max(1), |co, dw| {
+            let lanes = &lanes[co * kdim * V..(co + 1) * kdim * V];
+            for (d, l) in dw.iter_mut().zip(lanes.chunks_exact(V)) {
+                *d = l.iter().sum();
+            }
+        })
     }
 }
 
@@ -456,52 +485,65 @@ fn avx512() -> bool {
     }
 }
 
-/// The register tile: `acc[r][j] = sum_k w[k * MR + r] * x[offs[k] + j]`.
+/// [`tile`] over the first `nv` vectors (1 to 3) of the grid strip; the
+/// lanes past them are left as they were.
+///
+/// # Safety
+/// As for [`tile`].
+unsafe fn tile_of(nv: usize, x: &[f32], offs: &[u32], w: &[f32], acc: &mut [[f32; NP]; MR]) {
+    // SAFETY: forwarded under the caller's contract; `NV * 16 <= NP`.
+    unsafe {
+        match nv {
+            3 => tile::<3>(x, offs, w, acc),
+            2 => tile::<2>(x, offs, w, acc),
+            _ => tile::<1>(x, offs, w, acc),
+        }
+    }
+}
+
+/// The register tile: `acc[r][j] = sum_k w[k * MR + r] * x[offs[k] + j]`
+/// for `j < NV * 16`, `MR * NV` vector accumulators. Every lane is its own
+/// chain of fused multiply-adds over `k` in order, so a lane's result does
+/// not depend on `NV`.
 ///
 /// # Safety
 /// The CPU must support AVX-512F, `w` must hold `offs.len() * MR` floats and
-/// `x` must hold `max(offs) + NP` floats.
+/// `x` must hold `max(offs) + NV * 16` floats; `NV <= 3`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile(x: &[f32], offs: &[u32], w: &[f32], acc: &mut [[f32; NP]; MR]) {
+unsafe fn tile<const NV: usize>(x: &[f32], offs: &[u32], w: &[f32], acc: &mut [[f32; NP]; MR]) {
     use std::arch::x86_64::*;
-    debug_assert!(w.len() >= offs.len() * MR);
-    debug_assert!(offs.iter().all(|&o| o as usize + NP <= x.len()));
+    debug_assert!(NV * LANES <= NP && w.len() >= offs.len() * MR);
+    debug_assert!(offs.iter().all(|&o| o as usize + NV * LANES <= x.len()));
     let (xp, wp) = (x.as_ptr(), w.as_ptr());
-    let mut a = [_mm512_setzero_ps(); 3 * MR];
+    let mut a = [[_mm512_setzero_ps(); NV]; MR];
     for (k, &o) in offs.iter().enumerate() {
-        // SAFETY: in bounds by the function's contract.
-        let (x0, x1, x2, wk) = unsafe {
-            let base = xp.add(o as usize);
-            (
-                _mm512_loadu_ps(base),
-                _mm512_loadu_ps(base.add(16)),
-                _mm512_loadu_ps(base.add(32)),
-                wp.add(k * MR),
-            )
-        };
-        for r in 0..MR {
-            // SAFETY: `k * MR + r < offs.len() * MR <= w.len()`.
+        let mut xv = [_mm512_setzero_ps(); NV];
+        for (v, xv) in xv.iter_mut().enumerate() {
+            // SAFETY: in bounds by the function's contract.
+            *xv = unsafe { _mm512_loadu_ps(xp.add(o as usize + v * LANES)) };
+        }
+        // SAFETY: `k * MR + MR <= offs.len() * MR <= w.len()`.
+        let wk = unsafe { wp.add(k * MR) };
+        for (r, ar) in a.iter_mut().enumerate() {
+            // SAFETY: `k * MR + r < w.len()`, as above.
             let b = _mm512_set1_ps(unsafe { *wk.add(r) });
-            a[3 * r] = _mm512_fmadd_ps(b, x0, a[3 * r]);
-            a[3 * r + 1] = _mm512_fmadd_ps(b, x1, a[3 * r + 1]);
-            a[3 * r + 2] = _mm512_fmadd_ps(b, x2, a[3 * r + 2]);
+            for (av, xv) in ar.iter_mut().zip(&xv) {
+                *av = _mm512_fmadd_ps(b, *xv, *av);
+            }
         }
     }
-    for (r, row) in acc.iter_mut().enumerate() {
-        // SAFETY: each row holds NP = 48 floats, three unaligned stores.
-        unsafe {
-            let p = row.as_mut_ptr();
-            _mm512_storeu_ps(p, a[3 * r]);
-            _mm512_storeu_ps(p.add(16), a[3 * r + 1]);
-            _mm512_storeu_ps(p.add(32), a[3 * r + 2]);
+    for (row, ar) in acc.iter_mut().zip(&a) {
+        for (v, av) in ar.iter().enumerate() {
+            // SAFETY: `v * 16 + 16 <= NV * 16 <= NP`, the row's length.
+            unsafe { _mm512_storeu_ps(row.as_mut_ptr().add(v * LANES), *av) };
         }
     }
 }
 
 /// Never called: plans are only made when AVX-512F is present.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile(_: &[f32], _: &[u32], _: &[f32], _: &mut [[f32; NP]; MR]) {
+unsafe fn tile<const NV: usize>(_: &[f32], _: &[u32], _: &[f32], _: &mut [[f32; NP]; MR]) {
     unreachable!("direct convolution needs AVX-512F")
 }
 
@@ -536,6 +578,12 @@ mod tests {
             (2, 16, 10, 10, 16, 1, 0, 1),
             (1, 8, 6, 8, 8, 1, 0, 1),
             (2, 16, 7, 9, 32, 1, 0, 2),
+            // Grids ending in a narrower tile: one vector (14x14 pointwise,
+            // 196 = 4 * 48 + 4), two (14x14 padded, 224 = 4 * 48 + 32) and
+            // one after a full tile (7x7 padded, 63 = 48 + 15).
+            (2, 16, 14, 14, 16, 1, 0, 1),
+            (1, 8, 14, 14, 16, 3, 1, 1),
+            (2, 16, 7, 7, 16, 3, 1, 2),
         ];
         for (n, ci, h, w, co, k, pad, groups) in cases {
             let p = Conv2dParams {
