@@ -612,7 +612,10 @@ fn exp(x: f32) -> f32 {
         * r
         + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from the bits of n + 127 (integral, in 1..=254), which adding
+    // 1.5 * 2^23 places in the low mantissa bits: a float-to-int cast
+    // (saturating in Rust) would not vectorise.
+    y * f32::from_bits((n + (127.0 + 12_582_912.0)).to_bits() << 23)
 }
 
 /// `tanh x = 1 - 2 / (e^{2x} + 1)` (absolute error about 1e-7).
