@@ -700,6 +700,11 @@ mod tests {
         }
     }
 
+    /// `max |t|` over every entry.
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    }
+
     #[test]
     fn run_blocks_matches_the_composed_blocks() {
         let x = randn(&[3, 7, 24], 1.0, 1);
@@ -714,16 +719,7 @@ mod tests {
             for b in &blocks {
                 want = b.forward(&want).unwrap();
             }
-            let diff = (&fast - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs(&(&fast - &want).unwrap());
             let moved = (&want - &x).unwrap().abs().unwrap().mean_all().unwrap();
             assert!(
                 moved.to_scalar::<f32>().unwrap() > 0.1,
@@ -731,13 +727,7 @@ mod tests {
             );
             // f32 rounding relative to the output's scale (about 2e-6 here;
             // an error in the kernels is of the order of the scale).
-            let scale = want
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let scale = max_abs(&want);
             assert!(
                 diff < 1e-5 * scale.max(1.0),
                 "fused {fused}, {act:?}: max |diff| {diff}, scale {scale}"
