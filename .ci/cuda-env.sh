@@ -11,8 +11,8 @@
 #   and its assembler must come from the same release): nvcc, runtime headers, CCCL, cuBLAS, cuRAND, NVRTC,
 #   cuDNN 9 and NCCL. The release is CUDA 13.0, the oldest of the 13 series:
 #   candle's kernels are embedded as PTX, which a driver loads only if it is
-#   at least as new as the nvcc that wrote it, and the H200 machines this was
-#   lent here run a CUDA 13.0 driver (580.x).
+#   at least as new as the nvcc that wrote it, and the H200 machines lent
+#   here run a CUDA 13.0 driver (580.x).
 #   cuDNN 9.19.0.56 and NCCL 2.28.9 are the versions PyTorch 2.11's CUDA 13
 #   wheels carry, which is where a GPU machine usually gets its libraries.
 #   CUDARC_CUDA_VERSION=13000 makes cudarc bind that API level.
