@@ -13,6 +13,8 @@
 //!   timings.json                 time breakdown of the last `run`
 //!   commands.json                the `run` / `train` / `retrain` command lines that trained it
 //!   features/<split>.safetensors `features` output
+//!   feature_cache/<split>.safetensors  eval-mode features of a frozen encoder,
+//!                                with the key they were computed under
 //!   cell.json                    the run's grid cell, in a sweep
 //! ```
 //!
@@ -43,6 +45,8 @@ pub const COMMANDS_FILE: &str = "commands.json";
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 /// `features/`.
 pub const FEATURES_DIR: &str = "features";
+/// `feature_cache/`.
+pub const FEATURE_CACHE_DIR: &str = "feature_cache";
 
 /// Paths inside a run directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,12 +78,15 @@ impl RunDir {
     }
 
     /// Removes the temp files that an atomic write killed before its rename
-    /// left in the root and in `checkpoints/` (see
+    /// left in the root, `checkpoints/` and `feature_cache/` (see
     /// [`lt_core::fs::remove_atomic_temps`]), and returns them. Call it only
     /// while holding the directory's lock.
     pub fn remove_stale_temps(&self) -> Result<Vec<PathBuf>, FsError> {
         let mut removed = lt_core::fs::remove_atomic_temps(&self.root)?;
         removed.extend(lt_core::fs::remove_atomic_temps(&self.checkpoints_dir())?);
+        removed.extend(lt_core::fs::remove_atomic_temps(
+            &self.root.join(FEATURE_CACHE_DIR),
+        )?);
         Ok(removed)
     }
 
@@ -147,6 +154,14 @@ impl RunDir {
     pub fn features(&self, split: Split) -> PathBuf {
         self.root
             .join(FEATURES_DIR)
+            .join(format!("{}.safetensors", split.as_str()))
+    }
+
+    /// `feature_cache/<split>.safetensors`: one file per split, replaced
+    /// whenever the features are computed under another key.
+    pub fn feature_cache(&self, split: Split) -> PathBuf {
+        self.root
+            .join(FEATURE_CACHE_DIR)
             .join(format!("{}.safetensors", split.as_str()))
     }
 }

@@ -26,14 +26,13 @@ use std::path::{Path, PathBuf};
 use lt_core::{HeadId, Split, Stage};
 use lt_heads::Classifier;
 use lt_metrics::Evaluation;
-use lt_models::BnMode;
 use lt_run::{
     CheckpointMeta, HeadResult, Results, ShiftedRow, ShiftedSet, ShiftedTest, Stage1Summary,
     TauSweep, KNOWN_PRIOR_LA,
 };
 use lt_samplers::{SamplerError, ShiftedTestSet, TestShift};
 
-use crate::eval::{evaluate_head, evaluate_head_scored, extract_features, Features};
+use crate::eval::{evaluate_head, evaluate_head_scored, Features};
 use crate::experiment::Experiment;
 use crate::heads::{FeatureCache, HeadContext};
 use crate::TrainError;
@@ -375,14 +374,11 @@ pub fn export_features(
     let backbone = &backbone;
     let mut written = Vec::new();
     for &s in splits {
-        let loader = exp.eval_loader(s)?;
-        let f = extract_features(
+        let f = crate::feature_store::split_features(
+            exp,
             backbone,
-            &loader,
-            exp.config.eval.batch_size,
-            BnMode::Eval,
+            s,
             &format!("features {}", s.as_str()),
-            &exp.dist,
         )?;
         let logits = classifier.logits(&f.features)?;
         let labels = f.labels_tensor(&exp.device)?;

@@ -21,6 +21,7 @@
 //! | [`max_norm`] | MaxNorm: per-class weight rows projected onto a ball after the optimiser (per epoch or per iteration) |
 //! | [`mixup`] | stage-1 mixup, drawn per batch from a seeded stream |
 //! | [`stage2`] | any trained head on the frozen backbone (`bn = train | eval`, cached-feature fast path) |
+//! | [`feature_store`] | eval-mode features of a frozen encoder kept in the run directory, keyed by everything they depend on, so each split goes through the encoder once per run |
 //! | [`evaluation`] | every requested head from one stage-1 checkpoint, `results.json`, feature export |
 //! | [`torch_import`] | a PyTorch checkpoint (the classifier-balancing release, or any backbone + joint classifier) as the finished stage 1 of a run |
 //! | [`scaffold`] | a ready config for a data set of one's own (`lt-cli init`), written through the config types and parsed back |
@@ -105,6 +106,7 @@ pub mod eval;
 pub mod evaluation;
 pub mod experiment;
 pub mod export;
+pub mod feature_store;
 pub mod heads;
 pub mod loss;
 pub mod max_norm;

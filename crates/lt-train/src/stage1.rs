@@ -66,17 +66,22 @@ impl TrainModel for Stage1Model<'_> {
                 &self.exp.config.eval.group_rule,
             );
         }
-        let f = extract_features(
-            &self.net.backbone,
-            loader,
-            self.exp.config.eval.batch_size,
-            BnMode::Eval,
-            &format!("eval {}", split.as_str()),
-            &self.exp.dist,
-        )?;
-        if self.frozen {
+        let what = format!("eval {}", split.as_str());
+        let f = if self.frozen {
+            let f =
+                crate::feature_store::split_features(self.exp, &self.net.backbone, split, &what)?;
             self.eval_cache.insert(split.as_str(), f.clone());
-        }
+            f
+        } else {
+            extract_features(
+                &self.net.backbone,
+                loader,
+                self.exp.config.eval.batch_size,
+                BnMode::Eval,
+                &what,
+                &self.exp.dist,
+            )?
+        };
         evaluate_head(
             &self.net.head,
             &f,
@@ -146,13 +151,11 @@ pub fn train_stage1(exp: &Experiment, options: RunOptions) -> Result<TrainReport
             "frozen encoder: training the linear probe on cached features (the eval preset, \
              no augmentation)"
         );
-        Some(extract_features(
+        Some(crate::feature_store::split_features(
+            exp,
             &net.backbone,
-            &exp.loader(Split::Train, cfg.data.eval_preset, 0)?,
-            cfg.eval.batch_size,
-            BnMode::Eval,
+            Split::Train,
             "train features",
-            &exp.dist,
         )?)
     } else {
         None

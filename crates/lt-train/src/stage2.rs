@@ -78,22 +78,35 @@ impl TrainModel for Stage2Model<'_> {
         if split != Split::Val {
             return Err(TrainError::Invalid("stage 2 evaluates on val only".into()));
         }
-        let features = match (&self.val_cache, self.bn) {
-            (Some(f), BnMode::Eval) => f.clone(),
+        // BN in eval mode, or none at all (an encoder): the backbone cannot
+        // change during stage 2, nor its validation features.
+        let fixed = self.bn == BnMode::Eval || !self.backbone.has_batch_norm();
+        let features = match (&self.val_cache, fixed) {
+            (Some(f), true) => f.clone(),
             _ => {
                 let loader = self
                     .val
                     .as_ref()
                     .ok_or_else(|| TrainError::Invalid("no val loader".into()))?;
-                let f = extract_features(
-                    &self.backbone,
-                    loader,
-                    self.exp.config.eval.batch_size,
-                    BnMode::Eval,
-                    "eval val",
-                    &self.exp.dist,
-                )?;
-                if self.bn == BnMode::Eval {
+                let f = if self.backbone.has_batch_norm() {
+                    extract_features(
+                        &self.backbone,
+                        loader,
+                        self.exp.config.eval.batch_size,
+                        BnMode::Eval,
+                        "eval val",
+                        &self.exp.dist,
+                    )?
+                } else {
+                    // An encoder's features cannot change during stage 2.
+                    crate::feature_store::split_features(
+                        self.exp,
+                        &self.backbone,
+                        Split::Val,
+                        "eval val",
+                    )?
+                };
+                if fixed {
                     self.val_cache = Some(f.clone());
                 }
                 f
@@ -193,8 +206,11 @@ pub fn retrain(
         Stage2Bn::Eval => BnMode::Eval,
     };
     // Without batch norm (an encoder), features do not depend on `bn`: only
-    // augmentation prevents caching them.
-    let cached = spec.uses_cached_features() || (!spec.augment && !net.backbone.has_batch_norm());
+    // a random augmentation prevents caching them, and a training preset
+    // that is the evaluation preset is not one.
+    let deterministic_input = !spec.augment || cfg.data.train_preset == cfg.data.eval_preset;
+    let cached =
+        spec.uses_cached_features() || (deterministic_input && !net.backbone.has_batch_norm());
     let preset = if spec.augment {
         cfg.data.train_preset
     } else {
@@ -215,13 +231,11 @@ pub fn retrain(
         } else {
             tracing::info!(stage = %stage, "no augmentation: training the head on cached features");
         }
-        Some(extract_features(
+        Some(crate::feature_store::split_features(
+            exp,
             &net.backbone,
-            &exp.loader(Split::Train, cfg.data.eval_preset, 0)?,
-            cfg.eval.batch_size,
-            BnMode::Eval,
+            Split::Train,
             "train features",
-            &exp.dist,
         )?)
     } else {
         None

@@ -87,10 +87,10 @@ use candle_core::{Device, Var};
 use candle_nn::VarMap;
 use lt_core::{HeadId, Split, Stage};
 use lt_heads::{Classifier, LinearHead};
-use lt_models::{Backbone, BnMode};
+use lt_models::Backbone;
 use lt_run::TauSweep;
 
-use crate::eval::{extract_features, Features};
+use crate::eval::Features;
 use crate::experiment::Experiment;
 use crate::model::Network;
 use crate::settings::StageSettings;
@@ -311,14 +311,11 @@ impl<'a> FeatureCache<'a> {
         if let Some(f) = self.by_split.borrow().get(&split) {
             return Ok(f.clone());
         }
-        let loader = self.exp.eval_loader(split)?;
-        let f = extract_features(
+        let f = crate::feature_store::split_features(
+            self.exp,
             self.backbone,
-            &loader,
-            self.exp.config.eval.batch_size,
-            BnMode::Eval,
+            split,
             &format!("{} {}", self.tag, split.as_str()),
-            &self.exp.dist,
         )?;
         self.by_split.borrow_mut().insert(split, f.clone());
         Ok(f)
