@@ -176,15 +176,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stale_temps_of_the_root_and_the_checkpoints_go() {
+    fn stale_temps_of_the_root_the_checkpoints_and_the_feature_cache_go() {
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::new(dir.path());
         assert!(run.remove_stale_temps().unwrap().is_empty());
         run.create().unwrap();
+        let cache = run.root().join(FEATURE_CACHE_DIR);
+        std::fs::create_dir_all(&cache).unwrap();
         let stale = [
             run.checkpoints_dir()
                 .join(".crt_last.safetensors.4000000001.tmp"),
             run.root().join(".results.json.4000000001.tmp"),
+            cache.join(".train.safetensors.4000000001.tmp"),
         ];
         for p in &stale {
             std::fs::write(p, b"cut").unwrap();
