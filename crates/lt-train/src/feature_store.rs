@@ -92,7 +92,7 @@ pub fn split_features(
 }
 
 /// Whether `backbone`'s eval-mode features are kept on disk.
-pub fn cacheable(exp: &Experiment, backbone: &Backbone) -> bool {
+fn cacheable(exp: &Experiment, backbone: &Backbone) -> bool {
     !backbone.has_batch_norm() && !exp.dist.is_distributed()
 }
 
