@@ -5,8 +5,12 @@
 //! ```text
 //! cargo bench -p lt-models --bench resnet_step -- --model resnet32 --batch 128 \
 //!     --threads 2 --steps 10 --warmup 3 [--classes 100] [--size 32] [--profile] \
-//!     [--device cpu|cuda:N] [--precision f32|bf16] [--mode train|infer|infer-unfused]
+//!     [--device cpu|cuda:N] [--precision f32|bf16] [--mode train|infer|infer-unfused] \
+//!     [--no-winograd]
 //! ```
+//!
+//! `--no-winograd` runs the 3x3 convolutions on the direct / gemm kernels
+//! instead of Winograd F(2x2, 3x3) (`lt_models::ops::set_winograd`).
 //!
 //! `--mode infer` times `Backbone::forward_inference` (batch norm folded into
 //! the convolutions, folding included in every step) and the head;
@@ -109,6 +113,9 @@ struct Args {
     unfused: bool,
     device: String,
     precision: Precision,
+    /// `--no-winograd`: 3x3 convolutions on the direct / gemm kernels
+    /// (`lt_models::ops::set_winograd(false)`), for an A/B.
+    winograd: bool,
 }
 
 fn parse_args() -> Args {
@@ -125,6 +132,7 @@ fn parse_args() -> Args {
         unfused: false,
         device: "cpu".into(),
         precision: Precision::F32,
+        winograd: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -142,6 +150,7 @@ fn parse_args() -> Args {
             "--steps" => a.steps = int("--steps", value("--steps")),
             "--warmup" => a.warmup = int("--warmup", value("--warmup")),
             "--profile" => a.profile = true,
+            "--no-winograd" => a.winograd = false,
             "--mode" => match value("--mode").as_str() {
                 "train" => a.infer = false,
                 "infer" => a.infer = true,
@@ -257,6 +266,7 @@ fn randn(rng: &mut ChaCha8Rng, shape: &[usize], std: f32) -> Result<Tensor> {
 
 fn main() -> Result<()> {
     let args = parse_args();
+    lt_models::ops::set_winograd(args.winograd);
     // candle's matmul reads its thread count from RAYON_NUM_THREADS. Its
     // elementwise ops run on a separate spin-waiting pool sized by
     // CANDLE_NUM_THREADS; next to the kernels' rayon pool that pool only
@@ -379,7 +389,7 @@ fn main() -> Result<()> {
     }
     let steps: Vec<String> = wall.iter().map(|t| format!("{t:.1}")).collect();
     println!(
-        "{{\"model\": \"{}\", \"batch\": {}, \"size\": {size}, \"threads\": {}, \"device\": \"{}\", \"precision\": \"{}\", \"framework\": \"lt-models\", \"mode\": \"{}\", \"img_per_s_median\": {:.1}, \"step_ms\": [{}], \"cpu_ms_median\": {:.1}, \"peak_rss_mb\": {:.0}, \"peak_heap_mb\": {:.0}, \"live_after_forward_mb\": {:.0}, \"loadavg\": \"{load}\"}}",
+        "{{\"model\": \"{}\", \"batch\": {}, \"size\": {size}, \"threads\": {}, \"device\": \"{}\", \"precision\": \"{}\", \"framework\": \"lt-models\", \"mode\": \"{}\", \"winograd\": {}, \"img_per_s_median\": {:.1}, \"step_ms\": [{}], \"cpu_ms_median\": {:.1}, \"peak_rss_mb\": {:.0}, \"peak_heap_mb\": {:.0}, \"live_after_forward_mb\": {:.0}, \"loadavg\": \"{load}\"}}",
         args.model,
         args.batch,
         args.threads,
@@ -390,6 +400,7 @@ fn main() -> Result<()> {
             (true, false) => "infer",
             _ => "train",
         },
+        args.winograd,
         args.batch as f64 / med * 1e3,
         steps.join(", "),
         median(&cpu),

@@ -349,6 +349,20 @@ pub struct ModelConfig {
     /// `classifier = "cosine"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cosine_scale: Option<f64>,
+    /// 3x3 stride-1 convolutions by Winograd F(2x2, 3x3) on the CPU
+    /// (default `true`; `lt_models::ops::set_winograd`): faster, with
+    /// outputs equal to the direct kernels' to about 1e-6 relative but not
+    /// bit for bit. `false` reproduces runs made before the path existed.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub winograd: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// The logit scale of a cosine classifier unless `model.cosine_scale` says

@@ -114,6 +114,9 @@ impl Experiment {
         // A config built or changed in code is checked like a loaded one,
         // before anything is read or created.
         config.validate()?;
+        // Process-wide: one experiment per process (the CLI, the sweep's
+        // child processes).
+        lt_models::ops::set_winograd(config.model.winograd);
         let d = &config.data;
         let train = lt_data::split_list::read_split_list(&d.train_list, &d.root, d.num_classes)?;
         let num_classes = train.num_classes();

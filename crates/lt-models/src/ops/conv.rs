@@ -7,14 +7,17 @@
 //! not one candle op per group.
 
 use super::cpu::{
-    f32_slice, par_zeroed, par_zeroed_init, sgemm, split_range, threads, Mat, MatMut,
+    f32_slice, par_written_init, par_zeroed, par_zeroed_init, sgemm, split_range, threads, Mat,
+    MatMut,
 };
 use super::direct;
 use super::simd;
+use super::winograd;
 use super::Conv2dParams;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Shapes of one convolution, validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -282,13 +285,47 @@ where
     )
 }
 
+/// [`map_images`] for kernels that write every output element: the
+/// output is not zeroed first.
+///
+/// # Safety
+/// `f` must initialise every element of the image's output it is given.
+unsafe fn map_images_written<F>(n: usize, per_image: usize, scratch_len: usize, f: F) -> Vec<f32>
+where
+    F: Fn(usize, &mut [MaybeUninit<f32>], &mut [f32]) + Sync + Send,
+{
+    if per_image == 0 {
+        return Vec::new();
+    }
+    // SAFETY: forwarded: `f` writes every element of each image.
+    unsafe {
+        par_written_init(
+            n * per_image,
+            per_image,
+            || vec![0f32; scratch_len],
+            |scratch, i, o| f(i, o, scratch),
+        )
+    }
+}
+
 /// `y = conv(x, w)`: per image and group, `y_g = W_g * im2col(x_g)`.
 pub(crate) fn conv_fwd(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (cig, cog, kdim, hw, ohw) = (g.cig(), g.cog(), g.kdim(), g.hw(), g.ohw());
+    if let Some(plan) = winograd_plan(g, w) {
+        // SAFETY: `Plan::run` writes every element of its image's output.
+        return unsafe {
+            map_images_written(g.n, g.c_out * ohw, plan.scratch_len(), |i, yi, scratch| {
+                plan.run(&x[i * g.c_in * hw..(i + 1) * g.c_in * hw], yi, scratch);
+            })
+        };
+    }
     if let Some(plan) = direct_plan(g, w) {
-        return map_images(g.n, g.c_out * ohw, plan.scratch_len(), |i, yi, xpad| {
-            plan.run(&x[i * g.c_in * hw..(i + 1) * g.c_in * hw], yi, xpad);
-        });
+        // SAFETY: as above, for the direct plan.
+        return unsafe {
+            map_images_written(g.n, g.c_out * ohw, plan.scratch_len(), |i, yi, xpad| {
+                plan.run(&x[i * g.c_in * hw..(i + 1) * g.c_in * hw], yi, xpad);
+            })
+        };
     }
     let par = inner_parallelism(g.n);
     map_images(g.n, g.c_out * ohw, g.col_len(), |i, yi, col| {
@@ -346,6 +383,13 @@ fn direct_plan(g: &ConvGeom, w: &[f32]) -> Option<direct::Plan> {
         return None;
     }
     direct::Plan::new(g, w)
+}
+
+fn winograd_plan(g: &ConvGeom, w: &[f32]) -> Option<winograd::Plan> {
+    if PORTABLE_ONLY.with(std::cell::Cell::get) {
+        return None;
+    }
+    winograd::Plan::new(g, w)
 }
 
 fn direct_filter_plan(g: &ConvGeom) -> Option<direct::FilterPlan> {

@@ -118,6 +118,54 @@ where
     v
 }
 
+/// Like [`par_zeroed_init`], without the zero fill: for kernels that write
+/// every output themselves, the fill was a full extra pass over the output
+/// (a memset as large as every activation, 2-3 % of a training step).
+///
+/// # Safety
+/// `f` must initialise every element of every chunk it is given (or
+/// panic): the vector's elements are taken as initialised afterwards.
+pub(crate) unsafe fn par_written_init<S, I, F>(len: usize, chunk: usize, init: I, f: F) -> Vec<f32>
+where
+    I: Fn() -> S + Sync + Send,
+    F: Fn(&mut S, usize, &mut [MaybeUninit<f32>]) + Sync + Send,
+{
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    if len > 0 {
+        let grain = (16 * 1024 / chunk.max(1)).max(1);
+        v.spare_capacity_mut()[..len]
+            .par_chunks_mut(chunk.max(1))
+            .enumerate()
+            .with_min_len(grain)
+            .for_each_init(init, |state, (i, c)| f(state, i, c));
+    }
+    // SAFETY: the chunks cover `0..len` exactly and `f` initialised each,
+    // by the caller's contract (a panic unwinds before this line and drops
+    // `v` empty).
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// `dst` viewed as possibly uninitialised: writing initialised values
+/// through the view keeps it initialised.
+#[cfg(test)]
+pub(crate) fn as_uninit(dst: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and every value
+    // written through a `&mut [MaybeUninit<f32>]` made from initialised
+    // floats is an initialised float again.
+    unsafe { &mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// `dst.copy_from_slice(src)` into possibly uninitialised memory.
+pub(crate) fn write_floats(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    assert_eq!(dst.len(), src.len(), "write_floats: lengths differ");
+    // SAFETY: both slices hold `src.len()` elements of the same layout and
+    // cannot overlap (one is borrowed mutably).
+    unsafe {
+        std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast::<f32>(), src.len())
+    };
+}
+
 /// [`par_zeroed_init`] without per-job state.
 pub(crate) fn par_zeroed<F>(len: usize, chunk: usize, f: F) -> Vec<f32>
 where

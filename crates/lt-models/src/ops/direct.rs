@@ -19,11 +19,13 @@
 //! of 8; everything else takes the im2col + gemm path.
 
 use super::conv::ConvGeom;
+use super::cpu::write_floats;
+use std::mem::MaybeUninit;
 
 /// Output channels per register tile.
-const MR: usize = 8;
+pub(super) const MR: usize = 8;
 /// Grid points per register tile (three 16-lane vectors).
-const NP: usize = 48;
+pub(super) const NP: usize = 48;
 
 /// Everything about one convolution that does not depend on the image.
 #[derive(Debug)]
@@ -56,7 +58,7 @@ pub(crate) struct Plan {
 const MIN_EFFICIENCY: f64 = 0.85;
 
 /// Lanes of one vector register.
-const LANES: usize = 16;
+pub(super) const LANES: usize = 16;
 
 impl Plan {
     /// A plan for `g` with weights `w`, or `None` when the direct path does
@@ -139,13 +141,14 @@ impl Plan {
         padded.max(self.tail_offs.len() * NP)
     }
 
-    /// Convolves one image: `x` `(C_in, H, W)` into `y` `(C_out, OH, OW)`.
+    /// Convolves one image: `x` `(C_in, H, W)` into `y` `(C_out, OH, OW)`,
+    /// every element of which is written.
     ///
     /// `xpad` must be zeroed when first passed and then only passed to
     /// this plan: the padded copy writes the same interior positions every
     /// time, so the padding stays zero without a fill (a memset as large
     /// as the input, per image and group).
-    pub fn run(&self, x: &[f32], y: &mut [f32], xpad: &mut [f32]) {
+    pub fn run(&self, x: &[f32], y: &mut [MaybeUninit<f32>], xpad: &mut [f32]) {
         let g = &self.g;
         let (cig, cog, hw, ohw) = (g.cig(), g.cog(), g.h * g.w, g.oh * g.ow);
         let kdim = self.offs.len();
@@ -218,8 +221,10 @@ impl Plan {
                     }
                     for &(lane, out, len) in &self.runs[t] {
                         for (r, row) in acc.iter().enumerate() {
-                            yb[r * ohw + out..r * ohw + out + len]
-                                .copy_from_slice(&row[lane..lane + len]);
+                            write_floats(
+                                &mut yb[r * ohw + out..r * ohw + out + len],
+                                &row[lane..lane + len],
+                            );
                         }
                     }
                 }
@@ -474,7 +479,7 @@ unsafe fn wtile<const NK: usize>(
     unreachable!("direct convolution needs AVX-512F")
 }
 
-fn avx512() -> bool {
+pub(super) fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
@@ -490,28 +495,54 @@ fn avx512() -> bool {
 ///
 /// # Safety
 /// As for [`tile`].
-unsafe fn tile_of(nv: usize, x: &[f32], offs: &[u32], w: &[f32], acc: &mut [[f32; NP]; MR]) {
-    // SAFETY: forwarded under the caller's contract; `NV * 16 <= NP`.
+pub(super) unsafe fn tile_of(
+    nv: usize,
+    x: &[f32],
+    offs: &[u32],
+    w: &[f32],
+    acc: &mut [[f32; NP]; MR],
+) {
+    // SAFETY: forwarded under the caller's contract; `NV * 16 <= NP`, and
+    // `acc` is MR rows of NP floats.
+    unsafe { tile_into(nv, x, offs, w, acc.as_mut_ptr().cast(), NP) }
+}
+
+/// [`tile`] over the first `nv` vectors (1 to 3), row `r` of the result
+/// stored at `out + r * stride`.
+///
+/// # Safety
+/// As for [`tile`], and `out + r * stride + nv * 16` must be writable for
+/// every `r < 8`.
+pub(super) unsafe fn tile_into(
+    nv: usize,
+    x: &[f32],
+    offs: &[u32],
+    w: &[f32],
+    out: *mut f32,
+    stride: usize,
+) {
+    // SAFETY: forwarded under the caller's contract.
     unsafe {
         match nv {
-            3 => tile::<3>(x, offs, w, acc),
-            2 => tile::<2>(x, offs, w, acc),
-            _ => tile::<1>(x, offs, w, acc),
+            3 => tile::<3>(x, offs, w, out, stride),
+            2 => tile::<2>(x, offs, w, out, stride),
+            _ => tile::<1>(x, offs, w, out, stride),
         }
     }
 }
 
-/// The register tile: `acc[r][j] = sum_k w[k * MR + r] * x[offs[k] + j]`
+/// The register tile: `out[r * stride + j] = sum_k w[k * MR + r] * x[offs[k] + j]`
 /// for `j < NV * 16`, `MR * NV` vector accumulators. Every lane is its own
 /// chain of fused multiply-adds over `k` in order, so a lane's result does
 /// not depend on `NV`.
 ///
 /// # Safety
 /// The CPU must support AVX-512F, `w` must hold `offs.len() * MR` floats and
-/// `x` must hold `max(offs) + NV * 16` floats; `NV <= 3`.
+/// `x` must hold `max(offs) + NV * 16` floats; `NV <= 3`; `out + r * stride
+/// + NV * 16` must be writable for every `r < MR`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile<const NV: usize>(x: &[f32], offs: &[u32], w: &[f32], acc: &mut [[f32; NP]; MR]) {
+unsafe fn tile<const NV: usize>(x: &[f32], offs: &[u32], w: &[f32], out: *mut f32, stride: usize) {
     use std::arch::x86_64::*;
     debug_assert!(NV * LANES <= NP && w.len() >= offs.len() * MR);
     debug_assert!(offs.iter().all(|&o| o as usize + NV * LANES <= x.len()));
@@ -533,17 +564,17 @@ unsafe fn tile<const NV: usize>(x: &[f32], offs: &[u32], w: &[f32], acc: &mut [[
             }
         }
     }
-    for (row, ar) in acc.iter_mut().zip(&a) {
+    for (r, ar) in a.iter().enumerate() {
         for (v, av) in ar.iter().enumerate() {
-            // SAFETY: `v * 16 + 16 <= NV * 16 <= NP`, the row's length.
-            unsafe { _mm512_storeu_ps(row.as_mut_ptr().add(v * LANES), *av) };
+            // SAFETY: writable by the function's contract.
+            unsafe { _mm512_storeu_ps(out.add(r * stride + v * LANES), *av) };
         }
     }
 }
 
 /// Never called: plans are only made when AVX-512F is present.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile<const NV: usize>(_: &[f32], _: &[u32], _: &[f32], _: &mut [[f32; NP]; MR]) {
+unsafe fn tile<const NV: usize>(_: &[f32], _: &[u32], _: &[f32], _: *mut f32, _: usize) {
     unreachable!("direct convolution needs AVX-512F")
 }
 
@@ -601,7 +632,7 @@ mod tests {
                 let per = co * g.oh * g.ow;
                 plan.run(
                     &x[i * ci * h * w..(i + 1) * ci * h * w],
-                    &mut y[i * per..(i + 1) * per],
+                    crate::ops::cpu::as_uninit(&mut y[i * per..(i + 1) * per]),
                     &mut scratch,
                 );
             }

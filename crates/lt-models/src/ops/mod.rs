@@ -80,6 +80,10 @@ mod pool;
 pub mod reference;
 mod shortcut;
 pub(crate) mod simd;
+#[clippy::msrv = "1.89"]
+mod winograd;
+
+pub use winograd::{enabled as winograd_enabled, set_enabled as set_winograd};
 
 use batch_norm::EpilogueKind;
 
