@@ -392,6 +392,13 @@ fn winograd_plan(g: &ConvGeom, w: &[f32]) -> Option<winograd::Plan> {
     winograd::Plan::new(g, w)
 }
 
+fn winograd_filter_plan(g: &ConvGeom) -> Option<winograd::FilterPlan> {
+    if PORTABLE_ONLY.with(std::cell::Cell::get) {
+        return None;
+    }
+    winograd::FilterPlan::new(g)
+}
+
 fn direct_filter_plan(g: &ConvGeom) -> Option<direct::FilterPlan> {
     if PORTABLE_ONLY.with(std::cell::Cell::get) {
         return None;
@@ -499,6 +506,31 @@ pub(crate) fn conv_bwd_filter(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 let xi = &x[i * g.c_in * hw..(i + 1) * g.c_in * hw];
                 let dyi = &dy[i * g.c_out * ohw..(i + 1) * g.c_out * ohw];
                 plan.accumulate(xi, dyi, &mut lanes, &mut scratch);
+            }
+            lanes
+        };
+        let lanes = (0..parts)
+            .into_par_iter()
+            .map(partial)
+            .reduce_with(|mut a, b| {
+                simd::add_assign(&mut a, &b);
+                a
+            })
+            .unwrap_or_else(|| vec![0f32; plan.lanes_len()]);
+        return plan.finish(&lanes);
+    }
+    if let Some(plan) = winograd_filter_plan(g) {
+        let partial = |part: usize| {
+            let mut lanes = vec![0f32; plan.lanes_len()];
+            let mut scratch = vec![0f32; plan.scratch_len()];
+            let images = split_range(g.n, parts, part);
+            let mut i = images.start;
+            while i < images.end {
+                let k = plan.batch().min(images.end - i);
+                let xs = &x[i * g.c_in * hw..(i + k) * g.c_in * hw];
+                let dys = &dy[i * g.c_out * ohw..(i + k) * g.c_out * ohw];
+                plan.accumulate(xs, dys, k, &mut lanes, &mut scratch);
+                i += k;
             }
             lanes
         };

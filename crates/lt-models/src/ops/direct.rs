@@ -16,7 +16,9 @@
 //!
 //! Used for the forward pass and, through the flipped kernel, for the input
 //! gradient of stride-1 convolutions whose channels per group are a multiple
-//! of 8; everything else takes the im2col + gemm path.
+//! of 8 and that Winograd ([`super::winograd`], which runs its products on
+//! this module's register tile) does not take; everything else takes the
+//! im2col + gemm path.
 
 use super::conv::ConvGeom;
 use super::cpu::write_floats;
@@ -249,7 +251,7 @@ pub(crate) struct FilterPlan {
 }
 
 /// Grid points per vector in the weight-gradient kernel.
-const V: usize = 16;
+pub(super) const V: usize = 16;
 
 impl FilterPlan {
     /// A plan for `g`, or `None` when the direct path does not apply.
@@ -422,7 +424,7 @@ const MIN_FILTER_GRID: usize = 512;
 /// `out` `MR * kdim * 16` floats with `k0 + NK <= kdim`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn wtile<const NK: usize>(
+pub(super) unsafe fn wtile<const NK: usize>(
     x: &[f32],
     offs: &[u32],
     d: &[f32],
@@ -467,7 +469,7 @@ unsafe fn wtile<const NK: usize>(
 
 /// Never called: plans are only made when AVX-512F is present.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn wtile<const NK: usize>(
+pub(super) unsafe fn wtile<const NK: usize>(
     _: &[f32],
     _: &[u32],
     _: &[f32],

@@ -14,7 +14,7 @@
 //!
 //! | entry point | forward | backward |
 //! |---|---|---|
-//! | [`conv2d`] | direct AVX-512 kernel (stride 1, channels per group a multiple of 8) or im2col + `gemm` | input: the forward kernel on the flipped weights (stride 1) or gemm + col2im; weights: direct kernel or gemm |
+//! | [`conv2d`] | Winograd F(2x2, 3x3) on AVX-512 (3x3, stride 1, padding 1, even sizes, no groups, `C_out` a multiple of 8; [`set_winograd`]), else the direct AVX-512 kernel (stride 1, channels per group a multiple of 8), else im2col + `gemm` | input: the forward kernels on the flipped weights (stride 1) or gemm + col2im; weights: direct kernel or gemm |
 //! | [`batch_norm_train`] | statistics pass, then one normalise (+ residual, + ReLU) pass | two passes (per-channel sums, input gradient) |
 //! | [`conv2d_batch_norm_train`] | the two above in one op | the two above, the gradient between them kept inside the op |
 //! | [`batch_norm_eval`] | one per-channel affine pass (+ ReLU) | one pass |

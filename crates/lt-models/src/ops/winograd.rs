@@ -23,7 +23,7 @@
 //! its kernels.
 
 use super::conv::ConvGeom;
-use super::direct::{self, LANES, MR, NP};
+use super::direct::{self, LANES, MR, NP, V};
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -46,50 +46,23 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// Everything about one convolution that does not depend on the image.
+/// Everything about one convolution's forward pass that does not depend
+/// on the image.
 #[derive(Debug)]
 pub(crate) struct Plan {
-    g: ConvGeom,
-    /// Tile rows and columns per image.
-    th: usize,
-    tw: usize,
-    /// Tiles per image rounded up to whole vectors: the row length of the
-    /// transformed input and of the products.
-    tp: usize,
+    t: Tiles,
     /// Transformed kernel, `[ξ][block of 8 output channels][c_in][8]`.
     u: Vec<f32>,
     /// Row offsets of the transformed input's channels, `c * tp`.
     offs: Vec<u32>,
-    /// Per tile: 1 unless it is the first (`not_first`) or last
-    /// (`not_last`) of its tile row, whose neighbour in the input
-    /// transform is the zero padding.
-    not_first: Vec<f32>,
-    not_last: Vec<f32>,
 }
 
 impl Plan {
     /// A plan for `g` with weights `w` `(C_out, C_in, 3, 3)`, or `None` when
-    /// the path does not apply (switched off, CPU without AVX-512, another
-    /// geometry, groups, output channels not a multiple of 8).
+    /// the path does not apply (see [`Tiles::new`]).
     pub fn new(g: &ConvGeom, w: &[f32]) -> Option<Self> {
-        let applies = g.kh == 3
-            && g.kw == 3
-            && g.stride == 1
-            && g.pad == 1
-            && g.groups == 1
-            && g.c_out.is_multiple_of(MR)
-            && g.oh == g.h
-            && g.ow == g.w
-            // Even sizes: rows and columns split into whole tiles (the
-            // transforms rely on `W = 2 TW`).
-            && g.h.is_multiple_of(2)
-            && g.w.is_multiple_of(2);
-        if !applies || !enabled() || !direct::avx512() {
-            return None;
-        }
-        let (th, tw) = (g.oh / 2, g.ow / 2);
-        let tp = (th * tw).div_ceil(LANES) * LANES;
-        if g.c_in * tp * XI >= u32::MAX as usize {
+        let t = Tiles::new(g)?;
+        if g.c_in * t.tp * XI >= u32::MAX as usize {
             return None;
         }
         let (cin, blocks) = (g.c_in, g.c_out / MR);
@@ -121,34 +94,22 @@ impl Plan {
                 }
             }
         }
-        let offs = (0..cin).map(|c| (c * tp) as u32).collect();
-        let edge = |at: usize| (0..tp).map(|t| f32::from(u8::from(t % tw != at))).collect();
-        Some(Self {
-            not_first: edge(0),
-            not_last: edge(tw - 1),
-            g: *g,
-            th,
-            tw,
-            tp,
-            u,
-            offs,
-        })
+        let offs = (0..cin).map(|c| (c * t.tp) as u32).collect();
+        Some(Self { t, u, offs })
     }
 
     /// Floats of per-image scratch: the transformed input, the products of
-    /// one block of output channels, and and rows for the transforms.
+    /// one block of output channels, and rows for the transforms.
     pub fn scratch_len(&self) -> usize {
-        let (w, plane) = (self.g.w, self.th * self.g.w);
-        let input = w + 4 * plane;
-        let output = 10 * self.tp + plane;
-        XI * self.g.c_in * self.tp + XI * MR * self.tp + input.max(output)
+        let t = &self.t;
+        XI * t.g.c_in * t.tp + XI * MR * t.tp + t.band_len()
     }
 
     /// Convolves one image: `x` `(C_in, H, W)` into `y` `(C_out, H, W)`,
     /// every element of which is written; `scratch` may hold anything.
     pub fn run(&self, x: &[f32], y: &mut [MaybeUninit<f32>], scratch: &mut [f32]) {
-        let g = &self.g;
-        let (cin, hw, tp) = (g.c_in, g.h * g.w, self.tp);
+        let g = &self.t.g;
+        let (cin, hw, tp) = (g.c_in, g.h * g.w, self.t.tp);
         assert!(
             scratch.len() >= self.scratch_len(),
             "winograd conv: scratch too small"
@@ -160,7 +121,7 @@ impl Plan {
         let (v, rest) = scratch.split_at_mut(XI * cin * tp);
         let (m, band) = rest.split_at_mut(XI * MR * tp);
         // SAFETY: AVX-512F was detected when the plan was made.
-        unsafe { self.transform_input(x, v, band) };
+        unsafe { self.t.transform_input(x, v, band, tp, 0) };
         let blocks = g.c_out / MR;
         for blk in 0..blocks {
             for xi in 0..XI {
@@ -183,12 +144,77 @@ impl Plan {
                 }
             }
             // SAFETY: as above.
-            unsafe { self.transform_output(m, &mut y[blk * MR * hw..(blk + 1) * MR * hw], band) };
+            unsafe {
+                self.t
+                    .transform_output(m, &mut y[blk * MR * hw..(blk + 1) * MR * hw], band)
+            };
         }
     }
+}
 
-    /// `V[ξ][c][t] = (B^T d B)[ξ]` for every channel `c` and tile `t`, with
-    /// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+/// The tiling of one convolution's images, shared by the forward pass
+/// ([`Plan`]) and the weight gradient ([`FilterPlan`]), with the
+/// transforms between images and tiles.
+#[derive(Debug)]
+struct Tiles {
+    g: ConvGeom,
+    /// Tile rows and columns per image.
+    th: usize,
+    tw: usize,
+    /// Tiles per image rounded up to whole vectors: the row length of the
+    /// transformed input and of the products.
+    tp: usize,
+    /// Per tile: 1 unless it is the first (`not_first`) or last
+    /// (`not_last`) of its tile row, whose neighbour in the input
+    /// transform is the zero padding.
+    not_first: Vec<f32>,
+    not_last: Vec<f32>,
+}
+
+impl Tiles {
+    /// The tiling of `g`, or `None` when the path does not apply (switched
+    /// off, CPU without AVX-512, another geometry, groups, output channels
+    /// not a multiple of 8, odd sizes).
+    fn new(g: &ConvGeom) -> Option<Self> {
+        let applies = g.kh == 3
+            && g.kw == 3
+            && g.stride == 1
+            && g.pad == 1
+            && g.groups == 1
+            && g.c_out.is_multiple_of(MR)
+            && g.oh == g.h
+            && g.ow == g.w
+            // Even sizes: rows and columns split into whole tiles (the
+            // transforms rely on `W = 2 TW`).
+            && g.h.is_multiple_of(2)
+            && g.w.is_multiple_of(2);
+        if !applies || !enabled() || !direct::avx512() {
+            return None;
+        }
+        let (th, tw) = (g.oh / 2, g.ow / 2);
+        let tp = (th * tw).div_ceil(LANES) * LANES;
+        let edge = |at: usize| (0..tp).map(|t| f32::from(u8::from(t % tw != at))).collect();
+        Some(Self {
+            g: *g,
+            th,
+            tw,
+            tp,
+            not_first: edge(0),
+            not_last: edge(tw - 1),
+        })
+    }
+
+    /// Floats of band scratch the transforms need.
+    fn band_len(&self) -> usize {
+        let (w, plane) = (self.g.w, self.th * self.g.w);
+        let input = w + 4 * plane;
+        let output = 10 * self.tp + plane;
+        input.max(output)
+    }
+
+    /// `V[ξ][c][col0 + t] = (B^T d B)[ξ]` for every channel `c` and tile `t`
+    /// (`tp` of them, the tiles past the image's zero), rows `rs` floats
+    /// apart, with `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
     ///
     /// Per channel: the row pass combines the input rows under each tile
     /// row into four `(H/2, W)` planes (whole rows, contiguous); each plane
@@ -202,7 +228,14 @@ impl Plan {
     /// # Safety
     /// The CPU must support AVX-512F.
     #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-    unsafe fn transform_input(&self, x: &[f32], v: &mut [f32], band: &mut [f32]) {
+    unsafe fn transform_input(
+        &self,
+        x: &[f32],
+        v: &mut [f32],
+        band: &mut [f32],
+        rs: usize,
+        col0: usize,
+    ) {
         let g = &self.g;
         let (cin, tp, th, w) = (g.c_in, self.tp, self.th, g.w);
         let plane = th * w;
@@ -213,6 +246,19 @@ impl Plan {
         let (first, last) = (&self.not_first[..tp], &self.not_last[..tp]);
         for c in 0..cin {
             let xc = &x[c * g.h * w..(c + 1) * g.h * w];
+            if fast_width(w) {
+                let vrow = |i: usize, j: usize| ((4 * i + j) * cin + c) * rs + col0;
+                assert!(
+                    vrow(3, 3) + tp <= v.len(),
+                    "winograd: transformed input too small"
+                );
+                let rows = std::array::from_fn(|i| std::array::from_fn(|j| vrow(i, j)));
+                // SAFETY: AVX-512F by the caller's contract; every row of
+                // `v` written starts at `vrow(i, j)` and holds `tp` floats,
+                // inside `v` (asserted for the last).
+                unsafe { input_chunks(xc, g.h, w, first, last, v.as_mut_ptr(), rows) };
+                continue;
+            }
             // Row pass: padded rows 2ty .. 2ty+3 are input rows 2ty-1 ..
             // 2ty+2 (zeros outside the image).
             let row = |r: isize| {
@@ -244,10 +290,14 @@ impl Plan {
             // the odd column of tile tx - 1, the even and odd of tile tx,
             // the even of tile tx + 1.
             for i in 0..4 {
-                let vrow = |j: usize| ((4 * i + j) * cin + c) * tp;
+                let vrow = |j: usize| ((4 * i + j) * cin + c) * rs + col0;
+                assert!(
+                    vrow(3) + tp <= v.len(),
+                    "winograd: transformed input too small"
+                );
                 // SAFETY: AVX-512F by the caller's contract; each row of
                 // `v` starts at `vrow(j)` and holds `tp` floats, inside `v`
-                // (`XI * cin * tp`).
+                // (asserted for the last).
                 unsafe {
                     column_pass(
                         &comb[i * plane..(i + 1) * plane],
@@ -280,6 +330,13 @@ impl Plan {
         let (y1, rest) = rest.split_at_mut(tp);
         let z = &mut rest[..th * w];
         for r in 0..MR {
+            if fast_width(w) {
+                let yr = &mut y[r * hw..(r + 1) * hw];
+                // SAFETY: AVX-512F by the caller's contract; `m` holds
+                // `XI * MR` rows of `tp` floats.
+                unsafe { output_chunks(&m[..XI * MR * tp], r, tp, g.h, w, yr) };
+                continue;
+            }
             let e = |xi: usize| &m[(xi * MR + r) * tp..(xi * MR + r + 1) * tp];
             // Row pass: s_j = m_0j + m_1j + m_2j, d_j = m_1j - m_2j - m_3j.
             for j in 0..4 {
@@ -311,6 +368,245 @@ impl Plan {
             }
         }
     }
+
+    /// `D[ξ][co][col0 + t] = (A dY A^T)[ξ]` for every output channel `co`
+    /// and tile `t` of one image's output gradient `dy` `(C_out, H, W)`
+    /// (`tp` of them, zeros past the image's), rows `rs` floats apart, with
+    /// `A = [[1, 0], [1, 1], [1, -1], [0, -1]]`: the gradient with respect to
+    /// the products `M`, since `Y = A^T M A`. Row pass over each pair of
+    /// output rows, then the column pass on its even and odd columns, as in
+    /// [`Tiles::transform_input`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+    unsafe fn transform_grad(
+        &self,
+        dy: &[f32],
+        d: &mut [f32],
+        band: &mut [f32],
+        rs: usize,
+        col0: usize,
+    ) {
+        let g = &self.g;
+        let (cout, tp, th, w) = (g.c_out, self.tp, self.th, g.w);
+        let plane = th * w;
+        let comb = &mut band[..4 * plane];
+        for co in 0..cout {
+            let yc = &dy[co * g.h * w..(co + 1) * g.h * w];
+            if fast_width(w) {
+                let drow = |i: usize, j: usize| ((4 * i + j) * cout + co) * rs + col0;
+                assert!(
+                    drow(3, 3) + tp <= d.len(),
+                    "winograd: transformed gradient too small"
+                );
+                let rows = std::array::from_fn(|i| std::array::from_fn(|j| drow(i, j)));
+                // SAFETY: as in `transform_input`.
+                unsafe { grad_chunks(yc, g.h, w, tp, d.as_mut_ptr(), rows) };
+                continue;
+            }
+            {
+                let (c0, rest) = comb.split_at_mut(plane);
+                let (c1, rest) = rest.split_at_mut(plane);
+                let (c2, c3) = rest.split_at_mut(plane);
+                for ty in 0..th {
+                    let y0 = &yc[2 * ty * w..(2 * ty + 1) * w];
+                    let y1 = &yc[(2 * ty + 1) * w..(2 * ty + 2) * w];
+                    let dst = ty * w..(ty + 1) * w;
+                    let (c0, c1) = (&mut c0[dst.clone()], &mut c1[dst.clone()]);
+                    let (c2, c3) = (&mut c2[dst.clone()], &mut c3[dst]);
+                    for j in 0..w {
+                        c0[j] = y0[j];
+                        c1[j] = y0[j] + y1[j];
+                        c2[j] = y0[j] - y1[j];
+                        c3[j] = -y1[j];
+                    }
+                }
+            }
+            for i in 0..4 {
+                let drow = |j: usize| ((4 * i + j) * cout + co) * rs + col0;
+                assert!(
+                    drow(3) + tp <= d.len(),
+                    "winograd: transformed gradient too small"
+                );
+                // SAFETY: AVX-512F by the caller's contract; each row of
+                // `d` starts at `drow(j)` and holds `tp` floats, inside `d`
+                // (asserted for the last).
+                unsafe {
+                    grad_column_pass(
+                        &comb[i * plane..(i + 1) * plane],
+                        tp,
+                        d.as_mut_ptr(),
+                        [drow(0), drow(1), drow(2), drow(3)],
+                    )
+                };
+            }
+        }
+    }
+}
+
+/// Images whose tiles the weight gradient lays side by side on one row, at
+/// least this many tiles: each call of the register tile then sums a long
+/// enough row to pay for adding its 24 accumulators to memory (the CIFAR
+/// ResNet's 8x8 maps have 16 tiles per image).
+const MIN_FILTER_ROW: usize = 256;
+
+/// Weight gradient by Winograd F(2x2, 3x3): with `U = G g G^T` and
+/// `Y = A^T [U ⊙ V] A`, `dL/dU[ξ][co][ci] = sum over tiles of
+/// D[ξ][co][t] V[ξ][ci][t]` (`D = A dY A^T`) and `dL/dg = G^T dL/dU G`:
+/// 16 products over the tiles instead of 9 taps over the pixels (2.25
+/// times fewer multiply-adds), summed by the direct weight-gradient tile
+/// ([`direct::wtile`]) over the tiles of several images at once. The
+/// direct weight gradient comes first where it applies (long grids, the
+/// 32x32 maps of a CIFAR ResNet): at 16 channels the transforms cost
+/// about what the saved multiply-adds do (measured within noise of each
+/// other on the ResNet-32 step); on the shorter grids, where the
+/// alternative is im2col + gemm, this path is the faster.
+#[derive(Debug)]
+pub(crate) struct FilterPlan {
+    t: Tiles,
+    /// Images per row of the transformed operands.
+    batch: usize,
+    /// Row offsets of the transformed input's channels, `c * row`.
+    offs: Vec<u32>,
+}
+
+impl FilterPlan {
+    /// A plan for `g`, or `None` when the path does not apply (see
+    /// [`Tiles::new`]).
+    pub fn new(g: &ConvGeom) -> Option<Self> {
+        let t = Tiles::new(g)?;
+        let batch = MIN_FILTER_ROW.div_ceil(t.tp).clamp(1, g.n.max(1));
+        let row = batch * t.tp;
+        if g.c_in * row * XI >= u32::MAX as usize {
+            return None;
+        }
+        let offs = (0..g.c_in).map(|c| (c * row) as u32).collect();
+        Some(Self { t, batch, offs })
+    }
+
+    /// Images per call of [`FilterPlan::accumulate`].
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    fn row(&self) -> usize {
+        self.batch * self.t.tp
+    }
+
+    /// Floats of scratch: the transformed inputs and output gradients of
+    /// one batch of images, and rows for the transforms. Must be zeroed
+    /// (or finite) when first passed.
+    pub fn scratch_len(&self) -> usize {
+        let g = &self.t.g;
+        XI * (g.c_in + g.c_out) * self.row() + self.t.band_len()
+    }
+
+    /// Floats of the lane accumulator [`FilterPlan::accumulate`] adds into:
+    /// 16 partial sums per transformed weight.
+    pub fn lanes_len(&self) -> usize {
+        let g = &self.t.g;
+        XI * g.c_out * g.c_in * V
+    }
+
+    /// Adds the products of `k <= batch` images (`x` `(k, C_in, H, W)`,
+    /// `dy` `(k, C_out, H, W)`) to `lanes`.
+    pub fn accumulate(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        k: usize,
+        lanes: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let t = &self.t;
+        let g = &t.g;
+        let (cin, cout, hw, tp, row) = (g.c_in, g.c_out, g.h * g.w, t.tp, self.row());
+        assert!(
+            k >= 1 && k <= self.batch && x.len() == k * cin * hw && dy.len() == k * cout * hw,
+            "winograd filter: bad images"
+        );
+        assert!(
+            scratch.len() >= self.scratch_len() && lanes.len() == self.lanes_len(),
+            "winograd filter: bad scratch"
+        );
+        let (v, rest) = scratch.split_at_mut(XI * cin * row);
+        let (d, band) = rest.split_at_mut(XI * cout * row);
+        for b in 0..k {
+            // SAFETY: AVX-512F was detected when the plan was made.
+            unsafe {
+                t.transform_input(&x[b * cin * hw..(b + 1) * cin * hw], v, band, row, b * tp);
+                t.transform_grad(
+                    &dy[b * cout * hw..(b + 1) * cout * hw],
+                    d,
+                    band,
+                    row,
+                    b * tp,
+                );
+            }
+        }
+        // Columns of absent images sum to nothing: their gradient is zero
+        // (their input columns hold finite leftovers).
+        for r in 0..XI * cout {
+            d[r * row + k * tp..(r + 1) * row].fill(0.0);
+        }
+        for xi in 0..XI {
+            let vx = &v[xi * cin * row..(xi + 1) * cin * row];
+            for blk in 0..cout / MR {
+                let co0 = xi * cout + blk * MR;
+                let dd = &d[co0 * row..(co0 + MR) * row];
+                let out = &mut lanes[co0 * cin * V..(co0 + MR) * cin * V];
+                let mut c = 0;
+                while c < cin {
+                    let nk = (cin - c).min(3);
+                    let offs = &self.offs[c..c + nk];
+                    // SAFETY: AVX-512F was detected when the plan was made;
+                    // `dd` holds MR rows of `row` floats (a multiple of 16);
+                    // `vx` holds `cin` rows of `row`, so `offs[j] + row <=
+                    // vx.len()`; `out` holds MR rows of `cin * 16` lanes and
+                    // `c + nk <= cin`.
+                    unsafe {
+                        match nk {
+                            3 => direct::wtile::<3>(vx, offs, dd, row, out, cin, c),
+                            2 => direct::wtile::<2>(vx, offs, dd, row, out, cin, c),
+                            _ => direct::wtile::<1>(vx, offs, dd, row, out, cin, c),
+                        }
+                    }
+                    c += nk;
+                }
+            }
+        }
+    }
+
+    /// The weight gradient `(C_out, C_in, 3, 3)` from the summed lanes:
+    /// `dU = sum of each weight's 16 lanes`, then `dg = G^T dU G`, output
+    /// channels in parallel.
+    pub fn finish(&self, lanes: &[f32]) -> Vec<f32> {
+        let g = &self.t.g;
+        let (cin, cout) = (g.c_in, g.c_out);
+        super::cpu::par_zeroed(cout * cin * 9, cin * 9, |co, dw| {
+            for (ci, dw) in dw.chunks_exact_mut(9).enumerate() {
+                let mut du = [0f32; XI];
+                for (xi, du) in du.iter_mut().enumerate() {
+                    let l = &lanes[((xi * cout + co) * cin + ci) * V..][..V];
+                    *du = l.iter().sum();
+                }
+                // tmp = G^T dU (3 x 4), then dg = tmp G (3 x 3).
+                let mut tmp = [[0f32; 4]; 3];
+                for j in 0..4 {
+                    let (u0, u1, u2, u3) = (du[j], du[4 + j], du[8 + j], du[12 + j]);
+                    tmp[0][j] = u0 + 0.5 * (u1 + u2);
+                    tmp[1][j] = 0.5 * (u1 - u2);
+                    tmp[2][j] = 0.5 * (u1 + u2) + u3;
+                }
+                for (k, t) in tmp.iter().enumerate() {
+                    dw[3 * k] = t[0] + 0.5 * (t[1] + t[2]);
+                    dw[3 * k + 1] = 0.5 * (t[1] - t[2]);
+                    dw[3 * k + 2] = 0.5 * (t[1] + t[2]) + t[3];
+                }
+            }
+        })
+    }
 }
 
 /// The column pass of the input transform for one row combination `comb`
@@ -331,32 +627,7 @@ unsafe fn column_pass(comb: &[f32], first: &[f32], last: &[f32], v: *mut f32, ro
     use std::arch::x86_64::*;
     let tp = first.len();
     debug_assert!(tp.is_multiple_of(LANES) && last.len() == tp && comb.len() <= 2 * tp);
-    let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    let len = comb.len();
-    // Even and odd halves of chunk k (32 floats of `comb`, zeros past it).
-    let halves = |k: usize| {
-        let mask = |start: usize| -> __mmask16 {
-            let n = len.saturating_sub(start).min(LANES);
-            if n == LANES {
-                !0
-            } else {
-                (1u16 << n) - 1
-            }
-        };
-        let (s0, s1) = (2 * LANES * k, 2 * LANES * k + LANES);
-        // SAFETY: each mask covers only elements below `len`.
-        let (a, b) = unsafe {
-            (
-                _mm512_maskz_loadu_ps(mask(s0), comb.as_ptr().wrapping_add(s0)),
-                _mm512_maskz_loadu_ps(mask(s1), comb.as_ptr().wrapping_add(s1)),
-            )
-        };
-        (
-            _mm512_permutex2var_ps(a, ie, b),
-            _mm512_permutex2var_ps(a, io, b),
-        )
-    };
+    let halves = |k: usize| halves(comb, k);
     let chunks = tp / LANES;
     let mut o_last = _mm512_setzero_ps();
     let (mut e, mut o) = halves(0);
@@ -389,6 +660,392 @@ unsafe fn column_pass(comb: &[f32], first: &[f32], last: &[f32], v: *mut f32, ro
         e = e_next;
         o = o_next;
     }
+}
+
+/// Widths whose rows the register-level transforms ([`input_chunks`],
+/// [`grad_chunks`], [`output_chunks`]) read and write directly: the 32
+/// floats of a chunk of 16 tiles are part of one row, two rows or four
+/// rows. Other widths take the plane-by-plane transforms.
+fn fast_width(w: usize) -> bool {
+    w.is_multiple_of(32) || w == 16 || w == 8
+}
+
+/// Rows `2 ty + m` of the plane `x` (`h` rows of `w`, [`fast_width`]) under
+/// the tiles `16 k .. 16 k + 16`, in row-combination order (flat position
+/// `ty * w + col`, 32 floats), zeros for rows outside the image.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn row_chunk(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    m: isize,
+    k: usize,
+) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512) {
+    use std::arch::x86_64::*;
+    debug_assert!(x.len() == h * w && fast_width(w));
+    let base = |ty: usize| {
+        let r = 2 * ty as isize + m;
+        (r >= 0 && (r as usize) < h).then(|| r as usize * w)
+    };
+    // SAFETY (every load): a row inside the image holds `w` floats from
+    // `base`, and each load reads at most `w` of them from a column
+    // below `w` (w = 8: the masked lanes only).
+    let load16 = |ty: usize, col: usize| match base(ty) {
+        Some(b) => unsafe { _mm512_loadu_ps(x.as_ptr().add(b + col)) },
+        None => _mm512_setzero_ps(),
+    };
+    if w.is_multiple_of(32) {
+        let p0 = 2 * LANES * k;
+        let (ty, col) = (p0 / w, p0 % w);
+        (load16(ty, col), load16(ty, col + LANES))
+    } else if w == LANES {
+        (load16(2 * k, 0), load16(2 * k + 1, 0))
+    } else {
+        // w == 8: four half rows, two per vector.
+        let half = |ty: usize, high: bool, into: __m512| match base(ty) {
+            Some(b) if high => unsafe {
+                _mm512_mask_loadu_ps(into, 0xFF00, x.as_ptr().wrapping_add(b).wrapping_sub(8))
+            },
+            Some(b) => unsafe { _mm512_mask_loadu_ps(into, 0x00FF, x.as_ptr().add(b)) },
+            None => into,
+        };
+        let ty = 4 * k;
+        let z = _mm512_setzero_ps();
+        (
+            half(ty + 1, true, half(ty, false, z)),
+            half(ty + 3, true, half(ty + 2, false, z)),
+        )
+    }
+}
+
+/// The inverse of [`row_chunk`]: writes `a`, `b` (32 floats in row order)
+/// to rows `2 ty + m` of the plane `y`, skipping rows past the image.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `y` must be `h` rows of `w`
+/// ([`fast_width`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_row_chunk(
+    y: &mut [MaybeUninit<f32>],
+    h: usize,
+    w: usize,
+    m: usize,
+    k: usize,
+    a: std::arch::x86_64::__m512,
+    b: std::arch::x86_64::__m512,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(y.len() == h * w && fast_width(w));
+    let base = |ty: usize| (2 * ty + m < h).then(|| (2 * ty + m) * w);
+    let p = y.as_mut_ptr().cast::<f32>();
+    // SAFETY (every store): as for the loads of `row_chunk`.
+    let store16 = |ty: usize, col: usize, v: __m512| {
+        if let Some(b) = base(ty) {
+            unsafe { _mm512_storeu_ps(p.add(b + col), v) };
+        }
+    };
+    if w.is_multiple_of(32) {
+        let p0 = 2 * LANES * k;
+        let (ty, col) = (p0 / w, p0 % w);
+        store16(ty, col, a);
+        store16(ty, col + LANES, b);
+    } else if w == LANES {
+        store16(2 * k, 0, a);
+        store16(2 * k + 1, 0, b);
+    } else {
+        let half = |ty: usize, high: bool, v: __m512| match base(ty) {
+            Some(b) if high => unsafe {
+                _mm512_mask_storeu_ps(p.wrapping_add(b).wrapping_sub(8), 0xFF00, v)
+            },
+            Some(b) => unsafe { _mm512_mask_storeu_ps(p.add(b), 0x00FF, v) },
+            None => {}
+        };
+        let ty = 4 * k;
+        half(ty, false, a);
+        half(ty + 1, true, a);
+        half(ty + 2, false, b);
+        half(ty + 3, true, b);
+    }
+}
+
+/// Even and odd elements of the 32 floats `(a, b)`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn split(
+    a: std::arch::x86_64::__m512,
+    b: std::arch::x86_64::__m512,
+) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512) {
+    use std::arch::x86_64::*;
+    let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    (
+        _mm512_permutex2var_ps(a, ie, b),
+        _mm512_permutex2var_ps(a, io, b),
+    )
+}
+
+/// [`Tiles::transform_input`] for one channel `x` of a [`fast_width`]
+/// image, entirely in registers: per chunk of 16 tiles, the four input
+/// rows under them are loaded ([`row_chunk`]), combined (row pass), split
+/// into even and odd columns and combined again (column pass, the
+/// neighbours shifted in from the previous and next chunk); V row `4i + j`
+/// is written at `v + rows[i][j]`.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `first` and `last` hold `tp` floats (a
+/// multiple of 16) and `v + rows[i][j] .. + tp` must be writable.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn input_chunks(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    first: &[f32],
+    last: &[f32],
+    v: *mut f32,
+    rows: [[usize; 4]; 4],
+) {
+    use std::arch::x86_64::*;
+    let tp = first.len();
+    // The four row combinations of chunk k, each as (even, odd) columns.
+    let combined = |k: usize| -> [(__m512, __m512); 4] {
+        let (am, bm) = row_chunk(x, h, w, -1, k);
+        let (a0, b0) = row_chunk(x, h, w, 0, k);
+        let (a1, b1) = row_chunk(x, h, w, 1, k);
+        let (a2, b2) = row_chunk(x, h, w, 2, k);
+        [
+            split(_mm512_sub_ps(am, a1), _mm512_sub_ps(bm, b1)),
+            split(_mm512_add_ps(a0, a1), _mm512_add_ps(b0, b1)),
+            split(_mm512_sub_ps(a1, a0), _mm512_sub_ps(b1, b0)),
+            split(_mm512_sub_ps(a0, a2), _mm512_sub_ps(b0, b2)),
+        ]
+    };
+    let chunks = tp / LANES;
+    let z = _mm512_setzero_ps();
+    let mut o_last = [z; 4];
+    let mut cur = combined(0);
+    for k in 0..chunks {
+        let next = if k + 1 < chunks {
+            combined(k + 1)
+        } else {
+            [(z, z); 4]
+        };
+        // SAFETY: `k * 16 + 16 <= tp` for the masks and every row.
+        let (f, l) = unsafe {
+            (
+                _mm512_loadu_ps(first.as_ptr().add(k * LANES)),
+                _mm512_loadu_ps(last.as_ptr().add(k * LANES)),
+            )
+        };
+        for i in 0..4 {
+            let ((e, o), (e_next, _)) = (cur[i], next[i]);
+            // [o_last[15], o[0..15]] and [e[1..16], e_next[0]].
+            let o_prev = _mm512_castsi512_ps(_mm512_alignr_epi32::<15>(
+                _mm512_castps_si512(o),
+                _mm512_castps_si512(o_last[i]),
+            ));
+            let e_after = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(
+                _mm512_castps_si512(e_next),
+                _mm512_castps_si512(e),
+            ));
+            // SAFETY: writable by the function's contract.
+            unsafe {
+                let out = |j: usize| v.add(rows[i][j] + k * LANES);
+                _mm512_storeu_ps(out(0), _mm512_sub_ps(_mm512_mul_ps(o_prev, f), o));
+                _mm512_storeu_ps(out(1), _mm512_add_ps(e, o));
+                _mm512_storeu_ps(out(2), _mm512_sub_ps(o, e));
+                _mm512_storeu_ps(out(3), _mm512_sub_ps(e, _mm512_mul_ps(e_after, l)));
+            }
+            o_last[i] = o;
+        }
+        cur = next;
+    }
+}
+
+/// [`Tiles::transform_grad`] for one channel `dy` of a [`fast_width`]
+/// image, in registers as [`input_chunks`] (no neighbours: the gradient's
+/// 2x2 tiles do not overlap); tiles past the image get zeros.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `tp` is a multiple of 16 and
+/// `d + rows[i][j] .. + tp` must be writable.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn grad_chunks(
+    dy: &[f32],
+    h: usize,
+    w: usize,
+    tp: usize,
+    d: *mut f32,
+    rows: [[usize; 4]; 4],
+) {
+    use std::arch::x86_64::*;
+    let z = _mm512_setzero_ps();
+    for k in 0..tp / LANES {
+        let (a0, b0) = row_chunk(dy, h, w, 0, k);
+        let (a1, b1) = row_chunk(dy, h, w, 1, k);
+        let combined = [
+            split(a0, b0),
+            split(_mm512_add_ps(a0, a1), _mm512_add_ps(b0, b1)),
+            split(_mm512_sub_ps(a0, a1), _mm512_sub_ps(b0, b1)),
+            split(_mm512_sub_ps(z, a1), _mm512_sub_ps(z, b1)),
+        ];
+        for (i, &(e, o)) in combined.iter().enumerate() {
+            // SAFETY: writable by the function's contract.
+            unsafe {
+                let out = |j: usize| d.add(rows[i][j] + k * LANES);
+                _mm512_storeu_ps(out(0), e);
+                _mm512_storeu_ps(out(1), _mm512_add_ps(e, o));
+                _mm512_storeu_ps(out(2), _mm512_sub_ps(e, o));
+                _mm512_storeu_ps(out(3), _mm512_sub_ps(z, o));
+            }
+        }
+    }
+}
+
+/// [`Tiles::transform_output`] for output channel `r` of the block, into
+/// its plane `y` of a [`fast_width`] image, in registers: per chunk of 16
+/// tiles, the 16 products are combined (row pass, column pass), the two
+/// outputs of each tile in an output row merged, and the rows stored
+/// ([`store_row_chunk`]).
+///
+/// # Safety
+/// The CPU must support AVX-512F; `m` holds `XI * MR` rows of `tp` floats
+/// (a multiple of 16) and `y` is the `(H, W)` plane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn output_chunks(
+    m: &[f32],
+    r: usize,
+    tp: usize,
+    h: usize,
+    w: usize,
+    y: &mut [MaybeUninit<f32>],
+) {
+    use std::arch::x86_64::*;
+    assert!(m.len() >= XI * MR * tp && r < MR);
+    let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    for k in 0..tp / LANES {
+        // SAFETY: `(xi * MR + r) * tp + k * 16 + 16 <= XI * MR * tp`.
+        let e =
+            |xi: usize| unsafe { _mm512_loadu_ps(m.as_ptr().add((xi * MR + r) * tp + k * LANES)) };
+        let mut s = [_mm512_setzero_ps(); 4];
+        let mut d = [_mm512_setzero_ps(); 4];
+        for j in 0..4 {
+            let (a, b, c, dd) = (e(j), e(4 + j), e(8 + j), e(12 + j));
+            s[j] = _mm512_add_ps(_mm512_add_ps(a, b), c);
+            d[j] = _mm512_sub_ps(_mm512_sub_ps(b, c), dd);
+        }
+        for (half, v) in [s, d].into_iter().enumerate() {
+            let y0 = _mm512_add_ps(_mm512_add_ps(v[0], v[1]), v[2]);
+            let y1 = _mm512_sub_ps(_mm512_sub_ps(v[1], v[2]), v[3]);
+            let (a, b) = (
+                _mm512_permutex2var_ps(y0, lo, y1),
+                _mm512_permutex2var_ps(y0, hi, y1),
+            );
+            // SAFETY: `y` is the plane, by the contract.
+            unsafe { store_row_chunk(y, h, w, half, k, a, b) };
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn input_chunks(
+    _: &[f32],
+    _: usize,
+    _: usize,
+    _: &[f32],
+    _: &[f32],
+    _: *mut f32,
+    _: [[usize; 4]; 4],
+) {
+    unreachable!("winograd convolution needs AVX-512F")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn grad_chunks(_: &[f32], _: usize, _: usize, _: usize, _: *mut f32, _: [[usize; 4]; 4]) {
+    unreachable!("winograd convolution needs AVX-512F")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn output_chunks(
+    _: &[f32],
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: &mut [MaybeUninit<f32>],
+) {
+    unreachable!("winograd convolution needs AVX-512F")
+}
+
+/// The even and odd elements of `comb[32 k .. 32 k + 32]` (zeros past the
+/// end of `comb`): for a row combination in tile order, the even and odd
+/// columns of tiles `16 k .. 16 k + 16`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn halves(comb: &[f32], k: usize) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512) {
+    use std::arch::x86_64::*;
+    let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let len = comb.len();
+    let mask = |start: usize| -> __mmask16 {
+        let n = len.saturating_sub(start).min(LANES);
+        if n == LANES {
+            !0
+        } else {
+            (1u16 << n) - 1
+        }
+    };
+    let (s0, s1) = (2 * LANES * k, 2 * LANES * k + LANES);
+    // SAFETY: each mask covers only elements below `len`.
+    let (a, b) = unsafe {
+        (
+            _mm512_maskz_loadu_ps(mask(s0), comb.as_ptr().wrapping_add(s0)),
+            _mm512_maskz_loadu_ps(mask(s1), comb.as_ptr().wrapping_add(s1)),
+        )
+    };
+    (
+        _mm512_permutex2var_ps(a, ie, b),
+        _mm512_permutex2var_ps(a, io, b),
+    )
+}
+
+/// The column pass of the output-gradient transform `A dY A^T`, with
+/// `A = [[1, 0], [1, 1], [1, -1], [0, -1]]`, for one row combination
+/// `comb` in tile order: with `e`, `o` the even and odd columns of tile t,
+/// `d0 = e`, `d1 = e + o`, `d2 = e - o`, `d3 = -o`, written at
+/// `d + rows[j]` for `tp` tiles (zeros for the tiles past `comb`).
+///
+/// # Safety
+/// The CPU must support AVX-512F; `tp` must be a multiple of 16 with
+/// `comb.len() <= 2 * tp`, and `d + rows[j] .. + tp` must be writable.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn grad_column_pass(comb: &[f32], tp: usize, d: *mut f32, rows: [usize; 4]) {
+    use std::arch::x86_64::*;
+    debug_assert!(tp.is_multiple_of(LANES) && comb.len() <= 2 * tp);
+    for k in 0..tp / LANES {
+        let (e, o) = halves(comb, k);
+        // SAFETY: `k * 16 + 16 <= tp` for every row, writable by the
+        // contract.
+        unsafe {
+            let out = |j: usize| d.add(rows[j] + k * LANES);
+            _mm512_storeu_ps(out(0), e);
+            _mm512_storeu_ps(out(1), _mm512_add_ps(e, o));
+            _mm512_storeu_ps(out(2), _mm512_sub_ps(e, o));
+            _mm512_storeu_ps(out(3), _mm512_sub_ps(_mm512_setzero_ps(), o));
+        }
+    }
+}
+
+/// Never called: plans are only made when AVX-512F is present.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn grad_column_pass(_: &[f32], _: usize, _: *mut f32, _: [usize; 4]) {
+    unreachable!("winograd convolution needs AVX-512F")
 }
 
 /// Never called: plans are only made when AVX-512F is present.
@@ -490,6 +1147,12 @@ mod tests {
             (1, 8, 14, 14, 24),
             (2, 4, 4, 12, 8),
             (1, 3, 2, 2, 8),
+            // Register-level widths (8, 16, 32) with tile rows that end
+            // inside a chunk of 16 tiles.
+            (2, 8, 6, 16, 8),
+            (1, 8, 10, 8, 16),
+            (2, 8, 2, 32, 8),
+            (1, 8, 4, 64, 8),
         ];
         for (n, ci, h, w, co) in cases {
             let p = Conv2dParams {
@@ -523,6 +1186,60 @@ mod tests {
             }
             // The entry point takes this path.
             assert_eq!(conv_fwd(&g, &x, &wt), y);
+        }
+    }
+
+    #[test]
+    fn winograd_weight_gradient_matches_im2col_gemm() {
+        if !direct::avx512() || !enabled() {
+            return;
+        }
+        // (n, c_in, h, w, c_out): batches that fill a row of tiles, leave
+        // the last call short (5 images of 16 tiles, 16 per row), and
+        // 4x4 maps (4 tiles) many to a row.
+        let cases = [
+            (2, 16, 32, 32, 16),
+            (3, 32, 16, 16, 32),
+            (5, 64, 8, 8, 64),
+            (2, 3, 32, 32, 16),
+            (1, 5, 6, 10, 8),
+            (7, 8, 4, 4, 16),
+            (2, 8, 6, 16, 8),
+            (3, 8, 10, 8, 16),
+            (2, 8, 2, 32, 8),
+        ];
+        for (n, ci, h, w, co) in cases {
+            let p = Conv2dParams {
+                stride: 1,
+                padding: 1,
+                groups: 1,
+            };
+            let g = ConvGeom::new(&[n, ci, h, w], &[co, ci, 3, 3], p).unwrap();
+            let x = data(n * ci * h * w, 4);
+            let dy = data(n * co * h * w, 5);
+            let plan = FilterPlan::new(&g).expect("winograd applies");
+            let mut lanes = vec![0f32; plan.lanes_len()];
+            let mut scratch = vec![0f32; plan.scratch_len()];
+            let (per_x, per_dy) = (ci * h * w, co * h * w);
+            for i in (0..n).step_by(plan.batch()) {
+                let k = plan.batch().min(n - i);
+                let (xs, dys) = (
+                    &x[i * per_x..(i + k) * per_x],
+                    &dy[i * per_dy..(i + k) * per_dy],
+                );
+                plan.accumulate(xs, dys, k, &mut lanes, &mut scratch);
+            }
+            let got = plan.finish(&lanes);
+            let want = with_portable_conv(|| crate::ops::conv::conv_bwd_filter(&g, &x, &dy));
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let tol = 4e-6 * scale * ((n * h * w) as f32).sqrt();
+            for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() <= tol,
+                    "{a} vs {b} at {k} for {:?}",
+                    (n, ci, h, w, co)
+                );
+            }
         }
     }
 
