@@ -152,6 +152,18 @@ impl Plan {
     }
 }
 
+/// Largest transformed input per image and ξ (`C_in x tiles` floats) the
+/// path takes: 16 of them (512 KiB) stay in a core's L2 cache while every
+/// block of output channels reads them. The CIFAR ResNets' maps are at
+/// most 4,096; ResNet-50's 3x3 layers at 224² are 12,544 to 50,176, and
+/// there a training step at batch 16 ran at 3.8 img/s through this path
+/// against 5.6 on the direct and gemm kernels (AMD EPYC, 2 threads).
+const MAX_TRANSFORMED_INPUT: usize = 8192;
+
+/// Largest `C_in x C_out` of the weight gradient: its lane accumulator
+/// holds `16 x 16` floats per pair (4 MiB at 64 x 64).
+const MAX_FILTER_PAIRS: usize = 64 * 64;
+
 /// The tiling of one convolution's images, shared by the forward pass
 /// ([`Plan`]) and the weight gradient ([`FilterPlan`]), with the
 /// transforms between images and tiles.
@@ -193,6 +205,9 @@ impl Tiles {
         }
         let (th, tw) = (g.oh / 2, g.ow / 2);
         let tp = (th * tw).div_ceil(LANES) * LANES;
+        if g.c_in * tp > MAX_TRANSFORMED_INPUT {
+            return None;
+        }
         let edge = |at: usize| (0..tp).map(|t| f32::from(u8::from(t % tw != at))).collect();
         Some(Self {
             g: *g,
@@ -476,6 +491,9 @@ impl FilterPlan {
     /// [`Tiles::new`]).
     pub fn new(g: &ConvGeom) -> Option<Self> {
         let t = Tiles::new(g)?;
+        if g.c_in * g.c_out > MAX_FILTER_PAIRS {
+            return None;
+        }
         let batch = MIN_FILTER_ROW.div_ceil(t.tp).clamp(1, g.n.max(1));
         let row = batch * t.tp;
         if g.c_in * row * XI >= u32::MAX as usize {
@@ -1261,5 +1279,17 @@ mod tests {
             let g = ConvGeom::new(&x, &wd, prm).unwrap();
             assert!(Plan::new(&g, &w).is_none(), "{x:?} {wd:?} {prm:?}");
         }
+        if !direct::avx512() || !enabled() {
+            return;
+        }
+        // Too large for the caches: ResNet-50's first 3x3 layers at 224²
+        // (forward and weight gradient), and 128 x 128 channels (weight
+        // gradient only).
+        let big = ConvGeom::new(&[1, 64, 56, 56], &[64, 64, 3, 3], p(1, 1, 1)).unwrap();
+        assert!(Plan::new(&big, &data(64 * 64 * 9, 4)).is_none());
+        assert!(FilterPlan::new(&big).is_none());
+        let wide = ConvGeom::new(&[1, 128, 8, 8], &[128, 128, 3, 3], p(1, 1, 1)).unwrap();
+        assert!(Plan::new(&wide, &data(128 * 128 * 9, 5)).is_some());
+        assert!(FilterPlan::new(&wide).is_none());
     }
 }
