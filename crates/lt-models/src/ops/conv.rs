@@ -488,6 +488,23 @@ pub(crate) fn conv_bwd_data(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     })
 }
 
+/// `partial(0) + ... + partial(parts - 1)`, the parts computed in parallel
+/// (each a worker's accumulator of `len` floats).
+fn sum_parts(
+    parts: usize,
+    len: usize,
+    partial: impl Fn(usize) -> Vec<f32> + Sync + Send,
+) -> Vec<f32> {
+    (0..parts)
+        .into_par_iter()
+        .map(partial)
+        .reduce_with(|mut a, b| {
+            simd::add_assign(&mut a, &b);
+            a
+        })
+        .unwrap_or_else(|| vec![0f32; len])
+}
+
 /// `dw = sum_n dy_n * im2col(x_n)^T`, accumulated per worker then summed.
 ///
 /// Both factors have the reduction (`OH * OW`) contiguous, so one must be
@@ -509,15 +526,7 @@ pub(crate) fn conv_bwd_filter(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
             }
             lanes
         };
-        let lanes = (0..parts)
-            .into_par_iter()
-            .map(partial)
-            .reduce_with(|mut a, b| {
-                simd::add_assign(&mut a, &b);
-                a
-            })
-            .unwrap_or_else(|| vec![0f32; plan.lanes_len()]);
-        return plan.finish(&lanes);
+        return plan.finish(&sum_parts(parts, plan.lanes_len(), partial));
     }
     if let Some(plan) = winograd_filter_plan(g) {
         let partial = |part: usize| {
@@ -534,15 +543,7 @@ pub(crate) fn conv_bwd_filter(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
             }
             lanes
         };
-        let lanes = (0..parts)
-            .into_par_iter()
-            .map(partial)
-            .reduce_with(|mut a, b| {
-                simd::add_assign(&mut a, &b);
-                a
-            })
-            .unwrap_or_else(|| vec![0f32; plan.lanes_len()]);
-        return plan.finish(&lanes);
+        return plan.finish(&sum_parts(parts, plan.lanes_len(), partial));
     }
     let par = if parts > 1 {
         Parallelism::None
@@ -593,14 +594,7 @@ pub(crate) fn conv_bwd_filter(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let dwt = if parts == 1 {
         partial(0)
     } else {
-        (0..parts)
-            .into_par_iter()
-            .map(partial)
-            .reduce_with(|mut a, b| {
-                simd::add_assign(&mut a, &b);
-                a
-            })
-            .unwrap_or_else(|| vec![0f32; w_len])
+        sum_parts(parts, w_len, partial)
     };
     // Back to `(C_out, kdim)`, output channels in parallel (a serial
     // transpose on the calling thread was about 1 % of a ResNet-50 step).

@@ -11,16 +11,23 @@
 //! convolution: 2.25 times fewer. The products run on the direct
 //! convolution's register tile ([`super::direct`]: 8 output channels x 48
 //! tiles, the transformed kernel broadcast, the transformed input loaded
-//! contiguously), so the only new code is the three transforms.
+//! contiguously), so the new code is the transforms: of the input, of the
+//! products back to outputs, and of the output gradient for the weight
+//! gradient ([`FilterPlan`], on the direct weight-gradient tile).
+//!
+//! Used by the forward pass and, through the flipped kernel (also 3x3,
+//! stride 1, padding 1), by the input gradient; by the weight gradient
+//! where the direct kernel declines (short grids, where the alternative is
+//! im2col + gemm). Only where the transformed operands stay in cache
+//! ([`MAX_TRANSFORMED_INPUT`], [`MAX_FILTER_PAIRS`]): the CIFAR ResNets,
+//! not the 224² ResNets' 3x3 layers, which were slower this way. Maps 8,
+//! 16 or a multiple of 32 wide are transformed in registers, chunk by chunk
+//! of 16 tiles; other even widths plane by plane.
 //!
 //! The arithmetic differs from the direct convolution's (sums in another
 //! order, through the transforms): outputs agree to about 1e-6 relative,
 //! not bit for bit. [`set_enabled`] switches the path off for a
 //! reproduction of results made before it existed.
-//!
-//! Used by the forward pass and, through the flipped kernel (also 3x3,
-//! stride 1, padding 1), by the input gradient; the weight gradient keeps
-//! its kernels.
 
 use super::conv::ConvGeom;
 use super::direct::{self, LANES, MR, NP, V};
