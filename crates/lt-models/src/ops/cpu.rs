@@ -99,23 +99,14 @@ where
     I: Fn() -> S + Sync + Send,
     F: Fn(&mut S, usize, &mut [f32]) + Sync + Send,
 {
-    let mut v: Vec<f32> = Vec::with_capacity(len);
-    if len > 0 {
-        let grain = (16 * 1024 / chunk.max(1)).max(1);
-        v.spare_capacity_mut()[..len]
-            .par_chunks_mut(chunk.max(1))
-            .enumerate()
-            .with_min_len(grain)
-            .for_each_init(init, |state, (i, c)| {
-                c.fill(MaybeUninit::new(0.0));
-                // SAFETY: every element of `c` was initialised just above.
-                f(state, i, unsafe { assume_init(c) });
-            });
+    // SAFETY: every chunk is initialised (zeroed) before `f` sees it.
+    unsafe {
+        par_written_init(len, chunk, init, |state, i, c| {
+            c.fill(MaybeUninit::new(0.0));
+            // SAFETY: every element of `c` was initialised just above.
+            f(state, i, assume_init(c));
+        })
     }
-    // SAFETY: the chunks cover `0..len` exactly and each was initialised
-    // (a panic in `f` unwinds before this line and drops `v` empty).
-    unsafe { v.set_len(len) };
-    v
 }
 
 /// Like [`par_zeroed_init`], without the zero fill: for kernels that write
@@ -308,6 +299,14 @@ pub(crate) fn sgemm(
             parallelism,
         );
     }
+}
+
+/// Deterministic test values in `[-1, 1]`, different per `seed`.
+#[cfg(test)]
+pub(crate) fn test_data(n: usize, seed: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 / 1001.5) - 1.0)
+        .collect()
 }
 
 #[cfg(test)]

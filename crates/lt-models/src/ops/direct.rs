@@ -586,11 +586,7 @@ mod tests {
     use crate::ops::conv::{conv_bwd_filter, conv_fwd, with_portable_conv};
     use crate::ops::Conv2dParams;
 
-    fn data(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 / 1001.5) - 1.0)
-            .collect()
-    }
+    use crate::ops::cpu::test_data as data;
 
     #[test]
     fn direct_matches_im2col_gemm() {

@@ -1149,10 +1149,16 @@ mod tests {
     use crate::ops::conv::{conv_fwd, with_portable_conv};
     use crate::ops::Conv2dParams;
 
-    fn data(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 / 1001.5) - 1.0)
-            .collect()
+    use crate::ops::cpu::test_data as data;
+
+    /// A 3x3, stride-1, padding-1 convolution of `n` images.
+    fn geom(n: usize, ci: usize, h: usize, w: usize, co: usize) -> ConvGeom {
+        let p = Conv2dParams {
+            stride: 1,
+            padding: 1,
+            groups: 1,
+        };
+        ConvGeom::new(&[n, ci, h, w], &[co, ci, 3, 3], p).unwrap()
     }
 
     #[test]
@@ -1180,12 +1186,7 @@ mod tests {
             (1, 8, 4, 64, 8),
         ];
         for (n, ci, h, w, co) in cases {
-            let p = Conv2dParams {
-                stride: 1,
-                padding: 1,
-                groups: 1,
-            };
-            let g = ConvGeom::new(&[n, ci, h, w], &[co, ci, 3, 3], p).unwrap();
+            let g = geom(n, ci, h, w, co);
             let x = data(n * ci * h * w, 1);
             let wt = data(co * ci * 9, 2);
             let plan = Plan::new(&g, &wt).expect("winograd applies");
@@ -1234,12 +1235,7 @@ mod tests {
             (2, 8, 2, 32, 8),
         ];
         for (n, ci, h, w, co) in cases {
-            let p = Conv2dParams {
-                stride: 1,
-                padding: 1,
-                groups: 1,
-            };
-            let g = ConvGeom::new(&[n, ci, h, w], &[co, ci, 3, 3], p).unwrap();
+            let g = geom(n, ci, h, w, co);
             let x = data(n * ci * h * w, 4);
             let dy = data(n * co * h * w, 5);
             let plan = FilterPlan::new(&g).expect("winograd applies");
