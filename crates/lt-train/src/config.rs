@@ -1182,6 +1182,21 @@ lr = 0.1
     }
 
     #[test]
+    fn winograd_is_on_by_default_and_enters_the_hash_only_when_off() {
+        let c = ExperimentConfig::from_toml_str(MINIMAL, "m.toml").unwrap();
+        assert!(c.model.winograd);
+        assert!(!c.to_toml().unwrap().contains("winograd"));
+        let text = MINIMAL.replace("arch = \"resnet8\"", "arch = \"resnet8\"\nwinograd = false");
+        let off = ExperimentConfig::from_toml_str(&text, "m.toml").unwrap();
+        assert!(!off.model.winograd);
+        assert!(off.to_toml().unwrap().contains("winograd = false"));
+        assert_ne!(
+            off.stage_hash("stage1").unwrap(),
+            c.stage_hash("stage1").unwrap()
+        );
+    }
+
+    #[test]
     fn unknown_key_is_named_with_its_path() {
         let text = MINIMAL.replace("lr = 0.1", "lr = 0.1\nepochz = 3");
         let e = ExperimentConfig::from_toml_str(&text, "cfg.toml")
