@@ -20,6 +20,10 @@
 #   THREADS       threads of both (default 2)
 #   BENCH_BIN     a resnet_step binary already built (default: build it with cargo)
 #   STEPS WARMUP  timed and warm-up steps per run (default 10 and 3)
+#   ISA=avx2      both sides on the instruction sets of an AVX2-only CPU: ours
+#                 built without `avx512-gemm` and run with --max-isa avx2, the
+#                 peer with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+#                 (ISA=avx512, the default, leaves both alone)
 #   RT=1          run both under `chrt -f 10` (root only): on a shared machine
 #                 this keeps other processes from stealing the cores, which
 #                 otherwise moves PyTorch's barrier-synchronised threads far
@@ -45,8 +49,21 @@ if [ -z "${ROWS:-}" ]; then
 fi
 PREFIX=()
 [ "${RT:-0}" = 1 ] && PREFIX=(chrt -f 10)
+ISA=${ISA:-avx512}
+BUILD_FLAGS=()
+OURS_FLAGS=()
+PEER_ENV=()
+case "$ISA" in
+    avx512) ;;
+    avx2)
+        BUILD_FLAGS=(--no-default-features)
+        OURS_FLAGS=(--max-isa avx2)
+        PEER_ENV=(ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2)
+        ;;
+    *) echo "compare_with_torch: ISA must be avx512 or avx2, got \"$ISA\"" >&2; exit 2 ;;
+esac
 
-BIN=${BENCH_BIN:-$(cargo bench -p lt-models --bench resnet_step --no-run --message-format=json 2>/dev/null |
+BIN=${BENCH_BIN:-$(cargo bench -p lt-models "${BUILD_FLAGS[@]}" --bench resnet_step --no-run --message-format=json 2>/dev/null |
     python3 -c 'import sys, json
 for l in sys.stdin:
     m = json.loads(l)
@@ -60,17 +77,17 @@ trap 'rm -f "$OUT"' EXIT
 for row in $ROWS; do
     IFS=: read -r model batch mode <<<"$row"
     for _ in $(seq "$ROUNDS"); do
-        "${PREFIX[@]}" "$PEER_PYTHON" "$PEER_SCRIPT" --model "$model" --batch "$batch" \
+        env "${PEER_ENV[@]}" "${PREFIX[@]}" "$PEER_PYTHON" "$PEER_SCRIPT" --model "$model" --batch "$batch" \
             --threads "$THREADS" --mode "$mode" --steps "$STEPS" --warmup "$WARMUP" 2>/dev/null |
             sed "s/^/peer $row /" | tee -a "$OUT" >&2
         "${PREFIX[@]}" "$BIN" --model "$model" --batch "$batch" --threads "$THREADS" \
-            --mode "$mode" --steps "$STEPS" --warmup "$WARMUP" "$@" |
+            --mode "$mode" --steps "$STEPS" --warmup "$WARMUP" "${OURS_FLAGS[@]}" "$@" |
             sed "s/^/ours $row /" | tee -a "$OUT" >&2
     done
 done
-python3 - "$OUT" "$ROWS" "$THREADS" "$ROUNDS" "$LOAD0" <<'EOF'
+python3 - "$OUT" "$ROWS" "$THREADS" "$ROUNDS" "$LOAD0" "$ISA" <<'EOF'
 import json, statistics, sys
-out, rows, threads, rounds, load0 = sys.argv[1:]
+out, rows, threads, rounds, load0, isa = sys.argv[1:]
 runs = {}
 for line in open(out):
     who, row, js = line.split(" ", 2)
@@ -78,7 +95,7 @@ for line in open(out):
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 load1 = " ".join(open("/proc/loadavg").read().split()[:3])
 peer_fw = next((r[0].get("framework", "torch") for (w, _), r in runs.items() if w == "peer"), "torch")
-print(f"{cpu}, {threads} threads; ours vs {peer_fw}; median of {rounds} alternating run(s) per row; "
+print(f"{cpu}, {threads} threads, instruction sets: {isa}; ours vs {peer_fw}; median of {rounds} alternating run(s) per row; "
       f"load average {load0} before, {load1} after")
 print()
 print("| backbone | batch | mode | ours img/s | peer img/s | ratio | peak memory ours / peer (MB) |")

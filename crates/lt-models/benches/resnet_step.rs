@@ -6,11 +6,14 @@
 //! cargo bench -p lt-models --bench resnet_step -- --model resnet32 --batch 128 \
 //!     --threads 2 --steps 10 --warmup 3 [--classes 100] [--size 32] [--profile] \
 //!     [--device cpu|cuda:N] [--precision f32|bf16] [--mode train|infer|infer-unfused] \
-//!     [--no-winograd]
+//!     [--no-winograd] [--max-isa baseline|avx2|avx512]
 //! ```
 //!
 //! `--no-winograd` runs the 3x3 convolutions on the direct / gemm kernels
 //! instead of Winograd F(2x2, 3x3) (`lt_models::ops::set_winograd`).
+//! `--max-isa avx2` takes the paths of an AVX2-only CPU
+//! (`lt_models::ops::set_max_isa`); build the bench with
+//! `--no-default-features` as well so that `gemm` leaves AVX-512 alone too.
 //!
 //! `--mode infer` times `Backbone::forward_inference` (batch norm folded into
 //! the convolutions, folding included in every step) and the head;
@@ -32,6 +35,7 @@
 //! PyTorch peer (`benches/torch_gpu_step.py`) side by side.
 
 use candle_core::{backprop::GradStore, DType, Device, Result, Tensor, Var};
+use lt_models::ops::Isa;
 use lt_models::{Arch, Backbone, BnMode, Precision};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -116,6 +120,8 @@ struct Args {
     /// `--no-winograd`: 3x3 convolutions on the direct / gemm kernels
     /// (`lt_models::ops::set_winograd(false)`), for an A/B.
     winograd: bool,
+    /// `--max-isa`: cap on the kernels' instruction sets.
+    max_isa: Option<Isa>,
 }
 
 fn parse_args() -> Args {
@@ -133,6 +139,7 @@ fn parse_args() -> Args {
         device: "cpu".into(),
         precision: Precision::F32,
         winograd: true,
+        max_isa: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -151,6 +158,10 @@ fn parse_args() -> Args {
             "--warmup" => a.warmup = int("--warmup", value("--warmup")),
             "--profile" => a.profile = true,
             "--no-winograd" => a.winograd = false,
+            "--max-isa" => {
+                let v = value("--max-isa");
+                a.max_isa = Some(v.parse().unwrap_or_else(|e| panic!("--max-isa: {e}")));
+            }
             "--mode" => match value("--mode").as_str() {
                 "train" => a.infer = false,
                 "infer" => a.infer = true,
@@ -267,6 +278,9 @@ fn randn(rng: &mut ChaCha8Rng, shape: &[usize], std: f32) -> Result<Tensor> {
 fn main() -> Result<()> {
     let args = parse_args();
     lt_models::ops::set_winograd(args.winograd);
+    if let Some(isa) = args.max_isa {
+        lt_models::ops::set_max_isa(isa);
+    }
     // candle's matmul reads its thread count from RAYON_NUM_THREADS. Its
     // elementwise ops run on a separate spin-waiting pool sized by
     // CANDLE_NUM_THREADS; next to the kernels' rayon pool that pool only
@@ -389,7 +403,7 @@ fn main() -> Result<()> {
     }
     let steps: Vec<String> = wall.iter().map(|t| format!("{t:.1}")).collect();
     println!(
-        "{{\"model\": \"{}\", \"batch\": {}, \"size\": {size}, \"threads\": {}, \"device\": \"{}\", \"precision\": \"{}\", \"framework\": \"lt-models\", \"mode\": \"{}\", \"winograd\": {}, \"img_per_s_median\": {:.1}, \"step_ms\": [{}], \"cpu_ms_median\": {:.1}, \"peak_rss_mb\": {:.0}, \"peak_heap_mb\": {:.0}, \"live_after_forward_mb\": {:.0}, \"loadavg\": \"{load}\"}}",
+        "{{\"model\": \"{}\", \"batch\": {}, \"size\": {size}, \"threads\": {}, \"device\": \"{}\", \"precision\": \"{}\", \"framework\": \"lt-models\", \"mode\": \"{}\", \"winograd\": {}, \"isa\": \"{}\", \"avx512_gemm\": {}, \"img_per_s_median\": {:.1}, \"step_ms\": [{}], \"cpu_ms_median\": {:.1}, \"peak_rss_mb\": {:.0}, \"peak_heap_mb\": {:.0}, \"live_after_forward_mb\": {:.0}, \"loadavg\": \"{load}\"}}",
         args.model,
         args.batch,
         args.threads,
@@ -401,6 +415,8 @@ fn main() -> Result<()> {
             _ => "train",
         },
         args.winograd,
+        lt_models::ops::active_isa(),
+        cfg!(feature = "avx512-gemm"),
         args.batch as f64 / med * 1e3,
         steps.join(", "),
         median(&cpu),

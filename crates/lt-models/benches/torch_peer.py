@@ -11,7 +11,8 @@ Networks: the CIFAR ResNet-32 (3 stages x 5 basic blocks, widths 16/32/64,
 1x1-conv projection shortcuts) or a torchvision ResNet / ResNeXt at a chosen
 image size. Prints one JSON line with the fields the project's bench prints:
 model, batch, size, threads, mode, img_per_s_median, step_ms, cpu_ms_median,
-peak_rss_mb (the process's maximum resident set, `ru_maxrss`) and loadavg.
+peak_rss_mb (the process's maximum resident set, `ru_maxrss`), loadavg and isa
+(ATen's CPU capability; `compare_with_torch.sh` with ISA=avx2 caps it).
 
 Not a project dependency, a measuring tool only:
   python3 -m venv .venv-peer && .venv-peer/bin/pip install torch torchvision
@@ -90,6 +91,10 @@ for i in range(a.warmup + a.steps):
 med = statistics.median(times)
 print(json.dumps({"model": a.model, "batch": a.batch, "size": size, "threads": a.threads,
                   "mode": a.mode, "framework": "torch " + torch.__version__,
+                  # ATen's kernels' level; ATEN_CPU_CAPABILITY=avx2 caps it, and
+                  # ONEDNN_MAX_CPU_ISA=AVX2 caps oneDNN's convolutions.
+                  "isa": torch.backends.cpu.get_cpu_capability().lower(),
+                  "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL"),
                   "img_per_s_median": round(a.batch / med, 1),
                   "step_ms": [round(1000 * t, 1) for t in times],
                   "cpu_ms_median": round(1000 * statistics.median(cpu), 1),

@@ -1,4 +1,5 @@
-//! Direct stride-1 convolution for AVX-512 CPUs, without an im2col matrix.
+//! Direct stride-1 convolution for AVX-512 and AVX2 CPUs, without an im2col
+//! matrix.
 //!
 //! With the input zero-padded to `(C, Hp, Wp)` and the output computed on the
 //! padded-width grid `p = oy * Wp + ox` (the last `K - 1` columns of each
@@ -19,6 +20,11 @@
 //! of 8 and that Winograd ([`super::winograd`], which runs its products on
 //! this module's register tile) does not take; everything else takes the
 //! im2col + gemm path.
+//!
+//! The tiles are written for AVX-512 (8 channels x 3 vectors of 16 lanes)
+//! and for AVX2 + FMA (the same tile swept in strips that fit 16 ymm
+//! registers); each output lane is the same chain of multiply-adds on both,
+//! so the two give identical results. CPUs with neither take im2col + gemm.
 
 use super::conv::ConvGeom;
 use super::cpu::write_floats;
@@ -70,7 +76,7 @@ impl Plan {
     }
 
     fn with_min_efficiency(g: &ConvGeom, w: &[f32], min_efficiency: f64) -> Option<Self> {
-        if !avx512() || g.stride != 1 || g.kh != g.kw || !g.cog().is_multiple_of(MR) {
+        if !available() || g.stride != 1 || g.kh != g.kw || !g.cog().is_multiple_of(MR) {
             return None;
         }
         let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
@@ -202,7 +208,7 @@ impl Plan {
                     } else {
                         NP / LANES
                     };
-                    // SAFETY: AVX-512F was detected when the plan was made,
+                    // SAFETY: AVX2 and FMA were detected when the plan was made,
                     // and `w` holds `MR * kdim` floats. Reads, padded: the
                     // largest offset is the last tap of the last channel,
                     // `(cig-1)*plane + (K-1)*wp + K-1`, plus the last grid
@@ -260,7 +266,7 @@ impl FilterPlan {
     }
 
     fn with_limits(g: &ConvGeom, min_efficiency: f64, min_grid: usize) -> Option<Self> {
-        if !avx512() || g.stride != 1 || g.kh != g.kw || !g.cog().is_multiple_of(MR) {
+        if !available() || g.stride != 1 || g.kh != g.kw || !g.cog().is_multiple_of(MR) {
             return None;
         }
         let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
@@ -378,7 +384,7 @@ impl FilterPlan {
             let mut k = 0;
             while k < kdim {
                 let nk = (kdim - k).min(3);
-                // SAFETY: AVX-512F was detected when the plan was made. `d`
+                // SAFETY: AVX2 and FMA were detected when the plan was made. `d`
                 // holds MR rows of `p_len` floats, `x` covers every read by
                 // the caller's contract; `out` holds MR rows of `kdim * V`
                 // lanes and `k + nk <= kdim`.
@@ -416,15 +422,42 @@ const MIN_FILTER_EFFICIENCY: f64 = 0.85;
 const MIN_FILTER_GRID: usize = 512;
 
 /// `out[(r * kdim + k0 + j) * 16 + l] += sum over p = l (mod 16) of
-/// d[r * p_len + p] * x[offs[j] + p]`, for `p < p_len`.
+/// d[r * p_len + p] * x[offs[j] + p]`, for `p < p_len`: every lane is one
+/// chain of fused multiply-adds over `p` in order, on AVX-512 and AVX2
+/// alike, so both give the same bits.
 ///
 /// # Safety
-/// The CPU must support AVX-512F; `d` must hold `MR * p_len` floats, `p_len`
-/// must be a multiple of 16, `x` must hold `max(offs) + p_len` floats and
-/// `out` `MR * kdim * 16` floats with `k0 + NK <= kdim`.
+/// The CPU must support AVX2 and FMA ([`available`]); `d` must hold `MR *
+/// p_len` floats, `p_len` must be a multiple of 16, `x` must hold `max(offs)
+/// + p_len` floats and `out` `MR * kdim * 16` floats with `k0 + NK <= kdim`.
+#[cfg(target_arch = "x86_64")]
+pub(super) unsafe fn wtile<const NK: usize>(
+    x: &[f32],
+    offs: &[u32],
+    d: &[f32],
+    p_len: usize,
+    out: &mut [f32],
+    kdim: usize,
+    k0: usize,
+) {
+    // SAFETY: forwarded under the caller's contract; the AVX-512 variant
+    // only where the CPU has it.
+    unsafe {
+        if avx512() {
+            wtile_avx512::<NK>(x, offs, d, p_len, out, kdim, k0)
+        } else {
+            wtile_avx2::<NK>(x, offs, d, p_len, out, kdim, k0)
+        }
+    }
+}
+
+/// [`wtile`] on AVX-512: 8 rows x `NK` taps of 16-lane accumulators.
+///
+/// # Safety
+/// As for [`wtile`], and the CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn wtile<const NK: usize>(
+unsafe fn wtile_avx512<const NK: usize>(
     x: &[f32],
     offs: &[u32],
     d: &[f32],
@@ -467,7 +500,64 @@ pub(super) unsafe fn wtile<const NK: usize>(
     }
 }
 
-/// Never called: plans are only made when AVX-512F is present.
+/// [`wtile`] on AVX2: sixteen 8-lane accumulators do not fit the 16 ymm
+/// registers beside their operands, so the 8 rows x 16 lanes are swept as
+/// four passes of 4 rows x 8 lanes (`4 * NK` accumulators), each lane the
+/// same chain of multiply-adds as on AVX-512.
+///
+/// # Safety
+/// As for [`wtile`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn wtile_avx2<const NK: usize>(
+    x: &[f32],
+    offs: &[u32],
+    d: &[f32],
+    p_len: usize,
+    out: &mut [f32],
+    kdim: usize,
+    k0: usize,
+) {
+    use std::arch::x86_64::*;
+    const R: usize = 4;
+    const H: usize = 8;
+    debug_assert!(offs.len() == NK && d.len() >= MR * p_len && p_len.is_multiple_of(V));
+    debug_assert!(offs.iter().all(|&o| o as usize + p_len <= x.len()));
+    debug_assert!(k0 + NK <= kdim && out.len() >= MR * kdim * V);
+    let (xp, dp, op) = (x.as_ptr(), d.as_ptr(), out.as_mut_ptr());
+    for r0 in (0..MR).step_by(R) {
+        for h in (0..V).step_by(H) {
+            let mut a = [[_mm256_setzero_ps(); NK]; R];
+            let mut p = h;
+            while p < p_len {
+                let mut xv = [_mm256_setzero_ps(); NK];
+                for (j, v) in xv.iter_mut().enumerate() {
+                    // SAFETY: `offs[j] + p + 8 <= offs[j] + p_len <= x.len()`.
+                    *v = unsafe { _mm256_loadu_ps(xp.add(offs[j] as usize + p)) };
+                }
+                for (r, acc) in a.iter_mut().enumerate() {
+                    // SAFETY: `(r0 + r) * p_len + p + 8 <= MR * p_len <= d.len()`.
+                    let dv = unsafe { _mm256_loadu_ps(dp.add((r0 + r) * p_len + p)) };
+                    for j in 0..NK {
+                        acc[j] = _mm256_fmadd_ps(dv, xv[j], acc[j]);
+                    }
+                }
+                p += V;
+            }
+            for (r, acc) in a.iter().enumerate() {
+                for (j, v) in acc.iter().enumerate() {
+                    // SAFETY: `((r0 + r) * kdim + k0 + j) * 16 + h + 8 <= MR * kdim * 16`.
+                    unsafe {
+                        let q = op.add(((r0 + r) * kdim + k0 + j) * V + h);
+                        _mm256_storeu_ps(q, _mm256_add_ps(_mm256_loadu_ps(q), *v));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Never called: plans are only made on x86-64 with AVX2.
 #[cfg(not(target_arch = "x86_64"))]
 pub(super) unsafe fn wtile<const NK: usize>(
     _: &[f32],
@@ -478,18 +568,19 @@ pub(super) unsafe fn wtile<const NK: usize>(
     _: usize,
     _: usize,
 ) {
-    unreachable!("direct convolution needs AVX-512F")
+    unreachable!("direct convolution needs AVX2")
 }
 
+/// Whether the AVX-512 kernels may run (detected, and not capped by
+/// [`set_max_isa`](super::set_max_isa)).
 pub(super) fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::isa::avx512()
+}
+
+/// Whether the direct kernels may run at all: they need AVX2 and FMA, and
+/// take AVX-512 where [`avx512`] says so.
+pub(super) fn available() -> bool {
+    super::isa::avx2()
 }
 
 /// [`tile`] over the first `nv` vectors (1 to 3) of the grid strip; the
@@ -534,17 +625,47 @@ pub(super) unsafe fn tile_into(
 }
 
 /// The register tile: `out[r * stride + j] = sum_k w[k * MR + r] * x[offs[k] + j]`
-/// for `j < NV * 16`, `MR * NV` vector accumulators. Every lane is its own
-/// chain of fused multiply-adds over `k` in order, so a lane's result does
-/// not depend on `NV`.
+/// for `j < NV * 16`. Every lane is its own chain of fused multiply-adds
+/// over `k` in order, so a lane's result depends neither on `NV` nor on the
+/// instruction set (AVX-512 or AVX2) that computed it.
 ///
 /// # Safety
-/// The CPU must support AVX-512F, `w` must hold `offs.len() * MR` floats and
-/// `x` must hold `max(offs) + NV * 16` floats; `NV <= 3`; `out + r * stride
-/// + NV * 16` must be writable for every `r < MR`.
+/// The CPU must support AVX2 and FMA ([`available`]), `w` must hold
+/// `offs.len() * MR` floats and `x` must hold `max(offs) + NV * 16` floats;
+/// `NV <= 3`; `out + r * stride + NV * 16` must be writable for every `r <
+/// MR`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn tile<const NV: usize>(x: &[f32], offs: &[u32], w: &[f32], out: *mut f32, stride: usize) {
+    // SAFETY: forwarded under the caller's contract; the AVX-512 variant
+    // only where the CPU has it.
+    unsafe {
+        if avx512() {
+            tile_avx512::<NV>(x, offs, w, out, stride)
+        } else if NV == 3 {
+            // 48 lanes: two strips of 24 (three ymm per row).
+            tile_avx2::<3>(x, offs, w, out, stride, 0);
+            tile_avx2::<3>(x, offs, w, out, stride, 24);
+        } else {
+            for v in 0..NV {
+                tile_avx2::<2>(x, offs, w, out, stride, v * LANES);
+            }
+        }
+    }
+}
+
+/// [`tile`] on AVX-512: `MR * NV` 16-lane accumulators.
+///
+/// # Safety
+/// As for [`tile`], and the CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile<const NV: usize>(x: &[f32], offs: &[u32], w: &[f32], out: *mut f32, stride: usize) {
+unsafe fn tile_avx512<const NV: usize>(
+    x: &[f32],
+    offs: &[u32],
+    w: &[f32],
+    out: *mut f32,
+    stride: usize,
+) {
     use std::arch::x86_64::*;
     debug_assert!(NV * LANES <= NP && w.len() >= offs.len() * MR);
     debug_assert!(offs.iter().all(|&o| o as usize + NV * LANES <= x.len()));
@@ -574,10 +695,58 @@ unsafe fn tile<const NV: usize>(x: &[f32], offs: &[u32], w: &[f32], out: *mut f3
     }
 }
 
-/// Never called: plans are only made when AVX-512F is present.
+/// [`tile`] on AVX2 for the `Y * 8` lanes from `j0`: the 8 rows in two
+/// passes of 4 (`4 * Y` accumulators, `Y <= 3`, beside `Y` input vectors
+/// and a broadcast weight in the 16 ymm registers).
+///
+/// # Safety
+/// As for [`tile`], with `j0 + Y * 8` in place of `NV * 16`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2<const Y: usize>(
+    x: &[f32],
+    offs: &[u32],
+    w: &[f32],
+    out: *mut f32,
+    stride: usize,
+    j0: usize,
+) {
+    use std::arch::x86_64::*;
+    const R: usize = 4;
+    debug_assert!(w.len() >= offs.len() * MR);
+    debug_assert!(offs.iter().all(|&o| o as usize + j0 + Y * 8 <= x.len()));
+    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    for r0 in (0..MR).step_by(R) {
+        let mut a = [[_mm256_setzero_ps(); Y]; R];
+        for (k, &o) in offs.iter().enumerate() {
+            let mut xv = [_mm256_setzero_ps(); Y];
+            for (v, xv) in xv.iter_mut().enumerate() {
+                // SAFETY: in bounds by the function's contract.
+                *xv = unsafe { _mm256_loadu_ps(xp.add(o as usize + j0 + v * 8)) };
+            }
+            // SAFETY: `k * MR + MR <= offs.len() * MR <= w.len()`.
+            let wk = unsafe { wp.add(k * MR + r0) };
+            for (r, ar) in a.iter_mut().enumerate() {
+                // SAFETY: `k * MR + r0 + r < w.len()`, as above.
+                let b = _mm256_set1_ps(unsafe { *wk.add(r) });
+                for (av, xv) in ar.iter_mut().zip(&xv) {
+                    *av = _mm256_fmadd_ps(b, *xv, *av);
+                }
+            }
+        }
+        for (r, ar) in a.iter().enumerate() {
+            for (v, av) in ar.iter().enumerate() {
+                // SAFETY: writable by the function's contract.
+                unsafe { _mm256_storeu_ps(out.add((r0 + r) * stride + j0 + v * 8), *av) };
+            }
+        }
+    }
+}
+
+/// Never called: plans are only made on x86-64 with AVX2.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn tile<const NV: usize>(_: &[f32], _: &[u32], _: &[f32], _: *mut f32, _: usize) {
-    unreachable!("direct convolution needs AVX-512F")
+    unreachable!("direct convolution needs AVX2")
 }
 
 #[cfg(test)]
@@ -588,9 +757,115 @@ mod tests {
 
     use crate::ops::cpu::test_data as data;
 
+    /// The register tiles against a scalar chain of fused multiply-adds per
+    /// lane (`f32::mul_add` rounds once, as the vector FMA does): bit for
+    /// bit on AVX2 and, where the CPU has it, AVX-512, at every width.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn tiles_are_one_fma_chain_per_lane_on_every_instruction_set() {
+        if !available() {
+            eprintln!("skipped: the CPU has no AVX2");
+            return;
+        }
+        let kdim = 37;
+        let offs: Vec<u32> = (0..kdim as u32).map(|k| 5 * k + k % 3).collect();
+        let x = data(offs[kdim - 1] as usize + NP + 64, 3);
+        let w = data(kdim * MR, 4);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for nv in 1..=3 {
+            let mut want = vec![0f32; MR * NP];
+            for r in 0..MR {
+                for j in 0..nv * LANES {
+                    let mut acc = 0f32;
+                    for (k, &o) in offs.iter().enumerate() {
+                        acc = w[k * MR + r].mul_add(x[o as usize + j], acc);
+                    }
+                    want[r * NP + j] = acc;
+                }
+            }
+            let mut got = vec![0f32; MR * NP];
+            // SAFETY: AVX2 checked; `w` holds `kdim * MR` floats, `x`
+            // covers `max(offs) + NP`, `got` MR rows of NP.
+            unsafe {
+                match nv {
+                    3 => {
+                        tile_avx2::<3>(&x, &offs, &w, got.as_mut_ptr(), NP, 0);
+                        tile_avx2::<3>(&x, &offs, &w, got.as_mut_ptr(), NP, 24);
+                    }
+                    _ => {
+                        for v in 0..nv {
+                            tile_avx2::<2>(&x, &offs, &w, got.as_mut_ptr(), NP, v * LANES);
+                        }
+                    }
+                }
+            }
+            assert_eq!(bits(&got), bits(&want), "avx2 tile, {nv} vectors");
+            let mut got = vec![0f32; MR * NP];
+            // SAFETY: as above; the dispatching tile picks the CPU's best.
+            unsafe { tile_into(nv, &x, &offs, &w, got.as_mut_ptr(), NP) };
+            assert_eq!(bits(&got), bits(&want), "dispatched tile, {nv} vectors");
+        }
+        // The weight-gradient tile: 16 lanes per weight, lane l summing
+        // the grid points p = l (mod 16) in order.
+        let p_len = 96;
+        let d = data(MR * p_len, 5);
+        for nk in 1..=3 {
+            let mut want = vec![0f32; MR * kdim * V];
+            for r in 0..MR {
+                for j in 0..nk {
+                    for l in 0..V {
+                        let mut acc = 0f32;
+                        for p in (l..p_len).step_by(V) {
+                            acc = d[r * p_len + p].mul_add(x[offs[j] as usize + p], acc);
+                        }
+                        // The tile adds its accumulator to what `out` held.
+                        want[(r * kdim + 2 + j) * V + l] = 0.0 + acc;
+                    }
+                }
+            }
+            let mut runs = vec![("avx2", vec![0f32; MR * kdim * V])];
+            if avx512() {
+                runs.push(("avx512", vec![0f32; MR * kdim * V]));
+            }
+            for (isa, out) in &mut runs {
+                let offs = &offs[..nk];
+                // SAFETY: the CPU has the instruction set picked; `d` holds
+                // MR rows of `p_len` (a multiple of 16), `x` covers
+                // `offs[j] + p_len`, `out` MR rows of `kdim * 16`.
+                unsafe {
+                    match (*isa, nk) {
+                        ("avx2", 3) => wtile_avx2::<3>(&x, offs, &d, p_len, out, kdim, 2),
+                        ("avx2", 2) => wtile_avx2::<2>(&x, offs, &d, p_len, out, kdim, 2),
+                        ("avx2", _) => wtile_avx2::<1>(&x, offs, &d, p_len, out, kdim, 2),
+                        (_, 3) => wtile_avx512::<3>(&x, offs, &d, p_len, out, kdim, 2),
+                        (_, 2) => wtile_avx512::<2>(&x, offs, &d, p_len, out, kdim, 2),
+                        _ => wtile_avx512::<1>(&x, offs, &d, p_len, out, kdim, 2),
+                    }
+                }
+                assert_eq!(
+                    bits(out),
+                    bits(&want),
+                    "{isa} weight-gradient tile, {nk} taps"
+                );
+            }
+        }
+        if avx512() {
+            let mut got = vec![0f32; MR * NP];
+            // SAFETY: AVX-512F detected; bounds as above.
+            unsafe { tile_avx512::<3>(&x, &offs, &w, got.as_mut_ptr(), NP) };
+            let mut avx2 = vec![0f32; MR * NP];
+            // SAFETY: as above.
+            unsafe {
+                tile_avx2::<3>(&x, &offs, &w, avx2.as_mut_ptr(), NP, 0);
+                tile_avx2::<3>(&x, &offs, &w, avx2.as_mut_ptr(), NP, 24);
+            }
+            assert_eq!(bits(&got), bits(&avx2), "avx512 and avx2 tiles");
+        }
+    }
+
     #[test]
     fn direct_matches_im2col_gemm() {
-        if !avx512() {
+        if !available() {
             return;
         }
         // (n, c_in, h, w, c_out, k, pad, groups)
@@ -648,7 +923,7 @@ mod tests {
 
     #[test]
     fn direct_weight_gradient_matches_im2col_gemm() {
-        if !avx512() {
+        if !available() {
             return;
         }
         let cases = [

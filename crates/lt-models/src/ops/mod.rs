@@ -76,6 +76,7 @@ mod cuda;
 #[clippy::msrv = "1.89"]
 mod direct;
 mod eltwise;
+pub(crate) mod isa;
 mod pool;
 pub mod reference;
 mod shortcut;
@@ -83,6 +84,7 @@ pub(crate) mod simd;
 #[clippy::msrv = "1.89"]
 mod winograd;
 
+pub use isa::{active_isa, detected_isa, set_max_isa, Isa, UnknownIsa};
 pub use winograd::{enabled as winograd_enabled, set_enabled as set_winograd};
 
 use batch_norm::EpilogueKind;

@@ -29,13 +29,11 @@ macro_rules! dispatch {
                 unsafe fn v3($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                if $crate::ops::isa::avx512() {
                     // SAFETY: the CPU supports every feature `v4` is compiled for.
                     return unsafe { v4($($arg),*) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
+                if $crate::ops::isa::avx2() {
                     // SAFETY: the CPU supports every feature `v3` is compiled for.
                     return unsafe { v3($($arg),*) };
                 }

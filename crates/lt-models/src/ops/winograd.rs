@@ -138,7 +138,7 @@ impl Plan {
         );
         let (v, rest) = scratch.split_at_mut(XI * cin * rs);
         let (m, band) = rest.split_at_mut(XI * MR * tp);
-        // SAFETY: AVX-512F was detected when the plan was made.
+        // SAFETY: AVX2 and FMA were detected when the plan was made.
         unsafe { self.t.transform_input(x, v, band, rs, 0) };
         let blocks = g.c_out / MR;
         for blk in 0..blocks {
@@ -148,7 +148,7 @@ impl Plan {
                 let mut t0 = 0;
                 while t0 < tp {
                     let nv = ((tp - t0) / LANES).min(NP / LANES);
-                    // SAFETY: AVX-512F was detected when the plan was made;
+                    // SAFETY: AVX2 and FMA were detected when the plan was made;
                     // `u` holds `cin * MR` floats; the largest read is
                     // `offs[cin-1] + t0 + nv*16 <= (cin-1)*rs + tp`, inside
                     // `vx` (`cin * rs`); row `r` is written at
@@ -218,7 +218,7 @@ impl Tiles {
             // transforms rely on `W = 2 TW`).
             && g.h.is_multiple_of(2)
             && g.w.is_multiple_of(2);
-        if !applies || !enabled() || !direct::avx512() {
+        if !applies || !enabled() || !direct::available() {
             return None;
         }
         let (th, tw) = (g.oh / 2, g.ow / 2);
@@ -259,8 +259,8 @@ impl Tiles {
     /// size.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F.
-    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+    /// The CPU must support AVX2 and FMA ([`direct::available`]).
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
     unsafe fn transform_input(
         &self,
         x: &[f32],
@@ -286,7 +286,7 @@ impl Tiles {
                     "winograd: transformed input too small"
                 );
                 let rows = std::array::from_fn(|i| std::array::from_fn(|j| vrow(i, j)));
-                // SAFETY: AVX-512F by the caller's contract; every row of
+                // SAFETY: `fast_width` checked AVX-512F; every row of
                 // `v` written starts at `vrow(i, j)` and holds `tp` floats,
                 // inside `v` (asserted for the last).
                 unsafe { input_chunks(xc, g.h, w, first, last, v.as_mut_ptr(), rows) };
@@ -311,12 +311,9 @@ impl Tiles {
                     let dst = ty * w..(ty + 1) * w;
                     let (c0, c1) = (&mut c0[dst.clone()], &mut c1[dst.clone()]);
                     let (c2, c3) = (&mut c2[dst.clone()], &mut c3[dst]);
-                    for j in 0..w {
-                        c0[j] = a0[j] - a2[j];
-                        c1[j] = a1[j] + a2[j];
-                        c2[j] = a2[j] - a1[j];
-                        c3[j] = a1[j] - a3[j];
-                    }
+                    combine_rows([a0, a1, a2, a3], [c0, c1, c2, c3], |[a0, a1, a2, a3]| {
+                        [a0 - a2, a1 + a2, a2 - a1, a1 - a3]
+                    });
                 }
             }
             // Padded columns 2tx .. 2tx+3 are input columns 2tx-1 .. 2tx+2:
@@ -328,7 +325,7 @@ impl Tiles {
                     vrow(3) + tp <= v.len(),
                     "winograd: transformed input too small"
                 );
-                // SAFETY: AVX-512F by the caller's contract; each row of
+                // SAFETY: each row of
                 // `v` starts at `vrow(j)` and holds `tp` floats, inside `v`
                 // (asserted for the last).
                 unsafe {
@@ -352,8 +349,8 @@ impl Tiles {
     /// row), then copied row by row.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F.
-    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+    /// The CPU must support AVX2 and FMA ([`direct::available`]).
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
     unsafe fn transform_output(&self, m: &[f32], y: &mut [MaybeUninit<f32>], band: &mut [f32]) {
         let g = &self.g;
         let (tp, th, hw, w) = (self.tp, self.th, g.h * g.w, g.w);
@@ -365,7 +362,7 @@ impl Tiles {
         for r in 0..MR {
             if fast_width(w) {
                 let yr = &mut y[r * hw..(r + 1) * hw];
-                // SAFETY: AVX-512F by the caller's contract; `m` holds
+                // SAFETY: `fast_width` checked AVX-512F; `m` holds
                 // `XI * MR` rows of `tp` floats.
                 unsafe { output_chunks(&m[..XI * MR * tp], r, tp, g.h, w, yr) };
                 continue;
@@ -390,7 +387,7 @@ impl Tiles {
                     y0[t] = v0[t] + v1[t] + v2[t];
                     y1[t] = v1[t] - v2[t] - v3[t];
                 }
-                // SAFETY: AVX-512F by the caller's contract.
+                // SAFETY: slices only (the AVX-512 loops check the CPU).
                 unsafe {
                     interleave(&y0[..t_len], &y1[..t_len], z);
                     for ty in 0..th {
@@ -411,8 +408,8 @@ impl Tiles {
     /// [`Tiles::transform_input`].
     ///
     /// # Safety
-    /// The CPU must support AVX-512F.
-    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+    /// The CPU must support AVX2 and FMA ([`direct::available`]).
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
     unsafe fn transform_grad(
         &self,
         dy: &[f32],
@@ -448,12 +445,9 @@ impl Tiles {
                     let dst = ty * w..(ty + 1) * w;
                     let (c0, c1) = (&mut c0[dst.clone()], &mut c1[dst.clone()]);
                     let (c2, c3) = (&mut c2[dst.clone()], &mut c3[dst]);
-                    for j in 0..w {
-                        c0[j] = y0[j];
-                        c1[j] = y0[j] + y1[j];
-                        c2[j] = y0[j] - y1[j];
-                        c3[j] = -y1[j];
-                    }
+                    combine_rows([y0, y1, y1, y1], [c0, c1, c2, c3], |[y0, y1, _, _]| {
+                        [y0, y0 + y1, y0 - y1, -y1]
+                    });
                 }
             }
             for i in 0..4 {
@@ -462,7 +456,7 @@ impl Tiles {
                     drow(3) + tp <= d.len(),
                     "winograd: transformed gradient too small"
                 );
-                // SAFETY: AVX-512F by the caller's contract; each row of
+                // SAFETY: each row of
                 // `d` starts at `drow(j)` and holds `tp` floats, inside `d`
                 // (asserted for the last).
                 unsafe {
@@ -569,7 +563,7 @@ impl FilterPlan {
         let (v, rest) = scratch.split_at_mut(XI * cin * row);
         let (d, band) = rest.split_at_mut(XI * cout * row);
         for b in 0..k {
-            // SAFETY: AVX-512F was detected when the plan was made.
+            // SAFETY: AVX2 and FMA were detected when the plan was made.
             unsafe {
                 t.transform_input(&x[b * cin * hw..(b + 1) * cin * hw], v, band, row, b * tp);
                 t.transform_grad(
@@ -596,7 +590,7 @@ impl FilterPlan {
                 while c < cin {
                     let nk = (cin - c).min(3);
                     let offs = &self.offs[c..c + nk];
-                    // SAFETY: AVX-512F was detected when the plan was made;
+                    // SAFETY: AVX2 and FMA were detected when the plan was made;
                     // `dd` holds MR rows of `row` floats (a multiple of 16);
                     // `vx` holds `cin` rows of `row`, so `offs[j] + row <=
                     // vx.len()`; `out` holds MR rows of `cin * 16` lanes and
@@ -653,13 +647,131 @@ impl FilterPlan {
 /// are split in registers and the neighbours shifted in registers too (a
 /// reload one element over would stall on the stores just made).
 ///
+/// On CPUs without AVX-512 the same pass runs on AVX2.
+///
 /// # Safety
-/// The CPU must support AVX-512F; `first` and `last` must hold `tp`
-/// floats, a multiple of 16, `comb.len() <= 2 * tp`, and `v + rows[j] ..
-/// + tp` must be writable.
+/// `first` and `last` must hold `tp` floats, a multiple of 16, `comb.len()
+/// <= 2 * tp`, and `v + rows[j] .. + tp` must be writable.
+#[inline(always)]
+unsafe fn column_pass(comb: &[f32], first: &[f32], last: &[f32], v: *mut f32, rows: [usize; 4]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded under the caller's contract; plans exist only
+    // where AVX2 and FMA do, and the AVX-512 pass runs where that does.
+    unsafe {
+        if direct::avx512() {
+            column_pass_avx512(comb, first, last, v, rows)
+        } else {
+            column_pass_avx2(comb, first, last, v, rows)
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (comb, first, last, v, rows);
+        unreachable!("winograd convolution needs AVX2")
+    }
+}
+
+/// Floats of `comb` around chunk `k` of 8 tiles, `comb[16 k - 2 .. 16 k +
+/// 18]`, zeros outside `comb`: the chunk's columns and their neighbours'.
+#[cfg(target_arch = "x86_64")]
+fn chunk_with_neighbours(comb: &[f32], k: usize) -> [f32; 20] {
+    let mut buf = [0f32; 20];
+    for (i, b) in buf.iter_mut().enumerate() {
+        if let Some(&x) = (16 * k + i).checked_sub(2).and_then(|j| comb.get(j)) {
+            *b = x;
+        }
+    }
+    buf
+}
+
+/// The even and odd elements of `p[0..16]`: the even and odd columns of 8
+/// tiles.
+///
+/// # Safety
+/// The CPU must support AVX2; `p .. p + 16` must be readable.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn deinterleave8(p: *const f32) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+    use std::arch::x86_64::*;
+    // SAFETY: readable by the contract.
+    let (a, b) = unsafe { (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))) };
+    // Per 128-bit half: [a0 a2 b0 b2 | a4 a6 b4 b6]; then the 64-bit
+    // pairs in the order 0, 2, 1, 3.
+    let order =
+        |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)));
+    (
+        order(_mm256_shuffle_ps::<0b10_00_10_00>(a, b)),
+        order(_mm256_shuffle_ps::<0b11_01_11_01>(a, b)),
+    )
+}
+
+/// [`column_pass`] on AVX2, 8 tiles at a time: the neighbours' columns are
+/// the odd elements one tile back and the even ones one tile on, read from
+/// `comb` (or from a zero-padded copy of the chunk at its ends). The same
+/// operations in the same order as the AVX-512 pass, so the same bits.
+///
+/// # Safety
+/// As for [`column_pass`], and the CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn column_pass_avx2(
+    comb: &[f32],
+    first: &[f32],
+    last: &[f32],
+    v: *mut f32,
+    rows: [usize; 4],
+) {
+    use std::arch::x86_64::*;
+    let (tp, n) = (first.len(), comb.len());
+    debug_assert!(tp.is_multiple_of(8) && last.len() == tp && n <= 2 * tp);
+    for k in 0..tp / 8 {
+        let s0 = 16 * k;
+        // SAFETY: in place, `comb[s0 - 2 .. s0 + 18]` is inside `comb`;
+        // the copy holds 20 floats.
+        let ((e, o), (_, o_prev), (e_after, _)) = unsafe {
+            if s0 >= 2 && s0 + 18 <= n {
+                let p = comb.as_ptr().add(s0);
+                (
+                    deinterleave8(p),
+                    deinterleave8(p.sub(2)),
+                    deinterleave8(p.add(2)),
+                )
+            } else {
+                let buf = chunk_with_neighbours(comb, k);
+                let p = buf.as_ptr();
+                (
+                    deinterleave8(p.add(2)),
+                    deinterleave8(p),
+                    deinterleave8(p.add(4)),
+                )
+            }
+        };
+        // SAFETY: `8 k + 8 <= tp` for `first`, `last` and every row of `v`.
+        unsafe {
+            let f = _mm256_loadu_ps(first.as_ptr().add(8 * k));
+            let l = _mm256_loadu_ps(last.as_ptr().add(8 * k));
+            let out = |j: usize| v.add(rows[j] + 8 * k);
+            _mm256_storeu_ps(out(0), _mm256_sub_ps(_mm256_mul_ps(o_prev, f), o));
+            _mm256_storeu_ps(out(1), _mm256_add_ps(e, o));
+            _mm256_storeu_ps(out(2), _mm256_sub_ps(o, e));
+            _mm256_storeu_ps(out(3), _mm256_sub_ps(e, _mm256_mul_ps(e_after, l)));
+        }
+    }
+}
+
+/// [`column_pass`] on AVX-512.
+///
+/// # Safety
+/// As for [`column_pass`], and the CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn column_pass(comb: &[f32], first: &[f32], last: &[f32], v: *mut f32, rows: [usize; 4]) {
+unsafe fn column_pass_avx512(
+    comb: &[f32],
+    first: &[f32],
+    last: &[f32],
+    v: *mut f32,
+    rows: [usize; 4],
+) {
     use std::arch::x86_64::*;
     let tp = first.len();
     debug_assert!(tp.is_multiple_of(LANES) && last.len() == tp && comb.len() <= 2 * tp);
@@ -698,12 +810,46 @@ unsafe fn column_pass(comb: &[f32], first: &[f32], last: &[f32], v: *mut f32, ro
     }
 }
 
+/// `c[i][j] = f([a[0][j], a[1][j], a[2][j], a[3][j]])[i]` for every `j`
+/// of the rows `c` (the `a` at least as long), in blocks of 8: the
+/// compiler's own vector loop wants 32 elements or more and left the rows
+/// of small maps (8 and 16 floats) scalar.
+#[inline(always)]
+fn combine_rows(a: [&[f32]; 4], c: [&mut [f32]; 4], f: impl Fn([f32; 4]) -> [f32; 4]) {
+    const B: usize = 8;
+    let n = c[0].len();
+    assert!(c.iter().all(|c| c.len() == n) && a.iter().all(|a| a.len() >= n));
+    let [c0, c1, c2, c3] = c;
+    let mut j = 0;
+    while j + B <= n {
+        let a: [&[f32; B]; 4] = a.map(|r| r[j..j + B].try_into().expect("a block of B"));
+        let mut o = [[0f32; B]; 4];
+        for l in 0..B {
+            let v = f([a[0][l], a[1][l], a[2][l], a[3][l]]);
+            for (o, v) in o.iter_mut().zip(v) {
+                o[l] = v;
+            }
+        }
+        c0[j..j + B].copy_from_slice(&o[0]);
+        c1[j..j + B].copy_from_slice(&o[1]);
+        c2[j..j + B].copy_from_slice(&o[2]);
+        c3[j..j + B].copy_from_slice(&o[3]);
+        j += B;
+    }
+    for j in j..n {
+        let v = f([a[0][j], a[1][j], a[2][j], a[3][j]]);
+        (c0[j], c1[j], c2[j], c3[j]) = (v[0], v[1], v[2], v[3]);
+    }
+}
+
 /// Widths whose rows the register-level transforms ([`input_chunks`],
 /// [`grad_chunks`], [`output_chunks`]) read and write directly: the 32
 /// floats of a chunk of 16 tiles are part of one row, two rows or four
-/// rows. Other widths take the plane-by-plane transforms.
+/// rows. Other widths, and CPUs without AVX-512, take the plane-by-plane
+/// transforms.
 fn fast_width(w: usize) -> bool {
-    w.is_multiple_of(32) || w == 16 || w == 8
+    // The register-level transforms are written for AVX-512 only.
+    (w.is_multiple_of(32) || w == 16 || w == 8) && direct::avx512()
 }
 
 /// Rows `2 ty + m` of the plane `x` (`h` rows of `w`, [`fast_width`]) under
@@ -998,12 +1144,12 @@ unsafe fn input_chunks(
     _: *mut f32,
     _: [[usize; 4]; 4],
 ) {
-    unreachable!("winograd convolution needs AVX-512F")
+    unreachable!("the register-level transforms need AVX-512F")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn grad_chunks(_: &[f32], _: usize, _: usize, _: usize, _: *mut f32, _: [[usize; 4]; 4]) {
-    unreachable!("winograd convolution needs AVX-512F")
+    unreachable!("the register-level transforms need AVX-512F")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -1015,7 +1161,7 @@ unsafe fn output_chunks(
     _: usize,
     _: &mut [MaybeUninit<f32>],
 ) {
-    unreachable!("winograd convolution needs AVX-512F")
+    unreachable!("the register-level transforms need AVX-512F")
 }
 
 /// The even and odd elements of `comb[32 k .. 32 k + 32]` (zeros past the
@@ -1057,11 +1203,65 @@ fn halves(comb: &[f32], k: usize) -> (std::arch::x86_64::__m512, std::arch::x86_
 /// `d + rows[j]` for `tp` tiles (zeros for the tiles past `comb`).
 ///
 /// # Safety
-/// The CPU must support AVX-512F; `tp` must be a multiple of 16 with
-/// `comb.len() <= 2 * tp`, and `d + rows[j] .. + tp` must be writable.
+/// `tp` must be a multiple of 16 with `comb.len() <= 2 * tp`, and `d +
+/// rows[j] .. + tp` must be writable.
+#[inline(always)]
+unsafe fn grad_column_pass(comb: &[f32], tp: usize, d: *mut f32, rows: [usize; 4]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as in `column_pass`.
+    unsafe {
+        if direct::avx512() {
+            grad_column_pass_avx512(comb, tp, d, rows)
+        } else {
+            grad_column_pass_avx2(comb, tp, d, rows)
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (comb, tp, d, rows);
+        unreachable!("winograd convolution needs AVX2")
+    }
+}
+
+/// [`grad_column_pass`] on AVX2, 8 tiles at a time (`0 - o`, not `-o`,
+/// as on AVX-512: they differ at zero).
+///
+/// # Safety
+/// As for [`grad_column_pass`], and the CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn grad_column_pass_avx2(comb: &[f32], tp: usize, d: *mut f32, rows: [usize; 4]) {
+    use std::arch::x86_64::*;
+    let n = comb.len();
+    debug_assert!(tp.is_multiple_of(8) && n <= 2 * tp);
+    for k in 0..tp / 8 {
+        let s0 = 16 * k;
+        // SAFETY: in place, `comb[s0 .. s0 + 16]` is inside `comb`.
+        let (e, o) = unsafe {
+            if s0 + 16 <= n {
+                deinterleave8(comb.as_ptr().add(s0))
+            } else {
+                deinterleave8(chunk_with_neighbours(comb, k).as_ptr().add(2))
+            }
+        };
+        // SAFETY: `8 k + 8 <= tp` for every row, writable by the contract.
+        unsafe {
+            let out = |j: usize| d.add(rows[j] + 8 * k);
+            _mm256_storeu_ps(out(0), e);
+            _mm256_storeu_ps(out(1), _mm256_add_ps(e, o));
+            _mm256_storeu_ps(out(2), _mm256_sub_ps(e, o));
+            _mm256_storeu_ps(out(3), _mm256_sub_ps(_mm256_setzero_ps(), o));
+        }
+    }
+}
+
+/// [`grad_column_pass`] on AVX-512.
+///
+/// # Safety
+/// As for [`grad_column_pass`], and the CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn grad_column_pass(comb: &[f32], tp: usize, d: *mut f32, rows: [usize; 4]) {
+unsafe fn grad_column_pass_avx512(comb: &[f32], tp: usize, d: *mut f32, rows: [usize; 4]) {
     use std::arch::x86_64::*;
     debug_assert!(tp.is_multiple_of(LANES) && comb.len() <= 2 * tp);
     for k in 0..tp / LANES {
@@ -1078,28 +1278,30 @@ unsafe fn grad_column_pass(comb: &[f32], tp: usize, d: *mut f32, rows: [usize; 4
     }
 }
 
-/// Never called: plans are only made when AVX-512F is present.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn grad_column_pass(_: &[f32], _: usize, _: *mut f32, _: [usize; 4]) {
-    unreachable!("winograd convolution needs AVX-512F")
-}
-
-/// Never called: plans are only made when AVX-512F is present.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn column_pass(_: &[f32], _: &[f32], _: &[f32], _: *mut f32, _: [usize; 4]) {
-    unreachable!("winograd convolution needs AVX-512F")
-}
-
 /// [`super::cpu::write_floats`] for the short rows of small images: masked
 /// vector loads and stores instead of a call to `memcpy`.
 ///
 /// # Safety
-/// The CPU must support AVX-512F.
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+/// None beyond the slices' (the AVX-512 loop runs only where detected).
+#[inline(always)]
 unsafe fn copy_short(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
+    #[cfg(target_arch = "x86_64")]
+    if direct::avx512() {
+        // SAFETY: AVX-512F detected.
+        return unsafe { copy_short_avx512(src, dst) };
+    }
+    super::cpu::write_floats(dst, src);
+}
+
+/// [`copy_short`] on AVX-512.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn copy_short_avx512(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
     let n = src.len();
     assert!(dst.len() == n);
-    #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::*;
         let mut k = 0;
@@ -1114,20 +1316,69 @@ unsafe fn copy_short(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
             k += len;
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    super::cpu::write_floats(dst, src);
 }
 
 /// `dst[2k] = even[k]`, `dst[2k + 1] = odd[k]`.
 ///
 /// # Safety
-/// The CPU must support AVX-512F.
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+/// None beyond the slices' (the AVX-512 loop runs only where detected).
+#[inline(always)]
 unsafe fn interleave(even: &[f32], odd: &[f32], dst: &mut [f32]) {
     let n = even.len();
     assert!(odd.len() == n && dst.len() == 2 * n);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut k = 0;
     #[cfg(target_arch = "x86_64")]
+    if direct::avx512() {
+        // SAFETY: AVX-512F detected; lengths asserted above.
+        return unsafe { interleave_avx512(even, odd, dst) };
+    } else if direct::available() {
+        // SAFETY: AVX2 detected; lengths asserted above.
+        k = unsafe { interleave_avx2(even, odd, dst) };
+    }
+    for k in k..n {
+        dst[2 * k] = even[k];
+        dst[2 * k + 1] = odd[k];
+    }
+}
+
+/// [`interleave`] on AVX2 for the whole blocks of 8; returns how many
+/// elements of `even` it did.
+///
+/// # Safety
+/// The CPU must support AVX2; `odd` as long as `even`, `dst` twice.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn interleave_avx2(even: &[f32], odd: &[f32], dst: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let n = even.len();
+    let mut k = 0;
+    while k + 8 <= n {
+        // SAFETY: `k + 8 <= n` and `2k + 16 <= dst.len()`, by the loop
+        // condition and the contract.
+        unsafe {
+            let a = _mm256_loadu_ps(even.as_ptr().add(k));
+            let b = _mm256_loadu_ps(odd.as_ptr().add(k));
+            // [a0 b0 a1 b1 | a4 b4 a5 b5] and [a2 b2 a3 b3 | a6 b6 a7 b7].
+            let (lo, hi) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+            let q = dst.as_mut_ptr().add(2 * k);
+            _mm256_storeu_ps(q, _mm256_permute2f128_ps::<0x20>(lo, hi));
+            _mm256_storeu_ps(q.add(8), _mm256_permute2f128_ps::<0x31>(lo, hi));
+        }
+        k += 8;
+    }
+    k
+}
+
+/// [`interleave`] on AVX-512.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `odd` as long as `even`, `dst` twice.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn interleave_avx512(even: &[f32], odd: &[f32], dst: &mut [f32]) {
+    let n = even.len();
+    let mut k = 0;
     {
         use std::arch::x86_64::*;
         let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
@@ -1174,7 +1425,7 @@ mod tests {
 
     #[test]
     fn winograd_matches_im2col_gemm() {
-        if !direct::avx512() || !enabled() {
+        if !direct::available() || !enabled() {
             return;
         }
         // (n, c_in, h, w, c_out): the CIFAR stages, a stem, tile counts
@@ -1228,7 +1479,7 @@ mod tests {
 
     #[test]
     fn winograd_weight_gradient_matches_im2col_gemm() {
-        if !direct::avx512() || !enabled() {
+        if !direct::available() || !enabled() {
             return;
         }
         // (n, c_in, h, w, c_out): batches that fill a row of tiles, leave
@@ -1275,6 +1526,75 @@ mod tests {
         }
     }
 
+    /// The column passes against their formulas element by element, on
+    /// AVX2 and, where the CPU has it, AVX-512: bit for bit, including
+    /// the zero tiles past `comb` and the chunks at its ends.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn column_passes_match_their_formulas_on_every_instruction_set() {
+        if !direct::available() {
+            eprintln!("skipped: the CPU has no AVX2");
+            return;
+        }
+        // (tiles per row, tile rows, tp): whole chunks, a short last row,
+        // a single chunk, padding tiles past the image.
+        for (tw, th, tp) in [
+            (16, 16, 256),
+            (8, 8, 64),
+            (4, 4, 16),
+            (5, 3, 16),
+            (3, 2, 32),
+        ] {
+            let comb = data(2 * tw * th, 7);
+            let edge = |at: usize| -> Vec<f32> {
+                (0..tp).map(|t| f32::from(u8::from(t % tw != at))).collect()
+            };
+            let (first, last) = (edge(0), edge(tw - 1));
+            let at = |i: usize| comb.get(i).copied().unwrap_or(0.0);
+            let mut want = vec![0f32; 4 * tp];
+            let mut want_grad = vec![0f32; 4 * tp];
+            for t in 0..tp {
+                let (e, o) = (at(2 * t), at(2 * t + 1));
+                let o_prev = if t == 0 { 0.0 } else { at(2 * t - 1) };
+                let e_after = at(2 * t + 2);
+                let v = [o_prev * first[t] - o, e + o, o - e, e - e_after * last[t]];
+                let d = [e, e + o, e - o, 0.0 - o];
+                for j in 0..4 {
+                    want[j * tp + t] = v[j];
+                    want_grad[j * tp + t] = d[j];
+                }
+            }
+            let rows = [0, tp, 2 * tp, 3 * tp];
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let mut runs: Vec<(&str, Vec<f32>, Vec<f32>)> = Vec::new();
+            let (mut v, mut d) = (vec![f32::NAN; 4 * tp], vec![f32::NAN; 4 * tp]);
+            // SAFETY: AVX2 checked above; `first`, `last` hold `tp` floats,
+            // `comb` at most `2 tp`, every row `tp` floats of `v` and `d`.
+            unsafe {
+                column_pass_avx2(&comb, &first, &last, v.as_mut_ptr(), rows);
+                grad_column_pass_avx2(&comb, tp, d.as_mut_ptr(), rows);
+            }
+            runs.push(("avx2", v, d));
+            if direct::avx512() {
+                let (mut v, mut d) = (vec![f32::NAN; 4 * tp], vec![f32::NAN; 4 * tp]);
+                // SAFETY: as above, on AVX-512F.
+                unsafe {
+                    column_pass_avx512(&comb, &first, &last, v.as_mut_ptr(), rows);
+                    grad_column_pass_avx512(&comb, tp, d.as_mut_ptr(), rows);
+                }
+                runs.push(("avx512", v, d));
+            }
+            for (isa, v, d) in runs {
+                assert_eq!(bits(&v), bits(&want), "{isa} input pass, tw={tw} th={th}");
+                assert_eq!(
+                    bits(&d),
+                    bits(&want_grad),
+                    "{isa} gradient pass, tw={tw} th={th}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn winograd_declines_other_geometries() {
         let p = |stride, padding, groups| Conv2dParams {
@@ -1293,7 +1613,7 @@ mod tests {
             let g = ConvGeom::new(&x, &wd, prm).unwrap();
             assert!(Plan::new(&g, &w).is_none(), "{x:?} {wd:?} {prm:?}");
         }
-        if !direct::avx512() || !enabled() {
+        if !direct::available() || !enabled() {
             return;
         }
         // Too large for the caches: ResNet-50's first 3x3 layers at 224²
