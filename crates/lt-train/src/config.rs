@@ -355,6 +355,14 @@ pub struct ModelConfig {
     /// bit for bit. `false` reproduces runs made before the path existed.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub winograd: bool,
+    /// Cap on the instruction sets of the CPU kernels: `"baseline"`,
+    /// `"avx2"` or `"avx512"` (unset: the best the CPU has;
+    /// `lt_models::ops::set_max_isa`). `"baseline"` on a CPU without
+    /// AVX-512 reproduces runs made there before the AVX2 kernels existed
+    /// (im2col + gemm throughout); `"avx2"` on an AVX-512 CPU runs what an
+    /// AVX2 machine runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_isa: Option<lt_models::ops::Isa>,
 }
 
 fn yes() -> bool {
@@ -1194,6 +1202,32 @@ lr = 0.1
             off.stage_hash("stage1").unwrap(),
             c.stage_hash("stage1").unwrap()
         );
+    }
+
+    #[test]
+    fn max_isa_is_unset_by_default_and_enters_the_hash_when_set() {
+        let c = ExperimentConfig::from_toml_str(MINIMAL, "m.toml").unwrap();
+        assert_eq!(c.model.max_isa, None);
+        assert!(!c.to_toml().unwrap().contains("max_isa"));
+        let text = MINIMAL.replace(
+            "arch = \"resnet8\"",
+            "arch = \"resnet8\"\nmax_isa = \"avx2\"",
+        );
+        let capped = ExperimentConfig::from_toml_str(&text, "m.toml").unwrap();
+        assert_eq!(capped.model.max_isa, Some(lt_models::ops::Isa::Avx2));
+        assert!(capped.to_toml().unwrap().contains("max_isa = \"avx2\""));
+        assert_ne!(
+            capped.stage_hash("stage1").unwrap(),
+            c.stage_hash("stage1").unwrap()
+        );
+        let bad = MINIMAL.replace(
+            "arch = \"resnet8\"",
+            "arch = \"resnet8\"\nmax_isa = \"avx3\"",
+        );
+        let e = ExperimentConfig::from_toml_str(&bad, "m.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_isa") && e.contains("avx3"), "{e}");
     }
 
     #[test]

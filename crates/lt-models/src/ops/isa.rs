@@ -17,8 +17,12 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// An x86-64 instruction-set level, in increasing order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// An x86-64 instruction-set level, in increasing order. Written as its
+/// [`name`](Isa::name) in configs (`model.max_isa`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Isa {
     /// SSE2 only: what the workspace is compiled for.
     Baseline,
