@@ -14,7 +14,7 @@
 //!
 //! | entry point | forward | backward |
 //! |---|---|---|
-//! | [`conv2d`] | Winograd F(2x2, 3x3) on AVX-512 (3x3, stride 1, padding 1, even sizes, no groups, `C_out` a multiple of 8; [`set_winograd`]), else the direct AVX-512 kernel (stride 1, channels per group a multiple of 8), else im2col + `gemm` | input: the forward kernels on the flipped weights (stride 1) or gemm + col2im; weights: direct kernel or gemm |
+//! | [`conv2d`] | Winograd F(2x2, 3x3) on AVX-512 or AVX2 (3x3, stride 1, padding 1, even sizes, no groups, `C_out` a multiple of 8; [`set_winograd`]), else the direct kernel (stride 1, channels per group a multiple of 8; on AVX2 only up to 160 inputs per output), else im2col + `gemm` | input: the forward kernels on the flipped weights (stride 1) or gemm + col2im; weights: direct kernel or gemm |
 //! | [`batch_norm_train`] | statistics pass, then one normalise (+ residual, + ReLU) pass | two passes (per-channel sums, input gradient) |
 //! | [`conv2d_batch_norm_train`] | the two above in one op | the two above, the gradient between them kept inside the op |
 //! | [`batch_norm_eval`] | one per-channel affine pass (+ ReLU) | one pass |
@@ -35,6 +35,11 @@
 //! workers wait); inside a fused op it never crosses one. Measured on the
 //! CIFAR ResNet-32 training step (batch 128, 2 threads): fusing every
 //! conv with its BN made the step about 5% faster.
+//!
+//! The kernels pick AVX-512 or AVX2 + FMA at run time ([`active_isa`]);
+//! [`set_max_isa`] caps the choice, to measure or reproduce what a
+//! machine with less runs. Per output lane the AVX2 and AVX-512 kernels
+//! compute the same chain of operations, so they give the same bits.
 //!
 //! # Performance notes for binaries
 //!
