@@ -95,7 +95,11 @@ for line in open(out):
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 load1 = " ".join(open("/proc/loadavg").read().split()[:3])
 peer_fw = next((r[0].get("framework", "torch") for (w, _), r in runs.items() if w == "peer"), "torch")
-print(f"{cpu}, {threads} threads, instruction sets: {isa}; ours vs {peer_fw}; median of {rounds} alternating run(s) per row; "
+def ran(who):
+    # The instruction sets the runs report (ours: the kernels'; the peer: ATen's).
+    return "/".join(sorted({r.get("isa", "?") for (w, _), rs in runs.items() if w == who for r in rs})) or "?"
+cap = "" if isa == "avx512" else f" (capped: ISA={isa})"
+print(f"{cpu}, {threads} threads, instruction sets ours {ran('ours')}, peer {ran('peer')}{cap}; ours vs {peer_fw}; median of {rounds} alternating run(s) per row; "
       f"load average {load0} before, {load1} after")
 print()
 print("| backbone | batch | mode | ours img/s | peer img/s | ratio | peak memory ours / peer (MB) |")

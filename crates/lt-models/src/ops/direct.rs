@@ -72,6 +72,9 @@ const MIN_EFFICIENCY: f64 = 0.85;
 /// img/s on the direct kernels against 3.1 on im2col + gemm, at 128 or
 /// less within noise of gemm (AMD EPYC 7002, AVX2, batch 16). The CIFAR
 /// ResNets' weight gradients at 32x32 (`kdim` 144) keep the direct path.
+/// Pointwise convolutions stay on gemm too: they need no im2col matrix,
+/// which is what the direct path saves, and gemm's AVX2 register tile is
+/// the larger.
 const AVX2_MAX_KDIM: usize = 160;
 
 /// Lanes of one vector register.
@@ -88,7 +91,7 @@ impl Plan {
         if !available() || g.stride != 1 || g.kh != g.kw || !g.cog().is_multiple_of(MR) {
             return None;
         }
-        if !avx512() && g.kdim() > AVX2_MAX_KDIM {
+        if !avx512() && (g.kdim() > AVX2_MAX_KDIM || g.pointwise()) {
             return None;
         }
         let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
@@ -281,7 +284,7 @@ impl FilterPlan {
         if !available() || g.stride != 1 || g.kh != g.kw || !g.cog().is_multiple_of(MR) {
             return None;
         }
-        if !avx512() && g.kdim() > AVX2_MAX_KDIM {
+        if !avx512() && (g.kdim() > AVX2_MAX_KDIM || g.pointwise()) {
             return None;
         }
         let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
