@@ -77,6 +77,13 @@ const MIN_EFFICIENCY: f64 = 0.85;
 /// the larger.
 const AVX2_MAX_KDIM: usize = 160;
 
+/// Whether the AVX2 tiles beat im2col + gemm on `g` (see
+/// [`AVX2_MAX_KDIM`]); the tiles themselves compute any geometry the
+/// AVX-512 ones do.
+fn avx2_pays(g: &ConvGeom) -> bool {
+    g.kdim() <= AVX2_MAX_KDIM && !g.pointwise()
+}
+
 /// Lanes of one vector register.
 pub(super) const LANES: usize = 16;
 
@@ -84,14 +91,14 @@ impl Plan {
     /// A plan for `g` with weights `w`, or `None` when the direct path does
     /// not apply (CPU without AVX-512, stride > 1, channel counts, shape).
     pub fn new(g: &ConvGeom, w: &[f32]) -> Option<Self> {
+        if !avx512() && !avx2_pays(g) {
+            return None;
+        }
         Self::with_min_efficiency(g, w, MIN_EFFICIENCY)
     }
 
     fn with_min_efficiency(g: &ConvGeom, w: &[f32], min_efficiency: f64) -> Option<Self> {
         if !available() || g.stride != 1 || g.kh != g.kw || !g.cog().is_multiple_of(MR) {
-            return None;
-        }
-        if !avx512() && (g.kdim() > AVX2_MAX_KDIM || g.pointwise()) {
             return None;
         }
         let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
@@ -277,14 +284,14 @@ pub(super) const V: usize = 16;
 impl FilterPlan {
     /// A plan for `g`, or `None` when the direct path does not apply.
     pub fn new(g: &ConvGeom) -> Option<Self> {
+        if !avx512() && !avx2_pays(g) {
+            return None;
+        }
         Self::with_limits(g, MIN_FILTER_EFFICIENCY, MIN_FILTER_GRID)
     }
 
     fn with_limits(g: &ConvGeom, min_efficiency: f64, min_grid: usize) -> Option<Self> {
         if !available() || g.stride != 1 || g.kh != g.kw || !g.cog().is_multiple_of(MR) {
-            return None;
-        }
-        if !avx512() && (g.kdim() > AVX2_MAX_KDIM || g.pointwise()) {
             return None;
         }
         let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
@@ -879,6 +886,24 @@ mod tests {
             }
             assert_eq!(bits(&got), bits(&avx2), "avx512 and avx2 tiles");
         }
+    }
+
+    #[test]
+    fn avx2_takes_small_spatial_kernels_only() {
+        let geom = |ci: usize, k: usize, pad: usize| {
+            let p = Conv2dParams {
+                stride: 1,
+                padding: pad,
+                groups: 1,
+            };
+            ConvGeom::new(&[2, ci, 32, 32], &[16, ci, k, k], p).unwrap()
+        };
+        // A CIFAR ResNet's first stage (kdim 144) on the direct tiles; a
+        // pointwise convolution and ResNet-50's 3x3 layers (576 and up) on
+        // gemm.
+        assert!(avx2_pays(&geom(16, 3, 1)));
+        assert!(!avx2_pays(&geom(64, 1, 0)));
+        assert!(!avx2_pays(&geom(64, 3, 1)));
     }
 
     #[test]
