@@ -1,5 +1,5 @@
 //! Winograd F(2x2, 3x3) for 3x3, stride-1, padding-1 convolutions on
-//! AVX-512 CPUs.
+//! CPUs with AVX2 and FMA (AVX-512 where present).
 //!
 //! Each 2x2 block of outputs ("tile") is computed from the 4x4 input patch
 //! under it as `Y = A^T [U ⊙ V] A`, with `V = B^T d B` the transformed patch
@@ -20,9 +20,10 @@
 //! where the direct kernel declines (short grids, where the alternative is
 //! im2col + gemm). Only where the transformed operands stay in cache
 //! ([`MAX_TRANSFORMED_INPUT`], [`MAX_FILTER_PAIRS`]): the CIFAR ResNets,
-//! not the 224² ResNets' 3x3 layers, which were slower this way. Maps 8,
-//! 16 or a multiple of 32 wide are transformed in registers, chunk by chunk
-//! of 16 tiles; other even widths plane by plane.
+//! not the 224² ResNets' 3x3 layers, which were slower this way. Maps 8
+//! or a multiple of 16 wide are transformed in registers, chunk by chunk
+//! of 16 tiles (AVX-512) or 8 (AVX2), with the same bits as the
+//! plane-by-plane transforms that other even widths take.
 //!
 //! The arithmetic differs from the direct convolution's (sums in another
 //! order, through the transforms): outputs agree to about 1e-6 relative,
@@ -31,6 +32,7 @@
 
 use super::conv::ConvGeom;
 use super::direct::{self, LANES, MR, NP, V};
+use super::isa::Isa;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -62,16 +64,20 @@ pub(crate) struct Plan {
     u: Vec<f32>,
     /// Row offsets of the transformed input's channels, `c * rs`.
     offs: Vec<u32>,
-    /// Row stride of the transformed input: `tp` plus one cache line.
+    /// Row stride of the transformed input and of the products: `tp`
+    /// plus one cache line.
     rs: usize,
 }
 
-/// Floats added to each row of the forward pass's transformed input, so
-/// that its rows and its 16 blocks are not a power of two apart (16 store
-/// streams 16 KiB apart share a set of the L1 cache). Measured on the
-/// ResNet-32 step, 4 alternating runs each: 340–414 img/s padded against
-/// 326–405 unpadded, within this machine's noise but not below it; the
-/// arithmetic is the same.
+/// Floats added to each row of the forward pass's transformed input and
+/// products, so that their rows and their 16 blocks are not a power of two
+/// apart (16 streams 16 KiB apart share a set of the L1 cache). Measured
+/// on the ResNet-32 step, 4 alternating runs each: 340–414 img/s with the
+/// transformed input padded against 326–405 unpadded (AVX-512 EPYC),
+/// within that machine's noise but not below it; padding the products too
+/// took the output transform from 12 % to 6 % of the time of a CIFAR
+/// stage-1 convolution's forward and backward (`conv_ops` bench, AVX2
+/// EPYC). The arithmetic is the same.
 const ROW_PAD: usize = 16;
 
 impl Plan {
@@ -120,7 +126,7 @@ impl Plan {
     /// one block of output channels, and rows for the transforms.
     pub fn scratch_len(&self) -> usize {
         let t = &self.t;
-        XI * t.g.c_in * self.rs + XI * MR * t.tp + t.band_len()
+        XI * t.g.c_in * self.rs + XI * MR * self.rs + t.band_len()
     }
 
     /// Convolves one image: `x` `(C_in, H, W)` into `y` `(C_out, H, W)`,
@@ -137,9 +143,14 @@ impl Plan {
             "winograd conv: bad image"
         );
         let (v, rest) = scratch.split_at_mut(XI * cin * rs);
-        let (m, band) = rest.split_at_mut(XI * MR * tp);
+        let (m, band) = rest.split_at_mut(XI * MR * rs);
+        let at = Rows {
+            block: cin * rs,
+            row: rs,
+            col0: 0,
+        };
         // SAFETY: AVX2 and FMA were detected when the plan was made.
-        unsafe { self.t.transform_input(x, v, band, rs, 0) };
+        unsafe { self.t.transform_input(x, v, band, at) };
         let blocks = g.c_out / MR;
         for blk in 0..blocks {
             for xi in 0..XI {
@@ -152,11 +163,11 @@ impl Plan {
                     // `u` holds `cin * MR` floats; the largest read is
                     // `offs[cin-1] + t0 + nv*16 <= (cin-1)*rs + tp`, inside
                     // `vx` (`cin * rs`); row `r` is written at
-                    // `(xi*MR + r)*tp + t0 .. + nv*16 <= (xi*MR + r + 1)*tp`,
-                    // inside `m` (`XI * MR * tp`).
+                    // `(xi*MR + r)*rs + t0 .. + nv*16 <= (xi*MR + r)*rs + tp`,
+                    // inside `m` (`XI * MR * rs`).
                     unsafe {
-                        let out = m.as_mut_ptr().add(xi * MR * tp + t0);
-                        direct::tile_into(nv, &vx[t0..], &self.offs, u, out, tp);
+                        let out = m.as_mut_ptr().add(xi * MR * rs + t0);
+                        direct::tile_into(nv, &vx[t0..], &self.offs, u, out, rs);
                     }
                     t0 += nv * LANES;
                 }
@@ -164,7 +175,7 @@ impl Plan {
             // SAFETY: as above.
             unsafe {
                 self.t
-                    .transform_output(m, &mut y[blk * MR * hw..(blk + 1) * MR * hw], band)
+                    .transform_output(m, rs, &mut y[blk * MR * hw..(blk + 1) * MR * hw], band)
             };
         }
     }
@@ -181,6 +192,24 @@ const MAX_TRANSFORMED_INPUT: usize = 8192;
 /// Largest `C_in x C_out` of the weight gradient: its lane accumulator
 /// holds `16 x 16` floats per pair (4 MiB at 64 x 64).
 const MAX_FILTER_PAIRS: usize = 64 * 64;
+
+/// Where the transforms write the row of ξ and channel `c`: at
+/// `xi * block + c * row + col0`, the image's tiles from column `col0`.
+/// `block` is not a multiple of 4 KiB where it can be helped: the 16 rows
+/// of one channel are written together, and 16 streams a power of two
+/// apart share a set of the L1 cache.
+#[derive(Debug, Clone, Copy)]
+struct Rows {
+    block: usize,
+    row: usize,
+    col0: usize,
+}
+
+impl Rows {
+    fn at(&self, xi: usize, c: usize) -> usize {
+        xi * self.block + c * self.row + self.col0
+    }
+}
 
 /// The tiling of one convolution's images, shared by the forward pass
 /// ([`Plan`]) and the weight gradient ([`FilterPlan`]), with the
@@ -199,11 +228,14 @@ struct Tiles {
     /// transform is the zero padding.
     not_first: Vec<f32>,
     not_last: Vec<f32>,
+    /// The instruction set whose register-level transforms this width
+    /// takes ([`register_level`]); `None`: plane by plane.
+    registers: Option<Isa>,
 }
 
 impl Tiles {
     /// The tiling of `g`, or `None` when the path does not apply (switched
-    /// off, CPU without AVX-512, another geometry, groups, output channels
+    /// off, CPU without AVX2 and FMA, another geometry, groups, output channels
     /// not a multiple of 8, odd sizes).
     fn new(g: &ConvGeom) -> Option<Self> {
         let applies = g.kh == 3
@@ -234,6 +266,7 @@ impl Tiles {
             tp,
             not_first: edge(0),
             not_last: edge(tw - 1),
+            registers: register_level(g.w),
         })
     }
 
@@ -246,8 +279,8 @@ impl Tiles {
     }
 
     /// `V[ξ][c][col0 + t] = (B^T d B)[ξ]` for every channel `c` and tile `t`
-    /// (`tp` of them, the tiles past the image's zero), rows `rs` floats
-    /// apart, with `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+    /// (`tp` of them, the tiles past the image's zero), at `at` ([`Rows`]),
+    /// with `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
     ///
     /// Per channel: the row pass combines the input rows under each tile
     /// row into four `(H/2, W)` planes (whole rows, contiguous); each plane
@@ -261,14 +294,7 @@ impl Tiles {
     /// # Safety
     /// The CPU must support AVX2 and FMA ([`direct::available`]).
     #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
-    unsafe fn transform_input(
-        &self,
-        x: &[f32],
-        v: &mut [f32],
-        band: &mut [f32],
-        rs: usize,
-        col0: usize,
-    ) {
+    unsafe fn transform_input(&self, x: &[f32], v: &mut [f32], band: &mut [f32], at: Rows) {
         let g = &self.g;
         let (cin, tp, th, w) = (g.c_in, self.tp, self.th, g.w);
         let plane = th * w;
@@ -279,17 +305,18 @@ impl Tiles {
         let (first, last) = (&self.not_first[..tp], &self.not_last[..tp]);
         for c in 0..cin {
             let xc = &x[c * g.h * w..(c + 1) * g.h * w];
-            if fast_width(w) {
-                let vrow = |i: usize, j: usize| ((4 * i + j) * cin + c) * rs + col0;
+            if let Some(isa) = self.registers {
+                let vrow = |i: usize, j: usize| at.at(4 * i + j, c);
                 assert!(
                     vrow(3, 3) + tp <= v.len(),
                     "winograd: transformed input too small"
                 );
                 let rows = std::array::from_fn(|i| std::array::from_fn(|j| vrow(i, j)));
-                // SAFETY: `fast_width` checked AVX-512F; every row of
-                // `v` written starts at `vrow(i, j)` and holds `tp` floats,
-                // inside `v` (asserted for the last).
-                unsafe { input_chunks(xc, g.h, w, first, last, v.as_mut_ptr(), rows) };
+                // SAFETY: `register_level` checked the CPU for `isa` and
+                // the width; every row of `v` written starts at
+                // `vrow(i, j)` and holds `tp` floats, inside `v` (asserted
+                // for the last).
+                unsafe { input_chunks(isa, xc, g.h, w, first, last, v.as_mut_ptr(), rows) };
                 continue;
             }
             // Row pass: padded rows 2ty .. 2ty+3 are input rows 2ty-1 ..
@@ -320,7 +347,7 @@ impl Tiles {
             // the odd column of tile tx - 1, the even and odd of tile tx,
             // the even of tile tx + 1.
             for i in 0..4 {
-                let vrow = |j: usize| ((4 * i + j) * cin + c) * rs + col0;
+                let vrow = |j: usize| at.at(4 * i + j, c);
                 assert!(
                     vrow(3) + tp <= v.len(),
                     "winograd: transformed input too small"
@@ -342,7 +369,8 @@ impl Tiles {
     }
 
     /// `y = A^T M A` per tile for one block of 8 output channels, with
-    /// `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`; `m` is `[ξ][8][tp]`, `y`
+    /// `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`; `m` is `[ξ][8]` rows of
+    /// `tp` products, `ms >= tp` floats apart, `y`
     /// the block's `(8, H, W)` outputs. Both passes are element-wise over
     /// rows of `tp` tiles; the two outputs of each tile in an output row
     /// are merged (with `W = 2 TW`, the merged plane is every other output
@@ -351,7 +379,13 @@ impl Tiles {
     /// # Safety
     /// The CPU must support AVX2 and FMA ([`direct::available`]).
     #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
-    unsafe fn transform_output(&self, m: &[f32], y: &mut [MaybeUninit<f32>], band: &mut [f32]) {
+    unsafe fn transform_output(
+        &self,
+        m: &[f32],
+        ms: usize,
+        y: &mut [MaybeUninit<f32>],
+        band: &mut [f32],
+    ) {
         let g = &self.g;
         let (tp, th, hw, w) = (self.tp, self.th, g.h * g.w, g.w);
         let t_len = th * self.tw;
@@ -360,14 +394,14 @@ impl Tiles {
         let (y1, rest) = rest.split_at_mut(tp);
         let z = &mut rest[..th * w];
         for r in 0..MR {
-            if fast_width(w) {
+            if let Some(isa) = self.registers {
                 let yr = &mut y[r * hw..(r + 1) * hw];
-                // SAFETY: `fast_width` checked AVX-512F; `m` holds
-                // `XI * MR` rows of `tp` floats.
-                unsafe { output_chunks(&m[..XI * MR * tp], r, tp, g.h, w, yr) };
+                // SAFETY: `register_level` checked the CPU for `isa` and
+                // the width; `m` holds `XI * MR` rows `ms` apart.
+                unsafe { output_chunks(isa, &m[..XI * MR * ms], ms, r, tp, g.h, w, yr) };
                 continue;
             }
-            let e = |xi: usize| &m[(xi * MR + r) * tp..(xi * MR + r + 1) * tp];
+            let e = |xi: usize| &m[(xi * MR + r) * ms..][..tp];
             // Row pass: s_j = m_0j + m_1j + m_2j, d_j = m_1j - m_2j - m_3j.
             for j in 0..4 {
                 let (a, b, c, dd) = (e(j), e(4 + j), e(8 + j), e(12 + j));
@@ -401,7 +435,7 @@ impl Tiles {
 
     /// `D[ξ][co][col0 + t] = (A dY A^T)[ξ]` for every output channel `co`
     /// and tile `t` of one image's output gradient `dy` `(C_out, H, W)`
-    /// (`tp` of them, zeros past the image's), rows `rs` floats apart, with
+    /// (`tp` of them, zeros past the image's), at `at` ([`Rows`]), with
     /// `A = [[1, 0], [1, 1], [1, -1], [0, -1]]`: the gradient with respect to
     /// the products `M`, since `Y = A^T M A`. Row pass over each pair of
     /// output rows, then the column pass on its even and odd columns, as in
@@ -410,29 +444,22 @@ impl Tiles {
     /// # Safety
     /// The CPU must support AVX2 and FMA ([`direct::available`]).
     #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
-    unsafe fn transform_grad(
-        &self,
-        dy: &[f32],
-        d: &mut [f32],
-        band: &mut [f32],
-        rs: usize,
-        col0: usize,
-    ) {
+    unsafe fn transform_grad(&self, dy: &[f32], d: &mut [f32], band: &mut [f32], at: Rows) {
         let g = &self.g;
         let (cout, tp, th, w) = (g.c_out, self.tp, self.th, g.w);
         let plane = th * w;
         let comb = &mut band[..4 * plane];
         for co in 0..cout {
             let yc = &dy[co * g.h * w..(co + 1) * g.h * w];
-            if fast_width(w) {
-                let drow = |i: usize, j: usize| ((4 * i + j) * cout + co) * rs + col0;
+            if let Some(isa) = self.registers {
+                let drow = |i: usize, j: usize| at.at(4 * i + j, co);
                 assert!(
                     drow(3, 3) + tp <= d.len(),
                     "winograd: transformed gradient too small"
                 );
                 let rows = std::array::from_fn(|i| std::array::from_fn(|j| drow(i, j)));
                 // SAFETY: as in `transform_input`.
-                unsafe { grad_chunks(yc, g.h, w, tp, d.as_mut_ptr(), rows) };
+                unsafe { grad_chunks(isa, yc, g.h, w, tp, d.as_mut_ptr(), rows) };
                 continue;
             }
             {
@@ -451,7 +478,7 @@ impl Tiles {
                 }
             }
             for i in 0..4 {
-                let drow = |j: usize| ((4 * i + j) * cout + co) * rs + col0;
+                let drow = |j: usize| at.at(4 * i + j, co);
                 assert!(
                     drow(3) + tp <= d.len(),
                     "winograd: transformed gradient too small"
@@ -524,12 +551,23 @@ impl FilterPlan {
         self.batch * self.t.tp
     }
 
+    /// Floats between the transformed inputs' blocks of ξ (`c_in` rows
+    /// each) and between the output gradients' (`c_out` rows): a cache
+    /// line past a whole number of rows ([`Rows`]).
+    fn blocks(&self) -> (usize, usize) {
+        let g = &self.t.g;
+        (
+            g.c_in * self.row() + ROW_PAD,
+            g.c_out * self.row() + ROW_PAD,
+        )
+    }
+
     /// Floats of scratch: the transformed inputs and output gradients of
     /// one batch of images, and rows for the transforms. Must be zeroed
     /// (or finite) when first passed.
     pub fn scratch_len(&self) -> usize {
-        let g = &self.t.g;
-        XI * (g.c_in + g.c_out) * self.row() + self.t.band_len()
+        let (vb, db) = self.blocks();
+        XI * (vb + db) + self.t.band_len()
     }
 
     /// Floats of the lane accumulator [`FilterPlan::accumulate`] adds into:
@@ -560,31 +598,32 @@ impl FilterPlan {
             scratch.len() >= self.scratch_len() && lanes.len() == self.lanes_len(),
             "winograd filter: bad scratch"
         );
-        let (v, rest) = scratch.split_at_mut(XI * cin * row);
-        let (d, band) = rest.split_at_mut(XI * cout * row);
+        let (vb, db) = self.blocks();
+        let (v, rest) = scratch.split_at_mut(XI * vb);
+        let (d, band) = rest.split_at_mut(XI * db);
         for b in 0..k {
+            let col0 = b * tp;
+            let block = |block| Rows { block, row, col0 };
             // SAFETY: AVX2 and FMA were detected when the plan was made.
             unsafe {
-                t.transform_input(&x[b * cin * hw..(b + 1) * cin * hw], v, band, row, b * tp);
-                t.transform_grad(
-                    &dy[b * cout * hw..(b + 1) * cout * hw],
-                    d,
-                    band,
-                    row,
-                    b * tp,
-                );
+                let xb = &x[b * cin * hw..(b + 1) * cin * hw];
+                t.transform_input(xb, v, band, block(vb));
+                let dyb = &dy[b * cout * hw..(b + 1) * cout * hw];
+                t.transform_grad(dyb, d, band, block(db));
             }
         }
         // Columns of absent images sum to nothing: their gradient is zero
         // (their input columns hold finite leftovers).
-        for r in 0..XI * cout {
-            d[r * row + k * tp..(r + 1) * row].fill(0.0);
+        for xi in 0..XI {
+            for co in 0..cout {
+                d[xi * db + co * row..][k * tp..row].fill(0.0);
+            }
         }
         for xi in 0..XI {
-            let vx = &v[xi * cin * row..(xi + 1) * cin * row];
+            let vx = &v[xi * vb..][..cin * row];
             for blk in 0..cout / MR {
                 let co0 = xi * cout + blk * MR;
-                let dd = &d[co0 * row..(co0 + MR) * row];
+                let dd = &d[xi * db + blk * MR * row..][..MR * row];
                 let out = &mut lanes[co0 * cin * V..(co0 + MR) * cin * V];
                 let mut c = 0;
                 while c < cin {
@@ -695,6 +734,17 @@ unsafe fn deinterleave8(p: *const f32) -> (std::arch::x86_64::__m256, std::arch:
     use std::arch::x86_64::*;
     // SAFETY: readable by the contract.
     let (a, b) = unsafe { (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))) };
+    split_avx2(a, b)
+}
+
+/// Even and odd elements of the 16 floats `(a, b)`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn split_avx2(
+    a: std::arch::x86_64::__m256,
+    b: std::arch::x86_64::__m256,
+) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+    use std::arch::x86_64::*;
     // Per 128-bit half: [a0 a2 b0 b2 | a4 a6 b4 b6]; then the 64-bit
     // pairs in the order 0, 2, 1, 3.
     let order =
@@ -842,22 +892,128 @@ fn combine_rows(a: [&[f32]; 4], c: [&mut [f32]; 4], f: impl Fn([f32; 4]) -> [f32
     }
 }
 
-/// Widths whose rows the register-level transforms ([`input_chunks`],
-/// [`grad_chunks`], [`output_chunks`]) read and write directly: the 32
-/// floats of a chunk of 16 tiles are part of one row, two rows or four
-/// rows. Other widths, and CPUs without AVX-512, take the plane-by-plane
-/// transforms.
-fn fast_width(w: usize) -> bool {
-    // The register-level transforms are written for AVX-512 only.
-    (w.is_multiple_of(32) || w == 16 || w == 8) && direct::avx512()
+/// Which register-level transforms ([`input_chunks`], [`grad_chunks`],
+/// [`output_chunks`]) read and write rows of width `w` directly, if any.
+/// On AVX-512 a chunk is 16 tiles, 32 floats: part of one row (`w` a
+/// multiple of 32), two rows (16) or four (8). On AVX2 it is 8 tiles, 16
+/// floats: part of one row (a multiple of 16) or two (8). Other widths,
+/// and CPUs without AVX2, take the plane-by-plane transforms.
+fn register_level(w: usize) -> Option<Isa> {
+    if direct::avx512() && (w.is_multiple_of(32) || w == 16 || w == 8) {
+        Some(Isa::Avx512)
+    } else if direct::available() && (w.is_multiple_of(16) || w == 8) {
+        Some(Isa::Avx2)
+    } else {
+        None
+    }
 }
 
-/// Rows `2 ty + m` of the plane `x` (`h` rows of `w`, [`fast_width`]) under
-/// the tiles `16 k .. 16 k + 16`, in row-combination order (flat position
-/// `ty * w + col`, 32 floats), zeros for rows outside the image.
+/// [`Tiles::transform_input`] for one channel `x` (`h` rows of `w`) in
+/// registers, on the instruction set `isa` ([`input_chunks_avx512`],
+/// [`input_chunks_avx2`]).
+///
+/// # Safety
+/// `register_level(w) == Some(isa)` held on this CPU; `first` and `last`
+/// hold `tp` floats (a multiple of 16) and `v + rows[i][j] .. + tp` must
+/// be writable.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn input_chunks(
+    isa: Isa,
+    x: &[f32],
+    h: usize,
+    w: usize,
+    first: &[f32],
+    last: &[f32],
+    v: *mut f32,
+    rows: [[usize; 4]; 4],
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded under the caller's contract.
+    unsafe {
+        match isa {
+            Isa::Avx512 => input_chunks_avx512(x, h, w, first, last, v, rows),
+            _ => input_chunks_avx2(x, h, w, first, last, v, rows),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, x, h, w, first, last, v, rows);
+        unreachable!("the register-level transforms need AVX2")
+    }
+}
+
+/// [`Tiles::transform_grad`] for one channel `dy` in registers, on `isa`.
+///
+/// # Safety
+/// `register_level(w) == Some(isa)` held on this CPU; `tp` is a multiple
+/// of 16 and `d + rows[i][j] .. + tp` must be writable.
+#[inline(always)]
+unsafe fn grad_chunks(
+    isa: Isa,
+    dy: &[f32],
+    h: usize,
+    w: usize,
+    tp: usize,
+    d: *mut f32,
+    rows: [[usize; 4]; 4],
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded under the caller's contract.
+    unsafe {
+        match isa {
+            Isa::Avx512 => grad_chunks_avx512(dy, h, w, tp, d, rows),
+            _ => grad_chunks_avx2(dy, h, w, tp, d, rows),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, dy, h, w, tp, d, rows);
+        unreachable!("the register-level transforms need AVX2")
+    }
+}
+
+/// [`Tiles::transform_output`] for output channel `r` of the block in
+/// registers, on `isa`.
+///
+/// # Safety
+/// `register_level(w) == Some(isa)` held on this CPU; `m` holds `XI * MR`
+/// rows of `tp` floats (a multiple of 16), `ms >= tp` apart, and `y` is
+/// the `(h, w)` plane.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn output_chunks(
+    isa: Isa,
+    m: &[f32],
+    ms: usize,
+    r: usize,
+    tp: usize,
+    h: usize,
+    w: usize,
+    y: &mut [MaybeUninit<f32>],
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded under the caller's contract.
+    unsafe {
+        match isa {
+            Isa::Avx512 => output_chunks_avx512(m, ms, r, tp, h, w, y),
+            _ => output_chunks_avx2(m, ms, r, tp, h, w, y),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, m, ms, r, tp, h, w, y);
+        unreachable!("the register-level transforms need AVX2")
+    }
+}
+
+/// Rows `2 ty + m` of the plane `x` (`h` rows of `w`, a width with
+/// AVX-512 [`register_level`] transforms) under the tiles `16 k .. 16 k +
+/// 16`, in row-combination order (flat position `ty * w + col`, 32
+/// floats), zeros for rows outside the image.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn row_chunk(
+fn row_chunk_avx512(
     x: &[f32],
     h: usize,
     w: usize,
@@ -865,7 +1021,7 @@ fn row_chunk(
     k: usize,
 ) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512) {
     use std::arch::x86_64::*;
-    debug_assert!(x.len() == h * w && fast_width(w));
+    debug_assert!(x.len() == h * w && register_level(w) == Some(Isa::Avx512));
     let base = |ty: usize| {
         let r = 2 * ty as isize + m;
         (r >= 0 && (r as usize) < h).then(|| r as usize * w)
@@ -901,15 +1057,15 @@ fn row_chunk(
     }
 }
 
-/// The inverse of [`row_chunk`]: writes `a`, `b` (32 floats in row order)
+/// The inverse of [`row_chunk_avx512`]: writes `a`, `b` (32 floats in row order)
 /// to rows `2 ty + m` of the plane `y`, skipping rows past the image.
 ///
 /// # Safety
 /// The CPU must support AVX-512F; `y` must be `h` rows of `w`
-/// ([`fast_width`]).
+/// (a width with AVX-512 [`register_level`] transforms).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn store_row_chunk(
+unsafe fn store_row_chunk_avx512(
     y: &mut [MaybeUninit<f32>],
     h: usize,
     w: usize,
@@ -919,10 +1075,10 @@ unsafe fn store_row_chunk(
     b: std::arch::x86_64::__m512,
 ) {
     use std::arch::x86_64::*;
-    debug_assert!(y.len() == h * w && fast_width(w));
+    debug_assert!(y.len() == h * w && register_level(w) == Some(Isa::Avx512));
     let base = |ty: usize| (2 * ty + m < h).then(|| (2 * ty + m) * w);
     let p = y.as_mut_ptr().cast::<f32>();
-    // SAFETY (every store): as for the loads of `row_chunk`.
+    // SAFETY (every store): as for the loads of `row_chunk_avx512`.
     let store16 = |ty: usize, col: usize, v: __m512| {
         if let Some(b) = base(ty) {
             unsafe { _mm512_storeu_ps(p.add(b + col), v) };
@@ -955,7 +1111,7 @@ unsafe fn store_row_chunk(
 /// Even and odd elements of the 32 floats `(a, b)`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn split(
+fn split_avx512(
     a: std::arch::x86_64::__m512,
     b: std::arch::x86_64::__m512,
 ) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512) {
@@ -968,19 +1124,19 @@ fn split(
     )
 }
 
-/// [`Tiles::transform_input`] for one channel `x` of a [`fast_width`]
-/// image, entirely in registers: per chunk of 16 tiles, the four input
-/// rows under them are loaded ([`row_chunk`]), combined (row pass), split
-/// into even and odd columns and combined again (column pass, the
-/// neighbours shifted in from the previous and next chunk); V row `4i + j`
-/// is written at `v + rows[i][j]`.
+/// [`input_chunks`] on AVX-512, entirely in registers: per chunk of 16
+/// tiles, the four input rows under them are loaded
+/// ([`row_chunk_avx512`]), combined (row pass), split into even and odd
+/// columns and combined again (column pass, the neighbours shifted in from
+/// the previous and next chunk); V row `4i + j` is written at `v +
+/// rows[i][j]`.
 ///
 /// # Safety
 /// The CPU must support AVX-512F; `first` and `last` hold `tp` floats (a
 /// multiple of 16) and `v + rows[i][j] .. + tp` must be writable.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn input_chunks(
+unsafe fn input_chunks_avx512(
     x: &[f32],
     h: usize,
     w: usize,
@@ -993,15 +1149,15 @@ unsafe fn input_chunks(
     let tp = first.len();
     // The four row combinations of chunk k, each as (even, odd) columns.
     let combined = |k: usize| -> [(__m512, __m512); 4] {
-        let (am, bm) = row_chunk(x, h, w, -1, k);
-        let (a0, b0) = row_chunk(x, h, w, 0, k);
-        let (a1, b1) = row_chunk(x, h, w, 1, k);
-        let (a2, b2) = row_chunk(x, h, w, 2, k);
+        let (am, bm) = row_chunk_avx512(x, h, w, -1, k);
+        let (a0, b0) = row_chunk_avx512(x, h, w, 0, k);
+        let (a1, b1) = row_chunk_avx512(x, h, w, 1, k);
+        let (a2, b2) = row_chunk_avx512(x, h, w, 2, k);
         [
-            split(_mm512_sub_ps(am, a1), _mm512_sub_ps(bm, b1)),
-            split(_mm512_add_ps(a0, a1), _mm512_add_ps(b0, b1)),
-            split(_mm512_sub_ps(a1, a0), _mm512_sub_ps(b1, b0)),
-            split(_mm512_sub_ps(a0, a2), _mm512_sub_ps(b0, b2)),
+            split_avx512(_mm512_sub_ps(am, a1), _mm512_sub_ps(bm, b1)),
+            split_avx512(_mm512_add_ps(a0, a1), _mm512_add_ps(b0, b1)),
+            split_avx512(_mm512_sub_ps(a1, a0), _mm512_sub_ps(b1, b0)),
+            split_avx512(_mm512_sub_ps(a0, a2), _mm512_sub_ps(b0, b2)),
         ]
     };
     let chunks = tp / LANES;
@@ -1046,16 +1202,16 @@ unsafe fn input_chunks(
     }
 }
 
-/// [`Tiles::transform_grad`] for one channel `dy` of a [`fast_width`]
-/// image, in registers as [`input_chunks`] (no neighbours: the gradient's
-/// 2x2 tiles do not overlap); tiles past the image get zeros.
+/// [`grad_chunks`] on AVX-512, in registers as [`input_chunks_avx512`]
+/// (no neighbours: the gradient's 2x2 tiles do not overlap); tiles past
+/// the image get zeros.
 ///
 /// # Safety
 /// The CPU must support AVX-512F; `tp` is a multiple of 16 and
 /// `d + rows[i][j] .. + tp` must be writable.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn grad_chunks(
+unsafe fn grad_chunks_avx512(
     dy: &[f32],
     h: usize,
     w: usize,
@@ -1066,13 +1222,13 @@ unsafe fn grad_chunks(
     use std::arch::x86_64::*;
     let z = _mm512_setzero_ps();
     for k in 0..tp / LANES {
-        let (a0, b0) = row_chunk(dy, h, w, 0, k);
-        let (a1, b1) = row_chunk(dy, h, w, 1, k);
+        let (a0, b0) = row_chunk_avx512(dy, h, w, 0, k);
+        let (a1, b1) = row_chunk_avx512(dy, h, w, 1, k);
         let combined = [
-            split(a0, b0),
-            split(_mm512_add_ps(a0, a1), _mm512_add_ps(b0, b1)),
-            split(_mm512_sub_ps(a0, a1), _mm512_sub_ps(b0, b1)),
-            split(_mm512_sub_ps(z, a1), _mm512_sub_ps(z, b1)),
+            split_avx512(a0, b0),
+            split_avx512(_mm512_add_ps(a0, a1), _mm512_add_ps(b0, b1)),
+            split_avx512(_mm512_sub_ps(a0, a1), _mm512_sub_ps(b0, b1)),
+            split_avx512(_mm512_sub_ps(z, a1), _mm512_sub_ps(z, b1)),
         ];
         for (i, &(e, o)) in combined.iter().enumerate() {
             // SAFETY: writable by the function's contract.
@@ -1087,19 +1243,17 @@ unsafe fn grad_chunks(
     }
 }
 
-/// [`Tiles::transform_output`] for output channel `r` of the block, into
-/// its plane `y` of a [`fast_width`] image, in registers: per chunk of 16
-/// tiles, the 16 products are combined (row pass, column pass), the two
-/// outputs of each tile in an output row merged, and the rows stored
-/// ([`store_row_chunk`]).
+/// [`output_chunks`] on AVX-512: per chunk of 16 tiles, the 16 products
+/// are combined (row pass, column pass), the two outputs of each tile in
+/// an output row merged, and the rows stored ([`store_row_chunk_avx512`]).
 ///
 /// # Safety
-/// The CPU must support AVX-512F; `m` holds `XI * MR` rows of `tp` floats
-/// (a multiple of 16) and `y` is the `(H, W)` plane.
+/// The CPU must support AVX-512F; as for [`output_chunks`] otherwise.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn output_chunks(
+unsafe fn output_chunks_avx512(
     m: &[f32],
+    ms: usize,
     r: usize,
     tp: usize,
     h: usize,
@@ -1107,13 +1261,13 @@ unsafe fn output_chunks(
     y: &mut [MaybeUninit<f32>],
 ) {
     use std::arch::x86_64::*;
-    assert!(m.len() >= XI * MR * tp && r < MR);
+    assert!(ms >= tp && m.len() >= (XI * MR - 1) * ms + tp && r < MR);
     let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     for k in 0..tp / LANES {
-        // SAFETY: `(xi * MR + r) * tp + k * 16 + 16 <= XI * MR * tp`.
+        // SAFETY: `(xi * MR + r) * ms + k * 16 + 16 <= (XI * MR - 1) * ms + tp`.
         let e =
-            |xi: usize| unsafe { _mm512_loadu_ps(m.as_ptr().add((xi * MR + r) * tp + k * LANES)) };
+            |xi: usize| unsafe { _mm512_loadu_ps(m.as_ptr().add((xi * MR + r) * ms + k * LANES)) };
         let mut s = [_mm512_setzero_ps(); 4];
         let mut d = [_mm512_setzero_ps(); 4];
         for j in 0..4 {
@@ -1129,39 +1283,243 @@ unsafe fn output_chunks(
                 _mm512_permutex2var_ps(y0, hi, y1),
             );
             // SAFETY: `y` is the plane, by the contract.
-            unsafe { store_row_chunk(y, h, w, half, k, a, b) };
+            unsafe { store_row_chunk_avx512(y, h, w, half, k, a, b) };
         }
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn input_chunks(
-    _: &[f32],
-    _: usize,
-    _: usize,
-    _: &[f32],
-    _: &[f32],
-    _: *mut f32,
-    _: [[usize; 4]; 4],
-) {
-    unreachable!("the register-level transforms need AVX-512F")
+/// Rows `2 ty + m` of the plane `x` (`h` rows of `w`, a width with AVX2
+/// [`register_level`] transforms) under the tiles `8 k .. 8 k + 8`, in
+/// row-combination order (flat position `ty * w + col`, 16 floats), zeros
+/// for rows outside the image.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn row_chunk_avx2(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    m: isize,
+    k: usize,
+) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+    use std::arch::x86_64::*;
+    debug_assert!(x.len() == h * w && (w.is_multiple_of(16) || w == 8));
+    let base = |ty: usize| {
+        let r = 2 * ty as isize + m;
+        (r >= 0 && (r as usize) < h).then(|| r as usize * w)
+    };
+    // SAFETY (every load): a row inside the image holds `w` floats from
+    // `base`, and each load reads 8 of them from a column at most `w - 8`.
+    let load8 = |ty: usize, col: usize| match base(ty) {
+        Some(b) => unsafe { _mm256_loadu_ps(x.as_ptr().add(b + col)) },
+        None => _mm256_setzero_ps(),
+    };
+    if w == 8 {
+        (load8(2 * k, 0), load8(2 * k + 1, 0))
+    } else {
+        let p0 = 16 * k;
+        let (ty, col) = (p0 / w, p0 % w);
+        (load8(ty, col), load8(ty, col + 8))
+    }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn grad_chunks(_: &[f32], _: usize, _: usize, _: usize, _: *mut f32, _: [[usize; 4]; 4]) {
-    unreachable!("the register-level transforms need AVX-512F")
+/// The inverse of [`row_chunk_avx2`]: writes `a`, `b` (16 floats in row
+/// order) to rows `2 ty + m` of the plane `y`, skipping rows past the
+/// image.
+///
+/// # Safety
+/// The CPU must support AVX2; `y` must be `h` rows of `w` (a width with
+/// AVX2 [`register_level`] transforms).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_row_chunk_avx2(
+    y: &mut [MaybeUninit<f32>],
+    h: usize,
+    w: usize,
+    m: usize,
+    k: usize,
+    a: std::arch::x86_64::__m256,
+    b: std::arch::x86_64::__m256,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(y.len() == h * w && (w.is_multiple_of(16) || w == 8));
+    let base = |ty: usize| (2 * ty + m < h).then(|| (2 * ty + m) * w);
+    let p = y.as_mut_ptr().cast::<f32>();
+    // SAFETY (every store): as for the loads of `row_chunk_avx2`.
+    let store8 = |ty: usize, col: usize, v: __m256| {
+        if let Some(b) = base(ty) {
+            unsafe { _mm256_storeu_ps(p.add(b + col), v) };
+        }
+    };
+    if w == 8 {
+        store8(2 * k, 0, a);
+        store8(2 * k + 1, 0, b);
+    } else {
+        let p0 = 16 * k;
+        let (ty, col) = (p0 / w, p0 % w);
+        store8(ty, col, a);
+        store8(ty, col + 8, b);
+    }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn output_chunks(
-    _: &[f32],
-    _: usize,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: &mut [MaybeUninit<f32>],
+/// [`input_chunks`] on AVX2: [`input_chunks_avx512`] with chunks of 8
+/// tiles, the neighbours' columns rotated in across the two 128-bit
+/// halves. The same operations in the same order as the plane-by-plane
+/// transform, so the same bits for every tile of the image.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; as for [`input_chunks`] otherwise.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn input_chunks_avx2(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    first: &[f32],
+    last: &[f32],
+    v: *mut f32,
+    rows: [[usize; 4]; 4],
 ) {
-    unreachable!("the register-level transforms need AVX-512F")
+    use std::arch::x86_64::*;
+    let tp = first.len();
+    debug_assert!(tp.is_multiple_of(8) && last.len() == tp);
+    // The four row combinations of chunk k, each as (even, odd) columns.
+    let combined = |k: usize| -> [(__m256, __m256); 4] {
+        let (am, bm) = row_chunk_avx2(x, h, w, -1, k);
+        let (a0, b0) = row_chunk_avx2(x, h, w, 0, k);
+        let (a1, b1) = row_chunk_avx2(x, h, w, 1, k);
+        let (a2, b2) = row_chunk_avx2(x, h, w, 2, k);
+        [
+            split_avx2(_mm256_sub_ps(am, a1), _mm256_sub_ps(bm, b1)),
+            split_avx2(_mm256_add_ps(a0, a1), _mm256_add_ps(b0, b1)),
+            split_avx2(_mm256_sub_ps(a1, a0), _mm256_sub_ps(b1, b0)),
+            split_avx2(_mm256_sub_ps(a0, a2), _mm256_sub_ps(b0, b2)),
+        ]
+    };
+    // Lane i takes lane i - 1 (right) or i + 1 (left), cyclically; a blend
+    // then brings in the lane that crossed from the neighbouring chunk.
+    let right = _mm256_setr_epi32(7, 0, 1, 2, 3, 4, 5, 6);
+    let left = _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 0);
+    let chunks = tp / 8;
+    let z = _mm256_setzero_ps();
+    let mut o_last = [z; 4];
+    let mut cur = combined(0);
+    for k in 0..chunks {
+        let next = if k + 1 < chunks {
+            combined(k + 1)
+        } else {
+            [(z, z); 4]
+        };
+        // SAFETY: `8 k + 8 <= tp` for the masks and every row.
+        let (f, l) = unsafe {
+            (
+                _mm256_loadu_ps(first.as_ptr().add(8 * k)),
+                _mm256_loadu_ps(last.as_ptr().add(8 * k)),
+            )
+        };
+        for i in 0..4 {
+            let ((e, o), (e_next, _)) = (cur[i], next[i]);
+            // [o_last[7], o[0..7]] and [e[1..8], e_next[0]].
+            let o_prev = _mm256_blend_ps::<0b0000_0001>(
+                _mm256_permutevar8x32_ps(o, right),
+                _mm256_permutevar8x32_ps(o_last[i], right),
+            );
+            let e_after = _mm256_blend_ps::<0b1000_0000>(
+                _mm256_permutevar8x32_ps(e, left),
+                _mm256_permutevar8x32_ps(e_next, left),
+            );
+            // SAFETY: writable by the function's contract.
+            unsafe {
+                let out = |j: usize| v.add(rows[i][j] + 8 * k);
+                _mm256_storeu_ps(out(0), _mm256_sub_ps(_mm256_mul_ps(o_prev, f), o));
+                _mm256_storeu_ps(out(1), _mm256_add_ps(e, o));
+                _mm256_storeu_ps(out(2), _mm256_sub_ps(o, e));
+                _mm256_storeu_ps(out(3), _mm256_sub_ps(e, _mm256_mul_ps(e_after, l)));
+            }
+            o_last[i] = o;
+        }
+        cur = next;
+    }
+}
+
+/// [`grad_chunks`] on AVX2, 8 tiles at a time.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; as for [`grad_chunks`] otherwise.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn grad_chunks_avx2(
+    dy: &[f32],
+    h: usize,
+    w: usize,
+    tp: usize,
+    d: *mut f32,
+    rows: [[usize; 4]; 4],
+) {
+    use std::arch::x86_64::*;
+    let z = _mm256_setzero_ps();
+    for k in 0..tp / 8 {
+        let (a0, b0) = row_chunk_avx2(dy, h, w, 0, k);
+        let (a1, b1) = row_chunk_avx2(dy, h, w, 1, k);
+        let combined = [
+            split_avx2(a0, b0),
+            split_avx2(_mm256_add_ps(a0, a1), _mm256_add_ps(b0, b1)),
+            split_avx2(_mm256_sub_ps(a0, a1), _mm256_sub_ps(b0, b1)),
+            split_avx2(_mm256_sub_ps(z, a1), _mm256_sub_ps(z, b1)),
+        ];
+        for (i, &(e, o)) in combined.iter().enumerate() {
+            // SAFETY: writable by the function's contract.
+            unsafe {
+                let out = |j: usize| d.add(rows[i][j] + 8 * k);
+                _mm256_storeu_ps(out(0), e);
+                _mm256_storeu_ps(out(1), _mm256_add_ps(e, o));
+                _mm256_storeu_ps(out(2), _mm256_sub_ps(e, o));
+                _mm256_storeu_ps(out(3), _mm256_sub_ps(z, o));
+            }
+        }
+    }
+}
+
+/// [`output_chunks`] on AVX2, 8 tiles at a time.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; as for [`output_chunks`] otherwise.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn output_chunks_avx2(
+    m: &[f32],
+    ms: usize,
+    r: usize,
+    tp: usize,
+    h: usize,
+    w: usize,
+    y: &mut [MaybeUninit<f32>],
+) {
+    use std::arch::x86_64::*;
+    assert!(ms >= tp && m.len() >= (XI * MR - 1) * ms + tp && r < MR);
+    for k in 0..tp / 8 {
+        // SAFETY: `(xi * MR + r) * ms + 8 k + 8 <= (XI * MR - 1) * ms + tp`.
+        let e = |xi: usize| unsafe { _mm256_loadu_ps(m.as_ptr().add((xi * MR + r) * ms + 8 * k)) };
+        let mut s = [_mm256_setzero_ps(); 4];
+        let mut d = [_mm256_setzero_ps(); 4];
+        for j in 0..4 {
+            let (a, b, c, dd) = (e(j), e(4 + j), e(8 + j), e(12 + j));
+            s[j] = _mm256_add_ps(_mm256_add_ps(a, b), c);
+            d[j] = _mm256_sub_ps(_mm256_sub_ps(b, c), dd);
+        }
+        for (half, v) in [s, d].into_iter().enumerate() {
+            let y0 = _mm256_add_ps(_mm256_add_ps(v[0], v[1]), v[2]);
+            let y1 = _mm256_sub_ps(_mm256_sub_ps(v[1], v[2]), v[3]);
+            // [y0_0 y1_0 .. y0_3 y1_3] and [y0_4 y1_4 .. y0_7 y1_7].
+            let (lo, hi) = (_mm256_unpacklo_ps(y0, y1), _mm256_unpackhi_ps(y0, y1));
+            let (a, b) = (
+                _mm256_permute2f128_ps::<0x20>(lo, hi),
+                _mm256_permute2f128_ps::<0x31>(lo, hi),
+            );
+            // SAFETY: `y` is the plane, by the contract.
+            unsafe { store_row_chunk_avx2(y, h, w, half, k, a, b) };
+        }
+    }
 }
 
 /// The even and odd elements of `comb[32 k .. 32 k + 32]` (zeros past the
@@ -1591,6 +1949,85 @@ mod tests {
                     bits(&want_grad),
                     "{isa} gradient pass, tw={tw} th={th}"
                 );
+            }
+        }
+    }
+
+    /// The register-level transforms, on every instruction set the CPU
+    /// has and the width allows, give the plane-by-plane transforms' bits
+    /// for every tile of the image (the padding tiles past it may differ:
+    /// nothing reads their products, and their gradient is zero).
+    #[test]
+    fn register_level_transforms_match_plane_by_plane() {
+        if !direct::available() {
+            eprintln!("skipped: the CPU has no AVX2");
+            return;
+        }
+        let (ci, co) = (3, 8);
+        // (h, w): the CIFAR maps, tile rows ending inside a chunk, a
+        // width that is 16 but not 32 times something, a single row pair.
+        for (h, w) in [
+            (32, 32),
+            (16, 16),
+            (8, 8),
+            (6, 16),
+            (10, 8),
+            (2, 32),
+            (4, 64),
+            (4, 48),
+        ] {
+            let mut t = Tiles::new(&geom(1, ci, h, w, co)).expect("winograd applies");
+            let (tp, real) = (t.tp, t.th * t.tw);
+            let x = data(ci * h * w, 11);
+            let dy = data(co * h * w, 12);
+            // Products rows apart by more than their length, as in `Plan`.
+            let ms = tp + ROW_PAD;
+            let m = data(XI * MR * ms, 13);
+            let mut band = vec![f32::NAN; t.band_len()];
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            // Each transform's output (the image's tiles of every row of
+            // V and D, every element of Y) on one path.
+            let mut run = |t: &Tiles| {
+                let (mut v, mut d) = (vec![f32::NAN; XI * ci * tp], vec![f32::NAN; XI * co * tp]);
+                let mut y = vec![f32::NAN; MR * h * w];
+                // SAFETY: AVX2 and FMA checked above, and `register_level`
+                // by each path below; `v` and `d` hold 16 rows of `tp`
+                // per channel, `m` 16 x 8 rows `ms` apart, `y` the block's
+                // planes.
+                unsafe {
+                    let at = |c: usize| Rows {
+                        block: c * tp,
+                        row: tp,
+                        col0: 0,
+                    };
+                    t.transform_input(&x, &mut v, &mut band, at(ci));
+                    t.transform_grad(&dy, &mut d, &mut band, at(co));
+                    t.transform_output(&m, ms, crate::ops::cpu::as_uninit(&mut y), &mut band);
+                }
+                let tiles = |rows: &[f32]| -> Vec<u32> {
+                    rows.chunks(tp).flat_map(|r| bits(&r[..real])).collect()
+                };
+                (tiles(&v), tiles(&d), bits(&y))
+            };
+            t.registers = None;
+            let want = run(&t);
+            let mut isas = vec![Isa::Avx2];
+            if direct::avx512() {
+                isas.push(Isa::Avx512);
+            }
+            for isa in isas {
+                let fits = match isa {
+                    Isa::Avx512 => w % 32 == 0 || w == 16 || w == 8,
+                    _ => w % 16 == 0 || w == 8,
+                };
+                if !fits {
+                    continue;
+                }
+                t.registers = Some(isa);
+                let got = run(&t);
+                assert!(got.0 == want.0, "{isa} input transform, {h}x{w}");
+                assert!(got.1 == want.1, "{isa} gradient transform, {h}x{w}");
+                assert!(got.2 == want.2, "{isa} output transform, {h}x{w}");
             }
         }
     }
