@@ -7,11 +7,12 @@
 //! then normalise + epilogue) and the backward two more (per-channel sums, then
 //! the input gradient), with channels or planes spread over rayon.
 
-use super::cpu::{f32_slice, par_zeroed, par_zeroed2};
+use super::cpu::{f32_slice, par_written2, par_written_init};
 use super::simd;
 use super::Epilogue;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// An [`Epilogue`] without its residual, as the ops store it (the residual
@@ -94,12 +95,21 @@ fn affine_epilogue(
     if hw == 0 {
         return vec![0f32; x.len()];
     }
-    par_zeroed(x.len(), hw, |p, yp| {
-        let ch = p % c;
-        let r = p * hw..(p + 1) * hw;
-        let rp = residual.map(|res| &res[r.clone()]);
-        simd::affine_plane(&x[r], rp, a[ch], b[ch], relu, yp);
-    })
+    // SAFETY: `affine_plane` writes every element of its plane (no zero
+    // fill first: it was a pass over every activation).
+    unsafe {
+        par_written_init(
+            x.len(),
+            hw,
+            || (),
+            |_, p, yp| {
+                let ch = p % c;
+                let r = p * hw..(p + 1) * hw;
+                let rp = residual.map(|res| &res[r.clone()]);
+                simd::affine_plane(&x[r], rp, a[ch], b[ch], relu, yp);
+            },
+        )
+    }
 }
 
 /// Forward batch norm with batch statistics and an epilogue.
@@ -184,7 +194,7 @@ pub(crate) fn bn_train_bwd(
             (k1 as f32, k2 as f32, k3 as f32)
         })
         .collect();
-    let plane = |p: usize, dxp: &mut [f32], dzp: Option<&mut [f32]>| {
+    let plane = |p: usize, dxp: &mut [MaybeUninit<f32>], dzp: Option<&mut [MaybeUninit<f32>]>| {
         let r = p * hw..(p + 1) * hw;
         let k = coef[p % c];
         simd::bn_dx_plane(&x[r.clone()], &y[r.clone()], &dy[r], k, relu, dxp, dzp);
@@ -192,10 +202,13 @@ pub(crate) fn bn_train_bwd(
     let (dx, dz) = if hw == 0 {
         (vec![0f32; x.len()], want_dz.then(|| vec![0f32; x.len()]))
     } else if want_dz {
-        let (dx, dz) = par_zeroed2(x.len(), hw, |p, dxp, dzp| plane(p, dxp, Some(dzp)));
+        // SAFETY: `bn_dx_plane` writes every element of both planes.
+        let (dx, dz) = unsafe { par_written2(x.len(), hw, |p, dxp, dzp| plane(p, dxp, Some(dzp))) };
         (dx, Some(dz))
     } else {
-        (par_zeroed(x.len(), hw, |p, dxp| plane(p, dxp, None)), None)
+        // SAFETY: as above, for `dx` alone.
+        let dx = unsafe { par_written_init(x.len(), hw, || (), |_, p, dxp| plane(p, dxp, None)) };
+        (dx, None)
     };
     BnGrads {
         dx,

@@ -165,10 +165,15 @@ where
     par_zeroed_init(len, chunk, || (), |_, i, c| f(i, c))
 }
 
-/// Two vectors of `len` floats built chunk by chunk like [`par_zeroed`].
-pub(crate) fn par_zeroed2<F>(len: usize, chunk: usize, f: F) -> (Vec<f32>, Vec<f32>)
+/// Two vectors of `len` floats built chunk by chunk like
+/// [`par_written_init`], without a zero fill.
+///
+/// # Safety
+/// `f` must initialise every element of both chunks it is given (or
+/// panic).
+pub(crate) unsafe fn par_written2<F>(len: usize, chunk: usize, f: F) -> (Vec<f32>, Vec<f32>)
 where
-    F: Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
+    F: Fn(usize, &mut [MaybeUninit<f32>], &mut [MaybeUninit<f32>]) + Sync + Send,
 {
     let mut a: Vec<f32> = Vec::with_capacity(len);
     let mut b: Vec<f32> = Vec::with_capacity(len);
@@ -179,14 +184,10 @@ where
             .zip(b.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)))
             .enumerate()
             .with_min_len(grain)
-            .for_each(|(i, (ca, cb))| {
-                ca.fill(MaybeUninit::new(0.0));
-                cb.fill(MaybeUninit::new(0.0));
-                // SAFETY: every element of both chunks was initialised above.
-                f(i, unsafe { assume_init(ca) }, unsafe { assume_init(cb) });
-            });
+            .for_each(|(i, (ca, cb))| f(i, ca, cb));
     }
-    // SAFETY: as in `par_zeroed_init`, for both vectors.
+    // SAFETY: as in `par_written_init`, for both vectors: `f` initialised
+    // every chunk, by the caller's contract.
     unsafe {
         a.set_len(len);
         b.set_len(len);
@@ -321,10 +322,13 @@ mod tests {
         });
         assert_eq!(v.len(), 1000);
         assert!(v.iter().enumerate().all(|(j, &x)| x == (j / 7) as f32));
-        let (a, b) = par_zeroed2(10, 4, |i, a, b| {
-            a.fill(i as f32);
-            b.fill(-(i as f32));
-        });
+        // SAFETY: both chunks are filled.
+        let (a, b) = unsafe {
+            par_written2(10, 4, |i, a, b| {
+                a.fill(MaybeUninit::new(i as f32));
+                b.fill(MaybeUninit::new(-(i as f32)));
+            })
+        };
         assert_eq!(a, [0., 0., 0., 0., 1., 1., 1., 1., 2., 2.]);
         assert_eq!(b, [0., 0., 0., 0., -1., -1., -1., -1., -2., -2.]);
         assert!(par_zeroed(0, 4, |_, _| unreachable!()).is_empty());

@@ -6,6 +6,8 @@
 //! without `target-cpu=native`. Reductions keep explicit lane accumulators in
 //! a fixed order, so every code path gives bit-identical results.
 
+use std::mem::MaybeUninit;
+
 /// Defines `pub(crate) fn $name(args) -> ret` that runs `$body` compiled
 /// with the best instruction set the CPU reports.
 macro_rules! dispatch {
@@ -84,31 +86,39 @@ dispatch! {
 }
 
 dispatch! {
-    /// `out = max?(x * a + b (+ r), 0)`.
-    fn affine_plane(x: &[f32], r: Option<&[f32]>, a: f32, b: f32, relu: bool, out: &mut [f32]) {
+    /// `out = max?(x * a + b (+ r), 0)`, every element of `out` written
+    /// (it may start uninitialised).
+    fn affine_plane(
+        x: &[f32],
+        r: Option<&[f32]>,
+        a: f32,
+        b: f32,
+        relu: bool,
+        out: &mut [MaybeUninit<f32>],
+    ) {
         let n = out.len();
         let x = &x[..n];
         match (r, relu) {
             (None, false) => {
                 for i in 0..n {
-                    out[i] = x[i] * a + b;
+                    out[i] = MaybeUninit::new(x[i] * a + b);
                 }
             }
             (None, true) => {
                 for i in 0..n {
-                    out[i] = (x[i] * a + b).max(0.0);
+                    out[i] = MaybeUninit::new((x[i] * a + b).max(0.0));
                 }
             }
             (Some(r), false) => {
                 let r = &r[..n];
                 for i in 0..n {
-                    out[i] = x[i] * a + b + r[i];
+                    out[i] = MaybeUninit::new(x[i] * a + b + r[i]);
                 }
             }
             (Some(r), true) => {
                 let r = &r[..n];
                 for i in 0..n {
-                    out[i] = (x[i] * a + b + r[i]).max(0.0);
+                    out[i] = MaybeUninit::new((x[i] * a + b + r[i]).max(0.0));
                 }
             }
         }
@@ -189,26 +199,27 @@ dispatch! {
 
 dispatch! {
     /// `dx = d * k1 + x * k2 + k3` with `d` as in [`masked_sums`]; also
-    /// `dz = d` when asked.
+    /// `dz = d` when asked. Every element of `dx` (and `dz`) is written;
+    /// they may start uninitialised.
     fn bn_dx_plane(
         x: &[f32],
         y: &[f32],
         dy: &[f32],
         k: (f32, f32, f32),
         relu: bool,
-        dx: &mut [f32],
-        dz: Option<&mut [f32]>,
+        dx: &mut [MaybeUninit<f32>],
+        dz: Option<&mut [MaybeUninit<f32>]>,
     ) {
         let n = dx.len();
         let (x, y, dy) = (&x[..n], &y[..n], &dy[..n]);
         let (k1, k2, k3) = k;
         for i in 0..n {
-            dx[i] = mask(relu, y[i], dy[i]) * k1 + x[i] * k2 + k3;
+            dx[i] = MaybeUninit::new(mask(relu, y[i], dy[i]) * k1 + x[i] * k2 + k3);
         }
         if let Some(dz) = dz {
             let dz = &mut dz[..n];
             for i in 0..n {
-                dz[i] = mask(relu, y[i], dy[i]);
+                dz[i] = MaybeUninit::new(mask(relu, y[i], dy[i]));
             }
         }
     }
