@@ -122,11 +122,18 @@ impl Plan {
         Some(Self { t, u, offs, rs })
     }
 
+    /// Floats between the transformed input's blocks of ξ: a cache line
+    /// past its `c_in` rows ([`Rows`]; 64 channels of 32-float rows were
+    /// 8 KiB apart).
+    fn v_block(&self) -> usize {
+        self.t.g.c_in * self.rs + ROW_PAD
+    }
+
     /// Floats of per-image scratch: the transformed input, the products of
     /// one block of output channels, and rows for the transforms.
     pub fn scratch_len(&self) -> usize {
         let t = &self.t;
-        XI * t.g.c_in * self.rs + XI * MR * self.rs + t.band_len()
+        XI * self.v_block() + XI * MR * self.rs + t.band_len()
     }
 
     /// Convolves one image: `x` `(C_in, H, W)` into `y` `(C_out, H, W)`,
@@ -142,10 +149,11 @@ impl Plan {
             x.len() == cin * hw && y.len() == g.c_out * hw,
             "winograd conv: bad image"
         );
-        let (v, rest) = scratch.split_at_mut(XI * cin * rs);
+        let vb = self.v_block();
+        let (v, rest) = scratch.split_at_mut(XI * vb);
         let (m, band) = rest.split_at_mut(XI * MR * rs);
         let at = Rows {
-            block: cin * rs,
+            block: vb,
             row: rs,
             col0: 0,
         };
@@ -154,7 +162,7 @@ impl Plan {
         let blocks = g.c_out / MR;
         for blk in 0..blocks {
             for xi in 0..XI {
-                let vx = &v[xi * cin * rs..(xi + 1) * cin * rs];
+                let vx = &v[xi * vb..][..cin * rs];
                 let u = &self.u[(xi * blocks + blk) * cin * MR..][..cin * MR];
                 let mut t0 = 0;
                 while t0 < tp {
