@@ -122,11 +122,9 @@ impl Plan {
         Some(Self { t, u, offs, rs })
     }
 
-    /// Floats between the transformed input's blocks of ξ: a cache line
-    /// past its `c_in` rows ([`Rows`]; 64 channels of 32-float rows were
-    /// 8 KiB apart).
+    /// Floats between the transformed input's blocks of ξ.
     fn v_block(&self) -> usize {
-        self.t.g.c_in * self.rs + ROW_PAD
+        Rows::padded_block(self.t.g.c_in, self.rs)
     }
 
     /// Floats of per-image scratch: the transformed input, the products of
@@ -214,6 +212,14 @@ struct Rows {
 }
 
 impl Rows {
+    /// Floats between the blocks of ξ for `channels` rows of `row` floats:
+    /// a cache line past them, so that no two blocks are a multiple of
+    /// 4 KiB apart because the rows happen to be (64 channels of 32-float
+    /// rows were 8 KiB apart).
+    fn padded_block(channels: usize, row: usize) -> usize {
+        channels * row + ROW_PAD
+    }
+
     fn at(&self, xi: usize, c: usize) -> usize {
         xi * self.block + c * self.row + self.col0
     }
@@ -243,8 +249,8 @@ struct Tiles {
 
 impl Tiles {
     /// The tiling of `g`, or `None` when the path does not apply (switched
-    /// off, CPU without AVX2 and FMA, another geometry, groups, output channels
-    /// not a multiple of 8, odd sizes).
+    /// off, CPU without AVX2 and FMA, another geometry, groups, output
+    /// channels not a multiple of 8, odd sizes).
     fn new(g: &ConvGeom) -> Option<Self> {
         let applies = g.kh == 3
             && g.kw == 3
@@ -287,8 +293,9 @@ impl Tiles {
     }
 
     /// `V[ξ][c][col0 + t] = (B^T d B)[ξ]` for every channel `c` and tile `t`
-    /// (`tp` of them, the tiles past the image's zero), at `at` ([`Rows`]),
-    /// with `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+    /// (`tp` of them; the padding tiles past the image get finite values,
+    /// zeros plane by plane, whatever the rows hold in registers, and no
+    /// output reads their products), at `at` ([`Rows`]), with `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
     ///
     /// Per channel: the row pass combines the input rows under each tile
     /// row into four `(H/2, W)` planes (whole rows, contiguous); each plane
@@ -560,13 +567,12 @@ impl FilterPlan {
     }
 
     /// Floats between the transformed inputs' blocks of ξ (`c_in` rows
-    /// each) and between the output gradients' (`c_out` rows): a cache
-    /// line past a whole number of rows ([`Rows`]).
+    /// each) and between the output gradients' (`c_out` rows).
     fn blocks(&self) -> (usize, usize) {
         let g = &self.t.g;
         (
-            g.c_in * self.row() + ROW_PAD,
-            g.c_out * self.row() + ROW_PAD,
+            Rows::padded_block(g.c_in, self.row()),
+            Rows::padded_block(g.c_out, self.row()),
         )
     }
 
