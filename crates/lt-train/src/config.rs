@@ -355,6 +355,14 @@ pub struct ModelConfig {
     /// bit for bit. `false` reproduces runs made before the path existed.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub winograd: bool,
+    /// With `winograd`, the forward pass (and the input gradient) of 3x3
+    /// convolutions on maps of 16x16 and more by F(4x4, 3x3) (default
+    /// `true`; `lt_models::ops::set_winograd_f4`): 44 % fewer products
+    /// than F(2x2, 3x3), outputs equal to the direct kernels' to a few
+    /// 1e-6 relative. `false` keeps F(2x2, 3x3) there, reproducing runs
+    /// made before this path existed.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub winograd_f4: bool,
     /// Cap on the instruction sets of the CPU kernels: `"baseline"`,
     /// `"avx2"` or `"avx512"` (unset: the best the CPU has;
     /// `lt_models::ops::set_max_isa`). `"baseline"` on a CPU without
@@ -1198,6 +1206,21 @@ lr = 0.1
         let off = ExperimentConfig::from_toml_str(&text, "m.toml").unwrap();
         assert!(!off.model.winograd);
         assert!(off.to_toml().unwrap().contains("winograd = false"));
+        assert_ne!(
+            off.stage_hash("stage1").unwrap(),
+            c.stage_hash("stage1").unwrap()
+        );
+    }
+
+    #[test]
+    fn winograd_f4_is_on_by_default_and_enters_the_hash_only_when_off() {
+        let c = ExperimentConfig::from_toml_str(MINIMAL, "m.toml").unwrap();
+        assert!(c.model.winograd_f4);
+        assert!(!c.to_toml().unwrap().contains("winograd_f4"));
+        let text = MINIMAL.replace("arch = \"resnet8\"", "arch = \"resnet8\"\nwinograd_f4 = false");
+        let off = ExperimentConfig::from_toml_str(&text, "m.toml").unwrap();
+        assert!(!off.model.winograd_f4);
+        assert!(off.to_toml().unwrap().contains("winograd_f4 = false"));
         assert_ne!(
             off.stage_hash("stage1").unwrap(),
             c.stage_hash("stage1").unwrap()

@@ -117,6 +117,7 @@ impl Experiment {
         // Process-wide: one experiment per process (the CLI, the sweep's
         // child processes).
         lt_models::ops::set_winograd(config.model.winograd);
+        lt_models::ops::set_winograd_f4(config.model.winograd_f4);
         lt_models::ops::set_max_isa(config.model.max_isa.unwrap_or(lt_models::ops::Isa::Avx512));
         let d = &config.data;
         let train = lt_data::split_list::read_split_list(&d.train_list, &d.root, d.num_classes)?;

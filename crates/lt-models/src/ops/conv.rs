@@ -13,6 +13,7 @@ use super::cpu::{
 use super::direct;
 use super::simd;
 use super::winograd;
+use super::winograd_f4;
 use super::Conv2dParams;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
@@ -311,6 +312,14 @@ where
 /// `y = conv(x, w)`: per image and group, `y_g = W_g * im2col(x_g)`.
 pub(crate) fn conv_fwd(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (cig, cog, kdim, hw, ohw) = (g.cig(), g.cog(), g.kdim(), g.hw(), g.ohw());
+    if let Some(plan) = winograd_f4_plan(g, w) {
+        // SAFETY: `Plan::run` writes every element of its image's output.
+        return unsafe {
+            map_images_written(g.n, g.c_out * ohw, plan.scratch_len(), |i, yi, scratch| {
+                plan.run(&x[i * g.c_in * hw..(i + 1) * g.c_in * hw], yi, scratch);
+            })
+        };
+    }
     if let Some(plan) = winograd_plan(g, w) {
         // SAFETY: `Plan::run` writes every element of its image's output.
         return unsafe {
@@ -390,6 +399,13 @@ fn winograd_plan(g: &ConvGeom, w: &[f32]) -> Option<winograd::Plan> {
         return None;
     }
     winograd::Plan::new(g, w)
+}
+
+fn winograd_f4_plan(g: &ConvGeom, w: &[f32]) -> Option<winograd_f4::Plan> {
+    if PORTABLE_ONLY.with(std::cell::Cell::get) {
+        return None;
+    }
+    winograd_f4::Plan::new(g, w)
 }
 
 fn winograd_filter_plan(g: &ConvGeom) -> Option<winograd::FilterPlan> {
