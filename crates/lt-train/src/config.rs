@@ -355,12 +355,11 @@ pub struct ModelConfig {
     /// bit for bit. `false` reproduces runs made before the path existed.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub winograd: bool,
-    /// With `winograd`, the forward pass (and the input gradient) of 3x3
-    /// convolutions on maps of 16x16 and more by F(4x4, 3x3) (default
-    /// `true`; `lt_models::ops::set_winograd_f4`): 44 % fewer products
-    /// than F(2x2, 3x3), outputs equal to the direct kernels' to a few
-    /// 1e-6 relative. `false` keeps F(2x2, 3x3) there, reproducing runs
-    /// made before this path existed.
+    /// With `winograd`, 3x3 convolutions by Winograd F(4x4, 3x3) where it
+    /// applies (default `true`; `lt_models::ops::set_winograd_f4`): 44 %
+    /// fewer products than F(2x2, 3x3), outputs equal to the direct
+    /// kernels' to a few 1e-6 relative. `false` keeps F(2x2, 3x3) there,
+    /// reproducing runs made before this path existed.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub winograd_f4: bool,
     /// Cap on the instruction sets of the CPU kernels: `"baseline"`,

@@ -313,11 +313,22 @@ where
 pub(crate) fn conv_fwd(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (cig, cog, kdim, hw, ohw) = (g.cig(), g.cog(), g.kdim(), g.hw(), g.ohw());
     if let Some(plan) = winograd_f4_plan(g, w) {
-        // SAFETY: `Plan::run` writes every element of its image's output.
+        // Groups of `images` images per call (the last may hold fewer).
+        let (images, per_image) = (plan.images(), g.c_out * ohw);
+        if per_image == 0 {
+            return Vec::new();
+        }
+        // SAFETY: `Plan::run` writes every element of its images' output.
         return unsafe {
-            map_images_written(g.n, g.c_out * ohw, plan.scratch_len(), |i, yi, scratch| {
-                plan.run(&x[i * g.c_in * hw..(i + 1) * g.c_in * hw], yi, scratch);
-            })
+            par_written_init(
+                g.n * per_image,
+                images * per_image,
+                || vec![0f32; plan.scratch_len()],
+                |scratch, grp, ys| {
+                    let (i, k) = (grp * images, ys.len() / per_image);
+                    plan.run(&x[i * g.c_in * hw..(i + k) * g.c_in * hw], ys, scratch);
+                },
+            )
         };
     }
     if let Some(plan) = winograd_plan(g, w) {
@@ -408,6 +419,13 @@ fn winograd_f4_plan(g: &ConvGeom, w: &[f32]) -> Option<winograd_f4::Plan> {
     winograd_f4::Plan::new(g, w)
 }
 
+fn winograd_f4_filter_plan(g: &ConvGeom) -> Option<winograd_f4::FilterPlan> {
+    if PORTABLE_ONLY.with(std::cell::Cell::get) {
+        return None;
+    }
+    winograd_f4::FilterPlan::new(g)
+}
+
 fn winograd_filter_plan(g: &ConvGeom) -> Option<winograd::FilterPlan> {
     if PORTABLE_ONLY.with(std::cell::Cell::get) {
         return None;
@@ -424,7 +442,9 @@ fn direct_filter_plan(g: &ConvGeom) -> Option<direct::FilterPlan> {
     // fewer products win (a CIFAR stage-1 layer's forward and backward:
     // 17.2 -> 16.4 ms, `conv_ops` bench, AVX2-only EPYC). On AVX-512 the
     // direct tile keeps the maps it takes.
-    if !direct::avx512() && winograd::FilterPlan::new(g).is_some() {
+    if !direct::avx512()
+        && (winograd_f4::FilterPlan::new(g).is_some() || winograd::FilterPlan::new(g).is_some())
+    {
         return None;
     }
     direct::FilterPlan::new(g)
@@ -529,6 +549,40 @@ fn sum_parts(
         .unwrap_or_else(|| vec![0f32; len])
 }
 
+/// The summed lane accumulators of a Winograd weight-gradient plan: each
+/// of `parts` workers feeds its share of the images to `accumulate` in
+/// batches of up to `batch` (`accumulate(x, dy, k, lanes, scratch)` for `k`
+/// images), into `lanes_len` lanes of its own, with `scratch_len` zeroed
+/// floats of scratch.
+#[allow(clippy::too_many_arguments)]
+fn batched_lanes(
+    g: &ConvGeom,
+    x: &[f32],
+    dy: &[f32],
+    parts: usize,
+    batch: usize,
+    lanes_len: usize,
+    scratch_len: usize,
+    accumulate: impl Fn(&[f32], &[f32], usize, &mut [f32], &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let (hw, ohw) = (g.hw(), g.ohw());
+    let partial = |part: usize| {
+        let mut lanes = vec![0f32; lanes_len];
+        let mut scratch = vec![0f32; scratch_len];
+        let images = split_range(g.n, parts, part);
+        let mut i = images.start;
+        while i < images.end {
+            let k = batch.min(images.end - i);
+            let xs = &x[i * g.c_in * hw..(i + k) * g.c_in * hw];
+            let dys = &dy[i * g.c_out * ohw..(i + k) * g.c_out * ohw];
+            accumulate(xs, dys, k, &mut lanes, &mut scratch);
+            i += k;
+        }
+        lanes
+    };
+    sum_parts(parts, lanes_len, partial)
+}
+
 /// `dw = sum_n dy_n * im2col(x_n)^T`, accumulated per worker then summed.
 ///
 /// Both factors have the reduction (`OH * OW`) contiguous, so one must be
@@ -552,22 +606,31 @@ pub(crate) fn conv_bwd_filter(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         };
         return plan.finish(&sum_parts(parts, plan.lanes_len(), partial));
     }
+    if let Some(plan) = winograd_f4_filter_plan(g) {
+        let lanes = batched_lanes(
+            g,
+            x,
+            dy,
+            parts,
+            plan.batch(),
+            plan.lanes_len(),
+            plan.scratch_len(),
+            |xs, dys, k, lanes, scratch| plan.accumulate(xs, dys, k, lanes, scratch),
+        );
+        return plan.finish(&lanes);
+    }
     if let Some(plan) = winograd_filter_plan(g) {
-        let partial = |part: usize| {
-            let mut lanes = vec![0f32; plan.lanes_len()];
-            let mut scratch = vec![0f32; plan.scratch_len()];
-            let images = split_range(g.n, parts, part);
-            let mut i = images.start;
-            while i < images.end {
-                let k = plan.batch().min(images.end - i);
-                let xs = &x[i * g.c_in * hw..(i + k) * g.c_in * hw];
-                let dys = &dy[i * g.c_out * ohw..(i + k) * g.c_out * ohw];
-                plan.accumulate(xs, dys, k, &mut lanes, &mut scratch);
-                i += k;
-            }
-            lanes
-        };
-        return plan.finish(&sum_parts(parts, plan.lanes_len(), partial));
+        let lanes = batched_lanes(
+            g,
+            x,
+            dy,
+            parts,
+            plan.batch(),
+            plan.lanes_len(),
+            plan.scratch_len(),
+            |xs, dys, k, lanes, scratch| plan.accumulate(xs, dys, k, lanes, scratch),
+        );
+        return plan.finish(&lanes);
     }
     let par = if parts > 1 {
         Parallelism::None

@@ -15,12 +15,12 @@
 //! products back to outputs, and of the output gradient for the weight
 //! gradient ([`FilterPlan`], on the direct weight-gradient tile).
 //!
-//! Used by the forward pass and, through the flipped kernel (also 3x3,
-//! stride 1, padding 1), by the input gradient, where F(4x4, 3x3)
-//! ([`super::winograd_f4`], maps of 16x16 and more) does not take them;
-//! by the weight gradient
-//! where the direct kernel declines (short grids, where the alternative is
-//! im2col + gemm). Only where the transformed operands stay in cache
+//! Used where F(4x4, 3x3) ([`super::winograd_f4`]) declines (sizes not a
+//! multiple of 4 and 8, switched off; for the weight gradient also maps
+//! under 16x16 and wide layers): by the forward pass and, through the
+//! flipped kernel (also 3x3, stride 1, padding 1), by the input gradient;
+//! by the weight gradient where the direct kernel declines (short grids,
+//! where the alternative is im2col + gemm). Only where the transformed operands stay in cache
 //! ([`MAX_TRANSFORMED_INPUT`], [`MAX_FILTER_PAIRS`]): the CIFAR ResNets,
 //! not the 224² ResNets' 3x3 layers, which were slower this way. Maps 8
 //! or a multiple of 16 wide are transformed in registers, chunk by chunk
@@ -80,7 +80,7 @@ pub(crate) struct Plan {
 /// took the output transform from 12 % to 6 % of the time of a CIFAR
 /// stage-1 convolution's forward and backward (`conv_ops` bench, AVX2
 /// EPYC). The arithmetic is the same.
-const ROW_PAD: usize = 16;
+pub(super) const ROW_PAD: usize = 16;
 
 impl Plan {
     /// A plan for `g` with weights `w` `(C_out, C_in, 3, 3)`, or `None` when
@@ -207,10 +207,10 @@ const MAX_FILTER_PAIRS: usize = 64 * 64;
 /// of one channel are written together, and 16 streams a power of two
 /// apart share a set of the L1 cache.
 #[derive(Debug, Clone, Copy)]
-struct Rows {
-    block: usize,
-    row: usize,
-    col0: usize,
+pub(super) struct Rows {
+    pub(super) block: usize,
+    pub(super) row: usize,
+    pub(super) col0: usize,
 }
 
 impl Rows {
@@ -218,11 +218,11 @@ impl Rows {
     /// a cache line past them, so that no two blocks are a multiple of
     /// 4 KiB apart because the rows happen to be (64 channels of 32-float
     /// rows were 8 KiB apart).
-    fn padded_block(channels: usize, row: usize) -> usize {
+    pub(super) fn padded_block(channels: usize, row: usize) -> usize {
         channels * row + ROW_PAD
     }
 
-    fn at(&self, xi: usize, c: usize) -> usize {
+    pub(super) fn at(&self, xi: usize, c: usize) -> usize {
         xi * self.block + c * self.row + self.col0
     }
 }
@@ -520,7 +520,7 @@ impl Tiles {
 /// least this many tiles: each call of the register tile then sums a long
 /// enough row to pay for adding its 24 accumulators to memory (the CIFAR
 /// ResNet's 8x8 maps have 16 tiles per image).
-const MIN_FILTER_ROW: usize = 256;
+pub(super) const MIN_FILTER_ROW: usize = 256;
 
 /// Weight gradient by Winograd F(2x2, 3x3): with `U = G g G^T` and
 /// `Y = A^T [U ⊙ V] A`, `dL/dU[ξ][co][ci] = sum over tiles of

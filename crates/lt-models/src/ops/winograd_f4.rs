@@ -1,9 +1,10 @@
-//! Winograd F(4x4, 3x3) for the forward pass (and, through the flipped
-//! kernel, the input gradient) of 3x3, stride-1, padding-1 convolutions
-//! on maps of 16x16 and more: 36 products per 4x4 block of outputs
-//! instead of F(2x2, 3x3)'s 16 per 2x2 ([`super::winograd`]), so 44 %
-//! fewer multiply-adds on the register tile and 44 % fewer transformed
-//! values to write, read and transform back.
+//! Winograd F(4x4, 3x3) for 3x3, stride-1, padding-1 convolutions: the
+//! forward pass (and, through the flipped kernel, the input gradient) on
+//! maps with heights a multiple of 4 and widths a multiple of 8 ([`Plan`]),
+//! and the weight gradient on maps of 16x16 and more ([`FilterPlan`]). 36
+//! products per 4x4 block of outputs instead of F(2x2, 3x3)'s 16 per 2x2
+//! ([`super::winograd`]): 44 % fewer multiply-adds on the register tile,
+//! and 44 % fewer transformed values to write, read and transform back.
 //!
 //! Each 4x4 block of outputs ("tile") is `Y = A^T [U ⊙ V] A` with
 //! `V = B^T d B` the transformed 6x6 input patch under it and `U = G g G^T`
@@ -24,41 +25,36 @@
 //! convolution to a few 1e-6 relative (F(2x2, 3x3): about 1e-6), which
 //! the gradient checks and a training run's accuracy do not notice (see
 //! the README's performance section). The products run on the same
-//! register tile as F(2x2, 3x3)'s; the transforms are plane passes that
-//! the compiler vectorises over whole rows of tiles, on the instruction
-//! set the convolution kernels were detected for.
+//! register tiles as F(2x2, 3x3)'s; the transforms work on 8 tiles at a
+//! time in AVX2 registers (on AVX-512 CPUs too), the column phases of
+//! the tiles split and merged by lane shuffles.
 //!
-//! The weight gradient stays on F(2x2, 3x3) or the direct kernel. Maps
-//! under 16x16 stay on F(2x2, 3x3) too: an 8x8 map has 4 tiles of 4x4,
-//! and the register tile's 16 lanes would compute 12 padding tiles.
-//! [`set_enabled`] switches this plan off (F(2x2, 3x3) takes its maps),
-//! for a reproduction of results made before it existed.
+//! An 8x8 map has 4 tiles: the forward plan lays 4 images side by side
+//! on one row of the transformed operands, so that the register tile's
+//! 16 lanes hold real tiles (36 x 16 products per 4 images against
+//! F(2x2, 3x3)'s 16 x 16 per image). The weight gradient lays whole
+//! images of 16 lanes each side by side (as F(2x2, 3x3)'s does), so it
+//! leaves 8x8 maps to F(2x2, 3x3), and layers of more than
+//! [`MAX_FILTER_PAIRS`] channel pairs too. [`set_enabled`] switches both
+//! plans off, for a reproduction of results made before they existed.
 
 use super::conv::ConvGeom;
-use super::direct::{self, LANES, MR, NP};
-use super::winograd;
+use super::direct::{self, LANES, MR, NP, V};
+use super::winograd::{self, Rows, MIN_FILTER_ROW, ROW_PAD};
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Transformed positions per tile (6 x 6).
 const XI: usize = 36;
 
-/// Floats added to each row of the transformed input and products, and
-/// to each block of ξ, so that no two streams are a multiple of 4 KiB
-/// apart (the same reason as F(2x2, 3x3)'s padding).
-const ROW_PAD: usize = 16;
-
-/// Largest transformed input per image (`36 x C_in x tiles` floats): the
-/// same 512 KiB of L2 cache as F(2x2, 3x3)'s limit.
-const MAX_TRANSFORMED_INPUT: usize = 16 * 8192;
-
 /// Process-wide switch: on unless [`set_enabled`] turned it off.
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Turns the F(4x4, 3x3) forward plan on (the default) or off for the
-/// whole process. Off, the maps it takes go to F(2x2, 3x3) as before it
-/// existed, so a run reproduces results made before it bit for bit
-/// (`model.winograd_f4 = false` in a config).
+/// Turns the F(4x4, 3x3) plans on (the default) or off for the whole
+/// process. Off, the convolutions they take go to F(2x2, 3x3) (or the
+/// direct kernel) as before they existed, so a run reproduces results
+/// made before them bit for bit (`model.winograd_f4 = false` in a
+/// config).
 pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
@@ -68,50 +64,61 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// `G g` for one column (or row) of three taps, in double precision.
+/// `G g` for one column (or row) of three taps, in double precision (by
+/// products with the rows of [`G`]: a division per coefficient made the
+/// transform of a 64 x 64 kernel take half a millisecond, serially).
+#[inline(always)]
 fn filter_combination(g: [f64; 3]) -> [f64; 6] {
-    let [g0, g1, g2] = g;
-    [
-        g0 / 4.0,
-        -(g0 + g1 + g2) / 6.0,
-        -(g0 - g1 + g2) / 6.0,
-        g0 / 24.0 + g1 / 12.0 + g2 / 6.0,
-        g0 / 24.0 - g1 / 12.0 + g2 / 6.0,
-        g2,
-    ]
+    G.map(|r| r[0] * g[0] + r[1] * g[1] + r[2] * g[2])
 }
 
-/// Everything about one convolution's forward pass that does not depend
-/// on the image.
+/// `G`: the kernel transform `U = G g G^T` ([`filter_combination`]) and
+/// the weight gradient's `dg = G^T dU G`.
+const G: [[f64; 3]; 6] = [
+    [1.0 / 4.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// The tiling of one convolution's images, shared by the forward pass
+/// ([`Plan`]) and the weight gradient ([`FilterPlan`]), with the
+/// transforms between images and tiles.
 #[derive(Debug)]
-pub(crate) struct Plan {
+struct Tiles {
     g: ConvGeom,
-    /// Tile rows and columns per image, and tiles per image.
+    /// Tile rows per image, and tiles per image.
     th: usize,
-    tw: usize,
     tiles: usize,
-    /// Tiles rounded up to whole register-tile lanes.
+    /// Images whose tiles lie side by side on one row of the transformed
+    /// operands (image after image), so that small maps fill the register
+    /// tile's 16 lanes: 4 images of 8x8 (4 tiles each).
+    images: usize,
+    /// Tiles of `images` images rounded up to whole register-tile lanes.
     tp: usize,
-    /// Row stride of the transformed input and the products: `tp` plus
-    /// [`ROW_PAD`].
-    rs: usize,
-    /// Transformed kernel, `[ξ][block of 8 output channels][c_in][8]`.
-    u: Vec<f32>,
-    /// Row offsets of the transformed input's channels, `c * rs`.
-    offs: Vec<u32>,
     /// Per tile: 0 for the first (`not_first`) or last (`not_last`) of its
     /// tile row, whose neighbour in the column pass is the zero padding.
     not_first: Vec<f32>,
     not_last: Vec<f32>,
+    /// Per pair of tiles `2p, 2p + 1` of the row (one tile row of one
+    /// image, `TW` being even): where its first output row starts in the
+    /// images' outputs, channel 0 (`b C_out H W + 4 ty W + 4 tx`); the
+    /// output transform's stores would otherwise divide four times per
+    /// pair.
+    pair_at: Vec<usize>,
 }
 
-impl Plan {
-    /// A plan for `g` with weights `w` `(C_out, C_in, 3, 3)`, or `None`
-    /// where it does not apply: switched off (this plan or Winograd as a
-    /// whole), a CPU without AVX2 and FMA, another geometry, sizes not a
-    /// multiple of 4, or maps where F(2x2, 3x3) computes fewer products
-    /// (fewer than 16 tiles of 4x4).
-    pub fn new(g: &ConvGeom, w: &[f32]) -> Option<Self> {
+impl Tiles {
+    /// The tiling of `g` with `images` images per row (`None`: as many as
+    /// fill 16 lanes), or `None` where F(4x4, 3x3) does not apply: switched
+    /// off (this path or Winograd as a whole), a CPU without AVX2 and FMA,
+    /// another geometry, heights not a multiple of 4 or widths not a
+    /// multiple of 8, or where F(2x2, 3x3) computes fewer products per
+    /// image (one 8x8 map per row: 36 x 16 lanes for 4 tiles, against
+    /// 16 x 16 for F(2x2, 3x3)'s 16 tiles).
+    fn new(g: &ConvGeom, images: Option<usize>) -> Option<Self> {
         let applies = g.kh == 3
             && g.kw == 3
             && g.stride == 1
@@ -129,116 +136,44 @@ impl Plan {
         }
         let (th, tw) = (g.h / 4, g.w / 4);
         let tiles = th * tw;
-        let tp = tiles.div_ceil(LANES) * LANES;
+        let images = images.unwrap_or(LANES.div_ceil(tiles)).max(1);
+        let tp = (images * tiles).div_ceil(LANES) * LANES;
         // Register-tile columns per image and channel pair against
-        // F(2x2, 3x3)'s.
+        // F(2x2, 3x3)'s (which lays one image per row).
         let tp2 = (4 * tiles).div_ceil(LANES) * LANES;
-        if XI * tp >= 16 * tp2 || XI * g.c_in * tp > MAX_TRANSFORMED_INPUT {
+        if XI * tp >= 16 * tp2 * images {
             return None;
         }
-        let rs = tp + ROW_PAD;
-        if XI * (g.c_in * rs + ROW_PAD) >= u32::MAX as usize {
-            return None;
-        }
-        let (cin, blocks) = (g.c_in, g.c_out / MR);
-        let mut u = vec![0f32; XI * g.c_out * cin];
-        for co in 0..g.c_out {
-            for ci in 0..cin {
-                let k = &w[(co * cin + ci) * 9..][..9];
-                // tmp = G g (6 x 3), then U = tmp G^T (6 x 6).
-                let cols: [[f64; 6]; 3] = std::array::from_fn(|l| {
-                    filter_combination([k[l].into(), k[3 + l].into(), k[6 + l].into()])
-                });
-                let gg: [[f64; 3]; 6] = std::array::from_fn(|i| cols.map(|c| c[i]));
-                for (i, gg) in gg.into_iter().enumerate() {
-                    for (j, v) in filter_combination(gg).into_iter().enumerate() {
-                        let xi = i * 6 + j;
-                        u[((xi * blocks + co / MR) * cin + ci) * MR + co % MR] = v as f32;
-                    }
-                }
-            }
-        }
-        let offs = (0..cin).map(|c| (c * rs) as u32).collect();
         let edge = |at: usize| (0..tp).map(|t| f32::from(u8::from(t % tw != at))).collect();
+        let pair_at = (0..images * tiles / 2)
+            .map(|p| {
+                let (b, t) = (2 * p / tiles, 2 * p % tiles);
+                b * g.c_out * g.h * g.w + 4 * (t / tw) * g.w + 4 * (t % tw)
+            })
+            .collect();
         Some(Self {
             g: *g,
             th,
-            tw,
             tiles,
+            images,
             tp,
-            rs,
-            u,
-            offs,
             not_first: edge(0),
             not_last: edge(tw - 1),
+            pair_at,
         })
     }
 
-    /// Floats between the transformed input's blocks of ξ.
-    fn v_block(&self) -> usize {
-        self.g.c_in * self.rs + ROW_PAD
-    }
-
-    /// Floats of band scratch the transforms need.
+    /// Floats of band scratch the transforms need: six planes of `4 tp`
+    /// floats and a zero row, or the output transform's 24 rows.
     fn band_len(&self) -> usize {
-        let input = 6 * 4 * self.tp + self.g.w;
-        let output = 24 * self.tp;
-        input.max(output)
+        (24 * self.tp + self.g.w).max(24 * self.tp)
     }
 
-    /// Floats of per-image scratch: the transformed input, the products of
-    /// one block of output channels, and the transforms' planes.
-    pub fn scratch_len(&self) -> usize {
-        XI * self.v_block() + XI * MR * self.rs + self.band_len()
-    }
-
-    /// Convolves one image: `x` `(C_in, H, W)` into `y` `(C_out, H, W)`,
-    /// every element of which is written; `scratch` may hold anything.
-    pub fn run(&self, x: &[f32], y: &mut [MaybeUninit<f32>], scratch: &mut [f32]) {
-        let g = &self.g;
-        let (cin, hw, tp, rs) = (g.c_in, g.h * g.w, self.tp, self.rs);
-        assert!(
-            scratch.len() >= self.scratch_len(),
-            "winograd F(4x4, 3x3): scratch too small"
-        );
-        assert!(
-            x.len() == cin * hw && y.len() == g.c_out * hw,
-            "winograd F(4x4, 3x3): bad image"
-        );
-        let vb = self.v_block();
-        let (v, rest) = scratch.split_at_mut(XI * vb);
-        let (m, band) = rest.split_at_mut(XI * MR * rs);
-        // SAFETY: AVX2 and FMA were detected when the plan was made.
-        unsafe { self.transform_input(x, v, band) };
-        let blocks = g.c_out / MR;
-        for blk in 0..blocks {
-            for xi in 0..XI {
-                let vx = &v[xi * vb..][..cin * rs];
-                let u = &self.u[(xi * blocks + blk) * cin * MR..][..cin * MR];
-                let mut t0 = 0;
-                while t0 < tp {
-                    let nv = ((tp - t0) / LANES).min(NP / LANES);
-                    // SAFETY: AVX2 and FMA were detected when the plan was
-                    // made; `u` holds `cin * MR` floats; the largest read
-                    // is `offs[cin-1] + t0 + nv*16 <= (cin-1)*rs + tp`,
-                    // inside `vx` (`cin * rs`); row `r` is written at
-                    // `(xi*MR + r)*rs + t0 .. + nv*16 <= (xi*MR + r)*rs + tp`,
-                    // inside `m` (`XI * MR * rs`).
-                    unsafe {
-                        let out = m.as_mut_ptr().add(xi * MR * rs + t0);
-                        direct::tile_into(nv, &vx[t0..], &self.offs, u, out, rs);
-                    }
-                    t0 += nv * LANES;
-                }
-            }
-            // SAFETY: as above.
-            unsafe { self.transform_output(m, &mut y[blk * MR * hw..(blk + 1) * MR * hw], band) };
-        }
-    }
-
-    /// `V[ξ][c][t] = (B^T d B)[ξ]` for every channel `c` and tile `t`
-    /// (`tp` of them; finite values past the image's, whose products no
-    /// output reads), rows `rs` apart in blocks of [`Plan::v_block`].
+    /// `V[ξ][c][col0 + t] = (B^T d B)[ξ]` for every channel `c` and tile
+    /// `t` of `images` (at most the plan's) images `x` `(images, C_in, H,
+    /// W)`, image after image
+    /// (`tp` of them; finite values past the images', whose products no
+    /// output reads), at `at` ([`Rows`]).
     ///
     /// Per channel: the row pass combines the six input rows under each
     /// tile row into six `(H/4, W)` planes (whole rows, contiguous); the
@@ -251,14 +186,20 @@ impl Plan {
     /// # Safety
     /// The CPU must support AVX2 and FMA ([`direct::available`]).
     #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
-    unsafe fn transform_input(&self, x: &[f32], v: &mut [f32], band: &mut [f32]) {
+    unsafe fn transform_input(
+        &self,
+        x: &[f32],
+        images: usize,
+        v: &mut [f32],
+        band: &mut [f32],
+        at: Rows,
+    ) {
         #[cfg(target_arch = "x86_64")]
         {
             use avx2::*;
             use std::arch::x86_64::*;
             let g = &self.g;
-            let (h, w, th, tiles, tp, rs) = (g.h, g.w, self.th, self.tiles, self.tp, self.rs);
-            let vb = self.v_block();
+            let (h, w, th, tp) = (g.h, g.w, self.th, self.tp);
             // Planes of `4 tp` floats: whole chunks of 8 tiles, zeros past
             // the image's tiles; then one zero row.
             let pl = 4 * tp;
@@ -267,20 +208,27 @@ impl Plan {
             zero.fill(0.0);
             let (cp, zp) = (comb.as_mut_ptr(), zero.as_ptr());
             let (first, last) = (self.not_first.as_ptr(), self.not_last.as_ptr());
-            assert!(x.len() >= g.c_in * h * w && v.len() >= (XI - 1) * vb + (g.c_in - 1) * rs + tp);
+            assert!(
+                images <= self.images
+                    && x.len() >= images * g.c_in * h * w
+                    && at.at(XI - 1, g.c_in - 1) + tp <= v.len(),
+                "winograd F(4x4, 3x3): bad input transform"
+            );
             let vp = v.as_mut_ptr();
             // SAFETY: AVX2 and FMA under the caller's contract. Reads: input
             // rows inside `x` (asserted), the zero row, and chunks of the
             // planes (`4 tp` floats each, `32 k + 32 <= 4 tp`); the masks
-            // hold `tp` floats. Writes: plane rows (`ty w + w <= 4 tp`) and
-            // rows of `v` (`tp` floats from `(6i + j) vb + c rs`, inside
-            // `v` as asserted).
+            // hold `tp` floats. Writes: plane rows (`(b th + ty) w + w <=
+            // 4 tp`) and
+            // rows of `v` (`tp` floats from `at.at(6i + j, c)`, inside `v`
+            // as asserted for the last).
             unsafe {
                 for c in 0..g.c_in {
-                    let xc = x.as_ptr().add(c * h * w);
                     // Row pass: padded rows 4ty .. 4ty+5 are input rows 4ty-1
-                    // .. 4ty+4 (zeros outside the image).
-                    for ty in 0..th {
+                    // .. 4ty+4 (zeros outside the image); the planes hold
+                    // the images' tile rows one after the other.
+                    for (b, ty) in (0..images).flat_map(|b| (0..th).map(move |ty| (b, ty))) {
+                        let xc = x.as_ptr().add((b * g.c_in + c) * h * w);
                         let d: [*const f32; 6] = std::array::from_fn(|k| {
                             let r = (4 * ty + k) as isize - 1;
                             if (0..h as isize).contains(&r) {
@@ -289,7 +237,7 @@ impl Plan {
                                 zp
                             }
                         });
-                        let o = cp.add(ty * w);
+                        let o = cp.add((b * th + ty) * w);
                         let mut col = 0;
                         while col < w {
                             let e = input_combination8(std::array::from_fn(|k| {
@@ -336,7 +284,7 @@ impl Plan {
                                 _mm256_mul_ps(d5, _mm256_loadu_ps(last.add(t))),
                             ]);
                             for (j, e) in e.into_iter().enumerate() {
-                                _mm256_storeu_ps(vp.add((6 * i + j) * vb + c * rs + t), e);
+                                _mm256_storeu_ps(vp.add(at.at(6 * i + j, c) + t), e);
                             }
                             prev3 = rot3;
                             cur = next;
@@ -344,18 +292,18 @@ impl Plan {
                     }
                 }
             }
-            let _ = tiles;
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (x, v, band);
+            let _ = (x, v, band, at);
             unreachable!("winograd convolution needs AVX2")
         }
     }
 
-    /// `y = A^T M A` per tile for one block of 8 output channels; `m` is
-    /// `[ξ][8]` rows of `tp` products `rs` apart, `y` the block's
-    /// `(8, H, W)` outputs. The row pass is element-wise over rows of
+    /// `y = A^T M A` per tile for block `blk` of 8 output channels of
+    /// `images` images; `m` is `[ξ][8]` rows of `tp` products `ms` apart,
+    /// `y` the images' `(images, C_out, H, W)` outputs, of which the
+    /// block's are written. The row pass is element-wise over rows of
     /// tiles; the column pass gives the four outputs of 8 tiles in one
     /// output row, which are interleaved in registers and stored two tiles
     /// (8 floats, one tile row since `TW` is even) at a time.
@@ -363,21 +311,36 @@ impl Plan {
     /// # Safety
     /// The CPU must support AVX2 and FMA ([`direct::available`]).
     #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
-    unsafe fn transform_output(&self, m: &[f32], y: &mut [MaybeUninit<f32>], band: &mut [f32]) {
+    unsafe fn transform_output(
+        &self,
+        m: &[f32],
+        ms: usize,
+        y: &mut [MaybeUninit<f32>],
+        images: usize,
+        blk: usize,
+        band: &mut [f32],
+    ) {
         #[cfg(target_arch = "x86_64")]
         {
             use avx2::*;
             use std::arch::x86_64::*;
             let g = &self.g;
-            let (tp, tw, tiles, hw, w, rs) =
-                (self.tp, self.tw, self.tiles, g.h * g.w, g.w, self.rs);
-            assert!(m.len() >= (XI * MR - 1) * rs + tp && y.len() >= MR * hw);
+            let (tp, tiles, hw, w) = (self.tp, self.tiles, g.h * g.w, g.w);
+            let all = images * tiles;
+            assert!(
+                images <= self.images
+                    && (blk + 1) * MR <= g.c_out
+                    && m.len() >= (XI * MR - 1) * ms + tp
+                    && y.len() >= images * g.c_out * hw,
+                "winograd F(4x4, 3x3): bad output transform"
+            );
             let s = band[..24 * tp].as_mut_ptr();
             let mp = m.as_ptr();
             // SAFETY: AVX2 and FMA under the caller's contract. Reads: rows
-            // of `m` (`tp` floats from `(xi MR + r) rs`, inside `m` as
+            // of `m` (`tp` floats from `(xi MR + r) ms`, inside `m` as
             // asserted) and of `s` (`24 tp` floats). Writes: `s`, and two
-            // tiles of output row `4ty + a < H` at column `4 tx + 8 <= W`.
+            // tiles of output row `4ty + a < H` at column `4 tx + 8 <= W` of
+            // channel `blk MR + r < C_out` of image `b < images`.
             unsafe {
                 for r in 0..MR {
                     // Row pass: s[a][j] = (A^T m[.][j])[a].
@@ -385,7 +348,7 @@ impl Plan {
                         let mut t = 0;
                         while t < tp {
                             let a = output_combination8(std::array::from_fn(|i| {
-                                _mm256_loadu_ps(mp.add(((6 * i + j) * MR + r) * rs + t))
+                                _mm256_loadu_ps(mp.add(((6 * i + j) * MR + r) * ms + t))
                             }));
                             for (k, a) in a.into_iter().enumerate() {
                                 _mm256_storeu_ps(s.add((6 * k + j) * tp + t), a);
@@ -393,19 +356,20 @@ impl Plan {
                             t += 8;
                         }
                     }
-                    let yr = y.as_mut_ptr().add(r * hw).cast::<f32>();
+                    let yp = y.as_mut_ptr().cast::<f32>();
+                    let channel = (blk * MR + r) * hw;
                     // Column pass, output row 4ty + a of 8 tiles at a time.
                     for a in 0..4 {
                         let mut t = 0;
-                        while t < tiles {
+                        while t < all {
                             let b = output_combination8(std::array::from_fn(|j| {
                                 _mm256_loadu_ps(s.add((6 * a + j) * tp + t))
                             }));
                             for (k, pair) in interleave4(b).into_iter().enumerate() {
                                 let t2 = t + 2 * k;
-                                if t2 < tiles {
-                                    let (ty, tx) = (t2 / tw, t2 % tw);
-                                    _mm256_storeu_ps(yr.add((4 * ty + a) * w + 4 * tx), pair);
+                                if t2 < all {
+                                    let at = self.pair_at[t2 / 2] + channel + a * w;
+                                    _mm256_storeu_ps(yp.add(at), pair);
                                 }
                             }
                             t += 8;
@@ -416,9 +380,369 @@ impl Plan {
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (m, y, band);
+            let _ = (m, ms, y, images, blk, band);
             unreachable!("winograd convolution needs AVX2")
         }
+    }
+
+    /// `D[ξ][co][col0 + t] = (A dY A^T)[ξ]` for every output channel `co`
+    /// and tile `t` of one image's output gradient `dy` `(C_out, H, W)`
+    /// (`tp` of them, zeros past the image's), at `at` ([`Rows`]), with
+    /// `A` the transpose of the `A^T` above: the gradient with respect to
+    /// the products `M`, since `Y = A^T M A`. The row pass combines the
+    /// four output rows of each tile row into six planes; the column pass
+    /// combines each plane's four column phases (the tiles of the output
+    /// do not overlap: no neighbours).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA ([`direct::available`]).
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+    unsafe fn transform_grad(&self, dy: &[f32], d: &mut [f32], band: &mut [f32], at: Rows) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use avx2::*;
+            use std::arch::x86_64::*;
+            let g = &self.g;
+            let (h, w, th, tp) = (g.h, g.w, self.th, self.tp);
+            // Planes of `4 tp` floats, zeros past the image's tiles.
+            let pl = 4 * tp;
+            let comb = &mut band[..6 * pl];
+            comb.fill(0.0);
+            let cp = comb.as_mut_ptr();
+            assert!(
+                dy.len() >= g.c_out * h * w && at.at(XI - 1, g.c_out - 1) + tp <= d.len(),
+                "winograd F(4x4, 3x3): bad gradient transform"
+            );
+            let dp = d.as_mut_ptr();
+            // SAFETY: AVX2 and FMA under the caller's contract. Reads: rows
+            // of `dy` (asserted) and chunks of the planes (`32 k + 32 <=
+            // 4 tp`). Writes: plane rows (`ty w + w <= 4 tp`) and rows of
+            // `d` (`tp` floats from `at.at(6i + j, co)`, inside `d` as
+            // asserted for the last).
+            unsafe {
+                for co in 0..g.c_out {
+                    let yc = dy.as_ptr().add(co * h * w);
+                    for ty in 0..th {
+                        let o = cp.add(ty * w);
+                        let mut col = 0;
+                        while col < w {
+                            let e = grad_combination8(std::array::from_fn(|k| {
+                                _mm256_loadu_ps(yc.add((4 * ty + k) * w + col))
+                            }));
+                            for (i, e) in e.into_iter().enumerate() {
+                                _mm256_storeu_ps(o.add(i * pl + col), e);
+                            }
+                            col += 8;
+                        }
+                    }
+                    for i in 0..6 {
+                        let plane = cp.add(i * pl);
+                        for k in 0..tp / 8 {
+                            let p = phases4(std::array::from_fn(|j| {
+                                _mm256_loadu_ps(plane.add(32 * k + 8 * j))
+                            }));
+                            for (j, e) in grad_combination8(p).into_iter().enumerate() {
+                                _mm256_storeu_ps(dp.add(at.at(6 * i + j, co) + 8 * k), e);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (dy, d, band, at);
+            unreachable!("winograd convolution needs AVX2")
+        }
+    }
+}
+
+/// Largest transformed input per image (`36 x C_in x tiles` floats) the
+/// forward plan takes: the same 512 KiB of L2 cache as F(2x2, 3x3)'s
+/// limit.
+const MAX_TRANSFORMED_INPUT: usize = 16 * 8192;
+
+/// Everything about one convolution's forward pass that does not depend
+/// on the image.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    t: Tiles,
+    /// Row stride of the transformed input and the products: `tp` plus
+    /// [`ROW_PAD`].
+    rs: usize,
+    /// Transformed kernel, `[ξ][block of 8 output channels][c_in][8]`.
+    u: Vec<f32>,
+    /// Row offsets of the transformed input's channels, `c * rs`.
+    offs: Vec<u32>,
+}
+
+impl Plan {
+    /// A plan for `g` with weights `w` `(C_out, C_in, 3, 3)`, or `None`
+    /// where it does not apply ([`Tiles::new`], or a transformed input too
+    /// large for the L2 cache).
+    pub fn new(g: &ConvGeom, w: &[f32]) -> Option<Self> {
+        let t = Tiles::new(g, None)?;
+        if XI * g.c_in * t.tp > MAX_TRANSFORMED_INPUT {
+            return None;
+        }
+        let rs = t.tp + ROW_PAD;
+        if XI * Rows::padded_block(g.c_in, rs) >= u32::MAX as usize {
+            return None;
+        }
+        let (cin, blocks) = (g.c_in, g.c_out / MR);
+        let mut u = vec![0f32; XI * g.c_out * cin];
+        for co in 0..g.c_out {
+            for ci in 0..cin {
+                let k = &w[(co * cin + ci) * 9..][..9];
+                // tmp = G g (6 x 3), then U = tmp G^T (6 x 6).
+                let cols: [[f64; 6]; 3] = std::array::from_fn(|l| {
+                    filter_combination([k[l].into(), k[3 + l].into(), k[6 + l].into()])
+                });
+                let gg: [[f64; 3]; 6] = std::array::from_fn(|i| cols.map(|c| c[i]));
+                for (i, gg) in gg.into_iter().enumerate() {
+                    for (j, v) in filter_combination(gg).into_iter().enumerate() {
+                        let xi = i * 6 + j;
+                        u[((xi * blocks + co / MR) * cin + ci) * MR + co % MR] = v as f32;
+                    }
+                }
+            }
+        }
+        let offs = (0..cin).map(|c| (c * rs) as u32).collect();
+        Some(Self { t, rs, u, offs })
+    }
+
+    /// Floats between the transformed input's blocks of ξ.
+    fn v_block(&self) -> usize {
+        Rows::padded_block(self.t.g.c_in, self.rs)
+    }
+
+    /// Images per call of [`Plan::run`] (more than one for maps under
+    /// 16x16).
+    pub fn images(&self) -> usize {
+        self.t.images
+    }
+
+    /// Floats of scratch per call: the transformed input, the products of
+    /// one block of output channels, and the transforms' planes.
+    pub fn scratch_len(&self) -> usize {
+        XI * self.v_block() + XI * MR * self.rs + self.t.band_len()
+    }
+
+    /// Convolves `k` images (at most [`Plan::images`]): `x` `(k, C_in, H,
+    /// W)` into `y` `(k, C_out, H, W)`, every element of which is written;
+    /// `scratch` may hold anything.
+    pub fn run(&self, x: &[f32], y: &mut [MaybeUninit<f32>], scratch: &mut [f32]) {
+        let g = &self.t.g;
+        let (cin, hw, tp, rs) = (g.c_in, g.h * g.w, self.t.tp, self.rs);
+        assert!(
+            scratch.len() >= self.scratch_len(),
+            "winograd F(4x4, 3x3): scratch too small"
+        );
+        let k = x.len() / (cin * hw).max(1);
+        assert!(
+            k >= 1 && k <= self.t.images && x.len() == k * cin * hw && y.len() == k * g.c_out * hw,
+            "winograd F(4x4, 3x3): bad images"
+        );
+        let vb = self.v_block();
+        let (v, rest) = scratch.split_at_mut(XI * vb);
+        let (m, band) = rest.split_at_mut(XI * MR * rs);
+        let at = Rows {
+            block: vb,
+            row: rs,
+            col0: 0,
+        };
+        // SAFETY: AVX2 and FMA were detected when the plan was made.
+        unsafe { self.t.transform_input(x, k, v, band, at) };
+        let blocks = g.c_out / MR;
+        for blk in 0..blocks {
+            for xi in 0..XI {
+                let vx = &v[xi * vb..][..cin * rs];
+                let u = &self.u[(xi * blocks + blk) * cin * MR..][..cin * MR];
+                let mut t0 = 0;
+                while t0 < tp {
+                    let nv = ((tp - t0) / LANES).min(NP / LANES);
+                    // SAFETY: AVX2 and FMA were detected when the plan was
+                    // made; `u` holds `cin * MR` floats; the largest read
+                    // is `offs[cin-1] + t0 + nv*16 <= (cin-1)*rs + tp`,
+                    // inside `vx` (`cin * rs`); row `r` is written at
+                    // `(xi*MR + r)*rs + t0 .. + nv*16 <= (xi*MR + r)*rs + tp`,
+                    // inside `m` (`XI * MR * rs`).
+                    unsafe {
+                        let out = m.as_mut_ptr().add(xi * MR * rs + t0);
+                        direct::tile_into(nv, &vx[t0..], &self.offs, u, out, rs);
+                    }
+                    t0 += nv * LANES;
+                }
+            }
+            // SAFETY: as above.
+            unsafe { self.t.transform_output(m, rs, y, k, blk, band) };
+        }
+    }
+}
+
+/// Largest `C_in x C_out` of the weight gradient: its lane accumulator
+/// holds `36 x 16` floats per pair (2.25 MiB at 32 x 32); wider layers
+/// take F(2x2, 3x3).
+const MAX_FILTER_PAIRS: usize = 32 * 32;
+
+/// Weight gradient by F(4x4, 3x3): `dL/dU[ξ][co][ci] = sum over tiles of
+/// D[ξ][co][t] V[ξ][ci][t]` (`D = A dY A^T`, `V = B^T d B`) and `dL/dg =
+/// G^T dL/dU G`: 36 products per 16 outputs instead of F(2x2, 3x3)'s 64,
+/// summed by the direct weight-gradient tile ([`direct::wtile`]) over the
+/// tiles of several images at once, as [`winograd::FilterPlan`] does.
+#[derive(Debug)]
+pub(crate) struct FilterPlan {
+    t: Tiles,
+    /// Images per row of the transformed operands.
+    batch: usize,
+    /// Row offsets of the transformed input's channels, `c * row`.
+    offs: Vec<u32>,
+}
+
+impl FilterPlan {
+    /// A plan for `g`, or `None` where it does not apply ([`Tiles::new`],
+    /// or more than [`MAX_FILTER_PAIRS`] channel pairs).
+    pub fn new(g: &ConvGeom) -> Option<Self> {
+        let t = Tiles::new(g, Some(1))?;
+        if g.c_in * g.c_out > MAX_FILTER_PAIRS {
+            return None;
+        }
+        let batch = MIN_FILTER_ROW.div_ceil(t.tp).clamp(1, g.n.max(1));
+        let row = batch * t.tp;
+        if XI * Rows::padded_block(g.c_in.max(g.c_out), row) >= u32::MAX as usize {
+            return None;
+        }
+        let offs = (0..g.c_in).map(|c| (c * row) as u32).collect();
+        Some(Self { t, batch, offs })
+    }
+
+    /// Images per call of [`FilterPlan::accumulate`].
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    fn row(&self) -> usize {
+        self.batch * self.t.tp
+    }
+
+    /// Floats between the transformed inputs' blocks of ξ (`c_in` rows
+    /// each) and between the output gradients' (`c_out` rows).
+    fn blocks(&self) -> (usize, usize) {
+        let g = &self.t.g;
+        (
+            Rows::padded_block(g.c_in, self.row()),
+            Rows::padded_block(g.c_out, self.row()),
+        )
+    }
+
+    /// Floats of scratch: the transformed inputs and output gradients of
+    /// one batch of images, and the transforms' planes. Must be zeroed (or
+    /// finite) when first passed.
+    pub fn scratch_len(&self) -> usize {
+        let (vb, db) = self.blocks();
+        XI * (vb + db) + self.t.band_len()
+    }
+
+    /// Floats of the lane accumulator [`FilterPlan::accumulate`] adds into:
+    /// 16 partial sums per transformed weight.
+    pub fn lanes_len(&self) -> usize {
+        let g = &self.t.g;
+        XI * g.c_out * g.c_in * V
+    }
+
+    /// Adds the products of `k <= batch` images (`x` `(k, C_in, H, W)`,
+    /// `dy` `(k, C_out, H, W)`) to `lanes`.
+    pub fn accumulate(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        k: usize,
+        lanes: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let t = &self.t;
+        let g = &t.g;
+        let (cin, cout, hw, tp, row) = (g.c_in, g.c_out, g.h * g.w, t.tp, self.row());
+        assert!(
+            k >= 1 && k <= self.batch && x.len() == k * cin * hw && dy.len() == k * cout * hw,
+            "winograd F(4x4, 3x3) filter: bad images"
+        );
+        assert!(
+            scratch.len() >= self.scratch_len() && lanes.len() == self.lanes_len(),
+            "winograd F(4x4, 3x3) filter: bad scratch"
+        );
+        let (vb, db) = self.blocks();
+        let (v, rest) = scratch.split_at_mut(XI * vb);
+        let (d, band) = rest.split_at_mut(XI * db);
+        for b in 0..k {
+            let col0 = b * tp;
+            let block = |block| Rows { block, row, col0 };
+            // SAFETY: AVX2 and FMA were detected when the plan was made.
+            unsafe {
+                let xb = &x[b * cin * hw..(b + 1) * cin * hw];
+                t.transform_input(xb, 1, v, band, block(vb));
+                let dyb = &dy[b * cout * hw..(b + 1) * cout * hw];
+                t.transform_grad(dyb, d, band, block(db));
+            }
+        }
+        // Columns of absent images sum to nothing: their gradient is zero
+        // (their input columns hold finite leftovers).
+        for xi in 0..XI {
+            for co in 0..cout {
+                d[xi * db + co * row..][k * tp..row].fill(0.0);
+            }
+        }
+        for xi in 0..XI {
+            let vx = &v[xi * vb..][..cin * row];
+            for blk in 0..cout / MR {
+                let co0 = xi * cout + blk * MR;
+                let dd = &d[xi * db + blk * MR * row..][..MR * row];
+                let out = &mut lanes[co0 * cin * V..(co0 + MR) * cin * V];
+                let mut c = 0;
+                while c < cin {
+                    let nk = (cin - c).min(3);
+                    let offs = &self.offs[c..c + nk];
+                    // SAFETY: AVX2 and FMA were detected when the plan was
+                    // made; `dd` holds MR rows of `row` floats (a multiple
+                    // of 16); `vx` holds `cin` rows of `row`, so `offs[j] +
+                    // row <= vx.len()`; `out` holds MR rows of `cin * 16`
+                    // lanes and `c + nk <= cin`.
+                    unsafe {
+                        match nk {
+                            3 => direct::wtile::<3>(vx, offs, dd, row, out, cin, c),
+                            2 => direct::wtile::<2>(vx, offs, dd, row, out, cin, c),
+                            _ => direct::wtile::<1>(vx, offs, dd, row, out, cin, c),
+                        }
+                    }
+                    c += nk;
+                }
+            }
+        }
+    }
+
+    /// The weight gradient `(C_out, C_in, 3, 3)` from the summed lanes:
+    /// `dU = sum of each weight's 16 lanes`, then `dg = G^T dU G` in
+    /// double precision, output channels in parallel.
+    pub fn finish(&self, lanes: &[f32]) -> Vec<f32> {
+        let g = &self.t.g;
+        let (cin, cout) = (g.c_in, g.c_out);
+        super::cpu::par_zeroed(cout * cin * 9, cin * 9, |co, dw| {
+            for (ci, dw) in dw.chunks_exact_mut(9).enumerate() {
+                let du: [f64; XI] = std::array::from_fn(|xi| {
+                    let l = &lanes[((xi * cout + co) * cin + ci) * V..][..V];
+                    l.iter().map(|&v| f64::from(v)).sum()
+                });
+                // tmp = G^T dU (3 x 6), then dg = tmp G (3 x 3).
+                let tmp: [[f64; 6]; 3] = std::array::from_fn(|k| {
+                    std::array::from_fn(|j| (0..6).map(|i| G[i][k] * du[6 * i + j]).sum())
+                });
+                for (k, t) in tmp.iter().enumerate() {
+                    for l in 0..3 {
+                        dw[3 * k + l] = (0..6).map(|j| t[j] * G[j][l]).sum::<f64>() as f32;
+                    }
+                }
+            }
+        })
     }
 }
 
@@ -454,6 +778,32 @@ mod avx2 {
                 add(d42, mul(two, d31)),
                 sub(d42, mul(two, d31)),
                 add(sub(mul(four, d1), mul(five, d3)), d5),
+            ]
+        }
+    }
+
+    /// `A d` on vectors, for the output gradient's four rows (or columns)
+    /// of a tile.
+    #[inline(always)]
+    pub(super) unsafe fn grad_combination8(y: [__m256; 4]) -> [__m256; 6] {
+        let [y0, y1, y2, y3] = y;
+        // SAFETY: AVX2 under the caller's contract.
+        unsafe {
+            let (add, sub, mul) = (
+                |a, b| _mm256_add_ps(a, b),
+                |a, b| _mm256_sub_ps(a, b),
+                |a, b| _mm256_mul_ps(a, b),
+            );
+            let (s02, s13) = (add(y0, y2), add(y1, y3));
+            let t02 = add(y0, mul(splat(4.0), y2));
+            let t13 = add(mul(splat(2.0), y1), mul(splat(8.0), y3));
+            [
+                y0,
+                add(s02, s13),
+                sub(s02, s13),
+                add(t02, t13),
+                sub(t02, t13),
+                y3,
             ]
         }
     }
@@ -588,54 +938,163 @@ mod tests {
 
     /// Every output of every tile, the edges' too, against a double
     /// precision direct convolution: within a few 1e-6 of the sum of the
-    /// magnitudes that enter it.
+    /// magnitudes that enter it. Small maps run several images per call,
+    /// the last call with fewer; the entry point (`conv_fwd`) takes this
+    /// path and gives the same bits.
     #[test]
     fn f4_matches_direct_convolution() {
         if !direct::available() {
             eprintln!("skipped: this CPU has no AVX2 and FMA");
             return;
         }
-        for (ci, h, w, co) in [
-            (3, 16, 16, 8),
-            (16, 32, 32, 16),
-            (5, 16, 32, 8),
-            (32, 20, 16, 16),
+        // (n, c_in, h, w, c_out, images per call)
+        for (n, ci, h, w, co, per_call) in [
+            (1, 3, 16, 16, 8, 1),
+            (2, 16, 32, 32, 16, 1),
+            (1, 5, 16, 32, 8, 1),
+            (1, 32, 20, 16, 16, 1),
+            (7, 64, 8, 8, 64, 4),
+            (3, 8, 8, 16, 8, 2),
+            (5, 3, 4, 8, 8, 8),
         ] {
-            let g = geom(1, ci, h, w, co);
-            let x: Vec<f32> = (0..ci * h * w)
+            let g = geom(n, ci, h, w, co);
+            let (chw, ohw) = (ci * h * w, co * h * w);
+            let x: Vec<f32> = (0..n * chw)
                 .map(|i| ((i * 37 % 101) as f32) / 50.0 - 1.0)
                 .collect();
             let wt: Vec<f32> = (0..co * ci * 9)
                 .map(|i| ((i * 53 % 97) as f32) / 48.0 - 1.0)
                 .collect();
             let plan = Plan::new(&g, &wt).expect("F(4x4, 3x3) applies");
+            assert_eq!(plan.images(), per_call, "{:?}", (n, ci, h, w, co));
             let mut scratch = vec![f32::NAN; plan.scratch_len()];
-            let mut y = vec![MaybeUninit::new(f32::NAN); co * h * w];
-            plan.run(&x, &mut y, &mut scratch);
-            let want = reference(&g, &x, &wt);
+            let mut y = vec![MaybeUninit::new(f32::NAN); n * ohw];
+            for i in (0..n).step_by(per_call) {
+                let k = per_call.min(n - i);
+                plan.run(
+                    &x[i * chw..(i + k) * chw],
+                    &mut y[i * ohw..(i + k) * ohw],
+                    &mut scratch,
+                );
+            }
+            // SAFETY: `run` writes every output (NaN-filled before, and
+            // NaN fails the comparison below).
+            let y: Vec<f32> = y.iter().map(|v| unsafe { v.assume_init() }).collect();
             // Scale: the largest |x| * sum |w| over a 3x3 window of every channel.
             let scale = 9.0 * ci as f64;
-            for (i, (got, want)) in y.iter().zip(&want).enumerate() {
-                // SAFETY: `run` writes every output (NaN-filled before).
-                let got = f64::from(unsafe { got.assume_init() });
-                assert!(
-                    (got - want).abs() <= 4e-6 * scale,
-                    "{ci}x{h}x{w}->{co}: output {i}: {got} against {want}"
+            let gi = geom(1, ci, h, w, co);
+            for b in 0..n {
+                let want = reference(&gi, &x[b * chw..(b + 1) * chw], &wt);
+                for (i, (got, want)) in y[b * ohw..(b + 1) * ohw].iter().zip(&want).enumerate() {
+                    let got = f64::from(*got);
+                    assert!(
+                        (got - want).abs() <= 4e-6 * scale,
+                        "{n}x{ci}x{h}x{w}->{co}: image {b} output {i}: {got} against {want}"
+                    );
+                }
+            }
+            assert_eq!(super::super::conv::conv_fwd(&g, &x, &wt), y);
+        }
+    }
+
+    /// The weight gradient, every tap, against a double precision direct
+    /// sum, over batches that fill the plan's row and one that does not
+    /// (the absent images' columns must add nothing); and the entry point
+    /// (`conv_bwd_filter`) takes this path where it applies.
+    #[test]
+    fn f4_weight_gradient_matches_direct_sum() {
+        if !direct::available() {
+            eprintln!("skipped: this CPU has no AVX2 and FMA");
+            return;
+        }
+        for (n, ci, h, w, co) in [(5, 16, 32, 32, 16), (19, 8, 16, 16, 8), (3, 3, 20, 16, 8)] {
+            let g = geom(n, ci, h, w, co);
+            let x: Vec<f32> = (0..n * ci * h * w)
+                .map(|i| ((i * 37 % 101) as f32) / 50.0 - 1.0)
+                .collect();
+            let dy: Vec<f32> = (0..n * co * h * w)
+                .map(|i| ((i * 53 % 97) as f32) / 48.0 - 1.0)
+                .collect();
+            let plan = FilterPlan::new(&g).expect("F(4x4, 3x3) applies");
+            assert!(
+                plan.batch() < n || n < 4,
+                "{n} images: one partial batch at least"
+            );
+            let mut lanes = vec![0f32; plan.lanes_len()];
+            let mut scratch = vec![0f32; plan.scratch_len()];
+            let (chw, ohw) = (ci * h * w, co * h * w);
+            let mut i = 0;
+            while i < n {
+                let k = plan.batch().min(n - i);
+                plan.accumulate(
+                    &x[i * chw..(i + k) * chw],
+                    &dy[i * ohw..(i + k) * ohw],
+                    k,
+                    &mut lanes,
+                    &mut scratch,
                 );
+                i += k;
+            }
+            let got = plan.finish(&lanes);
+            // The entry point, on every CPU where nothing goes before this
+            // path (AVX2 without AVX-512), sums the same products in
+            // another order (images split between workers).
+            let entry =
+                (!direct::avx512()).then(|| super::super::conv::conv_bwd_filter(&g, &x, &dy));
+            let (hi, wi) = (h as isize, w as isize);
+            for o in 0..co {
+                for c in 0..ci {
+                    for tap in 0..9 {
+                        let (ky, kx) = ((tap / 3) as isize, (tap % 3) as isize);
+                        let (mut want, mut scale) = (0f64, 0f64);
+                        for b in 0..n {
+                            for oy in 0..hi {
+                                for ox in 0..wi {
+                                    let (iy, ix) = (oy + ky - 1, ox + kx - 1);
+                                    if (0..hi).contains(&iy) && (0..wi).contains(&ix) {
+                                        let p = f64::from(
+                                            dy[((b * co + o) * h + oy as usize) * w + ox as usize],
+                                        ) * f64::from(
+                                            x[((b * ci + c) * h + iy as usize) * w + ix as usize],
+                                        );
+                                        want += p;
+                                        scale += p.abs();
+                                    }
+                                }
+                            }
+                        }
+                        let at = (o * ci + c) * 9 + tap;
+                        for (path, dw) in
+                            [("plan", Some(&got)), ("conv_bwd_filter", entry.as_ref())]
+                        {
+                            let Some(dw) = dw else { continue };
+                            let got = f64::from(dw[at]);
+                            assert!(
+                                (got - want).abs() <= 1e-5 * scale,
+                                "{path} {:?}: dw[{o}][{c}][{tap}] = {got} against {want} (sum of magnitudes {scale})",
+                                (n, ci, h, w, co)
+                            );
+                        }
+                    }
+                }
             }
         }
     }
 
     #[test]
-    fn f4_declines_small_maps_and_other_geometries() {
+    fn f4_declines_other_geometries() {
         let w = vec![0f32; 8 * 8 * 9];
-        assert!(
-            Plan::new(&geom(1, 8, 8, 8, 8), &w).is_none(),
-            "8x8: F(2x2, 3x3) is cheaper"
-        );
         assert!(
             Plan::new(&geom(1, 8, 18, 16, 8), &w).is_none(),
             "18 rows: not whole tiles"
+        );
+        assert!(
+            Plan::new(&geom(1, 8, 16, 12, 8), &w).is_none(),
+            "12 columns: an odd number of tiles per row"
+        );
+        assert!(
+            FilterPlan::new(&geom(1, 8, 8, 8, 8)).is_none(),
+            "8x8 weight gradient: one image per row, F(2x2, 3x3) is cheaper"
         );
         if direct::available() && winograd::enabled() && enabled() {
             assert!(Plan::new(&geom(1, 8, 16, 16, 8), &w).is_some());
