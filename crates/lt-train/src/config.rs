@@ -1216,7 +1216,10 @@ lr = 0.1
         let c = ExperimentConfig::from_toml_str(MINIMAL, "m.toml").unwrap();
         assert!(c.model.winograd_f4);
         assert!(!c.to_toml().unwrap().contains("winograd_f4"));
-        let text = MINIMAL.replace("arch = \"resnet8\"", "arch = \"resnet8\"\nwinograd_f4 = false");
+        let text = MINIMAL.replace(
+            "arch = \"resnet8\"",
+            "arch = \"resnet8\"\nwinograd_f4 = false",
+        );
         let off = ExperimentConfig::from_toml_str(&text, "m.toml").unwrap();
         assert!(!off.model.winograd_f4);
         assert!(off.to_toml().unwrap().contains("winograd_f4 = false"));
