@@ -227,8 +227,15 @@ impl Tiles {
                     // Row pass: padded rows 4ty .. 4ty+5 are input rows 4ty-1
                     // .. 4ty+4 (zeros outside the image); the planes hold
                     // the images' tile rows one after the other.
-                    for (b, ty) in (0..images).flat_map(|b| (0..th).map(move |ty| (b, ty))) {
+                    for bt in 0..images * th {
+                        let (b, ty) = (bt / th, bt % th);
                         let xc = x.as_ptr().add((b * g.c_in + c) * h * w);
+                        // The next channel's rows 4ty .. 4ty+3 (the next
+                        // image's, after the last channel; an address past
+                        // `x` is harmless to a prefetch): the rows of a
+                        // plane are read once and not far apart, and
+                        // waiting for them was a third of this transform.
+                        prefetch_rows(xc.wrapping_add(h * w + 4 * ty * w), 4 * w);
                         let d: [*const f32; 6] = std::array::from_fn(|k| {
                             let r = (4 * ty + k) as isize - 1;
                             if (0..h as isize).contains(&r) {
@@ -423,6 +430,8 @@ impl Tiles {
                 for co in 0..g.c_out {
                     let yc = dy.as_ptr().add(co * h * w);
                     for ty in 0..th {
+                        // As in `transform_input`.
+                        prefetch_rows(yc.wrapping_add(h * w + 4 * ty * w), 4 * w);
                         let o = cp.add(ty * w);
                         let mut col = 0;
                         while col < w {
@@ -876,6 +885,19 @@ mod avx2 {
                 _mm256_permute2f128_ps::<0x31>(w0, w1),
                 _mm256_permute2f128_ps::<0x31>(w2, w3),
             ]
+        }
+    }
+
+    /// Asks for the cache lines of `len` floats from `p` into L1. A hint:
+    /// addresses outside any allocation are ignored by the CPU.
+    #[inline(always)]
+    pub(super) fn prefetch_rows(p: *const f32, len: usize) {
+        let mut at = 0;
+        while at < len {
+            // SAFETY: a prefetch reads nothing architecturally and cannot
+            // fault; `wrapping_add` makes no claim about the allocation.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(at).cast::<i8>()) };
+            at += 16;
         }
     }
 
