@@ -161,26 +161,20 @@ impl Plan {
         unsafe { self.t.transform_input(x, v, band, at) };
         let blocks = g.c_out / MR;
         for blk in 0..blocks {
-            for xi in 0..XI {
-                let vx = &v[xi * vb..][..cin * rs];
-                let u = &self.u[(xi * blocks + blk) * cin * MR..][..cin * MR];
-                let mut t0 = 0;
-                while t0 < tp {
-                    let nv = ((tp - t0) / LANES).min(NP / LANES);
-                    // SAFETY: AVX2 and FMA were detected when the plan was made;
-                    // `u` holds `cin * MR` floats; the largest read is
-                    // `offs[cin-1] + t0 + nv*16 <= (cin-1)*rs + tp`, inside
-                    // `vx` (`cin * rs`); row `r` is written at
-                    // `(xi*MR + r)*rs + t0 .. + nv*16 <= (xi*MR + r)*rs + tp`,
-                    // inside `m` (`XI * MR * rs`).
-                    unsafe {
-                        let out = m.as_mut_ptr().add(xi * MR * rs + t0);
-                        direct::tile_into(nv, &vx[t0..], &self.offs, u, out, rs);
-                    }
-                    t0 += nv * LANES;
-                }
-            }
-            // SAFETY: as above.
+            block_products(
+                XI,
+                Operands {
+                    v,
+                    vb,
+                    rs,
+                    tp,
+                    offs: &self.offs,
+                },
+                &self.u[blk * cin * MR..],
+                blocks * cin * MR,
+                m,
+            );
+            // SAFETY: AVX2 and FMA were detected when the plan was made.
             unsafe {
                 self.t
                     .transform_output(m, rs, &mut y[blk * MR * hw..(blk + 1) * MR * hw], band)
@@ -628,39 +622,15 @@ impl FilterPlan {
                 t.transform_grad(dyb, d, band, block(db));
             }
         }
-        // Columns of absent images sum to nothing: their gradient is zero
-        // (their input columns hold finite leftovers).
-        for xi in 0..XI {
-            for co in 0..cout {
-                d[xi * db + co * row..][k * tp..row].fill(0.0);
-            }
-        }
-        for xi in 0..XI {
-            let vx = &v[xi * vb..][..cin * row];
-            for blk in 0..cout / MR {
-                let co0 = xi * cout + blk * MR;
-                let dd = &d[xi * db + blk * MR * row..][..MR * row];
-                let out = &mut lanes[co0 * cin * V..(co0 + MR) * cin * V];
-                let mut c = 0;
-                while c < cin {
-                    let nk = (cin - c).min(3);
-                    let offs = &self.offs[c..c + nk];
-                    // SAFETY: AVX2 and FMA were detected when the plan was made;
-                    // `dd` holds MR rows of `row` floats (a multiple of 16);
-                    // `vx` holds `cin` rows of `row`, so `offs[j] + row <=
-                    // vx.len()`; `out` holds MR rows of `cin * 16` lanes and
-                    // `c + nk <= cin`.
-                    unsafe {
-                        match nk {
-                            3 => direct::wtile::<3>(vx, offs, dd, row, out, cin, c),
-                            2 => direct::wtile::<2>(vx, offs, dd, row, out, cin, c),
-                            _ => direct::wtile::<1>(vx, offs, dd, row, out, cin, c),
-                        }
-                    }
-                    c += nk;
-                }
-            }
-        }
+        let operands = Transformed {
+            v,
+            vb,
+            d,
+            db,
+            row,
+            filled: k * tp,
+        };
+        sum_products(XI, operands, &self.offs, cin, cout, lanes);
     }
 
     /// The weight gradient `(C_out, C_in, 3, 3)` from the summed lanes:
@@ -691,6 +661,142 @@ impl FilterPlan {
                 }
             }
         })
+    }
+}
+
+/// One image's (or row of images') transformed input for the forward
+/// products: `positions` blocks `vb` floats apart of `C_in` rows `rs`
+/// apart, `tp` tiles each; `offs[c] = c * rs`.
+pub(super) struct Operands<'a> {
+    pub(super) v: &'a [f32],
+    pub(super) vb: usize,
+    pub(super) rs: usize,
+    pub(super) tp: usize,
+    pub(super) offs: &'a [u32],
+}
+
+/// The forward products of one block of 8 output channels, `m[(ξ MR + r)
+/// rs + t] = sum over c of U[ξ][c][r] V[ξ][c][t]`, by the direct
+/// convolution's register tile ([`direct::tile_into`]), for both Winograd
+/// forward plans; `u` holds the block's transformed kernel for ξ = 0 at
+/// its start, each next ξ `u_stride` floats on (`C_in x 8` floats each).
+pub(super) fn block_products(
+    positions: usize,
+    t: Operands<'_>,
+    u: &[f32],
+    u_stride: usize,
+    m: &mut [f32],
+) {
+    let Operands {
+        v,
+        vb,
+        rs,
+        tp,
+        offs,
+    } = t;
+    let cin = offs.len();
+    assert!(
+        tp.is_multiple_of(LANES)
+            && rs >= tp
+            && cin >= 1
+            && v.len() >= (positions - 1) * vb + cin * rs
+            && u.len() >= (positions - 1) * u_stride + cin * MR
+            && m.len() >= positions * MR * rs,
+        "winograd: bad forward operands"
+    );
+    for xi in 0..positions {
+        let vx = &v[xi * vb..][..cin * rs];
+        let u = &u[xi * u_stride..][..cin * MR];
+        let mut t0 = 0;
+        while t0 < tp {
+            let nv = ((tp - t0) / LANES).min(NP / LANES);
+            // SAFETY: AVX2 and FMA were detected when the calling plan was
+            // made; `u` holds `cin * MR` floats; the largest read is
+            // `offs[cin-1] + t0 + nv*16 <= (cin-1)*rs + tp`, inside `vx`
+            // (`cin * rs`); row `r` is written at `(xi*MR + r)*rs + t0 ..
+            // + nv*16 <= (xi*MR + r)*rs + tp`, inside `m` (asserted).
+            unsafe {
+                let out = m.as_mut_ptr().add(xi * MR * rs + t0);
+                direct::tile_into(nv, &vx[t0..], offs, u, out, rs);
+            }
+            t0 += nv * LANES;
+        }
+    }
+}
+
+/// The transformed operands of a batch of images for the weight gradient:
+/// `positions` blocks (one per ξ) of `C_in` input rows `vb` floats apart
+/// and of `C_out` gradient rows `db` apart, rows of `row` floats of which
+/// the first `filled` hold the images' tiles.
+pub(super) struct Transformed<'a> {
+    pub(super) v: &'a [f32],
+    pub(super) vb: usize,
+    pub(super) d: &'a mut [f32],
+    pub(super) db: usize,
+    pub(super) row: usize,
+    pub(super) filled: usize,
+}
+
+/// `lanes[((ξ C_out + co) C_in + ci) 16 + l] += sum over the tiles t = l
+/// (mod 16) of D[ξ][co][t] V[ξ][ci][t]`, by the direct weight-gradient tile
+/// ([`direct::wtile`]), for both Winograd weight gradients (F(2x2, 3x3)
+/// here, F(4x4, 3x3) in [`super::winograd_f4`]); `offs[c] = c * row`.
+/// The columns past `filled` (absent images) are zeroed in `d` first, so
+/// they add nothing whatever `v` holds there (it must be finite).
+pub(super) fn sum_products(
+    positions: usize,
+    t: Transformed<'_>,
+    offs: &[u32],
+    cin: usize,
+    cout: usize,
+    lanes: &mut [f32],
+) {
+    let Transformed {
+        v,
+        vb,
+        d,
+        db,
+        row,
+        filled,
+    } = t;
+    assert!(
+        row.is_multiple_of(LANES)
+            && offs.len() == cin
+            && v.len() >= (positions - 1) * vb + cin * row
+            && d.len() >= (positions - 1) * db + cout * row
+            && lanes.len() == positions * cout * cin * V,
+        "winograd filter: bad operands"
+    );
+    for xi in 0..positions {
+        for co in 0..cout {
+            d[xi * db + co * row..][filled..row].fill(0.0);
+        }
+    }
+    for xi in 0..positions {
+        let vx = &v[xi * vb..][..cin * row];
+        for blk in 0..cout / MR {
+            let co0 = xi * cout + blk * MR;
+            let dd = &d[xi * db + blk * MR * row..][..MR * row];
+            let out = &mut lanes[co0 * cin * V..(co0 + MR) * cin * V];
+            let mut c = 0;
+            while c < cin {
+                let nk = (cin - c).min(3);
+                let offs = &offs[c..c + nk];
+                // SAFETY: AVX2 and FMA were detected when the calling plan
+                // was made; `dd` holds MR rows of `row` floats (a multiple
+                // of 16); `vx` holds `cin` rows of `row`, so `offs[j] + row
+                // <= vx.len()`; `out` holds MR rows of `cin * 16` lanes and
+                // `c + nk <= cin`.
+                unsafe {
+                    match nk {
+                        3 => direct::wtile::<3>(vx, offs, dd, row, out, cin, c),
+                        2 => direct::wtile::<2>(vx, offs, dd, row, out, cin, c),
+                        _ => direct::wtile::<1>(vx, offs, dd, row, out, cin, c),
+                    }
+                }
+                c += nk;
+            }
+        }
     }
 }
 

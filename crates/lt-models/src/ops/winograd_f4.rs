@@ -39,8 +39,8 @@
 //! plans off, for a reproduction of results made before they existed.
 
 use super::conv::ConvGeom;
-use super::direct::{self, LANES, MR, NP, V};
-use super::winograd::{self, Rows, MIN_FILTER_ROW, ROW_PAD};
+use super::direct::{self, LANES, MR, V};
+use super::winograd::{self, block_products, Operands, Rows, Transformed, MIN_FILTER_ROW, ROW_PAD};
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -564,26 +564,20 @@ impl Plan {
         unsafe { self.t.transform_input(x, k, v, band, at) };
         let blocks = g.c_out / MR;
         for blk in 0..blocks {
-            for xi in 0..XI {
-                let vx = &v[xi * vb..][..cin * rs];
-                let u = &self.u[(xi * blocks + blk) * cin * MR..][..cin * MR];
-                let mut t0 = 0;
-                while t0 < tp {
-                    let nv = ((tp - t0) / LANES).min(NP / LANES);
-                    // SAFETY: AVX2 and FMA were detected when the plan was
-                    // made; `u` holds `cin * MR` floats; the largest read
-                    // is `offs[cin-1] + t0 + nv*16 <= (cin-1)*rs + tp`,
-                    // inside `vx` (`cin * rs`); row `r` is written at
-                    // `(xi*MR + r)*rs + t0 .. + nv*16 <= (xi*MR + r)*rs + tp`,
-                    // inside `m` (`XI * MR * rs`).
-                    unsafe {
-                        let out = m.as_mut_ptr().add(xi * MR * rs + t0);
-                        direct::tile_into(nv, &vx[t0..], &self.offs, u, out, rs);
-                    }
-                    t0 += nv * LANES;
-                }
-            }
-            // SAFETY: as above.
+            block_products(
+                XI,
+                Operands {
+                    v,
+                    vb,
+                    rs,
+                    tp,
+                    offs: &self.offs,
+                },
+                &self.u[blk * cin * MR..],
+                blocks * cin * MR,
+                m,
+            );
+            // SAFETY: AVX2 and FMA were detected when the plan was made.
             unsafe { self.t.transform_output(m, rs, y, k, blk, band) };
         }
     }
@@ -694,39 +688,15 @@ impl FilterPlan {
                 t.transform_grad(dyb, d, band, block(db));
             }
         }
-        // Columns of absent images sum to nothing: their gradient is zero
-        // (their input columns hold finite leftovers).
-        for xi in 0..XI {
-            for co in 0..cout {
-                d[xi * db + co * row..][k * tp..row].fill(0.0);
-            }
-        }
-        for xi in 0..XI {
-            let vx = &v[xi * vb..][..cin * row];
-            for blk in 0..cout / MR {
-                let co0 = xi * cout + blk * MR;
-                let dd = &d[xi * db + blk * MR * row..][..MR * row];
-                let out = &mut lanes[co0 * cin * V..(co0 + MR) * cin * V];
-                let mut c = 0;
-                while c < cin {
-                    let nk = (cin - c).min(3);
-                    let offs = &self.offs[c..c + nk];
-                    // SAFETY: AVX2 and FMA were detected when the plan was
-                    // made; `dd` holds MR rows of `row` floats (a multiple
-                    // of 16); `vx` holds `cin` rows of `row`, so `offs[j] +
-                    // row <= vx.len()`; `out` holds MR rows of `cin * 16`
-                    // lanes and `c + nk <= cin`.
-                    unsafe {
-                        match nk {
-                            3 => direct::wtile::<3>(vx, offs, dd, row, out, cin, c),
-                            2 => direct::wtile::<2>(vx, offs, dd, row, out, cin, c),
-                            _ => direct::wtile::<1>(vx, offs, dd, row, out, cin, c),
-                        }
-                    }
-                    c += nk;
-                }
-            }
-        }
+        let operands = Transformed {
+            v,
+            vb,
+            d,
+            db,
+            row,
+            filled: k * tp,
+        };
+        winograd::sum_products(XI, operands, &self.offs, cin, cout, lanes);
     }
 
     /// The weight gradient `(C_out, C_in, 3, 3)` from the summed lanes:
