@@ -2,7 +2,7 @@
 //! (`ops::reference`): forward and forward + backward of typical shapes.
 //!
 //! ```text
-//! cargo bench -p lt-models --bench conv_ops -- [--threads 2] [--reps 5] [--no-reference] [--filter NAME]
+//! cargo bench -p lt-models --bench conv_ops -- [--threads 2] [--reps 5] [--no-reference] [--filter NAME] [--no-winograd-f4]
 //! ```
 //!
 //! Prints one JSON line per case: `{"case", "ours_fwd_ms", "ours_fwd_bwd_ms",
@@ -20,6 +20,9 @@ struct Args {
     reps: usize,
     reference: bool,
     filter: Option<String>,
+    /// `--no-winograd-f4`: F(2x2, 3x3) where F(4x4, 3x3) would run
+    /// (`lt_models::ops::set_winograd_f4(false)`), for an A/B.
+    winograd_f4: bool,
 }
 
 fn parse_args() -> Args {
@@ -28,6 +31,7 @@ fn parse_args() -> Args {
         reps: 5,
         reference: true,
         filter: None,
+        winograd_f4: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -37,6 +41,7 @@ fn parse_args() -> Args {
             "--reps" => a.reps = value("--reps").parse().expect("--reps: integer"),
             "--no-reference" => a.reference = false,
             "--filter" => a.filter = Some(value("--filter")),
+            "--no-winograd-f4" => a.winograd_f4 = false,
             "--bench" => {}
             other => panic!("unknown argument {other:?}"),
         }
@@ -164,6 +169,7 @@ fn conv_case(
 
 fn main() -> Result<()> {
     let args = parse_args();
+    ops::set_winograd_f4(args.winograd_f4);
     // candle's own ops (the reference) keep their default threading.
     std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
     rayon::ThreadPoolBuilder::new()
