@@ -164,10 +164,12 @@ impl Tiles {
         })
     }
 
-    /// Floats of band scratch the transforms need: six planes of `4 tp`
-    /// floats and a zero row, or the output transform's 24 rows.
+    /// Floats of band scratch the transforms need: the input transform's
+    /// six planes of `4 tp` floats and a zero row of `W` (the gradient
+    /// transform's planes and the output transform's 24 rows of `tp` fit
+    /// in the planes).
     fn band_len(&self) -> usize {
-        (24 * self.tp + self.g.w).max(24 * self.tp)
+        6 * 4 * self.tp + self.g.w
     }
 
     /// `V[ξ][c][col0 + t] = (B^T d B)[ξ]` for every channel `c` and tile
