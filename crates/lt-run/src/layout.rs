@@ -13,8 +13,9 @@
 //!   timings.json                 time breakdown of the last `run`
 //!   commands.json                the `run` / `train` / `retrain` command lines that trained it
 //!   features/<split>.safetensors `features` output
-//!   feature_cache/<split>.safetensors  eval-mode features of a frozen encoder,
-//!                                with the key they were computed under
+//!   feature_cache/<split>-<key>.safetensors  eval-mode features of a frozen
+//!                                backbone, with the key they were computed
+//!                                under (`<key>`: its first 16 hex digits)
 //!   cell.json                    the run's grid cell, in a sweep
 //! ```
 //!
@@ -157,14 +158,45 @@ impl RunDir {
             .join(format!("{}.safetensors", split.as_str()))
     }
 
-    /// `feature_cache/<split>.safetensors`: one file per split, replaced
-    /// whenever the features are computed under another key.
-    pub fn feature_cache(&self, split: Split) -> PathBuf {
+    /// `feature_cache/<split>-<key>.safetensors`: one file per split and
+    /// key, `key` being the features' key (a hex digest; its first 16
+    /// digits name the file). The stage-1 backbone and each backbone whose
+    /// BN statistics a stage-2 head refreshed have their own key.
+    pub fn feature_cache(&self, split: Split, key: &str) -> PathBuf {
+        let short = key.get(..FEATURE_KEY_DIGITS).unwrap_or(key);
         self.root
             .join(FEATURE_CACHE_DIR)
-            .join(format!("{}.safetensors", split.as_str()))
+            .join(format!("{}-{short}.safetensors", split.as_str()))
+    }
+
+    /// Every cached feature file of `split`, whatever its key (none when
+    /// `feature_cache/` does not exist).
+    pub fn feature_cache_files(&self, split: Split) -> Result<Vec<PathBuf>, FsError> {
+        let dir = self.root.join(FEATURE_CACHE_DIR);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(FsError::new("listing directory", &dir, e)),
+        };
+        let prefix = format!("{}-", split.as_str());
+        let mut files = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| FsError::new("listing directory", &dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&prefix) && name.ends_with(".safetensors") {
+                files.push(entry.path());
+            }
+        }
+        files.sort();
+        Ok(files)
     }
 }
+
+/// Hex digits of a feature key that name its cache file: 64 bits, so two
+/// keys of one run directory do not share a name by chance (and if they
+/// did, the full key stored in the file tells them apart).
+const FEATURE_KEY_DIGITS: usize = 16;
 
 /// Path of the JSON copy of a checkpoint's metadata (`<name>.json`).
 pub fn checkpoint_meta_path(checkpoint: &Path) -> PathBuf {
@@ -200,5 +232,29 @@ mod tests {
         want.sort();
         assert_eq!(removed, want);
         assert!(kept.is_file() && stale.iter().all(|p| !p.exists()));
+    }
+
+    #[test]
+    fn feature_cache_files_are_named_by_split_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        assert!(run.feature_cache_files(Split::Val).unwrap().is_empty());
+        let key = "0123456789abcdef0123456789abcdef";
+        let a = run.feature_cache(Split::Val, key);
+        assert_eq!(
+            a,
+            dir.path()
+                .join("feature_cache/val-0123456789abcdef.safetensors")
+        );
+        let b = run.feature_cache(Split::Val, "fedcba9876543210ffff");
+        let train = run.feature_cache(Split::Train, key);
+        std::fs::create_dir_all(a.parent().unwrap()).unwrap();
+        for p in [&a, &b, &train] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        std::fs::write(a.with_extension("json"), b"not a cache file").unwrap();
+        assert_eq!(run.feature_cache_files(Split::Val).unwrap(), vec![a, b]);
+        assert_eq!(run.feature_cache_files(Split::Train).unwrap(), vec![train]);
+        assert!(run.feature_cache_files(Split::Test).unwrap().is_empty());
     }
 }

@@ -1,28 +1,33 @@
-//! Features of a split kept on disk for a backbone whose features cannot
-//! change: an encoder (no batch norm) in eval mode.
+//! Eval-mode features of a split kept on disk: a frozen backbone's
+//! features cannot change.
 //!
-//! Every stage of a frozen-encoder pipeline wants the same features: the
-//! linear probe of stage 1 and its evaluation, each trained head of stage 2
-//! (cRT, LWS, LA-cRT, learned τ, MiSLAS, DisAlign, WB, ...), the heads
-//! computed at evaluation (NCM, τ-norm, post-hoc LA) and `lt-cli features`.
-//! Each runs in its own command and used to run the encoder over the split
-//! again, which for a ViT-B/16 on a CPU is most of an hour per pass; the
-//! heads themselves take seconds. So the first pass writes
-//! `<run_dir>/feature_cache/<split>.safetensors` and every later one reads
-//! it.
+//! Every stage of a pipeline wants the same features: the linear probe of a
+//! frozen encoder and its evaluation, each head of stage 2 trained on cached
+//! features (LA-cRT, learned τ, DisAlign, WB, ... and an encoder's cRT and
+//! LWS), the heads computed at evaluation (NCM, τ-norm, post-hoc LA) and
+//! `lt-cli features`. Each runs in its own command (or phase of `run`) and
+//! used to run the backbone over the split again: seconds for a CIFAR
+//! ResNet-32, about two hours for ImageNet-LT's training split on a
+//! ResNet-50 on 2 cores, most of an hour for a ViT-B/16; the heads
+//! themselves take seconds. So the first pass writes
+//! `<run_dir>/feature_cache/<split>-<key>.safetensors` and every later one
+//! reads it.
 //!
 //! A file is used only when it was computed under the same key: a SHA-256
 //! over everything the features depend on (the backbone's arch, precision,
-//! device and every variable's bytes; the evaluation transform and batch
-//! size; the split list's hash and each image's size and modification time,
-//! or its pixels when held in memory). Anything else (another key, a
-//! truncated or unreadable file, other labels) recomputes the features and
-//! replaces the file, with a log line saying why; a cache can only cost time,
-//! never give other numbers. The file is written to a temp file and renamed,
-//! by the run's single writer. ResNets are not cached: with batch norm their
-//! features depend on the mode and on statistics a stage may update, and
-//! their passes are short. Nor are distributed runs (each rank extracts its
-//! shard).
+//! device and every variable's bytes, BN running statistics included; the
+//! kernels' switches, instruction set and thread count, which can move the
+//! last bit; the evaluation transform and batch size; the split list's hash
+//! and each image's size and modification time, or its pixels when held in
+//! memory). The key names the file, so the stage-1 backbone and each
+//! backbone whose BN statistics a stage-2 head refreshed (cRT, LWS, MiSLAS
+//! with `bn = "train"`) keep their own; the [`MAX_FILES_PER_SPLIT`] most
+//! recently written files of a split are kept. Anything else (a truncated or
+//! unreadable file, other labels) recomputes the features and replaces the
+//! file, with a log line saying why: a cache can only cost time, never give
+//! other numbers. The file is written to a temp file and renamed, by the
+//! run's single writer. Distributed runs are not cached (each rank extracts
+//! its shard).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -40,7 +45,12 @@ use crate::TrainError;
 
 /// Version of the key's recipe: bump it when the features of a backbone
 /// could change for the same inputs (a kernel's arithmetic order, say).
-const KEY_VERSION: &str = "lt feature cache v1";
+const KEY_VERSION: &str = "lt feature cache v2";
+/// Feature files kept per split: the stage-1 backbone's and those of up to
+/// three stage-2 heads with refreshed BN statistics. Older ones are removed
+/// when a new one is written (a ResNet-50's ImageNet-LT training features
+/// are about 1 GB).
+pub const MAX_FILES_PER_SPLIT: usize = 4;
 /// Metadata entry holding the key.
 const KEY_ENTRY: &str = "key";
 
@@ -64,11 +74,11 @@ pub fn split_features(
             &exp.dist,
         )
     };
-    if !cacheable(exp, backbone) {
+    if !cacheable(exp) {
         return extract();
     }
     let key = feature_key(exp, backbone, split)?;
-    let path = exp.run.feature_cache(split);
+    let path = exp.run.feature_cache(split, &key);
     let labels = exp.dataset(split)?.labels().to_vec();
     match read(&path, &key, &labels, backbone.feature_dim(), exp) {
         Ok(features) => {
@@ -88,12 +98,46 @@ pub fn split_features(
     if let Err(e) = write(&path, &key, split, &features) {
         tracing::warn!(path = %path.display(), error = %e, "could not write the feature cache");
     }
+    prune(exp, split, &path);
     Ok(features)
 }
 
-/// Whether `backbone`'s eval-mode features are kept on disk.
-fn cacheable(exp: &Experiment, backbone: &Backbone) -> bool {
-    !backbone.has_batch_norm() && !exp.dist.is_distributed()
+/// Whether eval-mode features are kept on disk: on a single process (each
+/// rank of a distributed run extracts its own shard).
+fn cacheable(exp: &Experiment) -> bool {
+    !exp.dist.is_distributed()
+}
+
+/// Removes the feature files of `split` beyond the [`MAX_FILES_PER_SPLIT`]
+/// most recently written, never `keep` (just written). A file that cannot
+/// be listed or removed is left with a warning: it only costs disk.
+fn prune(exp: &Experiment, split: Split, keep: &Path) {
+    let files = match exp.run.feature_cache_files(split) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list the feature cache");
+            return;
+        }
+    };
+    let modified = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::UNIX_EPOCH)
+    };
+    // Newest first; `keep` before every other.
+    let mut files: Vec<_> = files
+        .into_iter()
+        .map(|p| (p != keep, std::cmp::Reverse(modified(&p)), p))
+        .collect();
+    files.sort();
+    for (_, _, old) in files.into_iter().skip(MAX_FILES_PER_SPLIT) {
+        match std::fs::remove_file(&old) {
+            Ok(()) => tracing::info!(path = %old.display(), "older feature cache removed"),
+            Err(e) => {
+                tracing::warn!(path = %old.display(), error = %e, "could not remove an older feature cache")
+            }
+        }
+    }
 }
 
 /// Why a cached file was not used.
@@ -123,6 +167,13 @@ pub fn feature_key(
         backbone.feature_dim(),
         backbone.precision(),
         backbone.device().location()
+    ));
+    line(format!(
+        "kernels winograd {} f4 {} isa {} threads {}",
+        exp.config.model.winograd,
+        exp.config.model.winograd_f4,
+        lt_models::ops::active_isa().name(),
+        rayon::current_num_threads()
     ));
     for (name, t) in varmap_tensors(backbone.varmap()) {
         line(format!(

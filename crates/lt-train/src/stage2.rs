@@ -88,7 +88,16 @@ impl TrainModel for Stage2Model<'_> {
                     .val
                     .as_ref()
                     .ok_or_else(|| TrainError::Invalid("no val loader".into()))?;
-                let f = if self.backbone.has_batch_norm() {
+                let f = if fixed {
+                    // The backbone cannot change during this stage: its
+                    // features may already be on disk.
+                    crate::feature_store::split_features(
+                        self.exp,
+                        &self.backbone,
+                        Split::Val,
+                        "eval val",
+                    )?
+                } else {
                     extract_features(
                         &self.backbone,
                         loader,
@@ -96,14 +105,6 @@ impl TrainModel for Stage2Model<'_> {
                         BnMode::Eval,
                         "eval val",
                         &self.exp.dist,
-                    )?
-                } else {
-                    // An encoder's features cannot change during stage 2.
-                    crate::feature_store::split_features(
-                        self.exp,
-                        &self.backbone,
-                        Split::Val,
-                        "eval val",
                     )?
                 };
                 if fixed {

@@ -1,7 +1,7 @@
-//! The run directory's feature cache: a frozen encoder's features of a split
-//! are computed once and read back bit for bit by every later stage, and
-//! only under the key they were computed with (another backbone, a changed
-//! image, a damaged file: computed again); ResNets are never cached.
+//! The run directory's feature cache: a frozen backbone's eval-mode features
+//! of a split are computed once and read back bit for bit by every later
+//! stage, and only under the key they were computed with (another backbone,
+//! other BN statistics, a changed image, a damaged file: computed again).
 
 mod common;
 
@@ -75,6 +75,12 @@ fn direct(exp: &Experiment, net: &Network, split: Split) -> Features {
     .unwrap()
 }
 
+/// Where `backbone`'s features of `split` are cached.
+fn cache_path(exp: &Experiment, backbone: &lt_models::Backbone, split: Split) -> PathBuf {
+    exp.run
+        .feature_cache(split, &feature_key(exp, backbone, split).unwrap())
+}
+
 fn bits(t: &Tensor) -> Vec<u32> {
     t.flatten_all()
         .unwrap()
@@ -103,7 +109,7 @@ fn an_encoder_split_is_extracted_once_and_read_back_bit_for_bit() {
     let tmp = tempfile::tempdir().unwrap();
     let exp = open(tmp.path(), true, true, "");
     let net = network(&exp, 0);
-    let path = exp.run.feature_cache(Split::Train);
+    let path = cache_path(&exp, &net.backbone, Split::Train);
     assert!(!path.exists());
 
     let first = split_features(&exp, &net.backbone, Split::Train, "train").unwrap();
@@ -121,7 +127,7 @@ fn an_encoder_split_is_extracted_once_and_read_back_bit_for_bit() {
 
     // Other splits have their own file.
     split_features(&exp, &net.backbone, Split::Val, "val").unwrap();
-    assert!(exp.run.feature_cache(Split::Val).exists());
+    assert!(cache_path(&exp, &net.backbone, Split::Val).exists());
 }
 
 #[test]
@@ -130,7 +136,7 @@ fn another_backbone_or_a_changed_image_recomputes_the_features() {
     let exp = open(tmp.path(), true, false, "");
     let a = network(&exp, 1);
     let b = network(&exp, 2);
-    let path = exp.run.feature_cache(Split::Val);
+    let path = cache_path(&exp, &b.backbone, Split::Val);
     let key_a = feature_key(&exp, &a.backbone, Split::Val).unwrap();
     assert_ne!(key_a, feature_key(&exp, &b.backbone, Split::Val).unwrap());
 
@@ -141,8 +147,11 @@ fn another_backbone_or_a_changed_image_recomputes_the_features() {
         bits(&fb.features),
         bits(&direct(&exp, &b, Split::Val).features)
     );
+    // Each backbone keeps its own file.
+    assert!(cache_path(&exp, &a.backbone, Split::Val).exists() && path.exists());
+    assert_eq!(exp.run.feature_cache_files(Split::Val).unwrap().len(), 2);
 
-    // b's features are now the cached ones; plant others, then change one
+    // Plant other features in b's file, then change one
     // image: the key changes and the planted features are not used.
     replace_cached(&path, &(&fb.features * 3.0).unwrap());
     let image = exp.dataset(Split::Val).unwrap().images()[0].clone();
@@ -166,7 +175,7 @@ fn a_damaged_cache_file_is_computed_again_not_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let exp = open(tmp.path(), true, true, "");
     let net = network(&exp, 0);
-    let path = exp.run.feature_cache(Split::Val);
+    let path = cache_path(&exp, &net.backbone, Split::Val);
     let good = split_features(&exp, &net.backbone, Split::Val, "val").unwrap();
     for damage in [
         &b"not a safetensors file"[..],
@@ -188,14 +197,73 @@ fn a_damaged_cache_file_is_computed_again_not_an_error() {
 }
 
 #[test]
-fn resnet_features_are_never_cached() {
+fn resnet_features_are_cached_under_their_bn_statistics() {
     let tmp = tempfile::tempdir().unwrap();
     let exp = open(tmp.path(), false, false, "");
     let net = network(&exp, 0);
+    let path = cache_path(&exp, &net.backbone, Split::Val);
     let f = split_features(&exp, &net.backbone, Split::Val, "val").unwrap();
     assert_eq!(f.len(), 12);
-    assert!(!exp.run.feature_cache(Split::Val).exists());
-    assert!(!exp.run.root().join("feature_cache").exists());
+    assert!(path.exists());
+    assert_eq!(
+        bits(&f.features),
+        bits(&direct(&exp, &net, Split::Val).features)
+    );
+    let planted = (&f.features * 2.0).unwrap();
+    replace_cached(&path, &planted);
+    let read = split_features(&exp, &net.backbone, Split::Val, "val").unwrap();
+    assert_eq!(bits(&read.features), bits(&planted), "read from the file");
+
+    // Refreshed BN statistics (what cRT with `bn = "train"` does) are
+    // another key: computed again, into a file of their own.
+    let key = feature_key(&exp, &net.backbone, Split::Val).unwrap();
+    let (name, mean) = net
+        .backbone
+        .buffers()
+        .into_iter()
+        .find(|(n, _)| n.ends_with("running_mean"))
+        .expect("a BN buffer");
+    mean.set(&(mean.as_tensor() + 0.5).unwrap()).unwrap();
+    assert_ne!(
+        key,
+        feature_key(&exp, &net.backbone, Split::Val).unwrap(),
+        "{name} is part of the key"
+    );
+    let moved = split_features(&exp, &net.backbone, Split::Val, "val").unwrap();
+    assert_eq!(
+        bits(&moved.features),
+        bits(&direct(&exp, &net, Split::Val).features)
+    );
+    assert_ne!(bits(&moved.features), bits(&f.features));
+    assert!(path.exists() && cache_path(&exp, &net.backbone, Split::Val).exists());
+}
+
+#[test]
+fn the_most_recently_written_files_of_a_split_are_kept() {
+    use lt_train::feature_store::MAX_FILES_PER_SPLIT;
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = open(tmp.path(), false, false, "");
+    let nets: Vec<Network> = (0..MAX_FILES_PER_SPLIT as u64 + 2)
+        .map(|seed| network(&exp, seed))
+        .collect();
+    let mut written = Vec::new();
+    for net in &nets {
+        split_features(&exp, &net.backbone, Split::Val, "val").unwrap();
+        written.push(cache_path(&exp, &net.backbone, Split::Val));
+        // Modification times of the file system may be coarse.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut kept = exp.run.feature_cache_files(Split::Val).unwrap();
+    kept.sort();
+    let mut newest = written[written.len() - MAX_FILES_PER_SPLIT..].to_vec();
+    newest.sort();
+    assert_eq!(kept, newest);
+    // Another split's files are not counted with these.
+    split_features(&exp, &nets[0].backbone, Split::Train, "train").unwrap();
+    assert_eq!(
+        exp.run.feature_cache_files(Split::Val).unwrap().len(),
+        MAX_FILES_PER_SPLIT
+    );
 }
 
 #[test]
@@ -214,8 +282,12 @@ fn a_frozen_encoder_pipeline_reads_each_split_from_the_cache() {
         stop_after_epoch: None,
     };
     lt_train::stage1::train_stage1(&exp, fresh).unwrap();
-    let train = exp.run.feature_cache(Split::Train);
-    let val = exp.run.feature_cache(Split::Val);
+    let only = |split| {
+        let files = exp.run.feature_cache_files(split).unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        files[0].clone()
+    };
+    let (train, val) = (only(Split::Train), only(Split::Val));
     let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
     let (train_inode, val_inode) = (inode(&train), inode(&val));
 
@@ -239,4 +311,49 @@ fn a_frozen_encoder_pipeline_reads_each_split_from_the_cache() {
     let cached = candle_core::safetensors::load(&train, &Device::Cpu).unwrap();
     replace_cached(&train, &(&cached["features"] * 2.0).unwrap());
     assert_ne!(trained, head(&exp));
+}
+
+#[test]
+fn heads_on_a_frozen_resnet_share_the_cached_features() {
+    // cRT with BN in eval mode and no augmentation trains on cached
+    // features: the first head writes train and val, the second (LWS)
+    // reads them.
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = "[stage2.crt]\nepochs = 2\nbatch_size = 8\nbn = \"eval\"\naugment = false\n\
+                 [stage2.lws]\nepochs = 2\nbatch_size = 8\nbn = \"eval\"\naugment = false\n";
+    let exp = open(tmp.path(), false, false, extra);
+    let fresh = RunOptions {
+        start: StartMode::Fresh,
+        stop_after_epoch: None,
+    };
+    lt_train::stage1::train_stage1(&exp, fresh).unwrap();
+    assert!(exp
+        .run
+        .feature_cache_files(Split::Train)
+        .unwrap()
+        .is_empty());
+    let retrain = |head: &'static str| {
+        let again = RunOptions {
+            start: StartMode::Overwrite,
+            stop_after_epoch: None,
+        };
+        lt_train::stage2::retrain(&exp, &HeadId::new_static(head), again).unwrap();
+    };
+    retrain("crt");
+    let only = |split| {
+        let files = exp.run.feature_cache_files(split).unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        files[0].clone()
+    };
+    let (train, val) = (only(Split::Train), only(Split::Val));
+    let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    let (train_inode, val_inode) = (inode(&train), inode(&val));
+    retrain("lws");
+    assert_eq!(
+        (only(Split::Train), only(Split::Val)),
+        (train.clone(), val.clone())
+    );
+    assert_eq!(inode(&train), train_inode, "LWS rewrote the train features");
+    assert_eq!(inode(&val), val_inode, "LWS rewrote the val features");
 }
