@@ -7,8 +7,8 @@
 //! not one candle op per group.
 
 use super::cpu::{
-    f32_slice, par_written_init, par_zeroed, par_zeroed_init, sgemm, split_range, threads, Mat,
-    MatMut,
+    assume_init, f32_slice, par_written_init, par_zeroed, par_zeroed_init, sgemm, split_range,
+    threads, Mat, MatMut,
 };
 use super::direct;
 use super::simd;
@@ -311,6 +311,19 @@ where
 
 /// `y = conv(x, w)`: per image and group, `y_g = W_g * im2col(x_g)`.
 pub(crate) fn conv_fwd(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    conv_fwd_then(g, x, w, |_, _| {})
+}
+
+/// [`conv_fwd`], handing each job's output, right after the kernel wrote
+/// it and while it is still in that worker's cache, to `then(first image,
+/// outputs of its images)`: an epilogue there costs no extra pass over the
+/// activation through memory.
+pub(crate) fn conv_fwd_then(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    then: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
     let (cig, cog, kdim, hw, ohw) = (g.cig(), g.cog(), g.kdim(), g.hw(), g.ohw());
     if let Some(plan) = winograd_f4_plan(g, w) {
         // Groups of `images` images per call (the last may hold fewer).
@@ -327,6 +340,8 @@ pub(crate) fn conv_fwd(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
                 |scratch, grp, ys| {
                     let (i, k) = (grp * images, ys.len() / per_image);
                     plan.run(&x[i * g.c_in * hw..(i + k) * g.c_in * hw], ys, scratch);
+                    // SAFETY: `Plan::run` wrote every element of `ys`.
+                    then(i, assume_init(ys));
                 },
             )
         };
@@ -336,6 +351,8 @@ pub(crate) fn conv_fwd(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
         return unsafe {
             map_images_written(g.n, g.c_out * ohw, plan.scratch_len(), |i, yi, scratch| {
                 plan.run(&x[i * g.c_in * hw..(i + 1) * g.c_in * hw], yi, scratch);
+                // SAFETY: `Plan::run` wrote every element of `yi`.
+                then(i, assume_init(yi));
             })
         };
     }
@@ -344,6 +361,8 @@ pub(crate) fn conv_fwd(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
         return unsafe {
             map_images_written(g.n, g.c_out * ohw, plan.scratch_len(), |i, yi, xpad| {
                 plan.run(&x[i * g.c_in * hw..(i + 1) * g.c_in * hw], yi, xpad);
+                // SAFETY: the direct plan wrote every element of `yi`.
+                then(i, assume_init(yi));
             })
         };
     }
@@ -381,6 +400,7 @@ pub(crate) fn conv_fwd(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
                 par,
             );
         }
+        then(i, yi);
     })
 }
 

@@ -7,11 +7,11 @@
 //! one activation instead of three (convolution, batch-norm affine map,
 //! residual add + ReLU) and allocates one.
 
-use super::conv::{conv_fwd, ConvGeom};
+use super::conv::{conv_fwd_then, ConvGeom};
 use super::cpu::f32_slice;
+use super::simd;
 use super::Conv2dParams;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
-use rayon::prelude::*;
 
 /// `(x, w, bias) -> act(conv(x, w) + bias[c] (+ residual))`. The residual
 /// is held by the op (a `CustomOp3` has three operands) and read from its
@@ -69,34 +69,81 @@ impl CustomOp3 for ConvBiasOp {
             },
             None => None,
         };
-        let mut y = conv_fwd(&g, x, w);
-        let ohw = g.oh * g.ow;
-        if ohw > 0 {
-            let relu = self.relu;
-            // One image per job: its planes are contiguous, and a job as
-            // large as an image keeps the scheduling cost negligible.
-            let per_image = co * ohw;
-            y.par_chunks_mut(per_image).enumerate().for_each(|(i, yi)| {
+        // The epilogue runs on each job's images as soon as the kernel has
+        // written them (still in cache), not as a second pass over `y`.
+        let (ohw, relu) = (g.oh * g.ow, self.relu);
+        let per_image = co * ohw;
+        let y = conv_fwd_then(&g, x, w, |first, ys| {
+            if ohw == 0 {
+                return;
+            }
+            for (j, yi) in ys.chunks_exact_mut(per_image).enumerate() {
+                let i = first + j;
                 for (ch, plane) in yi.chunks_exact_mut(ohw).enumerate() {
                     let start = i * per_image + ch * ohw;
                     let r = residual.map(|r| &r[start..start + ohw]);
-                    epilogue_plane(plane, bias[ch], r, relu);
+                    simd::bias_plane(plane, bias[ch], r, relu);
                 }
-            });
-        }
+            }
+        });
         Ok((CpuStorage::F32(y), g.out_shape()))
     }
 }
 
-/// `plane = act(plane + b (+ r))` in place.
-fn epilogue_plane(plane: &mut [f32], b: f32, r: Option<&[f32]>, relu: bool) {
-    match (r, relu) {
-        (Some(r), true) => plane
-            .iter_mut()
-            .zip(r)
-            .for_each(|(v, &r)| *v = (*v + b + r).max(0.0)),
-        (Some(r), false) => plane.iter_mut().zip(r).for_each(|(v, &r)| *v = *v + b + r),
-        (None, true) => plane.iter_mut().for_each(|v| *v = (*v + b).max(0.0)),
-        (None, false) => plane.iter_mut().for_each(|v| *v += b),
+#[cfg(test)]
+mod tests {
+    use crate::ops::cpu::test_data as data;
+    use crate::ops::{conv2d, conv2d_bias, Conv2dParams, Epilogue};
+    use candle_core::{Device, Tensor};
+
+    fn tensor(dims: &[usize], seed: usize) -> Tensor {
+        let n = dims.iter().product();
+        Tensor::from_vec(data(n, seed), dims, &Device::Cpu).unwrap()
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// The epilogue applied inside the convolution's jobs gives the bits of
+    /// the convolution followed by `+ bias`, `+ residual` and the ReLU as
+    /// separate ops, on every kernel path: Winograd F(4x4, 3x3) (one image
+    /// per job at 32x32; groups of images at 8x8, the last group short),
+    /// F(2x2, 3x3), stride 2 (im2col + gemm) and 1x1.
+    #[test]
+    fn the_in_job_epilogue_matches_separate_ops_bit_for_bit() {
+        let cases: [(usize, usize, usize, usize, usize); 5] = [
+            // (images, channels in, size, channels out, kernel / stride code)
+            (3, 16, 32, 16, 3),
+            (7, 64, 8, 64, 3),
+            (2, 8, 6, 8, 3),
+            (3, 16, 16, 32, 32),
+            (3, 16, 8, 24, 1),
+        ];
+        for (seed, &(n, ci, s, co, k)) in cases.iter().enumerate() {
+            let (kernel, stride) = if k == 32 { (3, 2) } else { (k, 1) };
+            let p = Conv2dParams {
+                stride,
+                padding: kernel / 2,
+                groups: 1,
+            };
+            let x = tensor(&[n, ci, s, s], 3 * seed + 1);
+            let w = (tensor(&[co, ci, kernel, kernel], 3 * seed + 2) * 0.2).unwrap();
+            let b = tensor(&[co], 3 * seed + 3);
+            let y = conv2d(&x, &w, p).unwrap();
+            let biased = y.broadcast_add(&b.reshape((1, co, 1, 1)).unwrap()).unwrap();
+            let r = tensor(y.dims(), 3 * seed + 4);
+            let want = [
+                biased.clone(),
+                biased.relu().unwrap(),
+                (&biased + &r).unwrap().relu().unwrap(),
+            ];
+            let epilogues = [Epilogue::None, Epilogue::Relu, Epilogue::AddRelu(&r)];
+            for (e, want) in epilogues.into_iter().zip(&want) {
+                let got = conv2d_bias(&x, &w, &b, p, e).unwrap();
+                assert_eq!(bits(&got), bits(want), "case {seed}");
+            }
+        }
     }
 }

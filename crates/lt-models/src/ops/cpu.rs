@@ -80,7 +80,7 @@ pub(crate) fn threads() -> usize {
 ///
 /// # Safety
 /// Every element of `c` must have been initialised.
-unsafe fn assume_init(c: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+pub(crate) unsafe fn assume_init(c: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the caller
     // guarantees every element is initialised.
     unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) }

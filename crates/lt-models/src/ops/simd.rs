@@ -263,6 +263,38 @@ dispatch! {
 }
 
 dispatch! {
+    /// `plane = max?(plane + b (+ r), 0)` in place: the epilogue of a
+    /// convolution with its batch norm folded in (the sums in this order).
+    fn bias_plane(plane: &mut [f32], b: f32, r: Option<&[f32]>, relu: bool) {
+        let n = plane.len();
+        match (r, relu) {
+            (None, false) => {
+                for v in plane.iter_mut() {
+                    *v += b;
+                }
+            }
+            (None, true) => {
+                for v in plane.iter_mut() {
+                    *v = (*v + b).max(0.0);
+                }
+            }
+            (Some(r), false) => {
+                let r = &r[..n];
+                for i in 0..n {
+                    plane[i] = plane[i] + b + r[i];
+                }
+            }
+            (Some(r), true) => {
+                let r = &r[..n];
+                for i in 0..n {
+                    plane[i] = (plane[i] + b + r[i]).max(0.0);
+                }
+            }
+        }
+    }
+}
+
+dispatch! {
     /// `out = dy * (y > 0)`.
     fn relu_mask(y: &[f32], dy: &[f32], out: &mut [f32]) {
         let n = out.len();
