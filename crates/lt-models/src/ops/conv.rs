@@ -135,8 +135,117 @@ impl ConvGeom {
 fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
     if g.stride == 1 && g.ow == g.w {
         im2col_same(g, x, col);
+    } else if g.stride > 1 {
+        im2col_strided(g, x, col);
     } else {
         im2col_rows(g, x, col);
+    }
+}
+
+/// An input row split into its `stride` phases: `phase p` holds columns
+/// `p, p + s, p + 2s, ...`. With the row so split, the input columns a
+/// strided tap reads (`ox * s + kj - pad` for consecutive `ox`) are
+/// consecutive in one phase: a copy, not a strided gather per element.
+struct Phases {
+    s: usize,
+    /// Floats per phase, `ceil(W / s)`.
+    len: usize,
+    buf: Vec<f32>,
+}
+
+impl Phases {
+    fn new(w: usize, s: usize) -> Self {
+        let len = w.div_ceil(s);
+        Phases {
+            s,
+            len,
+            buf: vec![0f32; s * len],
+        }
+    }
+
+    /// `buf[p * len + i] = row[i * s + p]`.
+    fn split(&mut self, row: &[f32]) {
+        let (s, len) = (self.s, self.len);
+        if s == 2 {
+            let (even, odd) = self.buf.split_at_mut(len);
+            let pairs = row.len() / 2;
+            for (i, pair) in row.chunks_exact(2).enumerate() {
+                even[i] = pair[0];
+                odd[i] = pair[1];
+            }
+            if row.len() % 2 == 1 {
+                even[pairs] = row[row.len() - 1];
+            }
+            return;
+        }
+        for (i, chunk) in row.chunks(s).enumerate() {
+            for (p, &v) in chunk.iter().enumerate() {
+                self.buf[p * len + i] = v;
+            }
+        }
+    }
+
+    /// The inverse of [`Phases::split`]: `row[i * s + p] = buf[p * len + i]`.
+    fn merge(&self, row: &mut [f32]) {
+        let (s, len) = (self.s, self.len);
+        if s == 2 {
+            let (even, odd) = self.buf.split_at(len);
+            let pairs = row.len() / 2;
+            let n = row.len();
+            for (i, pair) in row.chunks_exact_mut(2).enumerate() {
+                pair[0] = even[i];
+                pair[1] = odd[i];
+            }
+            if n % 2 == 1 {
+                row[n - 1] = even[pairs];
+            }
+            return;
+        }
+        for (i, chunk) in row.chunks_mut(s).enumerate() {
+            for (p, v) in chunk.iter_mut().enumerate() {
+                *v = self.buf[p * len + i];
+            }
+        }
+    }
+
+    /// The `n` consecutive floats of the phase holding input column `ix`,
+    /// from that column on (`ix, ix + s, ...`).
+    fn run(&self, ix: usize, n: usize) -> std::ops::Range<usize> {
+        let start = (ix % self.s) * self.len + ix / self.s;
+        start..start + n
+    }
+}
+
+/// [`im2col`] for strides above 1, one input row at a time: the row is
+/// split into its phases once and each of the `KW` taps is a copy from one
+/// of them.
+fn im2col_strided(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
+    let (hw, ohw, s, ow) = (g.hw(), g.ohw(), g.stride, g.ow);
+    let mut phases = Phases::new(g.w, s);
+    let ranges: Vec<(usize, usize)> = (0..g.kw).map(|kj| g.ow_range(kj)).collect();
+    for c in 0..g.cig() {
+        let xc = &x[c * hw..(c + 1) * hw];
+        for ki in 0..g.kh {
+            let row0 = (c * g.kh + ki) * g.kw;
+            for oy in 0..g.oh {
+                let Some(iy) = g.in_row(oy, ki) else {
+                    for kj in 0..g.kw {
+                        col[(row0 + kj) * ohw + oy * ow..][..ow].fill(0.0);
+                    }
+                    continue;
+                };
+                phases.split(&xc[iy * g.w..(iy + 1) * g.w]);
+                for (kj, &(lo, hi)) in ranges.iter().enumerate() {
+                    let d = &mut col[(row0 + kj) * ohw + oy * ow..][..ow];
+                    d[..lo].fill(0.0);
+                    d[hi..].fill(0.0);
+                    if lo < hi {
+                        let src = phases.run(lo * s + kj - g.pad, hi - lo);
+                        d[lo..hi].copy_from_slice(&phases.buf[src]);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -224,7 +333,11 @@ fn im2col_same(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
 /// Folds `col` `(cig * KH * KW, OH * OW)` back into `dx` `(cig, H, W)`,
 /// adding overlapping contributions (the adjoint of [`im2col`]).
 fn col2im(g: &ConvGeom, col: &[f32], dx: &mut [f32]) {
-    let (hw, ohw, s) = (g.hw(), g.ohw(), g.stride);
+    if g.stride > 1 {
+        return col2im_strided(g, col, dx);
+    }
+    let hw = g.hw();
+    let ohw = g.ohw();
     for c in 0..g.cig() {
         let dxc = &mut dx[c * hw..(c + 1) * hw];
         for ki in 0..g.kh {
@@ -240,18 +353,48 @@ fn col2im(g: &ConvGeom, col: &[f32], dx: &mut [f32]) {
                         continue;
                     };
                     let d = &src[oy * g.ow + lo..oy * g.ow + hi];
+                    let ix0 = lo + kj - g.pad;
                     let xrow = &mut dxc[iy * g.w..(iy + 1) * g.w];
-                    let ix0 = lo * s + kj - g.pad;
-                    if s == 1 {
-                        for (o, v) in xrow[ix0..ix0 + hi - lo].iter_mut().zip(d) {
-                            *o += *v;
-                        }
-                    } else {
-                        for (o, v) in xrow[ix0..].iter_mut().step_by(s).zip(d) {
-                            *o += *v;
-                        }
+                    for (o, v) in xrow[ix0..ix0 + hi - lo].iter_mut().zip(d) {
+                        *o += *v;
                     }
                 }
+            }
+        }
+    }
+}
+
+/// [`col2im`] for strides above 1, one input row at a time: the row of
+/// `dx` is split into its phases, each tap adds a contiguous run into one
+/// of them, and the row is merged back. Every element receives its sums in
+/// the order of the row-by-row loop (by `ki`, then `kj`: for a given `ki`
+/// only one output row reads an input row), so the result is the same to
+/// the bit.
+fn col2im_strided(g: &ConvGeom, col: &[f32], dx: &mut [f32]) {
+    let (hw, ohw, s, ow) = (g.hw(), g.ohw(), g.stride, g.ow);
+    let mut phases = Phases::new(g.w, s);
+    let ranges: Vec<(usize, usize)> = (0..g.kw).map(|kj| g.ow_range(kj)).collect();
+    for c in 0..g.cig() {
+        let dxc = &mut dx[c * hw..(c + 1) * hw];
+        for ki in 0..g.kh {
+            let row0 = (c * g.kh + ki) * g.kw;
+            for oy in 0..g.oh {
+                let Some(iy) = g.in_row(oy, ki) else {
+                    continue;
+                };
+                let xrow = &mut dxc[iy * g.w..(iy + 1) * g.w];
+                phases.split(xrow);
+                for (kj, &(lo, hi)) in ranges.iter().enumerate() {
+                    if lo >= hi {
+                        continue;
+                    }
+                    let d = &col[(row0 + kj) * ohw + oy * ow..][lo..hi];
+                    let dst = phases.run(lo * s + kj - g.pad, hi - lo);
+                    for (o, v) in phases.buf[dst].iter_mut().zip(d) {
+                        *o += *v;
+                    }
+                }
+                phases.merge(xrow);
             }
         }
     }
@@ -923,6 +1066,70 @@ mod tests {
             im2col_same(&g, &x, &mut fast);
             im2col_rows(&g, &x, &mut slow);
             assert_eq!(fast, slow, "shape {h}x{w} k{k} p{p}");
+        }
+    }
+
+    /// Strided geometries of every kind the backbones have (3x3 s2 p1, the
+    /// 7x7 s2 p3 stem, 1x1 s2 projections) and odd ones (odd widths, stride
+    /// 3, kernels larger than the image).
+    const STRIDED: [(usize, usize, usize, usize, usize); 9] = [
+        (8, 8, 3, 2, 1),
+        (7, 9, 3, 2, 1),
+        (9, 9, 7, 2, 3),
+        (4, 6, 1, 2, 0),
+        (5, 5, 1, 2, 0),
+        (7, 8, 3, 3, 1),
+        (10, 11, 5, 3, 2),
+        (2, 3, 5, 2, 2),
+        (1, 1, 3, 2, 1),
+    ];
+
+    #[test]
+    fn strided_im2col_matches_row_by_row() {
+        for (h, w, k, s, p) in STRIDED {
+            let g = geom(h, w, k, s, p);
+            let x: Vec<f32> = (0..2 * h * w).map(|i| i as f32 + 1.0).collect();
+            let mut fast = vec![f32::NAN; g.kdim() * g.ohw()];
+            let mut slow = vec![f32::NAN; g.kdim() * g.ohw()];
+            im2col_strided(&g, &x, &mut fast);
+            im2col_rows(&g, &x, &mut slow);
+            assert_eq!(fast, slow, "shape {h}x{w} k{k} s{s} p{p}");
+        }
+    }
+
+    /// The strided col2im adds each element's terms in the order of the
+    /// plain scatter (by tap row, then tap column), so the sums agree to
+    /// the bit, not only to rounding.
+    #[test]
+    fn strided_col2im_matches_the_plain_scatter_bit_for_bit() {
+        for (h, w, k, s, p) in STRIDED {
+            let g = geom(h, w, k, s, p);
+            let c: Vec<f32> = (0..g.kdim() * g.ohw())
+                .map(|i| ((i * 7919 % 2003) as f32 / 1001.5 - 1.0) * 1e-3f32.powi((i % 3) as i32))
+                .collect();
+            let start: Vec<f32> = (0..2 * h * w).map(|i| (i % 5) as f32 * 0.1).collect();
+            let mut want = start.clone();
+            for ci in 0..g.cig() {
+                for ki in 0..k {
+                    for kj in 0..k {
+                        let row = (ci * k + ki) * k + kj;
+                        for oy in 0..g.oh {
+                            for ox in 0..g.ow {
+                                let (iy, ix) = (oy * s + ki, ox * s + kj);
+                                if iy < p || ix < p || iy - p >= h || ix - p >= w {
+                                    continue;
+                                }
+                                want[ci * h * w + (iy - p) * w + ix - p] +=
+                                    c[row * g.ohw() + oy * g.ow + ox];
+                            }
+                        }
+                    }
+                }
+            }
+            let mut got = start.clone();
+            col2im(&g, &c, &mut got);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "shape {h}x{w} k{k} s{s} p{p}");
         }
     }
 
