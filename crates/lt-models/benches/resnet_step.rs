@@ -6,13 +6,15 @@
 //! cargo bench -p lt-models --bench resnet_step -- --model resnet32 --batch 128 \
 //!     --threads 2 --steps 10 --warmup 3 [--classes 100] [--size 32] [--profile] \
 //!     [--device cpu|cuda:N] [--precision f32|bf16] [--mode train|infer|infer-unfused] \
-//!     [--no-winograd] [--no-winograd-f4] [--max-isa baseline|avx2|avx512]
+//!     [--no-winograd] [--no-winograd-f4] [--no-residual-runs] [--max-isa baseline|avx2|avx512]
 //! ```
 //!
 //! `--no-winograd` runs the 3x3 convolutions on the direct / gemm kernels
 //! instead of Winograd (`lt_models::ops::set_winograd`); `--no-winograd-f4`
 //! keeps Winograd F(2x2, 3x3) where F(4x4, 3x3) would run the forward
-//! (`lt_models::ops::set_winograd_f4`).
+//! (`lt_models::ops::set_winograd_f4`); `--no-residual-runs` trains the
+//! basic blocks one op each instead of as residual runs
+//! (`lt_models::ops::set_residual_runs`).
 //! `--max-isa avx2` takes the paths of an AVX2-only CPU
 //! (`lt_models::ops::set_max_isa`); build the bench with
 //! `--no-default-features` as well so that `gemm` leaves AVX-512 alone too.
@@ -125,6 +127,9 @@ struct Args {
     /// `--no-winograd-f4`: F(2x2, 3x3) instead of F(4x4, 3x3)
     /// (`lt_models::ops::set_winograd_f4(false)`), for an A/B.
     winograd_f4: bool,
+    /// `--no-residual-runs`: the blocks one op each
+    /// (`lt_models::ops::set_residual_runs(false)`), for an A/B.
+    residual_runs: bool,
     /// `--max-isa`: cap on the kernels' instruction sets.
     max_isa: Option<Isa>,
 }
@@ -145,6 +150,7 @@ fn parse_args() -> Args {
         precision: Precision::F32,
         winograd: true,
         winograd_f4: true,
+        residual_runs: true,
         max_isa: None,
     };
     let mut it = std::env::args().skip(1);
@@ -165,6 +171,7 @@ fn parse_args() -> Args {
             "--profile" => a.profile = true,
             "--no-winograd" => a.winograd = false,
             "--no-winograd-f4" => a.winograd_f4 = false,
+            "--no-residual-runs" => a.residual_runs = false,
             "--max-isa" => {
                 let v = value("--max-isa");
                 a.max_isa = Some(v.parse().unwrap_or_else(|e| panic!("--max-isa: {e}")));
@@ -286,6 +293,7 @@ fn main() -> Result<()> {
     let args = parse_args();
     lt_models::ops::set_winograd(args.winograd);
     lt_models::ops::set_winograd_f4(args.winograd_f4);
+    lt_models::ops::set_residual_runs(args.residual_runs);
     if let Some(isa) = args.max_isa {
         lt_models::ops::set_max_isa(isa);
     }
@@ -411,7 +419,7 @@ fn main() -> Result<()> {
     }
     let steps: Vec<String> = wall.iter().map(|t| format!("{t:.1}")).collect();
     println!(
-        "{{\"model\": \"{}\", \"batch\": {}, \"size\": {size}, \"threads\": {}, \"device\": \"{}\", \"precision\": \"{}\", \"framework\": \"lt-models\", \"mode\": \"{}\", \"winograd\": {}, \"winograd_f4\": {}, \"isa\": \"{}\", \"avx512_gemm\": {}, \"img_per_s_median\": {:.1}, \"step_ms\": [{}], \"cpu_ms_median\": {:.1}, \"peak_rss_mb\": {:.0}, \"peak_heap_mb\": {:.0}, \"live_after_forward_mb\": {:.0}, \"loadavg\": \"{load}\"}}",
+        "{{\"model\": \"{}\", \"batch\": {}, \"size\": {size}, \"threads\": {}, \"device\": \"{}\", \"precision\": \"{}\", \"framework\": \"lt-models\", \"mode\": \"{}\", \"winograd\": {}, \"winograd_f4\": {}, \"residual_runs\": {}, \"isa\": \"{}\", \"avx512_gemm\": {}, \"img_per_s_median\": {:.1}, \"step_ms\": [{}], \"cpu_ms_median\": {:.1}, \"peak_rss_mb\": {:.0}, \"peak_heap_mb\": {:.0}, \"live_after_forward_mb\": {:.0}, \"loadavg\": \"{load}\"}}",
         args.model,
         args.batch,
         args.threads,
@@ -424,6 +432,7 @@ fn main() -> Result<()> {
         },
         args.winograd,
         args.winograd && args.winograd_f4,
+        args.residual_runs,
         lt_models::ops::active_isa(),
         cfg!(feature = "avx512-gemm"),
         args.batch as f64 / med * 1e3,

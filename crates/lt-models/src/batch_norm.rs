@@ -175,17 +175,8 @@ impl BatchNorm2d {
         if mode == BnMode::Eval || crate::sync_bn::active().is_some() {
             return self.forward_with(&conv.forward(x)?, epilogue, mode);
         }
-        let (n, _c, h, w_) = x.dims4()?;
-        let (c_out, _, kh, kw) = conv.weight().dims4()?;
+        let count = self.conv_batch_count(conv, x.dims4()?)?;
         let p = conv.params();
-        let out = |size: usize, k: usize| (size + 2 * p.padding).saturating_sub(k) / p.stride + 1;
-        let count = n * out(h, kh) * out(w_, kw);
-        if count < 2 {
-            return Err(ModelError::BatchTooSmall {
-                layer: self.name.clone(),
-                shape: vec![n, c_out, out(h, kh), out(w_, kw)],
-            });
-        }
         let (cw, w, b) = (
             conv.weight(),
             self.weight.as_tensor(),
@@ -194,6 +185,27 @@ impl BatchNorm2d {
         let (y, mean, var) = ops::conv2d_batch_norm_train(x, cw, p, w, b, BN_EPS, epilogue)?;
         self.update_running_stats(&mean, &var, count)?;
         Ok(y)
+    }
+
+    /// The number of values per channel this layer normalises after `conv`
+    /// on an input of dimensions `x`; a [`ModelError::BatchTooSmall`] under 2
+    /// (no variance).
+    pub(crate) fn conv_batch_count(
+        &self,
+        conv: &Conv,
+        (n, _c, h, w): (usize, usize, usize, usize),
+    ) -> Result<usize> {
+        let (c_out, _, kh, kw) = conv.weight().dims4()?;
+        let p = conv.params();
+        let out = |size: usize, k: usize| (size + 2 * p.padding).saturating_sub(k) / p.stride + 1;
+        let count = n * out(h, kh) * out(w, kw);
+        if count < 2 {
+            return Err(ModelError::BatchTooSmall {
+                layer: self.name.clone(),
+                shape: vec![n, c_out, out(h, kh), out(w, kw)],
+            });
+        }
+        Ok(count)
     }
 
     fn forward_with(&self, x: &Tensor, epilogue: Epilogue<'_>, mode: BnMode) -> Result<Tensor> {
@@ -250,7 +262,7 @@ impl BatchNorm2d {
     }
 
     /// `running = (1 - m) * running + m * batch`, with the unbiased variance.
-    fn update_running_stats(
+    pub(crate) fn update_running_stats(
         &self,
         batch_mean: &Tensor,
         biased_var: &Tensor,

@@ -1,12 +1,12 @@
 //! The residual block shared by every backbone.
 
-use crate::batch_norm::{BatchNorm2d, BnMode};
+use crate::batch_norm::{BatchNorm2d, BnMode, BN_EPS};
 use crate::cifar_resnet::Shortcut;
 use crate::error::ModelError;
 use crate::error::Result;
 use crate::folded::{FoldedBlock, FoldedConv, FoldedShortcut};
 use crate::init::{Conv, ParamBuilder};
-use crate::ops::{self, Conv2dParams, Epilogue};
+use crate::ops::{self, BasicBlockTensors, Conv2dParams, Epilogue};
 use candle_core::{DType, Tensor};
 
 /// `relu(body(x) + shortcut(x))`, where `body` is a chain of conv + BN pairs
@@ -144,6 +144,108 @@ impl Block {
 }
 
 impl Block {
+    /// Runs `blocks` in order. In training mode (without synchronised batch
+    /// norm), each maximal run of basic blocks goes through
+    /// [`ops::residual_run_train`] as one op, which keeps the gradients
+    /// between them out of candle's serial accumulation; other blocks (and
+    /// every block where the run declines) run one by one. Same results
+    /// either way.
+    pub(crate) fn forward_all(blocks: &[&Block], x: Tensor, mode: BnMode) -> Result<Tensor> {
+        let runs_apply = mode == BnMode::Train && crate::sync_bn::active().is_none();
+        let mut x = x;
+        let mut i = 0;
+        while i < blocks.len() {
+            let run = if runs_apply {
+                blocks[i..]
+                    .iter()
+                    .take_while(|b| b.run_tensors().is_some())
+                    .count()
+            } else {
+                0
+            };
+            if run > 0 {
+                if let Some(y) = Self::forward_run(&blocks[i..i + run], &x)? {
+                    x = y;
+                    i += run;
+                    continue;
+                }
+            }
+            x = blocks[i].forward_t(&x, mode)?;
+            i += 1;
+        }
+        Ok(x)
+    }
+
+    /// `blocks` (all with [`Block::run_tensors`]) as one residual run in
+    /// training mode, their running statistics updated; `None` where the
+    /// run declines the operands.
+    fn forward_run(blocks: &[&Block], x: &Tensor) -> Result<Option<Tensor>> {
+        // Each batch norm's count, checked before anything runs (the error
+        // the block-by-block path gives).
+        let mut dims = x.dims4()?;
+        let mut counts = Vec::with_capacity(blocks.len());
+        for b in blocks {
+            let ((c1, bn1), (c2, bn2)) = (&b.inner[0], &b.last);
+            let count = bn1.conv_batch_count(c1, dims)?;
+            let (n, _, h, w) = dims;
+            let s = c1.params().stride;
+            let c_out = c1.weight().dims4()?.0;
+            dims = (n, c_out, (h + 2 - 3) / s + 1, (w + 2 - 3) / s + 1);
+            counts.push((count, bn2.conv_batch_count(c2, dims)?));
+        }
+        let tensors: Vec<BasicBlockTensors<'_>> =
+            blocks.iter().filter_map(|b| b.run_tensors()).collect();
+        let Some((y, stats)) = ops::residual_run_train(x, &tensors, BN_EPS)? else {
+            return Ok(None);
+        };
+        #[cfg(test)]
+        tests::RUNS_TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for ((b, [(m1, v1), (m2, v2)]), (n1, n2)) in blocks.iter().zip(&stats).zip(counts) {
+            b.inner[0].1.update_running_stats(m1, v1, n1)?;
+            b.last.1.update_running_stats(m2, v2, n2)?;
+        }
+        Ok(Some(y))
+    }
+
+    /// This block's tensors for a residual run: a basic block (two 3x3
+    /// convolutions with padding 1, the second of stride 1, no groups) whose
+    /// shortcut is the identity or the zero-padding one.
+    fn run_tensors(&self) -> Option<BasicBlockTensors<'_>> {
+        let [(c1, bn1)] = self.inner.as_slice() else {
+            return None;
+        };
+        let (c2, bn2) = &self.last;
+        let (p1, p2) = (c1.params(), c2.params());
+        let k3 = |c: &Conv| matches!(c.weight().dims4(), Ok((_, _, 3, 3)));
+        let plain = Conv2dParams {
+            stride: 1,
+            padding: 1,
+            groups: 1,
+        };
+        if !k3(c1) || !k3(c2) || p2 != plain || p1.padding != 1 || p1.groups != 1 {
+            return None;
+        }
+        let zero_pad = match self.shortcut {
+            ShortcutPath::Identity => None,
+            ShortcutPath::ZeroPad {
+                stride,
+                front,
+                back,
+            } if stride == p1.stride => Some((front, back)),
+            _ => return None,
+        };
+        Some(BasicBlockTensors {
+            w1: c1.weight(),
+            gamma1: bn1.weight().as_tensor(),
+            beta1: bn1.bias().as_tensor(),
+            w2: c2.weight(),
+            gamma2: bn2.weight().as_tensor(),
+            beta2: bn2.bias().as_tensor(),
+            stride: p1.stride,
+            zero_pad,
+        })
+    }
+
     /// The block with every batch norm folded into its convolution (see
     /// [`crate::folded`]).
     pub(crate) fn fold(&self) -> Result<FoldedBlock> {
@@ -190,5 +292,92 @@ pub(crate) fn check_input(x: &Tensor, channels: usize) -> Result<()> {
             shape: x.dims().to_vec(),
             expected_channels: channels,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{ops, Arch, Backbone, BnMode};
+    use candle_core::{DType, Device, Tensor};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Residual runs taken by [`Block::forward_all`](super::Block::forward_all).
+    pub(super) static RUNS_TAKEN: AtomicUsize = AtomicUsize::new(0);
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    fn data(dims: (usize, usize, usize, usize), seed: u64) -> Tensor {
+        let n = dims.0 * dims.1 * dims.2 * dims.3;
+        let v: Vec<f32> = (0..n as u64)
+            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0)
+            .collect();
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+    }
+
+    /// One training-mode forward and backward of `arch`: the features, every
+    /// parameter's gradient and every running statistic, as bits.
+    fn step(arch: Arch, x: &Tensor) -> Vec<(String, Vec<u32>)> {
+        let b = Backbone::new(arch, &Device::Cpu, 7).unwrap();
+        // Distinct scales and shifts per layer, so that a mixed-up
+        // parameter shows.
+        for (i, (_, v)) in b.parameters().into_iter().enumerate() {
+            if v.rank() == 1 {
+                let c = v.elem_count();
+                let d = data((1, 1, 1, c), 10 + i as u64);
+                let d = d.reshape(c).unwrap().affine(0.5, 1.0).unwrap();
+                v.set(&d).unwrap();
+            }
+        }
+        let y = b.forward_t(x, BnMode::Train).unwrap();
+        let w = data((y.dim(0).unwrap(), y.dim(1).unwrap(), 1, 1), 3)
+            .reshape(y.dims())
+            .unwrap();
+        let loss = (&y * &w).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let mut out = vec![("features".to_string(), bits(&y))];
+        for (name, v) in b.parameters() {
+            let g = grads
+                .get(v.as_tensor())
+                .expect("a gradient for every parameter");
+            out.push((format!("grad {name}"), bits(g)));
+        }
+        for (name, v) in b.buffers() {
+            out.push((name, bits(&v.as_tensor().to_dtype(DType::F32).unwrap())));
+        }
+        out
+    }
+
+    /// The blocks as one run and one by one give the same features,
+    /// gradients and running statistics, bit for bit: with zero-padding
+    /// shortcuts (every CIFAR stage transition), Winograd F(4x4, 3x3) and
+    /// F(2x2, 3x3) layers, batches the F(4x4, 3x3) groups do not divide,
+    /// and torchvision's basic blocks, whose projection shortcuts split the
+    /// runs.
+    #[test]
+    fn a_residual_run_gives_the_bits_of_its_blocks_one_by_one() {
+        for (arch, x) in [
+            (Arch::ResNet8, data((3, 3, 32, 32), 1)),
+            (Arch::ResNet20, data((5, 3, 16, 16), 2)),
+            // Projection shortcuts: runs of the blocks between them.
+            (Arch::ResNet18, data((2, 3, 32, 32), 3)),
+        ] {
+            ops::set_residual_runs(false);
+            let before = RUNS_TAKEN.load(Ordering::Relaxed);
+            let one_by_one = step(arch, &x);
+            ops::set_residual_runs(true);
+            let run = step(arch, &x);
+            assert!(
+                RUNS_TAKEN.load(Ordering::Relaxed) > before,
+                "{arch:?}: the residual run was not taken"
+            );
+            assert_eq!(one_by_one.len(), run.len());
+            for ((name, a), (_, b)) in one_by_one.iter().zip(&run) {
+                let differ = a.iter().zip(b).filter(|(a, b)| a != b).count();
+                assert_eq!(differ, 0, "{arch:?}: {name}: {differ} values differ");
+            }
+        }
     }
 }

@@ -213,12 +213,11 @@ impl CifarResNet {
     /// Features `(N, feature_dim)` of images `(N, C, H, W)` of any size.
     pub fn forward_t(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
         check_input(x, self.config.in_channels)?;
-        let mut x = self
+        let x = self
             .bn1
             .forward_conv_t(&self.conv1, x, Epilogue::Relu, mode)?;
-        for block in self.layers.iter().flatten() {
-            x = block.forward_t(&x, mode)?;
-        }
+        let blocks: Vec<&Block> = self.layers.iter().flatten().collect();
+        let x = Block::forward_all(&blocks, x, mode)?;
         global_avg_pool(&x)
     }
 

@@ -236,10 +236,9 @@ impl ResNet {
         let x = self
             .bn1
             .forward_conv_t(&self.conv1, x, Epilogue::Relu, mode)?;
-        let mut x = ops::max_pool2d(&x, 3, 2, 1)?;
-        for block in self.layers.iter().flatten() {
-            x = block.forward_t(&x, mode)?;
-        }
+        let x = ops::max_pool2d(&x, 3, 2, 1)?;
+        let blocks: Vec<&Block> = self.layers.iter().flatten().collect();
+        let x = Block::forward_all(&blocks, x, mode)?;
         global_avg_pool(&x)
     }
 

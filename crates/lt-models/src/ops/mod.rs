@@ -17,6 +17,7 @@
 //! | [`conv2d`] | Winograd F(4x4, 3x3) (heights a multiple of 4, widths of 8; [`set_winograd_f4`]), else Winograd F(2x2, 3x3) on AVX-512 or AVX2 (3x3, stride 1, padding 1, even sizes, no groups, `C_out` a multiple of 8; [`set_winograd`]), else the direct kernel (stride 1, channels per group a multiple of 8; on AVX2 only up to 160 inputs per output), else im2col + `gemm` | input: the forward kernels on the flipped weights (stride 1) or gemm + col2im; weights: the direct kernel or Winograd, F(4x4, 3x3) on maps of 16x16 and more with up to 32 x 32 channels, else F(2x2, 3x3) (on AVX2 Winograd first where both apply; on AVX-512 the direct kernel first), else gemm |
 //! | [`batch_norm_train`] | statistics pass, then one normalise (+ residual, + ReLU) pass | two passes (per-channel sums, input gradient) |
 //! | [`conv2d_batch_norm_train`] | the two above in one op | the two above, the gradient between them kept inside the op |
+//! | [`residual_run_train`] | consecutive basic residual blocks (two [`conv2d_batch_norm_train`] and the shortcut each) in one op | the blocks' backward passes, the gradients between the blocks kept inside the op |
 //! | [`batch_norm_eval`] | one per-channel affine pass (+ ReLU) | one pass |
 //! | [`max_pool2d`] | one pass, keeps the argmax | scatter to the argmax |
 //! | [`conv2d_bias`] (inference) | the [`conv2d`] kernels, then bias (+ residual) + ReLU in place, per image | none |
@@ -34,7 +35,8 @@
 //! add over the whole activation, on the calling thread while the kernels'
 //! workers wait); inside a fused op it never crosses one. Measured on the
 //! CIFAR ResNet-32 training step (batch 128, 2 threads): fusing every
-//! conv with its BN made the step about 5% faster.
+//! conv with its BN made the step about 5% faster; running the blocks as
+//! one residual run ([`set_residual_runs`]), 2-15% more (AVX2 EPYC).
 //!
 //! The kernels pick AVX-512 or AVX2 + FMA at run time ([`active_isa`]);
 //! [`set_max_isa`] caps the choice, to measure or reproduce what a
@@ -84,6 +86,7 @@ mod eltwise;
 pub(crate) mod isa;
 mod pool;
 pub mod reference;
+mod residual_run;
 mod shortcut;
 pub(crate) mod simd;
 #[clippy::msrv = "1.89"]
@@ -91,6 +94,7 @@ mod winograd;
 mod winograd_f4;
 
 pub use isa::{active_isa, detected_isa, set_max_isa, Isa, UnknownIsa};
+pub use residual_run::{enabled as residual_runs_enabled, set_enabled as set_residual_runs};
 pub use winograd::{enabled as winograd_enabled, set_enabled as set_winograd};
 pub use winograd_f4::{enabled as winograd_f4_enabled, set_enabled as set_winograd_f4};
 
@@ -423,6 +427,99 @@ pub fn conv2d_batch_norm_train(
         return batch_norm_train(&conv2d_other(x, w, p)?, weight, bias, eps, epilogue);
     }
     conv_bn::conv2d_batch_norm_train(x, w, p, weight, bias, eps, epilogue)
+}
+
+/// One basic residual block's tensors for [`residual_run_train`]: two 3x3
+/// convolutions (padding 1; the first with `stride`), each followed by a
+/// batch norm (`gamma`, `beta`), and the shortcut.
+#[derive(Debug, Clone, Copy)]
+pub struct BasicBlockTensors<'a> {
+    pub w1: &'a Tensor,
+    pub gamma1: &'a Tensor,
+    pub beta1: &'a Tensor,
+    pub w2: &'a Tensor,
+    pub gamma2: &'a Tensor,
+    pub beta2: &'a Tensor,
+    /// The first convolution's stride.
+    pub stride: usize,
+    /// `Some((front, back))`: [`zero_pad_shortcut`] with `stride` and these
+    /// channel counts; `None`: the identity.
+    pub zero_pad: Option<(usize, usize)>,
+}
+
+/// Batch statistics of one block's two batch norms, `[(mean, biased
+/// variance); 2]`, for the running-statistics update.
+pub type BlockStats = [(Tensor, Tensor); 2];
+
+/// A run of basic residual blocks with batch statistics (training mode) as
+/// one op: per block `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`,
+/// the same arithmetic as the blocks' own ops ([`conv2d_batch_norm_train`]
+/// twice and [`zero_pad_shortcut`]), bit for bit, with the gradients between
+/// the blocks kept inside the op (see the `residual_run` module docs).
+///
+/// `None` when the run cannot take these operands (not the CPU f32 kernels,
+/// a 3x3 shape it does not have, or runs switched off by
+/// [`set_residual_runs`]): the caller runs the blocks one by one. Otherwise
+/// the output and each block's [`BlockStats`].
+pub fn residual_run_train(
+    x: &Tensor,
+    blocks: &[BasicBlockTensors<'_>],
+    eps: f64,
+) -> Result<Option<(Tensor, Vec<BlockStats>)>> {
+    if !residual_run::enabled() || blocks.is_empty() {
+        return Ok(None);
+    }
+    let x = operand(x);
+    let mut parts = Vec::with_capacity(6 * blocks.len());
+    let mut shapes = Vec::with_capacity(blocks.len());
+    for b in blocks {
+        let (w1, w2) = (operand(b.w1), operand(b.w2));
+        let ts = [&w1, b.gamma1, b.beta1, &w2, b.gamma2, b.beta2];
+        if !on_kernels(&[&[&x][..], &ts].concat()) {
+            return Ok(None);
+        }
+        let (co, ci, kh, kw) = w1.dims4()?;
+        if (kh, kw) != (3, 3) || w2.dims4()? != (co, co, 3, 3) {
+            return Ok(None);
+        }
+        shapes.push(residual_run::BlockShape {
+            c_in: ci,
+            c_out: co,
+            stride: b.stride,
+            zero_pad: b.zero_pad,
+        });
+        parts.extend([
+            w1.flatten_all()?,
+            operand(b.gamma1),
+            operand(b.beta1),
+            w2.flatten_all()?,
+            operand(b.gamma2),
+            operand(b.beta2),
+        ]);
+    }
+    if !x.track_op() && !parts.iter().any(Tensor::track_op) {
+        // Nothing to differentiate: block by block, each activation is
+        // freed as soon as the next op has read it.
+        return Ok(None);
+    }
+    let packed = Tensor::cat(&parts, 0)?;
+    let (y, saved) = residual_run::residual_run_train(&x, shapes, &packed, eps)?;
+    let Some(saved) = saved.get() else {
+        candle_core::bail!("residual_run: statistics missing after the forward pass");
+    };
+    let dev = x.device();
+    let stats = |s: &batch_norm::BnSaved| -> Result<(Tensor, Tensor)> {
+        let c = s.mean.len();
+        Ok((
+            Tensor::from_vec(s.mean.clone(), c, dev)?,
+            Tensor::from_vec(s.var.clone(), c, dev)?,
+        ))
+    };
+    let stats = saved
+        .iter()
+        .map(|b| Ok([stats(&b.bn1)?, stats(&b.bn2)?]))
+        .collect::<Result<_>>()?;
+    Ok(Some((y, stats)))
 }
 
 /// `epilogue(conv2d(x, w, p) + bias[c])`, forward only: a convolution whose

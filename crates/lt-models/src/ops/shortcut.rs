@@ -95,20 +95,7 @@ impl CustomOp1 for ZeroPadShortcutOp {
         const OP: &str = "zero_pad_shortcut";
         let g = ZeroPadGeom::new(l.dims(), self.stride, self.front, self.back)?;
         let x = f32_slice(s, l, OP)?;
-        let (hw, ohw, co) = (g.h * g.w, g.oh() * g.ow(), g.out_channels());
-        let out = g.out_shape();
-        if ohw == 0 {
-            return Ok((CpuStorage::F32(vec![0.0; out.elem_count()]), out));
-        }
-        // One output plane per job; the padding planes stay zero.
-        let y = par_zeroed(out.elem_count(), ohw, |p, yp| {
-            let (b, ch) = (p / co, p % co);
-            if (g.front..g.front + g.c).contains(&ch) {
-                let src = (b * g.c + ch - g.front) * hw;
-                subsample_plane(&x[src..src + hw], yp, &g);
-            }
-        });
-        Ok((CpuStorage::F32(y), out))
+        Ok((CpuStorage::F32(zero_pad_fwd(&g, x)), g.out_shape()))
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
@@ -146,21 +133,44 @@ impl CustomOp1 for ZeroPadShortcutBwdOp {
             );
         }
         let dy = f32_slice(s, l, OP)?;
-        let (hw, ohw, co) = (g.h * g.w, g.oh() * g.ow(), g.out_channels());
-        let len = g.n * g.c * hw;
-        if hw == 0 {
-            return Ok((
-                CpuStorage::F32(vec![0.0; len]),
-                Shape::from((g.n, g.c, g.h, g.w)),
-            ));
-        }
-        let dx = par_zeroed(len, hw, |p, dxp| {
-            let (b, ch) = (p / g.c, p % g.c);
-            let src = (b * co + g.front + ch) * ohw;
-            scatter_plane(&dy[src..src + ohw], dxp, &g);
-        });
-        Ok((CpuStorage::F32(dx), Shape::from((g.n, g.c, g.h, g.w))))
+        Ok((
+            CpuStorage::F32(zero_pad_bwd(&g, dy)),
+            Shape::from((g.n, g.c, g.h, g.w)),
+        ))
     }
+}
+
+/// The shortcut's output `(n, front + c + back, oh, ow)` of `x` `(n, c, h, w)`.
+pub(crate) fn zero_pad_fwd(g: &ZeroPadGeom, x: &[f32]) -> Vec<f32> {
+    let (hw, ohw, co) = (g.h * g.w, g.oh() * g.ow(), g.out_channels());
+    let len = g.out_shape().elem_count();
+    if ohw == 0 {
+        return vec![0.0; len];
+    }
+    // One output plane per job; the padding planes stay zero.
+    par_zeroed(len, ohw, |p, yp| {
+        let (b, ch) = (p / co, p % co);
+        if (g.front..g.front + g.c).contains(&ch) {
+            let src = (b * g.c + ch - g.front) * hw;
+            subsample_plane(&x[src..src + hw], yp, g);
+        }
+    })
+}
+
+/// The input's gradient `(n, c, h, w)` from the output's `dy`: the input
+/// channels' gradient scattered back to the strided positions (zero
+/// elsewhere); the padding channels' gradient is dropped.
+pub(crate) fn zero_pad_bwd(g: &ZeroPadGeom, dy: &[f32]) -> Vec<f32> {
+    let (hw, ohw, co) = (g.h * g.w, g.oh() * g.ow(), g.out_channels());
+    let len = g.n * g.c * hw;
+    if hw == 0 {
+        return vec![0.0; len];
+    }
+    par_zeroed(len, hw, |p, dxp| {
+        let (b, ch) = (p / g.c, p % g.c);
+        let src = (b * co + g.front + ch) * ohw;
+        scatter_plane(&dy[src..src + ohw], dxp, g);
+    })
 }
 
 #[cfg(test)]
