@@ -81,6 +81,30 @@ fn cache_path(exp: &Experiment, backbone: &lt_models::Backbone, split: Split) ->
         .feature_cache(split, &feature_key(exp, backbone, split).unwrap())
 }
 
+/// The one cached feature file of `split`.
+fn only_cached(exp: &Experiment, split: Split) -> PathBuf {
+    let files = exp.run.feature_cache_files(split).unwrap();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files[0].clone()
+}
+
+fn stage1(exp: &Experiment) {
+    let fresh = RunOptions {
+        start: StartMode::Fresh,
+        stop_after_epoch: None,
+    };
+    lt_train::stage1::train_stage1(exp, fresh).unwrap();
+}
+
+/// Trains the stage-2 head `head` from the beginning.
+fn retrain(exp: &Experiment, head: &'static str) {
+    let again = RunOptions {
+        start: StartMode::Overwrite,
+        stop_after_epoch: None,
+    };
+    lt_train::stage2::retrain(exp, &HeadId::new_static(head), again).unwrap();
+}
+
 fn bits(t: &Tensor) -> Vec<u32> {
     t.flatten_all()
         .unwrap()
@@ -277,27 +301,16 @@ fn a_frozen_encoder_pipeline_reads_each_split_from_the_cache() {
     let mut cfg = open(tmp.path(), true, true, extra).config;
     cfg.data.train_preset = cfg.data.eval_preset;
     let exp = Experiment::open(cfg, "config.toml").unwrap();
-    let fresh = RunOptions {
-        start: StartMode::Fresh,
-        stop_after_epoch: None,
-    };
-    lt_train::stage1::train_stage1(&exp, fresh).unwrap();
-    let only = |split| {
-        let files = exp.run.feature_cache_files(split).unwrap();
-        assert_eq!(files.len(), 1, "{files:?}");
-        files[0].clone()
-    };
-    let (train, val) = (only(Split::Train), only(Split::Val));
+    stage1(&exp);
+    let (train, val) = (
+        only_cached(&exp, Split::Train),
+        only_cached(&exp, Split::Val),
+    );
     let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
     let (train_inode, val_inode) = (inode(&train), inode(&val));
 
-    let crt = HeadId::new_static("crt");
     let head = |exp: &Experiment| {
-        let again = RunOptions {
-            start: StartMode::Overwrite,
-            stop_after_epoch: None,
-        };
-        lt_train::stage2::retrain(exp, &crt, again).unwrap();
+        retrain(exp, "crt");
         let (ck, _) = load_checkpoint(&exp.run.last_checkpoint("crt"), &Device::Cpu).unwrap();
         bits(&ck["fc.weight"])
     };
@@ -323,35 +336,25 @@ fn heads_on_a_frozen_resnet_share_the_cached_features() {
     let extra = "[stage2.crt]\nepochs = 2\nbatch_size = 8\nbn = \"eval\"\naugment = false\n\
                  [stage2.lws]\nepochs = 2\nbatch_size = 8\nbn = \"eval\"\naugment = false\n";
     let exp = open(tmp.path(), false, false, extra);
-    let fresh = RunOptions {
-        start: StartMode::Fresh,
-        stop_after_epoch: None,
-    };
-    lt_train::stage1::train_stage1(&exp, fresh).unwrap();
+    stage1(&exp);
     assert!(exp
         .run
         .feature_cache_files(Split::Train)
         .unwrap()
         .is_empty());
-    let retrain = |head: &'static str| {
-        let again = RunOptions {
-            start: StartMode::Overwrite,
-            stop_after_epoch: None,
-        };
-        lt_train::stage2::retrain(&exp, &HeadId::new_static(head), again).unwrap();
-    };
-    retrain("crt");
-    let only = |split| {
-        let files = exp.run.feature_cache_files(split).unwrap();
-        assert_eq!(files.len(), 1, "{files:?}");
-        files[0].clone()
-    };
-    let (train, val) = (only(Split::Train), only(Split::Val));
+    retrain(&exp, "crt");
+    let (train, val) = (
+        only_cached(&exp, Split::Train),
+        only_cached(&exp, Split::Val),
+    );
     let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
     let (train_inode, val_inode) = (inode(&train), inode(&val));
-    retrain("lws");
+    retrain(&exp, "lws");
     assert_eq!(
-        (only(Split::Train), only(Split::Val)),
+        (
+            only_cached(&exp, Split::Train),
+            only_cached(&exp, Split::Val)
+        ),
         (train.clone(), val.clone())
     );
     assert_eq!(inode(&train), train_inode, "LWS rewrote the train features");
