@@ -9,7 +9,9 @@
 //! directory and renamed over the old one, so a crash leaves either the
 //! previous or the new checkpoint, never a mix. A copy of the metadata is
 //! also written next to it as `<name>.json` for people and tools; loading
-//! trusts only the copy inside the safetensors file.
+//! trusts only the copy inside the safetensors file. The copy is written
+//! after the checkpoint, so a process killed between the two leaves it one
+//! epoch behind; a resume rewrites it ([`repair_sidecar`]).
 //!
 //! The metadata carries a SHA-256 of the tensors (names, dtypes, shapes and
 //! bytes; see [`lt_run::checkpoint_meta`]), verified on every load: a
@@ -229,6 +231,49 @@ pub fn load_checkpoint(
         return Err(bad(format!("tensor `{name}` holds NaN or infinite values")));
     }
     Ok((tensors, meta))
+}
+
+/// The metadata inside a checkpoint, read from the safetensors header only
+/// (not the tensors, nor their checksum).
+fn embedded_meta(path: &Path) -> Result<CheckpointMeta, TrainError> {
+    use std::io::Read;
+    let bad = |msg: String| TrainError::Checkpoint(format!("{}: {msg}", path.display()));
+    let mut f = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|e| TrainError::io(path, e))?;
+    let len = u64::from_le_bytes(len);
+    let file_len = f.metadata().map_err(|e| TrainError::io(path, e))?.len();
+    if len > file_len.saturating_sub(8) {
+        return Err(bad(format!(
+            "header of {len} bytes in a file of {file_len}"
+        )));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| TrainError::io(path, e))?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("not a safetensors header: {e}")))?;
+    let Some(json) = header["__metadata__"][META_KEY].as_str() else {
+        return Err(bad(format!(
+            "no `{META_KEY}` metadata: not a training checkpoint"
+        )));
+    };
+    CheckpointMeta::from_json(json).map_err(|e| bad(format!("bad metadata: {e}")))
+}
+
+/// Rewrites `<name>.json` next to the checkpoint at `path` when it is
+/// missing or differs from the metadata inside the checkpoint (a process
+/// killed between writing the two); returns whether it did. The checkpoint
+/// itself is only read.
+pub fn repair_sidecar(path: &Path) -> Result<bool, TrainError> {
+    let meta = embedded_meta(path)?;
+    if CheckpointMeta::read_sidecar(path).ok().as_ref() == Some(&meta) {
+        return Ok(false);
+    }
+    meta.write_sidecar(path)?;
+    tracing::info!(path = %path.display(), "checkpoint metadata copy rewritten from the checkpoint");
+    Ok(true)
 }
 
 /// Reads only the model tensors of a checkpoint or of a plain safetensors

@@ -313,6 +313,13 @@ impl Trainer<'_> {
             resumed_from = Some(meta.epoch);
             if self.dist.is_main() {
                 truncate_records(&metrics_path, stage, start_epoch)?;
+                // A kill between a checkpoint and its JSON copy left the
+                // copy an epoch behind; the checkpoints are right.
+                for p in [&last_path, &best_path] {
+                    if p.exists() {
+                        crate::checkpoint::repair_sidecar(p)?;
+                    }
+                }
             }
             tracing::info!(
                 stage = %stage,

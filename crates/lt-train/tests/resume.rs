@@ -132,6 +132,48 @@ fn resume_equals_uninterrupted_run() {
     assert!(e.to_string().contains("--overwrite"), "{e}");
 }
 
+/// A process killed after writing a checkpoint but before its JSON copy
+/// leaves the copy an epoch behind (or missing); resuming rewrites it from
+/// the metadata inside the checkpoint, even when the stage is finished and
+/// nothing trains.
+#[test]
+fn resume_repairs_a_stale_or_missing_metadata_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::make_dataset(&data);
+    let exp = open(&data, &tmp.path().join("run"), STAGES);
+    lt_train::stage1::train_stage1(&exp, opts(StartMode::Fresh, Some(1))).unwrap();
+    let last = exp.run.last_checkpoint("stage1");
+    let best = exp.run.best_checkpoint("stage1");
+    let copy = |p: &Path| lt_run::layout::checkpoint_meta_path(p);
+    let epoch1 = std::fs::read(copy(&last)).unwrap();
+    lt_train::stage1::train_stage1(&exp, opts(StartMode::Resume, None)).unwrap();
+    let (want_last, want_best) = (
+        std::fs::read(copy(&last)).unwrap(),
+        std::fs::read(copy(&best)).unwrap(),
+    );
+    assert_ne!(epoch1, want_last);
+
+    // The kill window: epoch 2's checkpoint, epoch 1's copy; no best copy.
+    std::fs::write(copy(&last), &epoch1).unwrap();
+    std::fs::remove_file(copy(&best)).unwrap();
+    let r = lt_train::stage1::train_stage1(&exp, opts(StartMode::Resume, None)).unwrap();
+    assert_eq!(
+        (r.resumed_from, r.epochs),
+        (Some(2), 2),
+        "nothing left to train"
+    );
+    assert_eq!(std::fs::read(copy(&last)).unwrap(), want_last);
+    assert_eq!(std::fs::read(copy(&best)).unwrap(), want_best);
+
+    // An up-to-date copy is left alone.
+    assert!(!lt_train::checkpoint::repair_sidecar(&last).unwrap());
+    // A file that is not a checkpoint is an error naming it, not a panic.
+    std::fs::write(tmp.path().join("junk.safetensors"), b"\xff\xff\xff\xff").unwrap();
+    let e = lt_train::checkpoint::repair_sidecar(&tmp.path().join("junk.safetensors")).unwrap_err();
+    assert!(e.to_string().contains("junk.safetensors"), "{e}");
+}
+
 #[test]
 fn non_finite_loss_stops_and_keeps_last_good_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
