@@ -13,6 +13,7 @@ use super::Epilogue;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// An [`Epilogue`] without its residual, as the ops store it (the residual
@@ -59,26 +60,103 @@ fn plane_grain(hw: usize) -> usize {
 
 /// Per-channel batch mean and biased variance, channels in parallel.
 fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f32>, Vec<f32>) {
-    let m = (n * hw) as f64;
-    let stats: Vec<(f32, f32)> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            if m == 0.0 {
-                return (0.0, 0.0);
-            }
-            let k = x[ch * hw];
-            let (mut s, mut s2) = (0f64, 0f64);
-            for i in 0..n {
-                let (a, b) = simd::shifted_sums(&x[(i * c + ch) * hw..(i * c + ch + 1) * hw], k);
-                s += a;
-                s2 += b;
-            }
-            let mean_shifted = s / m;
-            let var = (s2 / m - mean_shifted * mean_shifted).max(0.0);
-            ((f64::from(k) + mean_shifted) as f32, var as f32)
-        })
-        .collect();
-    stats.into_iter().unzip()
+    PlaneSums::new(n, c).finish(x, hw)
+}
+
+/// The per-plane sums behind [`channel_stats`], filled in whatever order
+/// the planes become available: each plane's `(sum(v - k), sum((v - k)^2))`
+/// with its channel's shift `k` (the channel's first value in image 0), the
+/// planes of a channel then added in image order. Filled as each
+/// convolution job finishes its images (while they are in that worker's
+/// cache) or afterwards, the statistics are the same to the bit.
+pub(crate) struct PlaneSums {
+    n: usize,
+    c: usize,
+    /// Per channel, the shift, once image 0 is known.
+    shifts: OnceLock<Vec<f32>>,
+    /// Per plane `i * c + ch`, the two sums as f64 bits.
+    sums: Vec<[AtomicU64; 2]>,
+    /// Per image, whether its planes' sums are in `sums`.
+    done: Vec<AtomicBool>,
+}
+
+impl PlaneSums {
+    pub(crate) fn new(n: usize, c: usize) -> Self {
+        PlaneSums {
+            n,
+            c,
+            shifts: OnceLock::new(),
+            sums: (0..n * c)
+                .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+                .collect(),
+            done: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    /// Takes the shifts from image 0, `x0` its `c` planes of `hw` floats.
+    fn set_shifts(&self, x0: &[f32], hw: usize) {
+        let _ = self.shifts.set((0..self.c).map(|ch| x0[ch * hw]).collect());
+    }
+
+    /// Sums the planes of images `first..` held in `ys` (whole images of
+    /// `c` planes of `hw` floats), if the shifts are known: image 0 brings
+    /// them. Images whose sums cannot be taken yet are left to
+    /// [`PlaneSums::finish`].
+    pub(crate) fn add_images(&self, first: usize, ys: &[f32], hw: usize) {
+        if hw == 0 {
+            return;
+        }
+        if first == 0 {
+            self.set_shifts(ys, hw);
+        }
+        let Some(k) = self.shifts.get() else {
+            return;
+        };
+        for (j, image) in ys.chunks_exact(self.c * hw).enumerate() {
+            self.image_sums(first + j, image, k, hw);
+        }
+    }
+
+    fn image_sums(&self, i: usize, image: &[f32], k: &[f32], hw: usize) {
+        for (ch, plane) in image.chunks_exact(hw).enumerate() {
+            let (a, b) = simd::shifted_sums(plane, k[ch]);
+            let slot = &self.sums[i * self.c + ch];
+            slot[0].store(a.to_bits(), Ordering::Relaxed);
+            slot[1].store(b.to_bits(), Ordering::Relaxed);
+        }
+        self.done[i].store(true, Ordering::Release);
+    }
+
+    /// Mean and biased variance per channel of `x` `(n, c, hw)`, summing
+    /// the planes not summed yet first.
+    pub(crate) fn finish(&self, x: &[f32], hw: usize) -> (Vec<f32>, Vec<f32>) {
+        let (n, c) = (self.n, self.c);
+        let m = (n * hw) as f64;
+        if m == 0.0 {
+            return (vec![0.0; c], vec![0.0; c]);
+        }
+        self.set_shifts(x, hw);
+        let k = self.shifts.get().expect("set above");
+        (0..n)
+            .into_par_iter()
+            .filter(|&i| !self.done[i].load(Ordering::Acquire))
+            .for_each(|i| self.image_sums(i, &x[i * c * hw..(i + 1) * c * hw], k, hw));
+        let stats: Vec<(f32, f32)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mut s, mut s2) = (0f64, 0f64);
+                for i in 0..n {
+                    let slot = &self.sums[i * c + ch];
+                    s += f64::from_bits(slot[0].load(Ordering::Relaxed));
+                    s2 += f64::from_bits(slot[1].load(Ordering::Relaxed));
+                }
+                let mean_shifted = s / m;
+                let var = (s2 / m - mean_shifted * mean_shifted).max(0.0);
+                ((f64::from(k[ch]) + mean_shifted) as f32, var as f32)
+            })
+            .collect();
+        stats.into_iter().unzip()
+    }
 }
 
 /// `y = epilogue(x * a[c] + b[c] (+ r))`, planes in parallel.
@@ -122,7 +200,23 @@ pub(crate) fn bn_train_fwd(
     eps: f64,
     relu: bool,
 ) -> (Vec<f32>, BnSaved) {
-    let (mean, var) = channel_stats(x, n, c, hw);
+    let stats = channel_stats(x, n, c, hw);
+    bn_train_fwd_with(x, residual, (c, hw), gamma, beta, eps, relu, stats)
+}
+
+/// [`bn_train_fwd`] with the batch statistics `(mean, biased variance)`
+/// already taken (see [`PlaneSums`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bn_train_fwd_with(
+    x: &[f32],
+    residual: Option<&[f32]>,
+    (c, hw): (usize, usize),
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    relu: bool,
+    (mean, var): (Vec<f32>, Vec<f32>),
+) -> (Vec<f32>, BnSaved) {
     let invstd: Vec<f32> = var
         .iter()
         .map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32)

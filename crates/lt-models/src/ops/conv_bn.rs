@@ -8,12 +8,35 @@
 //! op for the backward pass, exactly as candle would keep the separate
 //! tensor.
 
-use super::batch_norm::{bn_train_bwd, bn_train_fwd, BnSaved, EpilogueKind};
-use super::conv::{conv_bwd_data, conv_bwd_filter, conv_fwd, ConvGeom};
+use super::batch_norm::{bn_train_bwd, bn_train_fwd_with, BnSaved, EpilogueKind, PlaneSums};
+use super::conv::{conv_bwd_data, conv_bwd_filter, conv_fwd_then, ConvGeom};
 use super::cpu::f32_slice;
 use super::{Conv2dParams, Epilogue};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use std::sync::{Arc, Mutex, OnceLock};
+
+/// `conv(x, w)` (the batch norm's input `z`), then `epilogue(bn(z) (+
+/// residual))` with batch statistics: the statistics' per-plane sums are
+/// taken in each convolution job while its images are in that worker's
+/// cache (see [`PlaneSums`]; the same bits as a separate pass), saving a
+/// pass over `z` through memory. Returns `z`, the output and the saved
+/// statistics.
+pub(crate) fn conv_bn_train_fwd(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    residual: Option<&[f32]>,
+    (gamma, beta): (&[f32], &[f32]),
+    eps: f64,
+    relu: bool,
+) -> (Vec<f32>, Vec<f32>, BnSaved) {
+    let hw = g.oh * g.ow;
+    let sums = PlaneSums::new(g.n, g.c_out);
+    let z = conv_fwd_then(g, x, w, |first, ys| sums.add_images(first, ys, hw));
+    let stats = sums.finish(&z, hw);
+    let (y, bn) = bn_train_fwd_with(&z, residual, (g.c_out, hw), gamma, beta, eps, relu, stats);
+    (z, y, bn)
+}
 
 /// What the forward pass keeps for the backward pass.
 #[derive(Debug)]
@@ -77,14 +100,12 @@ impl CustomOp3 for ConvBnOp {
         } else {
             None
         };
-        let z = conv_fwd(&g, x, w);
-        let dims = (g.n, g.c_out, g.oh * g.ow);
-        let (y, bn) = bn_train_fwd(
-            &z,
+        let (z, y, bn) = conv_bn_train_fwd(
+            &g,
+            x,
+            w,
             residual,
-            dims,
-            &gb[..co],
-            &gb[co..],
+            (&gb[..co], &gb[co..]),
             self.eps,
             self.epilogue.relu(),
         );
@@ -239,4 +260,62 @@ pub(crate) fn conv2d_batch_norm_train(
     let mean = Tensor::from_vec(s.bn.mean.clone(), c, x.device())?;
     let var = Tensor::from_vec(s.bn.var.clone(), c, x.device())?;
     Ok((y, mean, var))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::batch_norm::bn_train_fwd;
+    use crate::ops::conv::conv_fwd;
+    use crate::ops::cpu::test_data as data;
+    use crate::ops::Conv2dParams;
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// The batch statistics taken inside the convolution's jobs equal those
+    /// of a separate pass over its output, bit for bit, and so does
+    /// everything after them: on Winograd F(4x4, 3x3) (one image per job,
+    /// and 8x8 maps in groups, the last one short), F(2x2, 3x3), stride 2
+    /// (im2col + gemm) and 1x1, with and without a residual.
+    #[test]
+    fn in_job_statistics_match_a_separate_pass_bit_for_bit() {
+        let cases: [(usize, usize, usize, usize, usize, usize); 5] = [
+            // (images, channels in, size, channels out, kernel, stride)
+            (3, 16, 32, 16, 3, 1),
+            (7, 64, 8, 64, 3, 1),
+            (2, 8, 6, 8, 3, 1),
+            (3, 16, 16, 32, 3, 2),
+            (3, 16, 8, 24, 1, 1),
+        ];
+        for (seed, &(n, ci, s, co, k, stride)) in cases.iter().enumerate() {
+            let p = Conv2dParams {
+                stride,
+                padding: k / 2,
+                groups: 1,
+            };
+            let g = ConvGeom::new(&[n, ci, s, s], &[co, ci, k, k], p).unwrap();
+            let x = data(n * ci * s * s, 4 * seed + 1);
+            let w: Vec<f32> = data(co * ci * k * k, 4 * seed + 2)
+                .iter()
+                .map(|v| v * 0.2 + 0.01)
+                .collect();
+            let gamma: Vec<f32> = data(co, 4 * seed + 3).iter().map(|v| v + 1.5).collect();
+            let beta = data(co, 4 * seed + 4);
+            let hw = g.oh * g.ow;
+            let r = data(n * co * hw, 4 * seed + 5);
+            for residual in [None, Some(&r[..])] {
+                let z = conv_fwd(&g, &x, &w);
+                let (y, bn) = bn_train_fwd(&z, residual, (n, co, hw), &gamma, &beta, 1e-5, true);
+                let (z2, y2, bn2) =
+                    conv_bn_train_fwd(&g, &x, &w, residual, (&gamma, &beta), 1e-5, true);
+                let what = format!("case {seed}, residual {}", residual.is_some());
+                assert_eq!(bits(&z), bits(&z2), "{what}: conv output");
+                assert_eq!(bits(&bn.mean), bits(&bn2.mean), "{what}: mean");
+                assert_eq!(bits(&bn.var), bits(&bn2.var), "{what}: variance");
+                assert_eq!(bits(&y), bits(&y2), "{what}: output");
+            }
+        }
+    }
 }

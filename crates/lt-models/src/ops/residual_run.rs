@@ -17,8 +17,9 @@
 //! so the results are the same to the bit; only where the input's two
 //! gradient terms are summed moves (`a + b`, commutative).
 
-use super::batch_norm::{bn_train_bwd, bn_train_fwd, BnSaved};
-use super::conv::{conv_bwd_data, conv_bwd_filter, conv_fwd, ConvGeom};
+use super::batch_norm::{bn_train_bwd, BnSaved};
+use super::conv::{conv_bwd_data, conv_bwd_filter, ConvGeom};
+use super::conv_bn::conv_bn_train_fwd;
 use super::cpu::f32_slice;
 use super::shortcut::{zero_pad_bwd, zero_pad_fwd, ZeroPadGeom};
 use super::{simd, Conv2dParams};
@@ -180,20 +181,18 @@ impl CustomOp3 for ResidualRunOp {
                 None if shape.stride == 1 && ci == co => None,
                 None => bail!("{OP}: block {b}: an identity shortcut cannot change the shape"),
             };
-            let bn_dims = (g1.n, co, g1.oh * g1.ow);
-            let z1 = conv_fwd(&g1, input, p.w1);
-            let (y1, bn1) = bn_train_fwd(&z1, None, bn_dims, p.gamma1, p.beta1, self.eps, true);
-            let z2 = conv_fwd(&g2, &y1, p.w2);
+            let (z1, y1, bn1) =
+                conv_bn_train_fwd(&g1, input, p.w1, None, (p.gamma1, p.beta1), self.eps, true);
             let shortcut: Cow<'_, [f32]> = match &zero_pad {
                 Some(zp) => Cow::Owned(zero_pad_fwd(zp, input)),
                 None => Cow::Borrowed(input),
             };
-            let (out, bn2) = bn_train_fwd(
-                &z2,
+            let (z2, out, bn2) = conv_bn_train_fwd(
+                &g2,
+                &y1,
+                p.w2,
                 Some(&shortcut),
-                bn_dims,
-                p.gamma2,
-                p.beta2,
+                (p.gamma2, p.beta2),
                 self.eps,
                 true,
             );
