@@ -190,7 +190,8 @@ impl Block {
             let (n, _, h, w) = dims;
             let s = c1.params().stride;
             let c_out = c1.weight().dims4()?.0;
-            dims = (n, c_out, (h + 2 - 3) / s + 1, (w + 2 - 3) / s + 1);
+            let out = |size: usize| (size + 2).saturating_sub(3) / s + 1;
+            dims = (n, c_out, out(h), out(w));
             counts.push((count, bn2.conv_batch_count(c2, dims)?));
         }
         let tensors: Vec<BasicBlockTensors<'_>> =

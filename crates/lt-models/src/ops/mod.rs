@@ -16,7 +16,7 @@
 //! |---|---|---|
 //! | [`conv2d`] | Winograd F(4x4, 3x3) (heights a multiple of 4, widths of 8; [`set_winograd_f4`]), else Winograd F(2x2, 3x3) on AVX-512 or AVX2 (3x3, stride 1, padding 1, even sizes, no groups, `C_out` a multiple of 8; [`set_winograd`]), else the direct kernel (stride 1, channels per group a multiple of 8; on AVX2 only up to 160 inputs per output), else im2col + `gemm` | input: the forward kernels on the flipped weights (stride 1) or gemm + col2im; weights: the direct kernel or Winograd, F(4x4, 3x3) on maps of 16x16 and more with up to 32 x 32 channels, else F(2x2, 3x3) (on AVX2 Winograd first where both apply; on AVX-512 the direct kernel first), else gemm |
 //! | [`batch_norm_train`] | statistics pass, then one normalise (+ residual, + ReLU) pass | two passes (per-channel sums, input gradient) |
-//! | [`conv2d_batch_norm_train`] | the two above in one op | the two above, the gradient between them kept inside the op |
+//! | [`conv2d_batch_norm_train`] | the two above in one op, the statistics' sums taken in the convolution's jobs while its output is in cache | the two above, the gradient between them kept inside the op |
 //! | [`residual_run_train`] | consecutive basic residual blocks (two [`conv2d_batch_norm_train`] and the shortcut each) in one op | the blocks' backward passes, the gradients between the blocks kept inside the op |
 //! | [`batch_norm_eval`] | one per-channel affine pass (+ ReLU) | one pass |
 //! | [`max_pool2d`] | one pass, keeps the argmax | scatter to the argmax |
