@@ -7,8 +7,9 @@
 //! LWS), the heads computed at evaluation (NCM, τ-norm, post-hoc LA) and
 //! `lt-cli features`. Each runs in its own command (or phase of `run`) and
 //! used to run the backbone over the split again: seconds for a CIFAR
-//! ResNet-32, about two hours for ImageNet-LT's training split on a
-//! ResNet-50 on 2 cores, most of an hour for a ViT-B/16; the heads
+//! ResNet-32; for ImageNet-LT's 115,846 training images on a ResNet-50,
+//! about two hours at the 15 images/s its inference runs on 2 cores (the
+//! README's benchmark figure); most of an hour for a ViT-B/16. The heads
 //! themselves take seconds. So the first pass writes
 //! `<run_dir>/feature_cache/<split>-<key>.safetensors` and every later one
 //! reads it.
