@@ -11,6 +11,7 @@ use super::cpu::{
     threads, Mat, MatMut,
 };
 use super::direct;
+use super::lanes::{Lanes, PartLanes};
 use super::simd;
 use super::winograd;
 use super::winograd_f4;
@@ -712,11 +713,10 @@ fn sum_parts(
         .unwrap_or_else(|| vec![0f32; len])
 }
 
-/// The summed lane accumulators of a Winograd weight-gradient plan: each
-/// of `parts` workers feeds its share of the images to `accumulate` in
-/// batches of up to `batch` (`accumulate(x, dy, k, lanes, scratch)` for `k`
-/// images), into `lanes_len` lanes of its own, with `scratch_len` zeroed
-/// floats of scratch.
+/// The lane accumulators of a Winograd weight-gradient plan, one per
+/// worker: each of `parts` workers feeds its share of the images to
+/// `accumulate` in batches of up to `batch` (`accumulate(x, dy, k, lanes,
+/// scratch)` for `k` images), with `scratch_len` zeroed floats of scratch.
 #[allow(clippy::too_many_arguments)]
 fn batched_lanes(
     g: &ConvGeom,
@@ -726,11 +726,11 @@ fn batched_lanes(
     batch: usize,
     lanes_len: usize,
     scratch_len: usize,
-    accumulate: impl Fn(&[f32], &[f32], usize, &mut [f32], &mut [f32]) + Sync,
-) -> Vec<f32> {
+    accumulate: impl Fn(&[f32], &[f32], usize, &mut Lanes, &mut [f32]) + Sync,
+) -> PartLanes {
     let (hw, ohw) = (g.hw(), g.ohw());
     let partial = |part: usize| {
-        let mut lanes = vec![0f32; lanes_len];
+        let mut lanes = Lanes::new(lanes_len);
         let mut scratch = vec![0f32; scratch_len];
         let images = split_range(g.n, parts, part);
         let mut i = images.start;
@@ -741,9 +741,9 @@ fn batched_lanes(
             accumulate(xs, dys, k, &mut lanes, &mut scratch);
             i += k;
         }
-        lanes
+        lanes.into_vec()
     };
-    sum_parts(parts, lanes_len, partial)
+    PartLanes::new((0..parts.max(1)).into_par_iter().map(partial).collect())
 }
 
 /// `dw = sum_n dy_n * im2col(x_n)^T`, accumulated per worker then summed.
@@ -758,16 +758,17 @@ pub(crate) fn conv_bwd_filter(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let parts = threads().min(g.n).max(1);
     if let Some(plan) = direct_filter_plan(g) {
         let partial = |part: usize| {
-            let mut lanes = vec![0f32; plan.lanes_len()];
+            let mut lanes = Lanes::new(plan.lanes_len());
             let mut scratch = vec![0f32; plan.scratch_len()];
             for i in split_range(g.n, parts, part) {
                 let xi = &x[i * g.c_in * hw..(i + 1) * g.c_in * hw];
                 let dyi = &dy[i * g.c_out * ohw..(i + 1) * g.c_out * ohw];
                 plan.accumulate(xi, dyi, &mut lanes, &mut scratch);
             }
-            lanes
+            lanes.into_vec()
         };
-        return plan.finish(&sum_parts(parts, plan.lanes_len(), partial));
+        let lanes = PartLanes::new((0..parts).into_par_iter().map(partial).collect());
+        return plan.finish(&lanes);
     }
     if let Some(plan) = winograd_f4_filter_plan(g) {
         let lanes = batched_lanes(

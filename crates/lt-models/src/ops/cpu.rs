@@ -139,7 +139,6 @@ where
 
 /// `dst` viewed as possibly uninitialised: writing initialised values
 /// through the view keeps it initialised.
-#[cfg(test)]
 pub(crate) fn as_uninit(dst: &mut [f32]) -> &mut [MaybeUninit<f32>] {
     // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and every value
     // written through a `&mut [MaybeUninit<f32>]` made from initialised

@@ -28,6 +28,7 @@
 
 use super::conv::ConvGeom;
 use super::cpu::write_floats;
+use super::lanes::{Lanes, PartLanes};
 use std::mem::MaybeUninit;
 
 /// Output channels per register tile.
@@ -342,7 +343,21 @@ impl FilterPlan {
     /// `scratch` must be zeroed when first passed and then only passed to
     /// this plan (as in [`Plan::run`]: the padding of the input and the
     /// discarded columns of the gradient grid stay zero without a fill).
-    pub fn accumulate(&self, x: &[f32], dy: &[f32], lanes: &mut [f32], scratch: &mut [f32]) {
+    pub fn accumulate(&self, x: &[f32], dy: &[f32], lanes: &mut Lanes, scratch: &mut [f32]) {
+        // SAFETY: every group's blocks cover its `cog / MR` row blocks
+        // (`cog` is a multiple of MR, `FilterPlan::new`) and every `kdim`
+        // column, so a first call writes every lane.
+        unsafe { lanes.update(|out, init| self.accumulate_into(x, dy, out, init, scratch)) }
+    }
+
+    fn accumulate_into(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        lanes: &mut [MaybeUninit<f32>],
+        init: bool,
+        scratch: &mut [f32],
+    ) {
         let g = &self.g;
         let (cig, cog, hw, ohw) = (g.cig(), g.cog(), g.h * g.w, g.oh * g.ow);
         let plane = self.hp * self.wp;
@@ -368,7 +383,7 @@ impl FilterPlan {
                 // SAFETY: as below, with `plane == p_len == hw`: the largest
                 // input read is `(cig-1)*hw + p_len - 1 < xg.len()`, and
                 // `dg` holds `cog` rows of `p_len`.
-                unsafe { self.blocks(grp, xg, dg, lanes) };
+                unsafe { self.blocks(grp, xg, dg, lanes, init) };
             }
             return;
         }
@@ -391,16 +406,25 @@ impl FilterPlan {
             // cig*plane + K + V` (as in the forward tile, with
             // `oh + K - 1 == hp`), inside `xpad_len`, which `xpad` was cut
             // to; `dyg` holds `cog` rows of `p_len`.
-            unsafe { self.blocks(grp, xpad, dyg, lanes) };
+            unsafe { self.blocks(grp, xpad, dyg, lanes, init) };
         }
     }
 
-    /// Adds group `grp`'s products to `lanes`: `x` is the group's input on
-    /// the grid, `d` its `cog` gradient rows of `p_len` floats.
+    /// Adds group `grp`'s products to `lanes` (writes them with `init`):
+    /// `x` is the group's input on the grid, `d` its `cog` gradient rows of
+    /// `p_len` floats.
     ///
     /// # Safety
-    /// `x` must hold `max(offs) + p_len` floats and `d` `cog * p_len`.
-    unsafe fn blocks(&self, grp: usize, x: &[f32], d: &[f32], lanes: &mut [f32]) {
+    /// `x` must hold `max(offs) + p_len` floats and `d` `cog * p_len`; the
+    /// group's lanes must be initialised unless `init` is set.
+    unsafe fn blocks(
+        &self,
+        grp: usize,
+        x: &[f32],
+        d: &[f32],
+        lanes: &mut [MaybeUninit<f32>],
+        init: bool,
+    ) {
         let kdim = self.g.kdim();
         for blk in 0..self.g.cog() / MR {
             let d = &d[blk * MR * self.p_len..(blk + 1) * MR * self.p_len];
@@ -415,9 +439,9 @@ impl FilterPlan {
                 // lanes and `k + nk <= kdim`.
                 unsafe {
                     match nk {
-                        3 => wtile::<3>(x, &self.offs[k..k + 3], d, self.p_len, out, kdim, k),
-                        2 => wtile::<2>(x, &self.offs[k..k + 2], d, self.p_len, out, kdim, k),
-                        _ => wtile::<1>(x, &self.offs[k..k + 1], d, self.p_len, out, kdim, k),
+                        3 => wtile::<3>(x, &self.offs[k..k + 3], d, self.p_len, out, kdim, k, init),
+                        2 => wtile::<2>(x, &self.offs[k..k + 2], d, self.p_len, out, kdim, k, init),
+                        _ => wtile::<1>(x, &self.offs[k..k + 1], d, self.p_len, out, kdim, k, init),
                     }
                 }
                 k += nk;
@@ -427,11 +451,13 @@ impl FilterPlan {
 
     /// Sums the lanes: `dw[i] = sum(lanes[16 i..16 i + 16])`, output
     /// channels in parallel.
-    pub fn finish(&self, lanes: &[f32]) -> Vec<f32> {
+    pub fn finish(&self, lanes: &PartLanes) -> Vec<f32> {
         let kdim = self.g.kdim();
-        super::cpu::par_zeroed(self.g.c_out * kdim, kdim.max(1), |co, dw| {
-            let lanes = &lanes[co * kdim * V..(co + 1) * kdim * V];
-            for (d, l) in dw.iter_mut().zip(lanes.chunks_exact(V)) {
+        let chunk = kdim.max(1);
+        let init = || vec![0f32; kdim * V];
+        super::cpu::par_zeroed_init(self.g.c_out * kdim, chunk, init, |summed, co, dw| {
+            lanes.sum_into(co * kdim * V..(co + 1) * kdim * V, summed);
+            for (d, l) in dw.iter_mut().zip(summed.chunks_exact(V)) {
                 *d = l.iter().sum();
             }
         })
@@ -449,29 +475,34 @@ const MIN_FILTER_GRID: usize = 512;
 /// `out[(r * kdim + k0 + j) * 16 + l] += sum over p = l (mod 16) of
 /// d[r * p_len + p] * x[offs[j] + p]`, for `p < p_len`: every lane is one
 /// chain of fused multiply-adds over `p` in order, on AVX-512 and AVX2
-/// alike, so both give the same bits.
+/// alike, so both give the same bits. With `init`, `out` is written as if
+/// it held zeros (`0 + sum`) and may start uninitialised
+/// ([`super::lanes::Lanes`]).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA ([`available`]); `d` must hold `MR *
 /// p_len` floats, `p_len` must be a multiple of 16, `x` must hold `max(offs)
-/// + p_len` floats and `out` `MR * kdim * 16` floats with `k0 + NK <= kdim`.
+/// + p_len` floats and `out` `MR * kdim * 16` floats with `k0 + NK <= kdim`,
+/// the elements this call adds to initialised unless `init` is set.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn wtile<const NK: usize>(
     x: &[f32],
     offs: &[u32],
     d: &[f32],
     p_len: usize,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     kdim: usize,
     k0: usize,
+    init: bool,
 ) {
     // SAFETY: forwarded under the caller's contract; the AVX-512 variant
     // only where the CPU has it.
     unsafe {
         if avx512() {
-            wtile_avx512::<NK>(x, offs, d, p_len, out, kdim, k0)
+            wtile_avx512::<NK>(x, offs, d, p_len, out, kdim, k0, init)
         } else {
-            wtile_avx2::<NK>(x, offs, d, p_len, out, kdim, k0)
+            wtile_avx2::<NK>(x, offs, d, p_len, out, kdim, k0, init)
         }
     }
 }
@@ -482,14 +513,16 @@ pub(super) unsafe fn wtile<const NK: usize>(
 /// As for [`wtile`], and the CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn wtile_avx512<const NK: usize>(
     x: &[f32],
     offs: &[u32],
     d: &[f32],
     p_len: usize,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     kdim: usize,
     k0: usize,
+    init: bool,
 ) {
     use std::arch::x86_64::*;
     debug_assert!(offs.len() == NK && d.len() >= MR * p_len && p_len.is_multiple_of(V));
@@ -513,13 +546,19 @@ unsafe fn wtile_avx512<const NK: usize>(
         }
         p += V;
     }
-    let op = out.as_mut_ptr();
+    let op = out.as_mut_ptr().cast::<f32>();
     for (r, acc) in a.iter().enumerate() {
         for (j, v) in acc.iter().enumerate() {
-            // SAFETY: `(r * kdim + k0 + j + 1) * 16 <= MR * kdim * 16`.
+            // SAFETY: `(r * kdim + k0 + j + 1) * 16 <= MR * kdim * 16`; read
+            // only when initialised (the contract).
             unsafe {
                 let q = op.add((r * kdim + k0 + j) * V);
-                _mm512_storeu_ps(q, _mm512_add_ps(_mm512_loadu_ps(q), *v));
+                let held = if init {
+                    _mm512_setzero_ps()
+                } else {
+                    _mm512_loadu_ps(q)
+                };
+                _mm512_storeu_ps(q, _mm512_add_ps(held, *v));
             }
         }
     }
@@ -534,14 +573,16 @@ unsafe fn wtile_avx512<const NK: usize>(
 /// As for [`wtile`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn wtile_avx2<const NK: usize>(
     x: &[f32],
     offs: &[u32],
     d: &[f32],
     p_len: usize,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     kdim: usize,
     k0: usize,
+    init: bool,
 ) {
     use std::arch::x86_64::*;
     const R: usize = 4;
@@ -549,7 +590,7 @@ unsafe fn wtile_avx2<const NK: usize>(
     debug_assert!(offs.len() == NK && d.len() >= MR * p_len && p_len.is_multiple_of(V));
     debug_assert!(offs.iter().all(|&o| o as usize + p_len <= x.len()));
     debug_assert!(k0 + NK <= kdim && out.len() >= MR * kdim * V);
-    let (xp, dp, op) = (x.as_ptr(), d.as_ptr(), out.as_mut_ptr());
+    let (xp, dp, op) = (x.as_ptr(), d.as_ptr(), out.as_mut_ptr().cast::<f32>());
     for r0 in (0..MR).step_by(R) {
         for h in (0..V).step_by(H) {
             let mut a = [[_mm256_setzero_ps(); NK]; R];
@@ -571,10 +612,16 @@ unsafe fn wtile_avx2<const NK: usize>(
             }
             for (r, acc) in a.iter().enumerate() {
                 for (j, v) in acc.iter().enumerate() {
-                    // SAFETY: `((r0 + r) * kdim + k0 + j) * 16 + h + 8 <= MR * kdim * 16`.
+                    // SAFETY: `((r0 + r) * kdim + k0 + j) * 16 + h + 8 <= MR *
+                    // kdim * 16`; read only when initialised (the contract).
                     unsafe {
                         let q = op.add(((r0 + r) * kdim + k0 + j) * V + h);
-                        _mm256_storeu_ps(q, _mm256_add_ps(_mm256_loadu_ps(q), *v));
+                        let held = if init {
+                            _mm256_setzero_ps()
+                        } else {
+                            _mm256_loadu_ps(q)
+                        };
+                        _mm256_storeu_ps(q, _mm256_add_ps(held, *v));
                     }
                 }
             }
@@ -584,14 +631,16 @@ unsafe fn wtile_avx2<const NK: usize>(
 
 /// Never called: plans are only made on x86-64 with AVX2.
 #[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn wtile<const NK: usize>(
     _: &[f32],
     _: &[u32],
     _: &[f32],
     _: usize,
-    _: &mut [f32],
+    _: &mut [MaybeUninit<f32>],
     _: usize,
     _: usize,
+    _: bool,
 ) {
     unreachable!("direct convolution needs AVX2")
 }
@@ -835,43 +884,52 @@ mod tests {
         let p_len = 96;
         let d = data(MR * p_len, 5);
         for nk in 1..=3 {
-            let mut want = vec![0f32; MR * kdim * V];
-            for r in 0..MR {
-                for j in 0..nk {
-                    for l in 0..V {
-                        let mut acc = 0f32;
-                        for p in (l..p_len).step_by(V) {
-                            acc = d[r * p_len + p].mul_add(x[offs[j] as usize + p], acc);
+            // Lanes the tile does not own keep `held` (NaN for a first,
+            // storing call: any read of them would show).
+            for (init, held) in [(false, 0.25f32), (true, f32::NAN)] {
+                let mut want = vec![held; MR * kdim * V];
+                for r in 0..MR {
+                    for j in 0..nk {
+                        for l in 0..V {
+                            let mut acc = 0f32;
+                            for p in (l..p_len).step_by(V) {
+                                acc = d[r * p_len + p].mul_add(x[offs[j] as usize + p], acc);
+                            }
+                            // The tile adds its accumulator to what `out`
+                            // held, or to zero when storing (`-0.0 + 0.0`
+                            // is `+0.0` either way).
+                            let before = if init { 0.0 } else { held };
+                            want[(r * kdim + 2 + j) * V + l] = before + acc;
                         }
-                        // The tile adds its accumulator to what `out` held.
-                        want[(r * kdim + 2 + j) * V + l] = 0.0 + acc;
                     }
                 }
-            }
-            let mut runs = vec![("avx2", vec![0f32; MR * kdim * V])];
-            if avx512() {
-                runs.push(("avx512", vec![0f32; MR * kdim * V]));
-            }
-            for (isa, out) in &mut runs {
-                let offs = &offs[..nk];
-                // SAFETY: the CPU has the instruction set picked; `d` holds
-                // MR rows of `p_len` (a multiple of 16), `x` covers
-                // `offs[j] + p_len`, `out` MR rows of `kdim * 16`.
-                unsafe {
-                    match (*isa, nk) {
-                        ("avx2", 3) => wtile_avx2::<3>(&x, offs, &d, p_len, out, kdim, 2),
-                        ("avx2", 2) => wtile_avx2::<2>(&x, offs, &d, p_len, out, kdim, 2),
-                        ("avx2", _) => wtile_avx2::<1>(&x, offs, &d, p_len, out, kdim, 2),
-                        (_, 3) => wtile_avx512::<3>(&x, offs, &d, p_len, out, kdim, 2),
-                        (_, 2) => wtile_avx512::<2>(&x, offs, &d, p_len, out, kdim, 2),
-                        _ => wtile_avx512::<1>(&x, offs, &d, p_len, out, kdim, 2),
-                    }
+                let mut runs = vec![("avx2", vec![held; MR * kdim * V])];
+                if avx512() {
+                    runs.push(("avx512", vec![held; MR * kdim * V]));
                 }
-                assert_eq!(
-                    bits(out),
-                    bits(&want),
-                    "{isa} weight-gradient tile, {nk} taps"
-                );
+                for (isa, out) in &mut runs {
+                    let offs = &offs[..nk];
+                    let o = crate::ops::cpu::as_uninit(out);
+                    // SAFETY: the CPU has the instruction set picked; `d`
+                    // holds MR rows of `p_len` (a multiple of 16), `x`
+                    // covers `offs[j] + p_len`, `out` MR rows of `kdim *
+                    // 16`, every one initialised.
+                    unsafe {
+                        match (*isa, nk) {
+                            ("avx2", 3) => wtile_avx2::<3>(&x, offs, &d, p_len, o, kdim, 2, init),
+                            ("avx2", 2) => wtile_avx2::<2>(&x, offs, &d, p_len, o, kdim, 2, init),
+                            ("avx2", _) => wtile_avx2::<1>(&x, offs, &d, p_len, o, kdim, 2, init),
+                            (_, 3) => wtile_avx512::<3>(&x, offs, &d, p_len, o, kdim, 2, init),
+                            (_, 2) => wtile_avx512::<2>(&x, offs, &d, p_len, o, kdim, 2, init),
+                            _ => wtile_avx512::<1>(&x, offs, &d, p_len, o, kdim, 2, init),
+                        }
+                    }
+                    assert_eq!(
+                        bits(out),
+                        bits(&want),
+                        "{isa} weight-gradient tile, {nk} taps, init {init}"
+                    );
+                }
             }
         }
         if avx512() {
@@ -992,7 +1050,7 @@ mod tests {
             let x = data(n * ci * h * w, 3);
             let dy = data(n * co * g.oh * g.ow, 4);
             let plan = FilterPlan::with_limits(&g, 0.0, 0).expect("direct path applies");
-            let mut lanes = vec![0f32; plan.lanes_len()];
+            let mut lanes = Lanes::new(plan.lanes_len());
             let mut scratch = vec![0f32; plan.scratch_len()];
             let (per_x, per_y) = (ci * h * w, co * g.oh * g.ow);
             for i in 0..n {
@@ -1003,7 +1061,7 @@ mod tests {
                     &mut scratch,
                 );
             }
-            let dw = plan.finish(&lanes);
+            let dw = plan.finish(&PartLanes::new(vec![lanes.into_vec()]));
             let want = with_portable_conv(|| conv_bwd_filter(&g, &x, &dy));
             let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
             for (a, b) in dw.iter().zip(&want) {

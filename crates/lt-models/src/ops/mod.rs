@@ -84,6 +84,7 @@ mod cuda;
 mod direct;
 mod eltwise;
 pub(crate) mod isa;
+mod lanes;
 mod pool;
 pub mod reference;
 mod residual_run;

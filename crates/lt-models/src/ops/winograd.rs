@@ -35,6 +35,7 @@
 use super::conv::ConvGeom;
 use super::direct::{self, LANES, MR, NP, V};
 use super::isa::Isa;
+use super::lanes::{Lanes, PartLanes};
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -594,7 +595,7 @@ impl FilterPlan {
         x: &[f32],
         dy: &[f32],
         k: usize,
-        lanes: &mut [f32],
+        lanes: &mut Lanes,
         scratch: &mut [f32],
     ) {
         let t = &self.t;
@@ -630,21 +631,29 @@ impl FilterPlan {
             row,
             filled: k * tp,
         };
-        sum_products(XI, operands, &self.offs, cin, cout, lanes);
+        // SAFETY: `sum_products` writes every lane on an `init` call.
+        unsafe {
+            lanes.update(|out, init| sum_products(XI, operands, &self.offs, cin, cout, out, init))
+        }
     }
 
     /// The weight gradient `(C_out, C_in, 3, 3)` from the summed lanes:
     /// `dU = sum of each weight's 16 lanes`, then `dg = G^T dU G`, output
     /// channels in parallel.
-    pub fn finish(&self, lanes: &[f32]) -> Vec<f32> {
+    pub fn finish(&self, lanes: &PartLanes) -> Vec<f32> {
         let g = &self.t.g;
         let (cin, cout) = (g.c_in, g.c_out);
-        super::cpu::par_zeroed(cout * cin * 9, cin * 9, |co, dw| {
+        let init = || vec![0f32; XI * cin * V];
+        super::cpu::par_zeroed_init(cout * cin * 9, cin * 9, init, |summed, co, dw| {
+            // Output channel `co`'s lanes, position after position.
+            for (xi, s) in summed.chunks_exact_mut(cin * V).enumerate() {
+                let at = (xi * cout + co) * cin * V;
+                lanes.sum_into(at..at + cin * V, s);
+            }
             for (ci, dw) in dw.chunks_exact_mut(9).enumerate() {
                 let mut du = [0f32; XI];
                 for (xi, du) in du.iter_mut().enumerate() {
-                    let l = &lanes[((xi * cout + co) * cin + ci) * V..][..V];
-                    *du = l.iter().sum();
+                    *du = summed[(xi * cin + ci) * V..][..V].iter().sum();
                 }
                 // tmp = G^T dU (3 x 4), then dg = tmp G (3 x 3).
                 let mut tmp = [[0f32; 4]; 3];
@@ -742,14 +751,20 @@ pub(super) struct Transformed<'a> {
 /// ([`direct::wtile`]), for both Winograd weight gradients (F(2x2, 3x3)
 /// here, F(4x4, 3x3) in [`super::winograd_f4`]); `offs[c] = c * row`.
 /// The columns past `filled` (absent images) are zeroed in `d` first, so
-/// they add nothing whatever `v` holds there (it must be finite).
-pub(super) fn sum_products(
+/// they add nothing whatever `v` holds there (it must be finite). With
+/// `init` every lane is written (`0 + sum`), and `lanes` may start
+/// uninitialised.
+///
+/// # Safety
+/// Unless `init` is set, every lane must be initialised.
+pub(super) unsafe fn sum_products(
     positions: usize,
     t: Transformed<'_>,
     offs: &[u32],
     cin: usize,
     cout: usize,
-    lanes: &mut [f32],
+    lanes: &mut [MaybeUninit<f32>],
+    init: bool,
 ) {
     let Transformed {
         v,
@@ -764,7 +779,8 @@ pub(super) fn sum_products(
             && offs.len() == cin
             && v.len() >= (positions - 1) * vb + cin * row
             && d.len() >= (positions - 1) * db + cout * row
-            && lanes.len() == positions * cout * cin * V,
+            && lanes.len() == positions * cout * cin * V
+            && cout.is_multiple_of(MR),
         "winograd filter: bad operands"
     );
     for xi in 0..positions {
@@ -785,13 +801,15 @@ pub(super) fn sum_products(
                 // SAFETY: AVX2 and FMA were detected when the calling plan
                 // was made; `dd` holds MR rows of `row` floats (a multiple
                 // of 16); `vx` holds `cin` rows of `row`, so `offs[j] + row
-                // <= vx.len()`; `out` holds MR rows of `cin * 16` lanes and
-                // `c + nk <= cin`.
+                // <= vx.len()`; `out` holds MR rows of `cin * 16` lanes,
+                // initialised unless `init` (the contract), and `c + nk <=
+                // cin`. The loops cover every lane (`cout` is a multiple of
+                // MR), so an `init` call writes them all.
                 unsafe {
                     match nk {
-                        3 => direct::wtile::<3>(vx, offs, dd, row, out, cin, c),
-                        2 => direct::wtile::<2>(vx, offs, dd, row, out, cin, c),
-                        _ => direct::wtile::<1>(vx, offs, dd, row, out, cin, c),
+                        3 => direct::wtile::<3>(vx, offs, dd, row, out, cin, c, init),
+                        2 => direct::wtile::<2>(vx, offs, dd, row, out, cin, c, init),
+                        _ => direct::wtile::<1>(vx, offs, dd, row, out, cin, c, init),
                     }
                 }
                 c += nk;
@@ -1983,7 +2001,7 @@ mod tests {
             let x = data(n * ci * h * w, 4);
             let dy = data(n * co * h * w, 5);
             let plan = FilterPlan::new(&g).expect("winograd applies");
-            let mut lanes = vec![0f32; plan.lanes_len()];
+            let mut lanes = Lanes::new(plan.lanes_len());
             let mut scratch = vec![0f32; plan.scratch_len()];
             let (per_x, per_dy) = (ci * h * w, co * h * w);
             for i in (0..n).step_by(plan.batch()) {
@@ -1994,7 +2012,7 @@ mod tests {
                 );
                 plan.accumulate(xs, dys, k, &mut lanes, &mut scratch);
             }
-            let got = plan.finish(&lanes);
+            let got = plan.finish(&PartLanes::new(vec![lanes.into_vec()]));
             let want = with_portable_conv(|| crate::ops::conv::conv_bwd_filter(&g, &x, &dy));
             let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
             let tol = 4e-6 * scale * ((n * h * w) as f32).sqrt();

@@ -40,6 +40,7 @@
 
 use super::conv::ConvGeom;
 use super::direct::{self, LANES, MR, V};
+use super::lanes::{Lanes, PartLanes};
 use super::winograd::{self, block_products, Operands, Rows, Transformed, MIN_FILTER_ROW, ROW_PAD};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -678,7 +679,7 @@ impl FilterPlan {
         x: &[f32],
         dy: &[f32],
         k: usize,
-        lanes: &mut [f32],
+        lanes: &mut Lanes,
         scratch: &mut [f32],
     ) {
         let t = &self.t;
@@ -714,19 +715,30 @@ impl FilterPlan {
             row,
             filled: k * tp,
         };
-        winograd::sum_products(XI, operands, &self.offs, cin, cout, lanes);
+        // SAFETY: `sum_products` writes every lane on an `init` call.
+        unsafe {
+            lanes.update(|out, init| {
+                winograd::sum_products(XI, operands, &self.offs, cin, cout, out, init)
+            })
+        }
     }
 
     /// The weight gradient `(C_out, C_in, 3, 3)` from the summed lanes:
     /// `dU = sum of each weight's 16 lanes`, then `dg = G^T dU G` in
     /// double precision, output channels in parallel.
-    pub fn finish(&self, lanes: &[f32]) -> Vec<f32> {
+    pub fn finish(&self, lanes: &PartLanes) -> Vec<f32> {
         let g = &self.t.g;
         let (cin, cout) = (g.c_in, g.c_out);
-        super::cpu::par_zeroed(cout * cin * 9, cin * 9, |co, dw| {
+        let init = || vec![0f32; XI * cin * V];
+        super::cpu::par_zeroed_init(cout * cin * 9, cin * 9, init, |summed, co, dw| {
+            // Output channel `co`'s lanes, position after position.
+            for (xi, s) in summed.chunks_exact_mut(cin * V).enumerate() {
+                let at = (xi * cout + co) * cin * V;
+                lanes.sum_into(at..at + cin * V, s);
+            }
             for (ci, dw) in dw.chunks_exact_mut(9).enumerate() {
                 let du: [f64; XI] = std::array::from_fn(|xi| {
-                    let l = &lanes[((xi * cout + co) * cin + ci) * V..][..V];
+                    let l = &summed[(xi * cin + ci) * V..][..V];
                     l.iter().map(|&v| f64::from(v)).sum()
                 });
                 // tmp = G^T dU (3 x 6), then dg = tmp G (3 x 3).
@@ -1030,7 +1042,7 @@ mod tests {
                 plan.batch() < n || n < 4,
                 "{n} images: one partial batch at least"
             );
-            let mut lanes = vec![0f32; plan.lanes_len()];
+            let mut lanes = Lanes::new(plan.lanes_len());
             let mut scratch = vec![0f32; plan.scratch_len()];
             let (chw, ohw) = (ci * h * w, co * h * w);
             let mut i = 0;
@@ -1045,7 +1057,7 @@ mod tests {
                 );
                 i += k;
             }
-            let got = plan.finish(&lanes);
+            let got = plan.finish(&PartLanes::new(vec![lanes.into_vec()]));
             // The entry point, on every CPU where nothing goes before this
             // path (AVX2 without AVX-512), sums the same products in
             // another order (images split between workers).
