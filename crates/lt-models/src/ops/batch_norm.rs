@@ -42,6 +42,10 @@ pub(crate) struct BnSaved {
     pub var: Vec<f32>,
     pub invstd: Vec<f32>,
     pub gamma: Vec<f32>,
+    /// The forward affine map `x * scale + shift` per channel, for masks
+    /// recomputed from the input ([`ReluMask::FromInput`]).
+    pub scale: Vec<f32>,
+    pub shift: Vec<f32>,
 }
 
 /// Dimensions `(n, c, h * w)` of an `(N, C, H, W)` layout.
@@ -229,6 +233,8 @@ pub(crate) fn bn_train_fwd_with(
         var,
         invstd,
         gamma: gamma.to_vec(),
+        scale: a,
+        shift: b,
     };
     (y, saved)
 }
@@ -244,6 +250,117 @@ pub(crate) struct BnGrads {
     pub dz: Option<Vec<f32>>,
 }
 
+/// Where the backward pass takes the ReLU's mask from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ReluMask<'a> {
+    /// No ReLU: the gradient passes whole.
+    Off,
+    /// The forward output `y`: the gradient passes where `y > 0`.
+    Output(&'a [f32]),
+    /// Recomputed from the input and the saved affine map (`x * scale +
+    /// shift > 0`): exact for a ReLU without a residual, where `y = max(x *
+    /// scale + shift, 0)` with the same roundings, and saves reading `y` in
+    /// both passes.
+    FromInput,
+}
+
+/// The backward's per-plane sums `(sum(d), sum(d * (x - mean)))` (`d` the
+/// masked gradient), filled in whatever order the gradient's planes become
+/// available: by the jobs of the convolution that produces the gradient,
+/// while its images are in that worker's cache, or afterwards. The planes
+/// of a channel are added in image order, so the sums are the same to the
+/// bit however they were filled.
+pub(crate) struct GradPlaneSums {
+    c: usize,
+    /// Per plane `i * c + ch`, the two sums as f64 bits.
+    sums: Vec<[AtomicU64; 2]>,
+    /// Per image, whether its planes' sums are in `sums`.
+    done: Vec<AtomicBool>,
+}
+
+impl GradPlaneSums {
+    pub(crate) fn new(n: usize, c: usize) -> Self {
+        GradPlaneSums {
+            c,
+            sums: (0..n * c)
+                .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+                .collect(),
+            done: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    /// Sums the planes of images `first..`, whose gradients `dys` holds
+    /// (whole images of `c` planes of `hw` floats); `x` is the whole
+    /// batch's batch-norm input, `mask` the whole batch's mask.
+    pub(crate) fn add_images(
+        &self,
+        first: usize,
+        dys: &[f32],
+        (x, mask, saved): (&[f32], ReluMask<'_>, &BnSaved),
+        hw: usize,
+    ) {
+        if hw == 0 {
+            return;
+        }
+        for (j, image) in dys.chunks_exact(self.c * hw).enumerate() {
+            self.image_sums(first + j, image, (x, mask, saved), hw);
+        }
+    }
+
+    fn image_sums(
+        &self,
+        i: usize,
+        dy: &[f32],
+        (x, mask, saved): (&[f32], ReluMask<'_>, &BnSaved),
+        hw: usize,
+    ) {
+        for (ch, d) in dy.chunks_exact(hw).enumerate() {
+            let r = (i * self.c + ch) * hw..(i * self.c + ch + 1) * hw;
+            let mean = saved.mean[ch];
+            let (a, b) = match mask {
+                ReluMask::Off => simd::masked_sums(&x[r.clone()], d, d, mean, false),
+                ReluMask::Output(y) => simd::masked_sums(&x[r.clone()], &y[r], d, mean, true),
+                ReluMask::FromInput => {
+                    simd::masked_sums_recomputed(&x[r], d, mean, saved.scale[ch], saved.shift[ch])
+                }
+            };
+            let slot = &self.sums[i * self.c + ch];
+            slot[0].store(a.to_bits(), Ordering::Relaxed);
+            slot[1].store(b.to_bits(), Ordering::Relaxed);
+        }
+        self.done[i].store(true, Ordering::Release);
+    }
+
+    /// Per channel, `(sum(d), sum(d * (x - mean)))` over the batch `dy`,
+    /// summing the planes not summed yet first.
+    fn finish(
+        &self,
+        dy: &[f32],
+        inputs: (&[f32], ReluMask<'_>, &BnSaved),
+        hw: usize,
+    ) -> Vec<(f64, f64)> {
+        let (n, c) = (self.done.len(), self.c);
+        if hw > 0 {
+            (0..n)
+                .into_par_iter()
+                .filter(|&i| !self.done[i].load(Ordering::Acquire))
+                .for_each(|i| self.image_sums(i, &dy[i * c * hw..(i + 1) * c * hw], inputs, hw));
+        }
+        (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mut s, mut sx) = (0f64, 0f64);
+                for i in 0..n {
+                    let slot = &self.sums[i * c + ch];
+                    s += f64::from_bits(slot[0].load(Ordering::Relaxed));
+                    sx += f64::from_bits(slot[1].load(Ordering::Relaxed));
+                }
+                (s, sx)
+            })
+            .collect()
+    }
+}
+
 /// Backward of [`bn_train_fwd`]: `y` gives the ReLU mask when `relu` is set.
 pub(crate) fn bn_train_bwd(
     x: &[f32],
@@ -254,21 +371,33 @@ pub(crate) fn bn_train_bwd(
     relu: bool,
     want_dz: bool,
 ) -> BnGrads {
+    let mask = if relu {
+        ReluMask::Output(y)
+    } else {
+        ReluMask::Off
+    };
+    let sums = GradPlaneSums::new(n, c);
+    bn_train_bwd_with(x, mask, dy, (n, c, hw), saved, want_dz, &sums)
+}
+
+/// [`bn_train_bwd`] with the mask from `mask` and the per-plane sums in
+/// `sums` where already taken (see [`GradPlaneSums`]). `want_dz` needs a
+/// mask other than [`ReluMask::FromInput`].
+pub(crate) fn bn_train_bwd_with(
+    x: &[f32],
+    mask: ReluMask<'_>,
+    dy: &[f32],
+    (n, c, hw): (usize, usize, usize),
+    saved: &BnSaved,
+    want_dz: bool,
+    sums: &GradPlaneSums,
+) -> BnGrads {
+    assert!(
+        !(want_dz && matches!(mask, ReluMask::FromInput)),
+        "batch_norm backward: the residual's gradient needs the forward output"
+    );
     // Pass 1: per channel, sum(d) and sum(d * (x - mean)).
-    let sums: Vec<(f64, f64)> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let mean = saved.mean[ch];
-            let (mut s, mut sx) = (0f64, 0f64);
-            for i in 0..n {
-                let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                let (a, b) = simd::masked_sums(&x[r.clone()], &y[r.clone()], &dy[r], mean, relu);
-                s += a;
-                sx += b;
-            }
-            (s, sx)
-        })
-        .collect();
+    let sums = sums.finish(dy, (x, mask, saved), hw);
     let m = (n * hw).max(1) as f64;
     let dbeta: Vec<f32> = sums.iter().map(|&(s, _)| s as f32).collect();
     let dgamma: Vec<f32> = sums
@@ -290,8 +419,19 @@ pub(crate) fn bn_train_bwd(
         .collect();
     let plane = |p: usize, dxp: &mut [MaybeUninit<f32>], dzp: Option<&mut [MaybeUninit<f32>]>| {
         let r = p * hw..(p + 1) * hw;
-        let k = coef[p % c];
-        simd::bn_dx_plane(&x[r.clone()], &y[r.clone()], &dy[r], k, relu, dxp, dzp);
+        let (ch, k) = (p % c, coef[p % c]);
+        match mask {
+            ReluMask::Off => {
+                simd::bn_dx_plane(&x[r.clone()], &dy[r.clone()], &dy[r], k, false, dxp, dzp)
+            }
+            ReluMask::Output(y) => {
+                simd::bn_dx_plane(&x[r.clone()], &y[r.clone()], &dy[r], k, true, dxp, dzp)
+            }
+            ReluMask::FromInput => {
+                let affine = (saved.scale[ch], saved.shift[ch]);
+                simd::bn_dx_plane_recomputed(&x[r.clone()], &dy[r], k, affine, dxp)
+            }
+        }
     };
     let (dx, dz) = if hw == 0 {
         (vec![0f32; x.len()], want_dz.then(|| vec![0f32; x.len()]))

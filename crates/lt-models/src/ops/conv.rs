@@ -656,8 +656,20 @@ fn flip_kernel(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
 
 /// `dx = conv^T(dy, w)`.
 pub(crate) fn conv_bwd_data(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    conv_bwd_data_then(g, dy, w, |_, _| {})
+}
+
+/// [`conv_bwd_data`], handing each job's input gradient to `then(first
+/// image, gradients of its images)` while it is in that worker's cache
+/// (as [`conv_fwd_then`]).
+pub(crate) fn conv_bwd_data_then(
+    g: &ConvGeom,
+    dy: &[f32],
+    w: &[f32],
+    then: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
     if let Some(t) = flipped_geometry(g) {
-        return conv_fwd(&t, dy, &flip_kernel(g, w));
+        return conv_fwd_then(&t, dy, &flip_kernel(g, w), then);
     }
     // General stride: per image and group, `dx_g = col2im(W_g^T * dy_g)`.
     let (cig, cog, kdim, hw, ohw) = (g.cig(), g.cog(), g.kdim(), g.hw(), g.ohw());
@@ -693,6 +705,7 @@ pub(crate) fn conv_bwd_data(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
                 col2im(g, dcol, dxg);
             }
         }
+        then(i, dxi);
     })
 }
 

@@ -8,7 +8,9 @@
 //! op for the backward pass, exactly as candle would keep the separate
 //! tensor.
 
-use super::batch_norm::{bn_train_bwd, bn_train_fwd_with, BnSaved, EpilogueKind, PlaneSums};
+use super::batch_norm::{
+    bn_train_bwd_with, bn_train_fwd_with, BnSaved, EpilogueKind, GradPlaneSums, PlaneSums, ReluMask,
+};
 use super::conv::{conv_bwd_data, conv_bwd_filter, conv_fwd_then, ConvGeom};
 use super::cpu::f32_slice;
 use super::{Conv2dParams, Epilogue};
@@ -131,6 +133,7 @@ impl CustomOp3 for ConvBnOp {
             saved: self.saved.clone(),
             packed: packed.clone(),
             relu: self.epilogue.relu(),
+            residual: add,
             want_dx: x.track_op(),
             want_dres: add && residual.track_op(),
             extra: Mutex::new(None),
@@ -166,6 +169,8 @@ struct ConvBnBwdOp {
     /// The forward pass's `cat(w.flatten(), gamma, beta)`.
     packed: Tensor,
     relu: bool,
+    /// Whether the forward pass added a residual before the ReLU.
+    residual: bool,
     want_dx: bool,
     want_dres: bool,
     extra: Mutex<Option<Extra>>,
@@ -203,7 +208,15 @@ impl CustomOp3 for ConvBnBwdOp {
             );
         }
         let dims = (g.n, g.c_out, g.oh * g.ow);
-        let bn = bn_train_bwd(&s.z, y, dy, dims, &s.bn, self.relu, self.want_dres);
+        // Without a residual the ReLU's mask comes from `z` (already read),
+        // not from `y`.
+        let mask = match (self.relu, self.residual) {
+            (false, _) => ReluMask::Off,
+            (true, true) => ReluMask::Output(y),
+            (true, false) => ReluMask::FromInput,
+        };
+        let sums = GradPlaneSums::new(dims.0, dims.1);
+        let bn = bn_train_bwd_with(&s.z, mask, dy, dims, &s.bn, self.want_dres, &sums);
         let dw = conv_bwd_filter(g, x, &bn.dx);
         let dx = if self.want_dx {
             let (storage, layout) = self.packed.storage_and_layout();
@@ -315,6 +328,81 @@ mod tests {
                 assert_eq!(bits(&bn.mean), bits(&bn2.mean), "{what}: mean");
                 assert_eq!(bits(&bn.var), bits(&bn2.var), "{what}: variance");
                 assert_eq!(bits(&y), bits(&y2), "{what}: output");
+            }
+        }
+    }
+
+    /// The backward's per-plane sums taken in the jobs of the convolution
+    /// that makes the gradient, and a ReLU mask recomputed from the batch
+    /// norm's input, give the gradients of the separate passes bit for bit:
+    /// the gradient made by Winograd F(4x4, 3x3) (one image per job, and
+    /// 8x8 maps in groups), F(2x2, 3x3) and a stride-2 convolution.
+    #[test]
+    fn in_job_gradient_sums_and_recomputed_masks_match_bit_for_bit() {
+        use crate::ops::batch_norm::{bn_train_bwd, bn_train_bwd_with, GradPlaneSums, ReluMask};
+        use crate::ops::conv::conv_bwd_data_then;
+        // (images, channels, size; the producer's output channels, stride)
+        let cases = [
+            (3, 16, 32, 16, 1),
+            (7, 64, 8, 32, 1),
+            (2, 8, 6, 8, 1),
+            (3, 16, 16, 8, 2),
+        ];
+        for (seed, &(n, c, size, c2, stride)) in cases.iter().enumerate() {
+            let p = Conv2dParams {
+                stride: 1,
+                padding: 1,
+                groups: 1,
+            };
+            let g = ConvGeom::new(&[n, c, size, size], &[c, c, 3, 3], p).unwrap();
+            let hw = size * size;
+            let x = data(n * c * hw, 6 * seed + 1);
+            let w: Vec<f32> = data(c * c * 9, 6 * seed + 2)
+                .iter()
+                .map(|v| v * 0.2)
+                .collect();
+            let gamma: Vec<f32> = data(c, 6 * seed + 3).iter().map(|v| v + 1.5).collect();
+            let beta = data(c, 6 * seed + 4);
+            let r = data(n * c * hw, 6 * seed + 5);
+            // The convolution whose input gradient is the batch norm's
+            // output gradient.
+            let pp = Conv2dParams {
+                stride,
+                padding: 1,
+                groups: 1,
+            };
+            let gp = ConvGeom::new(&[n, c, size, size], &[c2, c, 3, 3], pp).unwrap();
+            let e = data(n * c2 * gp.oh * gp.ow, 6 * seed + 6);
+            let wp: Vec<f32> = data(c2 * c * 9, 6 * seed + 7)
+                .iter()
+                .map(|v| v * 0.3)
+                .collect();
+            for residual in [None, Some(&r[..])] {
+                let (z, y, bn) =
+                    conv_bn_train_fwd(&g, &x, &w, residual, (&gamma, &beta), 1e-5, true);
+                let mask = match residual {
+                    None => ReluMask::FromInput,
+                    Some(_) => ReluMask::Output(&y),
+                };
+                let want_dz = residual.is_some();
+                let sums = GradPlaneSums::new(n, c);
+                let dy = conv_bwd_data_then(&gp, &e, &wp, |first, dys| {
+                    sums.add_images(first, dys, (&z, mask, &bn), hw);
+                });
+                let want = bn_train_bwd(&z, &y, &dy, (n, c, hw), &bn, true, want_dz);
+                let fresh = GradPlaneSums::new(n, c);
+                for (how, sums) in [("in the jobs", &sums), ("afterwards", &fresh)] {
+                    let got = bn_train_bwd_with(&z, mask, &dy, (n, c, hw), &bn, want_dz, sums);
+                    let what = format!("case {seed}, residual {}, sums {how}", residual.is_some());
+                    assert_eq!(bits(&got.dx), bits(&want.dx), "{what}: dx");
+                    assert_eq!(bits(&got.dgamma), bits(&want.dgamma), "{what}: dgamma");
+                    assert_eq!(bits(&got.dbeta), bits(&want.dbeta), "{what}: dbeta");
+                    assert_eq!(
+                        got.dz.as_deref().map(bits),
+                        want.dz.as_deref().map(bits),
+                        "{what}: dz"
+                    );
+                }
             }
         }
     }

@@ -17,14 +17,13 @@
 //! so the results are the same to the bit; only where the input's two
 //! gradient terms are summed moves (`a + b`, commutative).
 
-use super::batch_norm::{bn_train_bwd, BnSaved};
-use super::conv::{conv_bwd_data, conv_bwd_filter, ConvGeom};
+use super::batch_norm::{bn_train_bwd_with, BnSaved, GradPlaneSums, ReluMask};
+use super::conv::{conv_bwd_data_then, conv_bwd_filter, ConvGeom};
 use super::conv_bn::conv_bn_train_fwd;
 use super::cpu::f32_slice;
 use super::shortcut::{zero_pad_bwd, zero_pad_fwd, ZeroPadGeom};
 use super::{simd, Conv2dParams};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
-use rayon::prelude::*;
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -267,14 +266,6 @@ struct ResidualRunBwdOp {
     dpacked: Mutex<Option<Vec<f32>>>,
 }
 
-/// `a += b`, in parallel chunks.
-fn add_assign_par(a: &mut [f32], b: &[f32]) {
-    const CHUNK: usize = 16 * 1024;
-    a.par_chunks_mut(CHUNK)
-        .zip(b.par_chunks(CHUNK))
-        .for_each(|(a, b)| simd::add_assign(a, b));
-}
-
 impl CustomOp3 for ResidualRunBwdOp {
     fn name(&self) -> &'static str {
         "lt-residual-run-bwd"
@@ -319,6 +310,9 @@ impl CustomOp3 for ResidualRunBwdOp {
         }
         let mut grads: Vec<Vec<f32>> = vec![Vec::new(); saved.len()];
         let mut d: Cow<'_, [f32]> = Cow::Borrowed(dy);
+        // The first backward pass's sums of the second batch norm of block
+        // `b` over `d`, where the jobs that made `d` took them.
+        let mut d_sums: Option<GradPlaneSums> = None;
         for b in (0..saved.len()).rev() {
             let (s, p) = (&saved[b], &params[b]);
             let input: &[f32] = match b {
@@ -326,14 +320,33 @@ impl CustomOp3 for ResidualRunBwdOp {
                 _ => saved[b - 1].out.as_deref().unwrap_or_default(),
             };
             let out: &[f32] = s.out.as_deref().unwrap_or(y);
-            let bn_dims = (s.g1.n, s.g1.c_out, s.g1.oh * s.g1.ow);
+            let (n, c, hw) = (s.g1.n, s.g1.c_out, s.g1.oh * s.g1.ow);
             // The second pair, as the per-block op's backward: BN (with the
             // ReLU's mask and the residual's gradient), then the weight and
             // input gradients of the convolution.
-            let bn2 = bn_train_bwd(&s.z2, out, &d, bn_dims, &s.bn2, true, true);
+            let sums2 = d_sums.take().unwrap_or_else(|| GradPlaneSums::new(n, c));
+            let mask2 = ReluMask::Output(out);
+            let bn2 = bn_train_bwd_with(&s.z2, mask2, &d, (n, c, hw), &s.bn2, true, &sums2);
+            drop(sums2);
             let dw2 = conv_bwd_filter(&s.g2, &s.y1, &bn2.dx);
-            let dy1 = conv_bwd_data(&s.g2, &bn2.dx, p.w2);
-            let bn1 = bn_train_bwd(&s.z1, &s.y1, &dy1, bn_dims, &s.bn1, true, false);
+            // The first batch norm's sums are taken in the jobs of the
+            // convolution that makes its gradient, its mask recomputed
+            // from its input (a ReLU without a residual): `dy1` and `y1`
+            // are not read again from memory for them.
+            let sums1 = GradPlaneSums::new(n, c);
+            let bn1_inputs = (s.z1.as_slice(), ReluMask::FromInput, &s.bn1);
+            let dy1 = conv_bwd_data_then(&s.g2, &bn2.dx, p.w2, |first, dys| {
+                sums1.add_images(first, dys, bn1_inputs, hw);
+            });
+            let bn1 = bn_train_bwd_with(
+                &s.z1,
+                ReluMask::FromInput,
+                &dy1,
+                (n, c, hw),
+                &s.bn1,
+                false,
+                &sums1,
+            );
             drop(dy1);
             let dw1 = conv_bwd_filter(&s.g1, input, &bn1.dx);
             grads[b] = [dw1, bn1.dgamma, bn1.dbeta, dw2, bn2.dgamma, bn2.dbeta].concat();
@@ -341,14 +354,30 @@ impl CustomOp3 for ResidualRunBwdOp {
                 d = Cow::Owned(Vec::new());
                 break;
             }
-            let mut dx = conv_bwd_data(&s.g1, &bn1.dx, p.w1);
             let Some(dres) = bn2.dz else {
                 bail!("{OP}: the residual's gradient is missing");
             };
-            match &s.zero_pad {
-                Some(zp) => add_assign_par(&mut dx, &zero_pad_bwd(zp, &dres)),
-                None => add_assign_par(&mut dx, &dres),
-            }
+            let dres: Cow<'_, [f32]> = match &s.zero_pad {
+                Some(zp) => Cow::Owned(zero_pad_bwd(zp, &dres)),
+                None => Cow::Borrowed(&dres),
+            };
+            // In each job of the input gradient, while its images are in
+            // cache: the residual's gradient added, then the previous
+            // block's second batch norm's sums taken over the sum (that
+            // block's output is this block's input).
+            let per_image = s.g1.c_in * s.g1.h * s.g1.w;
+            let prev = (b > 0).then(|| {
+                let ps = &saved[b - 1];
+                let sums = GradPlaneSums::new(n, s.g1.c_in);
+                (sums, (ps.z2.as_slice(), ReluMask::Output(input), &ps.bn2))
+            });
+            let dx = conv_bwd_data_then(&s.g1, &bn1.dx, p.w1, |first, dxs| {
+                simd::add_assign(dxs, &dres[first * per_image..][..dxs.len()]);
+                if let Some((sums, inputs)) = &prev {
+                    sums.add_images(first, dxs, *inputs, s.g1.h * s.g1.w);
+                }
+            });
+            d_sums = prev.map(|(sums, _)| sums);
             d = Cow::Owned(dx);
         }
         *self

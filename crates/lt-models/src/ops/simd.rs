@@ -225,6 +225,85 @@ dispatch! {
     }
 }
 
+/// Two `L`-element chunks.
+type Lanes2<'a> = (&'a [f32; L], &'a [f32; L]);
+
+/// Splits two equal-length slices into `L`-element arrays plus the tails.
+#[inline(always)]
+fn lanes2<'a>(
+    x: &'a [f32],
+    y: &'a [f32],
+) -> (impl Iterator<Item = Lanes2<'a>>, (&'a [f32], &'a [f32])) {
+    let n = x.len();
+    let y = &y[..n];
+    let full = n / L * L;
+    let it = x[..full]
+        .chunks_exact(L)
+        .zip(y[..full].chunks_exact(L))
+        .map(|(a, b)| {
+            let a: &[f32; L] = a.try_into().expect("chunk of L");
+            let b: &[f32; L] = b.try_into().expect("chunk of L");
+            (a, b)
+        });
+    (it, (&x[full..], &y[full..]))
+}
+
+/// `dy` where the ReLU of `x * a + b` passed it: the forward output was
+/// `y = max(x * a + b, 0)` ([`affine_plane`] without a residual, the same
+/// two roundings), so this is [`mask`]`(true, y, dy)` without reading `y`.
+#[inline(always)]
+fn mask_recomputed(x: f32, a: f32, b: f32, d: f32) -> f32 {
+    if x * a + b > 0.0 {
+        d
+    } else {
+        0.0
+    }
+}
+
+dispatch! {
+    /// [`masked_sums`] with a ReLU whose mask is recomputed from the batch
+    /// norm's input and affine coefficients (see [`mask_recomputed`]): the
+    /// same lanes in the same order, so the same bits.
+    fn masked_sums_recomputed(x: &[f32], dy: &[f32], mean: f32, a: f32, b: f32) -> (f64, f64) {
+        let mut sa = [0f32; L];
+        let mut sb = [0f32; L];
+        let (body, (xt, dt)) = lanes2(x, dy);
+        for (xc, dc) in body {
+            for l in 0..L {
+                let d = mask_recomputed(xc[l], a, b, dc[l]);
+                sa[l] += d;
+                sb[l] += d * (xc[l] - mean);
+            }
+        }
+        for l in 0..xt.len() {
+            let d = mask_recomputed(xt[l], a, b, dt[l]);
+            sa[l] += d;
+            sb[l] += d * (xt[l] - mean);
+        }
+        (fold(&sa), fold(&sb))
+    }
+}
+
+dispatch! {
+    /// [`bn_dx_plane`] with a ReLU whose mask is recomputed as in
+    /// [`masked_sums_recomputed`] (no `dz`).
+    fn bn_dx_plane_recomputed(
+        x: &[f32],
+        dy: &[f32],
+        k: (f32, f32, f32),
+        affine: (f32, f32),
+        dx: &mut [MaybeUninit<f32>],
+    ) {
+        let n = dx.len();
+        let (x, dy) = (&x[..n], &dy[..n]);
+        let (k1, k2, k3) = k;
+        let (a, b) = affine;
+        for i in 0..n {
+            dx[i] = MaybeUninit::new(mask_recomputed(x[i], a, b, dy[i]) * k1 + x[i] * k2 + k3);
+        }
+    }
+}
+
 dispatch! {
     /// `(sum(d * x), sum(d))` and `dx = d * a`, `d` as in [`masked_sums`].
     fn affine_bwd_plane(x: &[f32], y: &[f32], dy: &[f32], a: f32, relu: bool, dx: &mut [f32]) -> (f64, f64) {
@@ -336,5 +415,50 @@ mod tests {
         let dy = [1.0, 10.0, 100.0, 2.0, 3.0];
         assert_eq!(masked_sums(&x, &y, &dy, 1.0, true), (6.0, 6.0 + 12.0));
         assert_eq!(masked_sums(&x, &y, &dy, 0.0, false).0, 116.0);
+    }
+
+    #[test]
+    fn masks_recomputed_from_the_input_give_the_bits_of_the_output_masks() {
+        // Inputs around the ReLU's edge: `x * a + b` exactly zero, just
+        // either side of it, negative zero, NaN; plus a tail past the lanes.
+        let (a, b) = (0.5f32, -1.25f32);
+        // `edge * a + b` is exactly zero.
+        let edge = 2.5f32;
+        let mut x: Vec<f32> = (0..3 * L + 5)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.41)
+            .collect();
+        x[..6].copy_from_slice(&[
+            edge,
+            f32::from_bits(edge.to_bits() + 1),
+            f32::from_bits(edge.to_bits() - 1),
+            edge,
+            f32::NAN,
+            -0.0,
+        ]);
+        let dy: Vec<f32> = (0..x.len())
+            .map(|i| ((i * 13 % 17) as f32 - 8.0) * 0.7)
+            .collect();
+        let mut y = vec![MaybeUninit::new(0f32); x.len()];
+        affine_plane(&x, None, a, b, true, &mut y);
+        // SAFETY: initialised above, and `affine_plane` writes every element.
+        let y: Vec<f32> = y.iter().map(|v| unsafe { v.assume_init() }).collect();
+        let passed = x.iter().zip(&y).filter(|(_, &y)| y > 0.0).count();
+        assert!(passed > 0 && passed < x.len(), "both sides of the edge");
+        let (s, sx) = masked_sums(&x, &y, &dy, 0.3, true);
+        let (r, rx) = masked_sums_recomputed(&x, &dy, 0.3, a, b);
+        assert_eq!((s.to_bits(), sx.to_bits()), (r.to_bits(), rx.to_bits()));
+        let k = (0.9, -0.02, 0.11);
+        let mut want = vec![MaybeUninit::new(0f32); x.len()];
+        let mut got = vec![MaybeUninit::new(0f32); x.len()];
+        bn_dx_plane(&x, &y, &dy, k, true, &mut want, None);
+        bn_dx_plane_recomputed(&x, &dy, k, (a, b), &mut got);
+        let bits = |v: &[MaybeUninit<f32>]| -> Vec<u32> {
+            // SAFETY: initialised when made, and both functions write every
+            // element.
+            v.iter()
+                .map(|v| unsafe { v.assume_init() }.to_bits())
+                .collect()
+        };
+        assert_eq!(bits(&got), bits(&want));
     }
 }
