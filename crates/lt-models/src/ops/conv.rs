@@ -729,7 +729,7 @@ fn sum_parts(
 /// The lane accumulators of a Winograd weight-gradient plan, one per
 /// worker: each of `parts` workers feeds its share of the images to
 /// `accumulate` in batches of up to `batch` (`accumulate(x, dy, k, lanes,
-/// scratch)` for `k` images), with `scratch_len` zeroed floats of scratch.
+/// scratch)` for `k` images), with `scratch_len` floats of scratch.
 #[allow(clippy::too_many_arguments)]
 fn batched_lanes(
     g: &ConvGeom,

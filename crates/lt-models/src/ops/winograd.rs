@@ -574,8 +574,8 @@ impl FilterPlan {
     }
 
     /// Floats of scratch: the transformed inputs and output gradients of
-    /// one batch of images, and rows for the transforms. Must be zeroed
-    /// (or finite) when first passed.
+    /// one batch of images, and rows for the transforms; it may hold
+    /// anything when passed.
     pub fn scratch_len(&self) -> usize {
         let (vb, db) = self.blocks();
         XI * (vb + db) + self.t.band_len()
@@ -677,7 +677,7 @@ impl FilterPlan {
 /// products: `positions` blocks `vb` floats apart of `C_in` rows `rs`
 /// apart, `tp` tiles each; `offs[c] = c * rs`.
 pub(super) struct Operands<'a> {
-    pub(super) v: &'a [f32],
+    pub(super) v: &'a mut [f32],
     pub(super) vb: usize,
     pub(super) rs: usize,
     pub(super) tp: usize,
@@ -738,7 +738,7 @@ pub(super) fn block_products(
 /// and of `C_out` gradient rows `db` apart, rows of `row` floats of which
 /// the first `filled` hold the images' tiles.
 pub(super) struct Transformed<'a> {
-    pub(super) v: &'a [f32],
+    pub(super) v: &'a mut [f32],
     pub(super) vb: usize,
     pub(super) d: &'a mut [f32],
     pub(super) db: usize,
@@ -750,8 +750,8 @@ pub(super) struct Transformed<'a> {
 /// (mod 16) of D[ξ][co][t] V[ξ][ci][t]`, by the direct weight-gradient tile
 /// ([`direct::wtile`]), for both Winograd weight gradients (F(2x2, 3x3)
 /// here, F(4x4, 3x3) in [`super::winograd_f4`]); `offs[c] = c * row`.
-/// The columns past `filled` (absent images) are zeroed in `d` first, so
-/// they add nothing whatever `v` holds there (it must be finite). With
+/// The columns past `filled` (absent images) are zeroed in `v` and `d`
+/// first, so they add nothing whatever the scratch held there. With
 /// `init` every lane is written (`0 + sum`), and `lanes` may start
 /// uninitialised.
 ///
@@ -783,9 +783,14 @@ pub(super) unsafe fn sum_products(
             && cout.is_multiple_of(MR),
         "winograd filter: bad operands"
     );
-    for xi in 0..positions {
-        for co in 0..cout {
-            d[xi * db + co * row..][filled..row].fill(0.0);
+    if filled < row {
+        for xi in 0..positions {
+            for co in 0..cout {
+                d[xi * db + co * row..][filled..row].fill(0.0);
+            }
+            for ci in 0..cin {
+                v[xi * vb + ci * row..][filled..row].fill(0.0);
+            }
         }
     }
     for xi in 0..positions {
@@ -1995,6 +2000,8 @@ mod tests {
             (2, 8, 6, 16, 8),
             (3, 8, 10, 8, 16),
             (2, 8, 2, 32, 8),
+            // 18 images in batches of 16: a short batch.
+            (18, 8, 8, 8, 16),
         ];
         for (n, ci, h, w, co) in cases {
             let g = geom(n, ci, h, w, co);
@@ -2002,15 +2009,21 @@ mod tests {
             let dy = data(n * co * h * w, 5);
             let plan = FilterPlan::new(&g).expect("winograd applies");
             let mut lanes = Lanes::new(plan.lanes_len());
-            let mut scratch = vec![0f32; plan.scratch_len()];
+            // The scratch may hold anything, NaN included.
+            let mut scratch = vec![f32::NAN; plan.scratch_len()];
             let (per_x, per_dy) = (ci * h * w, co * h * w);
-            for i in (0..n).step_by(plan.batch()) {
-                let k = plan.batch().min(n - i);
+            // The short batch first, on the untouched scratch.
+            let (b, short) = (plan.batch(), n % plan.batch());
+            let mut sizes = vec![short; usize::from(short > 0)];
+            sizes.extend(std::iter::repeat_n(b, n / b));
+            let mut i = 0;
+            for k in sizes {
                 let (xs, dys) = (
                     &x[i * per_x..(i + k) * per_x],
                     &dy[i * per_dy..(i + k) * per_dy],
                 );
                 plan.accumulate(xs, dys, k, &mut lanes, &mut scratch);
+                i += k;
             }
             let got = plan.finish(&PartLanes::new(vec![lanes.into_vec()]));
             let want = with_portable_conv(|| crate::ops::conv::conv_bwd_filter(&g, &x, &dy));

@@ -658,8 +658,8 @@ impl FilterPlan {
     }
 
     /// Floats of scratch: the transformed inputs and output gradients of
-    /// one batch of images, and the transforms' planes. Must be zeroed (or
-    /// finite) when first passed.
+    /// one batch of images, and the transforms' planes; it may hold
+    /// anything when passed.
     pub fn scratch_len(&self) -> usize {
         let (vb, db) = self.blocks();
         XI * (vb + db) + self.t.band_len()
@@ -1043,11 +1043,15 @@ mod tests {
                 "{n} images: one partial batch at least"
             );
             let mut lanes = Lanes::new(plan.lanes_len());
-            let mut scratch = vec![0f32; plan.scratch_len()];
+            // The scratch may hold anything, NaN included.
+            let mut scratch = vec![f32::NAN; plan.scratch_len()];
             let (chw, ohw) = (ci * h * w, co * h * w);
+            // The short batch first, on the untouched scratch.
+            let (b, short) = (plan.batch(), n % plan.batch());
+            let mut sizes = vec![short; usize::from(short > 0)];
+            sizes.extend(std::iter::repeat_n(b, n / b));
             let mut i = 0;
-            while i < n {
-                let k = plan.batch().min(n - i);
+            for k in sizes {
                 plan.accumulate(
                     &x[i * chw..(i + k) * chw],
                     &dy[i * ohw..(i + k) * ohw],
