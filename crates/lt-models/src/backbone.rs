@@ -149,12 +149,17 @@ impl Backbone {
     /// building the autograd graph at all; a ResNet in [`BnMode::Eval`] runs
     /// [`Backbone::forward_inference`] (batch norm folded), in
     /// [`BnMode::Train`] [`Backbone::forward_t`] (its BN statistics are
-    /// updated: stage 2's "shift learning" must not fold) and detaches.
+    /// updated: stage 2's "shift learning" must not fold) without a graph
+    /// either ([`crate::ops::without_grad`]: nothing kept for a backward
+    /// pass, and the residual runs' forward-only path).
     pub fn forward_frozen(&self, x: &Tensor, mode: impl Into<BnMode>) -> Result<Tensor> {
         match (&self.net, mode.into()) {
             (Inner::Encoder(e), _) => e.forward_frozen_dtype(x, self.precision.compute_dtype()),
             (_, BnMode::Eval) => self.forward_inference(x),
-            (_, BnMode::Train) => Ok(self.forward_t(x, BnMode::Train)?.detach()),
+            (_, BnMode::Train) => {
+                let y = crate::ops::without_grad(|| self.forward_t(&x.detach(), BnMode::Train))?;
+                Ok(y.detach())
+            }
         }
     }
 

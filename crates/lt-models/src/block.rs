@@ -200,7 +200,7 @@ impl Block {
             return Ok(None);
         };
         #[cfg(test)]
-        tests::RUNS_TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tests::RUNS_TAKEN.with(|c| c.set(c.get() + 1));
         for ((b, [(m1, v1), (m2, v2)]), (n1, n2)) in blocks.iter().zip(&stats).zip(counts) {
             b.inner[0].1.update_running_stats(m1, v1, n1)?;
             b.last.1.update_running_stats(m2, v2, n2)?;
@@ -300,10 +300,12 @@ pub(crate) fn check_input(x: &Tensor, channels: usize) -> Result<()> {
 mod tests {
     use crate::{ops, Arch, Backbone, BnMode};
     use candle_core::{DType, Device, Tensor};
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// Residual runs taken by [`Block::forward_all`](super::Block::forward_all).
-    pub(super) static RUNS_TAKEN: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        /// Residual runs taken by [`Block::forward_all`](super::Block::forward_all)
+        /// in this thread.
+        pub(super) static RUNS_TAKEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
 
     fn bits(t: &Tensor) -> Vec<u32> {
         let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -318,12 +320,14 @@ mod tests {
         Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
     }
 
-    /// One training-mode forward and backward of `arch`: the features, every
-    /// parameter's gradient and every running statistic, as bits.
-    fn step(arch: Arch, x: &Tensor) -> Vec<(String, Vec<u32>)> {
+    /// Serialises the tests that depend on the process-wide residual-run
+    /// switch ([`ops::set_residual_runs`]).
+    static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// `arch` with distinct scales and shifts per layer, so that a mixed-up
+    /// parameter shows.
+    fn backbone(arch: Arch) -> Backbone {
         let b = Backbone::new(arch, &Device::Cpu, 7).unwrap();
-        // Distinct scales and shifts per layer, so that a mixed-up
-        // parameter shows.
         for (i, (_, v)) in b.parameters().into_iter().enumerate() {
             if v.rank() == 1 {
                 let c = v.elem_count();
@@ -332,6 +336,20 @@ mod tests {
                 v.set(&d).unwrap();
             }
         }
+        b
+    }
+
+    fn buffers(b: &Backbone) -> Vec<(String, Vec<u32>)> {
+        b.buffers()
+            .into_iter()
+            .map(|(name, v)| (name, bits(&v.as_tensor().to_dtype(DType::F32).unwrap())))
+            .collect()
+    }
+
+    /// One training-mode forward and backward of `arch`: the features, every
+    /// parameter's gradient and every running statistic, as bits.
+    fn step(arch: Arch, x: &Tensor) -> Vec<(String, Vec<u32>)> {
+        let b = backbone(arch);
         let y = b.forward_t(x, BnMode::Train).unwrap();
         let w = data((y.dim(0).unwrap(), y.dim(1).unwrap(), 1, 1), 3)
             .reshape(y.dims())
@@ -345,9 +363,7 @@ mod tests {
                 .expect("a gradient for every parameter");
             out.push((format!("grad {name}"), bits(g)));
         }
-        for (name, v) in b.buffers() {
-            out.push((name, bits(&v.as_tensor().to_dtype(DType::F32).unwrap())));
-        }
+        out.extend(buffers(&b));
         out
     }
 
@@ -359,6 +375,7 @@ mod tests {
     /// runs.
     #[test]
     fn a_residual_run_gives_the_bits_of_its_blocks_one_by_one() {
+        let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
         for (arch, x) in [
             (Arch::ResNet8, data((3, 3, 32, 32), 1)),
             (Arch::ResNet20, data((5, 3, 16, 16), 2)),
@@ -366,16 +383,53 @@ mod tests {
             (Arch::ResNet18, data((2, 3, 32, 32), 3)),
         ] {
             ops::set_residual_runs(false);
-            let before = RUNS_TAKEN.load(Ordering::Relaxed);
+            let before = RUNS_TAKEN.with(std::cell::Cell::get);
             let one_by_one = step(arch, &x);
             ops::set_residual_runs(true);
             let run = step(arch, &x);
             assert!(
-                RUNS_TAKEN.load(Ordering::Relaxed) > before,
+                RUNS_TAKEN.with(std::cell::Cell::get) > before,
                 "{arch:?}: the residual run was not taken"
             );
             assert_eq!(one_by_one.len(), run.len());
             for ((name, a), (_, b)) in one_by_one.iter().zip(&run) {
+                let differ = a.iter().zip(b).filter(|(a, b)| a != b).count();
+                assert_eq!(differ, 0, "{arch:?}: {name}: {differ} values differ");
+            }
+        }
+    }
+
+    /// A frozen backbone in training-mode batch norm (cRT's features, no
+    /// autograd graph) gives the features and running statistics of the
+    /// training forward, bit for bit.
+    #[test]
+    fn a_frozen_backbone_gives_the_bits_of_the_training_forward() {
+        let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+        for (arch, x) in [
+            (Arch::ResNet8, data((3, 3, 32, 32), 4)),
+            (Arch::ResNet20, data((5, 3, 16, 16), 5)),
+            (Arch::ResNet18, data((2, 3, 32, 32), 6)),
+        ] {
+            let run = |frozen: bool| {
+                let b = backbone(arch);
+                let before = RUNS_TAKEN.with(std::cell::Cell::get);
+                let y = if frozen {
+                    b.forward_frozen(&x, BnMode::Train).unwrap()
+                } else {
+                    b.forward_t(&x, BnMode::Train).unwrap()
+                };
+                // A run is a training op, kept for a backward pass: the
+                // frozen forward builds no graph, so it takes none.
+                let took = RUNS_TAKEN.with(std::cell::Cell::get) > before;
+                assert_eq!(took, !frozen, "{arch:?}: frozen {frozen}, run taken {took}");
+                assert!(!frozen || !y.track_op(), "{arch:?}: features detached");
+                let mut out = vec![("features".to_string(), bits(&y))];
+                out.extend(buffers(&b));
+                out
+            };
+            let (frozen, trained) = (run(true), run(false));
+            assert_eq!(frozen.len(), trained.len());
+            for ((name, a), (_, b)) in frozen.iter().zip(&trained) {
                 let differ = a.iter().zip(b).filter(|(a, b)| a != b).count();
                 assert_eq!(differ, 0, "{arch:?}: {name}: {differ} values differ");
             }

@@ -219,24 +219,39 @@ pub(crate) fn bn_train_fwd_with(
     beta: &[f32],
     eps: f64,
     relu: bool,
-    (mean, var): (Vec<f32>, Vec<f32>),
+    stats: (Vec<f32>, Vec<f32>),
 ) -> (Vec<f32>, BnSaved) {
-    let invstd: Vec<f32> = var
-        .iter()
-        .map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32)
-        .collect();
-    let a: Vec<f32> = (0..c).map(|i| gamma[i] * invstd[i]).collect();
-    let b: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * a[i]).collect();
-    let y = affine_epilogue(x, residual, c, hw, &a, &b, relu);
-    let saved = BnSaved {
-        mean,
-        var,
-        invstd,
-        gamma: gamma.to_vec(),
-        scale: a,
-        shift: b,
-    };
+    let saved = BnSaved::new(gamma, beta, eps, stats);
+    let y = affine_epilogue(x, residual, c, hw, &saved.scale, &saved.shift, relu);
     (y, saved)
+}
+
+impl BnSaved {
+    /// The affine map `x * scale + shift` of batch statistics `(mean,
+    /// biased variance)`, with what the backward pass needs.
+    pub(crate) fn new(
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f64,
+        (mean, var): (Vec<f32>, Vec<f32>),
+    ) -> Self {
+        let invstd: Vec<f32> = var
+            .iter()
+            .map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32)
+            .collect();
+        let scale: Vec<f32> = (0..var.len()).map(|i| gamma[i] * invstd[i]).collect();
+        let shift: Vec<f32> = (0..var.len())
+            .map(|i| beta[i] - mean[i] * scale[i])
+            .collect();
+        BnSaved {
+            mean,
+            var,
+            invstd,
+            gamma: gamma.to_vec(),
+            scale,
+            shift,
+        }
+    }
 }
 
 /// Gradients of batch norm with batch statistics.

@@ -61,6 +61,34 @@ impl BlockShape {
         co * ci * 9 + 2 * co + co * co * 9 + 2 * co
     }
 
+    /// Block `b`'s two convolutions and its shortcut on input `dims`.
+    fn geometry(
+        &self,
+        dims: &[usize],
+        b: usize,
+    ) -> Result<(ConvGeom, ConvGeom, Option<ZeroPadGeom>)> {
+        const OP: &str = "residual_run";
+        let (co, ci) = (self.c_out, self.c_in);
+        let g1 = ConvGeom::new(dims, &[co, ci, 3, 3], self.params(true))?;
+        let out_dims = [g1.n, co, g1.oh, g1.ow];
+        let g2 = ConvGeom::new(&out_dims, &[co, co, 3, 3], self.params(false))?;
+        let zero_pad = match self.zero_pad {
+            Some((front, back)) => {
+                let zp = ZeroPadGeom::new(dims, self.stride, front, back)?;
+                if zp.out_shape().dims() != out_dims {
+                    bail!(
+                        "{OP}: block {b}: shortcut {:?} does not match output {out_dims:?}",
+                        zp.out_shape()
+                    );
+                }
+                Some(zp)
+            }
+            None if self.stride == 1 && ci == co => None,
+            None => bail!("{OP}: block {b}: an identity shortcut cannot change the shape"),
+        };
+        Ok((g1, g2, zero_pad))
+    }
+
     fn params(&self, first: bool) -> Conv2dParams {
         Conv2dParams {
             stride: if first { self.stride } else { 1 },
@@ -162,24 +190,8 @@ impl CustomOp3 for ResidualRunOp {
                 0 => x,
                 _ => saved[b - 1].out.as_deref().unwrap_or_default(),
             };
-            let (co, ci) = (shape.c_out, shape.c_in);
-            let g1 = ConvGeom::new(&dims, &[co, ci, 3, 3], shape.params(true))?;
-            let out_dims = [g1.n, co, g1.oh, g1.ow];
-            let g2 = ConvGeom::new(&out_dims, &[co, co, 3, 3], shape.params(false))?;
-            let zero_pad = match shape.zero_pad {
-                Some((front, back)) => {
-                    let zp = ZeroPadGeom::new(&dims, shape.stride, front, back)?;
-                    if zp.out_shape().dims() != out_dims {
-                        bail!(
-                            "{OP}: block {b}: shortcut {:?} does not match output {out_dims:?}",
-                            zp.out_shape()
-                        );
-                    }
-                    Some(zp)
-                }
-                None if shape.stride == 1 && ci == co => None,
-                None => bail!("{OP}: block {b}: an identity shortcut cannot change the shape"),
-            };
+            let (g1, g2, zero_pad) = shape.geometry(&dims, b)?;
+            let out_dims = [g1.n, shape.c_out, g1.oh, g1.ow];
             let (z1, y1, bn1) =
                 conv_bn_train_fwd(&g1, input, p.w1, None, (p.gamma1, p.beta1), self.eps, true);
             let shortcut: Cow<'_, [f32]> = match &zero_pad {
