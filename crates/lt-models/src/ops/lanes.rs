@@ -87,19 +87,13 @@ impl PartLanes {
         fn sum(parts: &[Vec<f32>], at: std::ops::Range<usize>, out: &mut [f32]) {
             match parts {
                 [one] => out.copy_from_slice(&one[at]),
-                [a, b] => {
-                    for ((o, a), b) in out.iter_mut().zip(&a[at.clone()]).zip(&b[at]) {
-                        *o = a + b;
-                    }
-                }
+                [a, b] => super::simd::add_into(&a[at.clone()], &b[at], out),
                 _ => {
                     let (left, right) = parts.split_at(parts.len() / 2);
                     let mut r = vec![0f32; out.len()];
                     sum(left, at.clone(), out);
                     sum(right, at, &mut r);
-                    for (o, r) in out.iter_mut().zip(&r) {
-                        *o += r;
-                    }
+                    super::simd::add_assign(out, &r);
                 }
             }
         }

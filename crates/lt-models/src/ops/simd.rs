@@ -395,6 +395,17 @@ dispatch! {
     }
 }
 
+dispatch! {
+    /// `out = a + b`.
+    fn add_into(a: &[f32], b: &[f32], out: &mut [f32]) {
+        let n = out.len();
+        let (a, b) = (&a[..n], &b[..n]);
+        for i in 0..n {
+            out[i] = a[i] + b[i];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
