@@ -67,6 +67,70 @@ fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f32>, Vec<f32
     PlaneSums::new(n, c).finish(x, hw)
 }
 
+/// Two f64 sums per `(image, channel)` plane, stored as each image's planes
+/// are summed (by whichever job has them in cache) and added per channel
+/// in image order: the same bits whatever order the images came in. The
+/// store behind [`PlaneSums`] (forward) and [`GradPlaneSums`] (backward).
+struct PlanePairs {
+    c: usize,
+    /// Per plane `i * c + ch`, the two sums as f64 bits.
+    sums: Vec<[AtomicU64; 2]>,
+    /// Per image, whether its planes' sums are in `sums`.
+    done: Vec<AtomicBool>,
+}
+
+impl PlanePairs {
+    fn new(n: usize, c: usize) -> Self {
+        PlanePairs {
+            c,
+            sums: (0..n * c)
+                .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+                .collect(),
+            done: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    fn images(&self) -> usize {
+        self.done.len()
+    }
+
+    /// Stores image `i`'s sums, `sum(ch)` for each of its channels.
+    fn store_image(&self, i: usize, sum: impl Fn(usize) -> (f64, f64)) {
+        for ch in 0..self.c {
+            let (a, b) = sum(ch);
+            let slot = &self.sums[i * self.c + ch];
+            slot[0].store(a.to_bits(), Ordering::Relaxed);
+            slot[1].store(b.to_bits(), Ordering::Relaxed);
+        }
+        self.done[i].store(true, Ordering::Release);
+    }
+
+    /// Stores the images not stored yet, in parallel.
+    fn store_missing(&self, sum_image: impl Fn(usize) + Sync + Send) {
+        (0..self.images())
+            .into_par_iter()
+            .filter(|&i| !self.done[i].load(Ordering::Acquire))
+            .for_each(sum_image);
+    }
+
+    /// Per channel, both sums over the images, added in image order.
+    fn channel_totals(&self) -> Vec<(f64, f64)> {
+        let (n, c) = (self.images(), self.c);
+        (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mut s, mut s2) = (0f64, 0f64);
+                for i in 0..n {
+                    let slot = &self.sums[i * c + ch];
+                    s += f64::from_bits(slot[0].load(Ordering::Relaxed));
+                    s2 += f64::from_bits(slot[1].load(Ordering::Relaxed));
+                }
+                (s, s2)
+            })
+            .collect()
+    }
+}
+
 /// The per-plane sums behind [`channel_stats`], filled in whatever order
 /// the planes become available: each plane's `(sum(v - k), sum((v - k)^2))`
 /// with its channel's shift `k` (the channel's first value in image 0), the
@@ -74,26 +138,18 @@ fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f32>, Vec<f32
 /// convolution job finishes its images (while they are in that worker's
 /// cache) or afterwards, the statistics are the same to the bit.
 pub(crate) struct PlaneSums {
-    n: usize,
     c: usize,
     /// Per channel, the shift, once image 0 is known.
     shifts: OnceLock<Vec<f32>>,
-    /// Per plane `i * c + ch`, the two sums as f64 bits.
-    sums: Vec<[AtomicU64; 2]>,
-    /// Per image, whether its planes' sums are in `sums`.
-    done: Vec<AtomicBool>,
+    pairs: PlanePairs,
 }
 
 impl PlaneSums {
     pub(crate) fn new(n: usize, c: usize) -> Self {
         PlaneSums {
-            n,
             c,
             shifts: OnceLock::new(),
-            sums: (0..n * c)
-                .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
-                .collect(),
-            done: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            pairs: PlanePairs::new(n, c),
         }
     }
 
@@ -122,44 +178,33 @@ impl PlaneSums {
     }
 
     fn image_sums(&self, i: usize, image: &[f32], k: &[f32], hw: usize) {
-        for (ch, plane) in image.chunks_exact(hw).enumerate() {
-            let (a, b) = simd::shifted_sums(plane, k[ch]);
-            let slot = &self.sums[i * self.c + ch];
-            slot[0].store(a.to_bits(), Ordering::Relaxed);
-            slot[1].store(b.to_bits(), Ordering::Relaxed);
-        }
-        self.done[i].store(true, Ordering::Release);
+        self.pairs.store_image(i, |ch| {
+            simd::shifted_sums(&image[ch * hw..(ch + 1) * hw], k[ch])
+        });
     }
 
     /// Mean and biased variance per channel of `x` `(n, c, hw)`, summing
     /// the planes not summed yet first.
     pub(crate) fn finish(&self, x: &[f32], hw: usize) -> (Vec<f32>, Vec<f32>) {
-        let (n, c) = (self.n, self.c);
+        let (n, c) = (self.pairs.images(), self.c);
         let m = (n * hw) as f64;
         if m == 0.0 {
             return (vec![0.0; c], vec![0.0; c]);
         }
         self.set_shifts(x, hw);
         let k = self.shifts.get().expect("set above");
-        (0..n)
-            .into_par_iter()
-            .filter(|&i| !self.done[i].load(Ordering::Acquire))
-            .for_each(|i| self.image_sums(i, &x[i * c * hw..(i + 1) * c * hw], k, hw));
-        let stats: Vec<(f32, f32)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (mut s, mut s2) = (0f64, 0f64);
-                for i in 0..n {
-                    let slot = &self.sums[i * c + ch];
-                    s += f64::from_bits(slot[0].load(Ordering::Relaxed));
-                    s2 += f64::from_bits(slot[1].load(Ordering::Relaxed));
-                }
+        self.pairs
+            .store_missing(|i| self.image_sums(i, &x[i * c * hw..(i + 1) * c * hw], k, hw));
+        self.pairs
+            .channel_totals()
+            .into_iter()
+            .zip(k)
+            .map(|((s, s2), &k)| {
                 let mean_shifted = s / m;
                 let var = (s2 / m - mean_shifted * mean_shifted).max(0.0);
-                ((f64::from(k[ch]) + mean_shifted) as f32, var as f32)
+                ((f64::from(k) + mean_shifted) as f32, var as f32)
             })
-            .collect();
-        stats.into_iter().unzip()
+            .unzip()
     }
 }
 
@@ -287,20 +332,14 @@ pub(crate) enum ReluMask<'a> {
 /// bit however they were filled.
 pub(crate) struct GradPlaneSums {
     c: usize,
-    /// Per plane `i * c + ch`, the two sums as f64 bits.
-    sums: Vec<[AtomicU64; 2]>,
-    /// Per image, whether its planes' sums are in `sums`.
-    done: Vec<AtomicBool>,
+    pairs: PlanePairs,
 }
 
 impl GradPlaneSums {
     pub(crate) fn new(n: usize, c: usize) -> Self {
         GradPlaneSums {
             c,
-            sums: (0..n * c)
-                .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
-                .collect(),
-            done: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            pairs: PlanePairs::new(n, c),
         }
     }
 
@@ -329,21 +368,18 @@ impl GradPlaneSums {
         (x, mask, saved): (&[f32], ReluMask<'_>, &BnSaved),
         hw: usize,
     ) {
-        for (ch, d) in dy.chunks_exact(hw).enumerate() {
+        self.pairs.store_image(i, |ch| {
+            let d = &dy[ch * hw..(ch + 1) * hw];
             let r = (i * self.c + ch) * hw..(i * self.c + ch + 1) * hw;
             let mean = saved.mean[ch];
-            let (a, b) = match mask {
-                ReluMask::Off => simd::masked_sums(&x[r.clone()], d, d, mean, false),
+            match mask {
+                ReluMask::Off => simd::masked_sums(&x[r], d, d, mean, false),
                 ReluMask::Output(y) => simd::masked_sums(&x[r.clone()], &y[r], d, mean, true),
                 ReluMask::FromInput => {
                     simd::masked_sums_recomputed(&x[r], d, mean, saved.scale[ch], saved.shift[ch])
                 }
-            };
-            let slot = &self.sums[i * self.c + ch];
-            slot[0].store(a.to_bits(), Ordering::Relaxed);
-            slot[1].store(b.to_bits(), Ordering::Relaxed);
-        }
-        self.done[i].store(true, Ordering::Release);
+            }
+        });
     }
 
     /// Per channel, `(sum(d), sum(d * (x - mean)))` over the batch `dy`,
@@ -354,25 +390,13 @@ impl GradPlaneSums {
         inputs: (&[f32], ReluMask<'_>, &BnSaved),
         hw: usize,
     ) -> Vec<(f64, f64)> {
-        let (n, c) = (self.done.len(), self.c);
+        let c = self.c;
         if hw > 0 {
-            (0..n)
-                .into_par_iter()
-                .filter(|&i| !self.done[i].load(Ordering::Acquire))
-                .for_each(|i| self.image_sums(i, &dy[i * c * hw..(i + 1) * c * hw], inputs, hw));
+            self.pairs.store_missing(|i| {
+                self.image_sums(i, &dy[i * c * hw..(i + 1) * c * hw], inputs, hw)
+            });
         }
-        (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (mut s, mut sx) = (0f64, 0f64);
-                for i in 0..n {
-                    let slot = &self.sums[i * c + ch];
-                    s += f64::from_bits(slot[0].load(Ordering::Relaxed));
-                    sx += f64::from_bits(slot[1].load(Ordering::Relaxed));
-                }
-                (s, sx)
-            })
-            .collect()
+        self.pairs.channel_totals()
     }
 }
 
