@@ -143,28 +143,56 @@ impl Block {
     }
 }
 
+/// A convolution, its batch norm and a ReLU ahead of a network's blocks
+/// (a CIFAR ResNet's first layer), which [`Block::forward_all`] can take
+/// into the first residual run.
+pub(crate) type Stem<'a> = (&'a Conv, &'a BatchNorm2d);
+
 impl Block {
-    /// Runs `blocks` in order. In training mode (without synchronised batch
-    /// norm), each maximal run of basic blocks goes through
-    /// [`ops::residual_run_train`] as one op, which keeps the gradients
-    /// between them out of candle's serial accumulation; other blocks (and
-    /// every block where the run declines) run one by one. Same results
-    /// either way.
-    pub(crate) fn forward_all(blocks: &[&Block], x: Tensor, mode: BnMode) -> Result<Tensor> {
+    /// `stem` (if any), then `blocks` in order. In training mode (without
+    /// synchronised batch norm), each maximal run of basic blocks goes
+    /// through [`ops::residual_run_train`] as one op, which keeps the
+    /// gradients between them out of candle's serial accumulation, the stem
+    /// in the first run where that run starts at the first block; other
+    /// blocks (and every block where the run declines) run one by one. Same
+    /// results either way.
+    pub(crate) fn forward_all(
+        stem: Option<Stem<'_>>,
+        blocks: &[&Block],
+        x: Tensor,
+        mode: BnMode,
+    ) -> Result<Tensor> {
         let runs_apply = mode == BnMode::Train && crate::sync_bn::active().is_none();
-        let mut x = x;
-        let mut i = 0;
-        while i < blocks.len() {
-            let run = if runs_apply {
+        let run_at = |i: usize| {
+            if runs_apply {
                 blocks[i..]
                     .iter()
                     .take_while(|b| b.run_tensors().is_some())
                     .count()
             } else {
                 0
-            };
+            }
+        };
+        let mut x = x;
+        let mut i = 0;
+        if let Some((conv, bn)) = stem {
+            let run = if blocks.is_empty() { 0 } else { run_at(0) };
+            match (run > 0)
+                .then(|| Self::forward_run(stem, &blocks[..run], &x))
+                .transpose()?
+                .flatten()
+            {
+                Some(y) => {
+                    x = y;
+                    i = run;
+                }
+                None => x = bn.forward_conv_t(conv, &x, Epilogue::Relu, mode)?,
+            }
+        }
+        while i < blocks.len() {
+            let run = run_at(i);
             if run > 0 {
-                if let Some(y) = Self::forward_run(&blocks[i..i + run], &x)? {
+                if let Some(y) = Self::forward_run(None, &blocks[i..i + run], &x)? {
                     x = y;
                     i += run;
                     continue;
@@ -176,13 +204,30 @@ impl Block {
         Ok(x)
     }
 
-    /// `blocks` (all with [`Block::run_tensors`]) as one residual run in
-    /// training mode, their running statistics updated; `None` where the
-    /// run declines the operands.
-    fn forward_run(blocks: &[&Block], x: &Tensor) -> Result<Option<Tensor>> {
+    /// `stem` (if any) and `blocks` (all with [`Block::run_tensors`]) as
+    /// one residual run in training mode, their running statistics
+    /// updated; `None` where the run declines the operands.
+    fn forward_run(
+        stem: Option<Stem<'_>>,
+        blocks: &[&Block],
+        x: &Tensor,
+    ) -> Result<Option<Tensor>> {
         // Each batch norm's count, checked before anything runs (the error
-        // the block-by-block path gives).
+        // the layer-by-layer path gives).
         let mut dims = x.dims4()?;
+        let stem_count = match stem {
+            Some((conv, bn)) => {
+                let count = bn.conv_batch_count(conv, dims)?;
+                let (n, _, h, w) = dims;
+                let (c_out, _, kh, kw) = conv.weight().dims4()?;
+                let p = conv.params();
+                let out =
+                    |size: usize, k: usize| (size + 2 * p.padding).saturating_sub(k) / p.stride + 1;
+                dims = (n, c_out, out(h, kh), out(w, kw));
+                Some(count)
+            }
+            None => None,
+        };
         let mut counts = Vec::with_capacity(blocks.len());
         for b in blocks {
             let ((c1, bn1), (c2, bn2)) = (&b.inner[0], &b.last);
@@ -194,18 +239,30 @@ impl Block {
             dims = (n, c_out, out(h), out(w));
             counts.push((count, bn2.conv_batch_count(c2, dims)?));
         }
+        let stem_tensors = stem.map(|(conv, bn)| ops::StemTensors {
+            w: conv.weight(),
+            params: conv.params(),
+            gamma: bn.weight().as_tensor(),
+            beta: bn.bias().as_tensor(),
+        });
         let tensors: Vec<BasicBlockTensors<'_>> =
             blocks.iter().filter_map(|b| b.run_tensors()).collect();
-        let Some((y, stats)) = ops::residual_run_train(x, &tensors, BN_EPS)? else {
+        let Some(out) = ops::residual_run_train(x, stem_tensors, &tensors, BN_EPS)? else {
             return Ok(None);
         };
         #[cfg(test)]
         tests::RUNS_TAKEN.with(|c| c.set(c.get() + 1));
-        for ((b, [(m1, v1), (m2, v2)]), (n1, n2)) in blocks.iter().zip(&stats).zip(counts) {
+        if let (Some((_, bn)), Some((m, v)), Some(n)) = (stem, &out.stem_stats, stem_count) {
+            #[cfg(test)]
+            tests::STEMS_TAKEN.with(|c| c.set(c.get() + 1));
+            bn.update_running_stats(m, v, n)?;
+        }
+        for ((b, [(m1, v1), (m2, v2)]), (n1, n2)) in blocks.iter().zip(&out.block_stats).zip(counts)
+        {
             b.inner[0].1.update_running_stats(m1, v1, n1)?;
             b.last.1.update_running_stats(m2, v2, n2)?;
         }
-        Ok(Some(y))
+        Ok(Some(out.y))
     }
 
     /// This block's tensors for a residual run: a basic block (two 3x3
@@ -305,6 +362,8 @@ mod tests {
         /// Residual runs taken by [`Block::forward_all`](super::Block::forward_all)
         /// in this thread.
         pub(super) static RUNS_TAKEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        /// Stems taken into a residual run in this thread.
+        pub(super) static STEMS_TAKEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
 
     fn bits(t: &Tensor) -> Vec<u32> {
@@ -347,7 +406,8 @@ mod tests {
     }
 
     /// One training-mode forward and backward of `arch`: the features, every
-    /// parameter's gradient and every running statistic, as bits.
+    /// parameter's gradient, the input's gradient where `x` is a variable,
+    /// and every running statistic, as bits.
     fn step(arch: Arch, x: &Tensor) -> Vec<(String, Vec<u32>)> {
         let b = backbone(arch);
         let y = b.forward_t(x, BnMode::Train).unwrap();
@@ -363,6 +423,10 @@ mod tests {
                 .expect("a gradient for every parameter");
             out.push((format!("grad {name}"), bits(g)));
         }
+        if x.is_variable() {
+            let g = grads.get(x).expect("a gradient for the input");
+            out.push(("grad input".to_string(), bits(g)));
+        }
         out.extend(buffers(&b));
         out
     }
@@ -371,25 +435,41 @@ mod tests {
     /// gradients and running statistics, bit for bit: with zero-padding
     /// shortcuts (every CIFAR stage transition), Winograd F(4x4, 3x3) and
     /// F(2x2, 3x3) layers, batches the F(4x4, 3x3) groups do not divide,
-    /// and torchvision's basic blocks, whose projection shortcuts split the
-    /// runs.
+    /// a CIFAR ResNet's stem inside the run (with and without the input's
+    /// gradient), and torchvision's basic blocks, whose projection
+    /// shortcuts split the runs (and whose stem, ahead of a max pool,
+    /// stays out).
     #[test]
     fn a_residual_run_gives_the_bits_of_its_blocks_one_by_one() {
         let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
-        for (arch, x) in [
-            (Arch::ResNet8, data((3, 3, 32, 32), 1)),
-            (Arch::ResNet20, data((5, 3, 16, 16), 2)),
+        let variable = |t: Tensor| {
+            candle_core::Var::from_tensor(&t)
+                .unwrap()
+                .as_tensor()
+                .clone()
+        };
+        for (arch, x, stem) in [
+            (Arch::ResNet8, data((3, 3, 32, 32), 1), true),
+            (Arch::ResNet20, data((5, 3, 16, 16), 2), true),
+            (Arch::ResNet8, variable(data((2, 3, 16, 16), 7)), true),
             // Projection shortcuts: runs of the blocks between them.
-            (Arch::ResNet18, data((2, 3, 32, 32), 3)),
+            (Arch::ResNet18, data((2, 3, 32, 32), 3), false),
         ] {
             ops::set_residual_runs(false);
             let before = RUNS_TAKEN.with(std::cell::Cell::get);
+            let stems_before = STEMS_TAKEN.with(std::cell::Cell::get);
             let one_by_one = step(arch, &x);
             ops::set_residual_runs(true);
             let run = step(arch, &x);
             assert!(
                 RUNS_TAKEN.with(std::cell::Cell::get) > before,
                 "{arch:?}: the residual run was not taken"
+            );
+            let stems = STEMS_TAKEN.with(std::cell::Cell::get) - stems_before;
+            assert_eq!(
+                stems,
+                usize::from(stem),
+                "{arch:?}: stems taken into the run"
             );
             assert_eq!(one_by_one.len(), run.len());
             for ((name, a), (_, b)) in one_by_one.iter().zip(&run) {

@@ -32,7 +32,7 @@ use crate::block::{check_input, global_avg_pool, Block, ConvSpec};
 use crate::error::{ModelError, Result};
 use crate::folded::{FoldedConv, FoldedNet};
 use crate::init::{Conv, ConvInit, ParamBuilder};
-use crate::ops::{Conv2dParams, Epilogue};
+use crate::ops::Conv2dParams;
 use crate::store::ParamStore;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -213,11 +213,11 @@ impl CifarResNet {
     /// Features `(N, feature_dim)` of images `(N, C, H, W)` of any size.
     pub fn forward_t(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
         check_input(x, self.config.in_channels)?;
-        let x = self
-            .bn1
-            .forward_conv_t(&self.conv1, x, Epilogue::Relu, mode)?;
         let blocks: Vec<&Block> = self.layers.iter().flatten().collect();
-        let x = Block::forward_all(&blocks, x, mode)?;
+        // The stem (conv1, bn1, ReLU) goes first, inside the first residual
+        // run where one is taken.
+        let stem = (&self.conv1, &self.bn1);
+        let x = Block::forward_all(Some(stem), &blocks, x.clone(), mode)?;
         global_avg_pool(&x)
     }
 

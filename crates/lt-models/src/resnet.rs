@@ -238,7 +238,7 @@ impl ResNet {
             .forward_conv_t(&self.conv1, x, Epilogue::Relu, mode)?;
         let x = ops::max_pool2d(&x, 3, 2, 1)?;
         let blocks: Vec<&Block> = self.layers.iter().flatten().collect();
-        let x = Block::forward_all(&blocks, x, mode)?;
+        let x = Block::forward_all(None, &blocks, x, mode)?;
         global_avg_pool(&x)
     }
 

@@ -17,7 +17,7 @@
 //! | [`conv2d`] | Winograd F(4x4, 3x3) (heights a multiple of 4, widths of 8; [`set_winograd_f4`]), else Winograd F(2x2, 3x3) on AVX-512 or AVX2 (3x3, stride 1, padding 1, even sizes, no groups, `C_out` a multiple of 8; [`set_winograd`]), else the direct kernel (stride 1, channels per group a multiple of 8; on AVX2 only up to 160 inputs per output), else im2col + `gemm` | input: the forward kernels on the flipped weights (stride 1) or gemm + col2im; weights: the direct kernel or Winograd, F(4x4, 3x3) on maps of 16x16 and more with up to 32 x 32 channels, else F(2x2, 3x3) (on AVX2 Winograd first where both apply; on AVX-512 the direct kernel first), else gemm |
 //! | [`batch_norm_train`] | statistics pass, then one normalise (+ residual, + ReLU) pass | two passes (per-channel sums, input gradient) |
 //! | [`conv2d_batch_norm_train`] | the two above in one op, the statistics' sums taken in the convolution's jobs while its output is in cache | the two above, the gradient between them kept inside the op; without a residual the ReLU's mask recomputed from the batch norm's input (no read of the output) |
-//! | [`residual_run_train`] | consecutive basic residual blocks (two [`conv2d_batch_norm_train`] and the shortcut each) in one op | the blocks' backward passes, the gradients between the blocks kept inside the op; each batch norm's per-channel sums taken in the jobs of the convolution that makes its gradient (and the residual's gradient added there) |
+//! | [`residual_run_train`] | consecutive basic residual blocks (two [`conv2d_batch_norm_train`] and the shortcut each) in one op, optionally after a stem (one more conv + BN + ReLU) | the blocks' backward passes, the gradients between the blocks kept inside the op; each batch norm's per-channel sums taken in the jobs of the convolution that makes its gradient (and the residual's gradient added there) |
 //! | [`batch_norm_eval`] | one per-channel affine pass (+ ReLU) | one pass |
 //! | [`max_pool2d`] | one pass, keeps the argmax | scatter to the argmax |
 //! | [`conv2d_bias`] (inference) | the [`conv2d`] kernels, then bias (+ residual) + ReLU in place, per image | none |
@@ -452,26 +452,65 @@ pub struct BasicBlockTensors<'a> {
 /// variance); 2]`, for the running-statistics update.
 pub type BlockStats = [(Tensor, Tensor); 2];
 
+/// A convolution, its batch norm (`gamma`, `beta`) and a ReLU ahead of a
+/// residual run (a CIFAR ResNet's stem), for [`residual_run_train`].
+#[derive(Debug, Clone, Copy)]
+pub struct StemTensors<'a> {
+    pub w: &'a Tensor,
+    pub params: Conv2dParams,
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+}
+
+/// What [`residual_run_train`] returns: the run's output, then the batch
+/// statistics `(mean, biased variance)` of the stem (where it took one) and
+/// of each block, for the running-statistics updates.
+#[derive(Debug)]
+pub struct RunOutput {
+    pub y: Tensor,
+    pub stem_stats: Option<(Tensor, Tensor)>,
+    pub block_stats: Vec<BlockStats>,
+}
+
 /// A run of basic residual blocks with batch statistics (training mode) as
 /// one op: per block `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`,
 /// the same arithmetic as the blocks' own ops ([`conv2d_batch_norm_train`]
 /// twice and [`zero_pad_shortcut`]), bit for bit, with the gradients between
-/// the blocks kept inside the op (see the `residual_run` module docs).
+/// the blocks kept inside the op (see the `residual_run` module docs). With
+/// `stem`, the run starts with `relu(bn(conv(x)))` (as
+/// [`conv2d_batch_norm_train`] computes it), whose output is the first
+/// block's input.
 ///
 /// `None` when the run cannot take these operands (not the CPU f32 kernels,
 /// a 3x3 shape it does not have, or runs switched off by
-/// [`set_residual_runs`]): the caller runs the blocks one by one. Otherwise
-/// the output and each block's [`BlockStats`].
+/// [`set_residual_runs`]): the caller runs the stem and the blocks one by
+/// one.
 pub fn residual_run_train(
     x: &Tensor,
+    stem: Option<StemTensors<'_>>,
     blocks: &[BasicBlockTensors<'_>],
     eps: f64,
-) -> Result<Option<(Tensor, Vec<BlockStats>)>> {
+) -> Result<Option<RunOutput>> {
     if !residual_run::enabled() || blocks.is_empty() {
         return Ok(None);
     }
     let x = operand(x);
-    let mut parts = Vec::with_capacity(6 * blocks.len());
+    let mut parts = Vec::with_capacity(3 + 6 * blocks.len());
+    let stem_shape = match stem {
+        Some(st) => {
+            let w = operand(st.w);
+            if !on_kernels(&[&x, &w, st.gamma, st.beta]) {
+                return Ok(None);
+            }
+            let w_dims = w.dims4()?;
+            parts.extend([w.flatten_all()?, operand(st.gamma), operand(st.beta)]);
+            Some(residual_run::StemShape {
+                w_dims,
+                params: st.params,
+            })
+        }
+        None => None,
+    };
     let mut shapes = Vec::with_capacity(blocks.len());
     for b in blocks {
         let (w1, w2) = (operand(b.w1), operand(b.w2));
@@ -504,7 +543,7 @@ pub fn residual_run_train(
         return Ok(None);
     }
     let packed = Tensor::cat(&parts, 0)?;
-    let (y, saved) = residual_run::residual_run_train(&x, shapes, &packed, eps)?;
+    let (y, saved) = residual_run::residual_run_train(&x, stem_shape, shapes, &packed, eps)?;
     let Some(saved) = saved.get() else {
         candle_core::bail!("residual_run: statistics missing after the forward pass");
     };
@@ -516,11 +555,17 @@ pub fn residual_run_train(
             Tensor::from_vec(s.var.clone(), c, dev)?,
         ))
     };
-    let stats = saved
+    let block_stats = saved
+        .blocks
         .iter()
         .map(|b| Ok([stats(&b.bn1)?, stats(&b.bn2)?]))
         .collect::<Result<_>>()?;
-    Ok(Some((y, stats)))
+    let stem_stats = saved.stem.as_ref().map(|s| stats(&s.bn)).transpose()?;
+    Ok(Some(RunOutput {
+        y,
+        stem_stats,
+        block_stats,
+    }))
 }
 
 /// `epilogue(conv2d(x, w, p) + bias[c])`, forward only: a convolution whose

@@ -10,6 +10,13 @@
 //! directly (the residual's added to the input's in parallel), and candle
 //! accumulates one: the run's input.
 //!
+//! A run may start with a stem: one convolution, its batch norm and a ReLU
+//! whose output is the first block's input (a CIFAR ResNet's first layer).
+//! Inside the run, that activation's gradient is not accumulated by candle
+//! either (a memset and an add over the largest activation of the network,
+//! on the calling thread), and its batch norm's first backward sums are
+//! taken in the jobs of the first block's input gradient.
+//!
 //! Each block is `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`
 //! with 3x3 convolutions (the first carries the stride) and the identity or
 //! the zero-padding shortcut ("option A"). The arithmetic is that of the
@@ -18,7 +25,7 @@
 //! gradient terms are summed moves (`a + b`, commutative).
 
 use super::batch_norm::{bn_train_bwd_with, BnSaved, GradPlaneSums, ReluMask};
-use super::conv::{conv_bwd_data_then, conv_bwd_filter, ConvGeom};
+use super::conv::{conv_bwd_data, conv_bwd_data_then, conv_bwd_filter, ConvGeom};
 use super::conv_bn::conv_bn_train_fwd;
 use super::cpu::f32_slice;
 use super::shortcut::{zero_pad_bwd, zero_pad_fwd, ZeroPadGeom};
@@ -98,6 +105,45 @@ impl BlockShape {
     }
 }
 
+/// The stem of a run: a convolution with weight `w_dims` and `params`,
+/// its batch norm and a ReLU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StemShape {
+    pub w_dims: (usize, usize, usize, usize),
+    pub params: Conv2dParams,
+}
+
+impl StemShape {
+    /// Floats of the convolution's weight.
+    fn w_len(&self) -> usize {
+        let (co, ci, kh, kw) = self.w_dims;
+        co * ci * kh * kw
+    }
+
+    /// Floats of `cat(w, gamma, beta)`.
+    pub(crate) fn packed_len(&self) -> usize {
+        self.w_len() + 2 * self.w_dims.0
+    }
+}
+
+/// What the forward pass keeps of the stem for the backward pass.
+#[derive(Debug)]
+pub(crate) struct StemSaved {
+    g: ConvGeom,
+    /// The convolution's output, the batch norm's input.
+    z: Vec<f32>,
+    pub bn: BnSaved,
+    /// `relu(bn(z))`, the first block's input.
+    y: Vec<f32>,
+}
+
+/// What the forward pass keeps of a run.
+#[derive(Debug)]
+pub(crate) struct RunSaved {
+    pub stem: Option<StemSaved>,
+    pub blocks: Vec<BlockSaved>,
+}
+
 /// The packed parameters of one block, split.
 struct BlockParams<'a> {
     w1: &'a [f32],
@@ -150,14 +196,21 @@ pub(crate) struct BlockSaved {
     out: Option<Vec<f32>>,
 }
 
-/// `(x, packed, x) -> y`: `packed` is every block's `cat(w1.flatten(),
+/// `(x, packed, x) -> y`: `packed` is the stem's `cat(w.flatten(), gamma,
+/// beta)` (where there is one), then every block's `cat(w1.flatten(),
 /// gamma1, beta1, w2.flatten(), gamma2, beta2)` in order; the third operand
 /// is ignored.
 #[derive(Debug)]
 pub(crate) struct ResidualRunOp {
+    pub stem: Option<StemShape>,
     pub shapes: Vec<BlockShape>,
     pub eps: f64,
-    pub saved: Arc<OnceLock<Vec<BlockSaved>>>,
+    pub saved: Arc<OnceLock<RunSaved>>,
+}
+
+/// Floats of the packed parameters of `stem` and `shapes`.
+fn packed_len(stem: Option<&StemShape>, shapes: &[BlockShape]) -> usize {
+    stem.map_or(0, StemShape::packed_len) + shapes.iter().map(BlockShape::packed_len).sum::<usize>()
 }
 
 impl CustomOp3 for ResidualRunOp {
@@ -177,17 +230,32 @@ impl CustomOp3 for ResidualRunOp {
         const OP: &str = "residual_run";
         let x = f32_slice(s1, l1, OP)?;
         let packed = f32_slice(s2, l2, OP)?;
-        let want: usize = self.shapes.iter().map(BlockShape::packed_len).sum();
+        let want = packed_len(self.stem.as_ref(), &self.shapes);
         if packed.len() != want {
             bail!("{OP}: {} packed parameters, expected {want}", packed.len());
         }
+        let (stem_packed, packed) = packed.split_at(self.stem.map_or(0, |s| s.packed_len()));
         let params = split_params(&self.shapes, packed);
         let mut dims = l1.dims().to_vec();
+        // The stem as `conv2d_batch_norm_train` with a ReLU computes it.
+        let stem = match &self.stem {
+            Some(s) => {
+                let (co, ci, kh, kw) = s.w_dims;
+                let g = ConvGeom::new(&dims, &[co, ci, kh, kw], s.params)?;
+                let (w, gb) = stem_packed.split_at(s.w_len());
+                let (z, y, bn) =
+                    conv_bn_train_fwd(&g, x, w, None, (&gb[..co], &gb[co..]), self.eps, true);
+                dims = g.out_shape().dims().to_vec();
+                Some(StemSaved { g, z, bn, y })
+            }
+            None => None,
+        };
+        let run_input: &[f32] = stem.as_ref().map_or(x, |s| &s.y);
         let mut saved: Vec<BlockSaved> = Vec::with_capacity(self.shapes.len());
         let mut last = None;
         for (b, (shape, p)) in self.shapes.iter().zip(&params).enumerate() {
             let input: &[f32] = match b {
-                0 => x,
+                0 => run_input,
                 _ => saved[b - 1].out.as_deref().unwrap_or_default(),
             };
             let (g1, g2, zero_pad) = shape.geometry(&dims, b)?;
@@ -229,6 +297,10 @@ impl CustomOp3 for ResidualRunOp {
         let Some(y) = last else {
             bail!("{OP}: a run needs at least one block");
         };
+        let saved = RunSaved {
+            stem,
+            blocks: saved,
+        };
         if self.saved.set(saved).is_err() {
             bail!("{OP}: an op instance was applied twice");
         }
@@ -244,6 +316,7 @@ impl CustomOp3 for ResidualRunOp {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let op = ResidualRunBwdOp {
+            stem: self.stem,
             shapes: self.shapes.clone(),
             saved: self.saved.clone(),
             packed: packed.clone(),
@@ -271,8 +344,9 @@ impl CustomOp3 for ResidualRunOp {
 /// `dpacked`.
 #[derive(Debug)]
 struct ResidualRunBwdOp {
+    stem: Option<StemShape>,
     shapes: Vec<BlockShape>,
-    saved: Arc<OnceLock<Vec<BlockSaved>>>,
+    saved: Arc<OnceLock<RunSaved>>,
     packed: Tensor,
     want_dx: bool,
     dpacked: Mutex<Option<Vec<f32>>>,
@@ -293,7 +367,11 @@ impl CustomOp3 for ResidualRunBwdOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         const OP: &str = "residual_run backward";
-        let Some(saved) = self.saved.get() else {
+        let Some(RunSaved {
+            stem,
+            blocks: saved,
+        }) = self.saved.get()
+        else {
             bail!("{OP}: backward before forward");
         };
         let (x, y, dy) = (
@@ -306,6 +384,10 @@ impl CustomOp3 for ResidualRunBwdOp {
             bail!("{OP}: the packed parameters are not on the CPU");
         };
         let packed = f32_slice(packed, layout, OP)?;
+        if packed.len() != packed_len(self.stem.as_ref(), &self.shapes) {
+            bail!("{OP}: {} packed parameters", packed.len());
+        }
+        let (stem_packed, packed) = packed.split_at(self.stem.map_or(0, |s| s.packed_len()));
         let params = split_params(&self.shapes, packed);
         let Some(last) = saved.last() else {
             bail!("{OP}: no blocks");
@@ -313,13 +395,14 @@ impl CustomOp3 for ResidualRunBwdOp {
         if y.len() != last.z2.len() || dy.len() != y.len() {
             bail!("{OP}: gradient {:?} does not match the output", l3.dims());
         }
-        let first = &saved[0].g1;
+        let first = stem.as_ref().map_or(&saved[0].g1, |s| &s.g);
         if x.len() != first.n * first.c_in * first.h * first.w {
             bail!(
                 "{OP}: input {:?} does not match the forward pass",
                 l1.dims()
             );
         }
+        let run_input: &[f32] = stem.as_ref().map_or(x, |s| &s.y);
         let mut grads: Vec<Vec<f32>> = vec![Vec::new(); saved.len()];
         let mut d: Cow<'_, [f32]> = Cow::Borrowed(dy);
         // The first backward pass's sums of the second batch norm of block
@@ -328,7 +411,7 @@ impl CustomOp3 for ResidualRunBwdOp {
         for b in (0..saved.len()).rev() {
             let (s, p) = (&saved[b], &params[b]);
             let input: &[f32] = match b {
-                0 => x,
+                0 => run_input,
                 _ => saved[b - 1].out.as_deref().unwrap_or_default(),
             };
             let out: &[f32] = s.out.as_deref().unwrap_or(y);
@@ -362,7 +445,7 @@ impl CustomOp3 for ResidualRunBwdOp {
             drop(dy1);
             let dw1 = conv_bwd_filter(&s.g1, input, &bn1.dx);
             grads[b] = [dw1, bn1.dgamma, bn1.dbeta, dw2, bn2.dgamma, bn2.dbeta].concat();
-            if b == 0 && !self.want_dx {
+            if b == 0 && stem.is_none() && !self.want_dx {
                 d = Cow::Owned(Vec::new());
                 break;
             }
@@ -378,11 +461,20 @@ impl CustomOp3 for ResidualRunBwdOp {
             // block's second batch norm's sums taken over the sum (that
             // block's output is this block's input).
             let per_image = s.g1.c_in * s.g1.h * s.g1.w;
-            let prev = (b > 0).then(|| {
-                let ps = &saved[b - 1];
-                let sums = GradPlaneSums::new(n, s.g1.c_in);
-                (sums, (ps.z2.as_slice(), ReluMask::Output(input), &ps.bn2))
-            });
+            let prev = match b {
+                0 => stem.as_ref().map(|st| {
+                    // The stem's ReLU has no residual: its mask recomputed
+                    // from its input, as `conv2d_batch_norm_train`'s
+                    // backward takes it.
+                    let sums = GradPlaneSums::new(n, s.g1.c_in);
+                    (sums, (st.z.as_slice(), ReluMask::FromInput, &st.bn))
+                }),
+                _ => {
+                    let ps = &saved[b - 1];
+                    let sums = GradPlaneSums::new(n, s.g1.c_in);
+                    Some((sums, (ps.z2.as_slice(), ReluMask::Output(input), &ps.bn2)))
+                }
+            };
             let dx = conv_bwd_data_then(&s.g1, &bn1.dx, p.w1, |first, dxs| {
                 simd::add_assign(dxs, &dres[first * per_image..][..dxs.len()]);
                 if let Some((sums, inputs)) = &prev {
@@ -392,15 +484,31 @@ impl CustomOp3 for ResidualRunBwdOp {
             d_sums = prev.map(|(sums, _)| sums);
             d = Cow::Owned(dx);
         }
+        // The stem, as `conv2d_batch_norm_train`'s backward: its batch norm
+        // (the sums taken in the first block's input-gradient jobs above),
+        // the weight gradient, and the input gradient where it is wanted.
+        let (stem_grads, d) = match (stem, &self.stem, d_sums) {
+            (Some(st), Some(shape), Some(sums)) => {
+                let g = &st.g;
+                let dims = (g.n, g.c_out, g.oh * g.ow);
+                let bn =
+                    bn_train_bwd_with(&st.z, ReluMask::FromInput, &d, dims, &st.bn, false, &sums);
+                drop(d);
+                let dw = conv_bwd_filter(g, x, &bn.dx);
+                let dx = self
+                    .want_dx
+                    .then(|| conv_bwd_data(g, &bn.dx, &stem_packed[..shape.w_len()]));
+                (vec![dw, bn.dgamma, bn.dbeta], dx)
+            }
+            (None, None, _) => (Vec::new(), self.want_dx.then(|| d.into_owned())),
+            _ => bail!("{OP}: the stem's saved state is missing"),
+        };
         *self
             .dpacked
             .lock()
             .map_err(|_| candle_core::Error::Msg("residual_run: poisoned lock".into()))? =
-            Some(grads.concat());
-        let dx = match d {
-            Cow::Owned(v) if self.want_dx => v,
-            _ => vec![0f32; x.len()],
-        };
+            Some([stem_grads, grads].concat().concat());
+        let dx = d.unwrap_or_else(|| vec![0f32; x.len()]);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -408,11 +516,13 @@ impl CustomOp3 for ResidualRunBwdOp {
 /// See [`super::residual_run_train`].
 pub(crate) fn residual_run_train(
     x: &Tensor,
+    stem: Option<StemShape>,
     shapes: Vec<BlockShape>,
     packed: &Tensor,
     eps: f64,
-) -> Result<(Tensor, Arc<OnceLock<Vec<BlockSaved>>>)> {
+) -> Result<(Tensor, Arc<OnceLock<RunSaved>>)> {
     let op = ResidualRunOp {
+        stem,
         shapes,
         eps,
         saved: Arc::new(OnceLock::new()),
