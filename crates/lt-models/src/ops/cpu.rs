@@ -121,9 +121,54 @@ where
     I: Fn() -> S + Sync + Send,
     F: Fn(&mut S, usize, &mut [MaybeUninit<f32>]) + Sync + Send,
 {
+    let grain = (16 * 1024 / chunk.max(1)).max(1);
+    // SAFETY: forwarded, the caller's contract.
+    unsafe { par_written_init_grain(len, chunk, grain, init, f) }
+}
+
+/// [`par_zeroed_init`] for chunks that are each a lot of work, not in
+/// proportion to their length: every chunk may be a job of its own. (The
+/// output-length grain of [`par_zeroed_init`], 16 K floats per job, made
+/// the fold of a 16- or 32-channel layer's weight gradient, which reads
+/// `36 x 16` lanes per worker for each weight it writes, one job, run on
+/// the calling thread while the workers waited.)
+pub(crate) fn par_zeroed_init_per_chunk<S, I, F>(
+    len: usize,
+    chunk: usize,
+    init: I,
+    f: F,
+) -> Vec<f32>
+where
+    I: Fn() -> S + Sync + Send,
+    F: Fn(&mut S, usize, &mut [f32]) + Sync + Send,
+{
+    // SAFETY: every chunk is initialised (zeroed) before `f` sees it.
+    unsafe {
+        par_written_init_grain(len, chunk, 1, init, |state, i, c| {
+            c.fill(MaybeUninit::new(0.0));
+            // SAFETY: every element of `c` was initialised just above.
+            f(state, i, assume_init(c));
+        })
+    }
+}
+
+/// [`par_written_init`] with `grain` chunks at least per rayon job.
+///
+/// # Safety
+/// As [`par_written_init`].
+unsafe fn par_written_init_grain<S, I, F>(
+    len: usize,
+    chunk: usize,
+    grain: usize,
+    init: I,
+    f: F,
+) -> Vec<f32>
+where
+    I: Fn() -> S + Sync + Send,
+    F: Fn(&mut S, usize, &mut [MaybeUninit<f32>]) + Sync + Send,
+{
     let mut v: Vec<f32> = Vec::with_capacity(len);
     if len > 0 {
-        let grain = (16 * 1024 / chunk.max(1)).max(1);
         v.spare_capacity_mut()[..len]
             .par_chunks_mut(chunk.max(1))
             .enumerate()

@@ -455,7 +455,7 @@ impl FilterPlan {
         let kdim = self.g.kdim();
         let chunk = kdim.max(1);
         let init = || vec![0f32; kdim * V];
-        super::cpu::par_zeroed_init(self.g.c_out * kdim, chunk, init, |summed, co, dw| {
+        super::cpu::par_zeroed_init_per_chunk(self.g.c_out * kdim, chunk, init, |summed, co, dw| {
             lanes.sum_into(co * kdim * V..(co + 1) * kdim * V, summed);
             for (d, l) in dw.iter_mut().zip(summed.chunks_exact(V)) {
                 *d = l.iter().sum();

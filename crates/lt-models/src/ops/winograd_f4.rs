@@ -746,7 +746,7 @@ impl FilterPlan {
         let g = &self.t.g;
         let (cin, cout) = (g.c_in, g.c_out);
         let init = || vec![0f32; XI * cin * V];
-        super::cpu::par_zeroed_init(cout * cin * 9, cin * 9, init, |summed, co, dw| {
+        super::cpu::par_zeroed_init_per_chunk(cout * cin * 9, cin * 9, init, |summed, co, dw| {
             // Output channel `co`'s lanes, position after position.
             for (xi, s) in summed.chunks_exact_mut(cin * V).enumerate() {
                 let at = (xi * cout + co) * cin * V;
