@@ -6,7 +6,7 @@ use crate::error::ModelError;
 use crate::error::Result;
 use crate::folded::{FoldedBlock, FoldedConv, FoldedShortcut};
 use crate::init::{Conv, ParamBuilder};
-use crate::ops::{self, BasicBlockTensors, Conv2dParams, Epilogue};
+use crate::ops::{self, BasicBlockTensors, Conv2dParams, Epilogue, ShortcutTensors};
 use candle_core::{DType, Tensor};
 
 /// `relu(body(x) + shortcut(x))`, where `body` is a chain of conv + BN pairs
@@ -231,13 +231,18 @@ impl Block {
         let mut counts = Vec::with_capacity(blocks.len());
         for b in blocks {
             let ((c1, bn1), (c2, bn2)) = (&b.inner[0], &b.last);
+            // The shortcut first, as the block's own forward pass takes it.
+            let shortcut = match &b.shortcut {
+                ShortcutPath::Projection(conv, bn) => Some(bn.conv_batch_count(conv, dims)?),
+                _ => None,
+            };
             let count = bn1.conv_batch_count(c1, dims)?;
             let (n, _, h, w) = dims;
             let s = c1.params().stride;
             let c_out = c1.weight().dims4()?.0;
             let out = |size: usize| (size + 2).saturating_sub(3) / s + 1;
             dims = (n, c_out, out(h), out(w));
-            counts.push((count, bn2.conv_batch_count(c2, dims)?));
+            counts.push((count, bn2.conv_batch_count(c2, dims)?, shortcut));
         }
         let stem_tensors = stem.map(|(conv, bn)| ops::StemTensors {
             w: conv.weight(),
@@ -257,8 +262,13 @@ impl Block {
             tests::STEMS_TAKEN.with(|c| c.set(c.get() + 1));
             bn.update_running_stats(m, v, n)?;
         }
-        for ((b, [(m1, v1), (m2, v2)]), (n1, n2)) in blocks.iter().zip(&out.block_stats).zip(counts)
-        {
+        for ((b, stats), (n1, n2, np)) in blocks.iter().zip(&out.block_stats).zip(counts) {
+            if let (ShortcutPath::Projection(_, bn), Some((m, v)), Some(n)) =
+                (&b.shortcut, &stats.shortcut, np)
+            {
+                bn.update_running_stats(m, v, n)?;
+            }
+            let ((m1, v1), (m2, v2)) = (&stats.bn1, &stats.bn2);
             b.inner[0].1.update_running_stats(m1, v1, n1)?;
             b.last.1.update_running_stats(m2, v2, n2)?;
         }
@@ -283,13 +293,27 @@ impl Block {
         if !k3(c1) || !k3(c2) || p2 != plain || p1.padding != 1 || p1.groups != 1 {
             return None;
         }
-        let zero_pad = match self.shortcut {
-            ShortcutPath::Identity => None,
-            ShortcutPath::ZeroPad {
+        let shortcut = match &self.shortcut {
+            ShortcutPath::Identity => ShortcutTensors::Identity,
+            &ShortcutPath::ZeroPad {
                 stride,
                 front,
                 back,
-            } if stride == p1.stride => Some((front, back)),
+            } if stride == p1.stride => ShortcutTensors::ZeroPad { front, back },
+            ShortcutPath::Projection(conv, bn)
+                if conv.params()
+                    == (Conv2dParams {
+                        stride: p1.stride,
+                        padding: 0,
+                        groups: 1,
+                    }) =>
+            {
+                ShortcutTensors::Projection {
+                    w: conv.weight(),
+                    gamma: bn.weight().as_tensor(),
+                    beta: bn.bias().as_tensor(),
+                }
+            }
             _ => return None,
         };
         Some(BasicBlockTensors {
@@ -300,7 +324,7 @@ impl Block {
             gamma2: bn2.weight().as_tensor(),
             beta2: bn2.bias().as_tensor(),
             stride: p1.stride,
-            zero_pad,
+            shortcut,
         })
     }
 
@@ -432,13 +456,13 @@ mod tests {
     }
 
     /// The blocks as one run and one by one give the same features,
-    /// gradients and running statistics, bit for bit: with zero-padding
-    /// shortcuts (every CIFAR stage transition), Winograd F(4x4, 3x3) and
-    /// F(2x2, 3x3) layers, batches the F(4x4, 3x3) groups do not divide,
-    /// a CIFAR ResNet's stem inside the run (with and without the input's
-    /// gradient), and torchvision's basic blocks, whose projection
-    /// shortcuts split the runs (and whose stem, ahead of a max pool,
-    /// stays out).
+    /// gradients and running statistics, bit for bit: with projection
+    /// shortcuts (1x1 convolution + BN: `resnet32` and the torchvision
+    /// ResNets) and zero-padding ones (`resnet32_ldam`) at the stage
+    /// transitions, Winograd F(4x4, 3x3) and F(2x2, 3x3) layers, batches
+    /// the F(4x4, 3x3) groups do not divide, a CIFAR ResNet's stem inside
+    /// the run (with and without the input's gradient); torchvision's stem,
+    /// ahead of a max pool, stays out. Every network is one run.
     #[test]
     fn a_residual_run_gives_the_bits_of_its_blocks_one_by_one() {
         let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
@@ -452,19 +476,22 @@ mod tests {
             (Arch::ResNet8, data((3, 3, 32, 32), 1), true),
             (Arch::ResNet20, data((5, 3, 16, 16), 2), true),
             (Arch::ResNet8, variable(data((2, 3, 16, 16), 7)), true),
-            // Projection shortcuts: runs of the blocks between them.
+            (Arch::ResNet32Ldam, data((2, 3, 16, 16), 8), true),
             (Arch::ResNet18, data((2, 3, 32, 32), 3), false),
         ] {
             ops::set_residual_runs(false);
             let before = RUNS_TAKEN.with(std::cell::Cell::get);
             let stems_before = STEMS_TAKEN.with(std::cell::Cell::get);
             let one_by_one = step(arch, &x);
+            assert_eq!(
+                RUNS_TAKEN.with(std::cell::Cell::get),
+                before,
+                "{arch:?}: runs off"
+            );
             ops::set_residual_runs(true);
             let run = step(arch, &x);
-            assert!(
-                RUNS_TAKEN.with(std::cell::Cell::get) > before,
-                "{arch:?}: the residual run was not taken"
-            );
+            let runs = RUNS_TAKEN.with(std::cell::Cell::get) - before;
+            assert_eq!(runs, 1, "{arch:?}: residual runs taken");
             let stems = STEMS_TAKEN.with(std::cell::Cell::get) - stems_before;
             assert_eq!(
                 stems,

@@ -17,7 +17,7 @@
 //! | [`conv2d`] | Winograd F(4x4, 3x3) (heights a multiple of 4, widths of 8; [`set_winograd_f4`]), else Winograd F(2x2, 3x3) on AVX-512 or AVX2 (3x3, stride 1, padding 1, even sizes, no groups, `C_out` a multiple of 8; [`set_winograd`]), else the direct kernel (stride 1, channels per group a multiple of 8; on AVX2 only up to 160 inputs per output), else im2col + `gemm` | input: the forward kernels on the flipped weights (stride 1) or gemm + col2im; weights: the direct kernel or Winograd, F(4x4, 3x3) on maps of 16x16 and more with up to 32 x 32 channels, else F(2x2, 3x3) (on AVX2 Winograd first where both apply; on AVX-512 the direct kernel first), else gemm |
 //! | [`batch_norm_train`] | statistics pass, then one normalise (+ residual, + ReLU) pass | two passes (per-channel sums, input gradient) |
 //! | [`conv2d_batch_norm_train`] | the two above in one op, the statistics' sums taken in the convolution's jobs while its output is in cache | the two above, the gradient between them kept inside the op; without a residual the ReLU's mask recomputed from the batch norm's input (no read of the output) |
-//! | [`residual_run_train`] | consecutive basic residual blocks (two [`conv2d_batch_norm_train`] and the shortcut each) in one op, optionally after a stem (one more conv + BN + ReLU) | the blocks' backward passes, the gradients between the blocks kept inside the op; each batch norm's per-channel sums taken in the jobs of the convolution that makes its gradient (and the residual's gradient added there) |
+//! | [`residual_run_train`] | consecutive basic residual blocks (two [`conv2d_batch_norm_train`] and the shortcut each: identity, zero padding or 1x1 projection + BN) in one op, optionally after a stem (one more conv + BN + ReLU) | the blocks' backward passes, the gradients between the blocks kept inside the op; each batch norm's per-channel sums taken in the jobs of the convolution that makes its gradient (and the residual's gradient added there) |
 //! | [`batch_norm_eval`] | one per-channel affine pass (+ ReLU) | one pass |
 //! | [`max_pool2d`] | one pass, keeps the argmax | scatter to the argmax |
 //! | [`conv2d_bias`] (inference) | the [`conv2d`] kernels, then bias (+ residual) + ReLU in place, per image | none |
@@ -443,14 +443,36 @@ pub struct BasicBlockTensors<'a> {
     pub beta2: &'a Tensor,
     /// The first convolution's stride.
     pub stride: usize,
-    /// `Some((front, back))`: [`zero_pad_shortcut`] with `stride` and these
-    /// channel counts; `None`: the identity.
-    pub zero_pad: Option<(usize, usize)>,
+    pub shortcut: ShortcutTensors<'a>,
 }
 
-/// Batch statistics of one block's two batch norms, `[(mean, biased
-/// variance); 2]`, for the running-statistics update.
-pub type BlockStats = [(Tensor, Tensor); 2];
+/// The shortcut of a block in [`residual_run_train`].
+#[derive(Debug, Clone, Copy)]
+pub enum ShortcutTensors<'a> {
+    /// The input itself.
+    Identity,
+    /// [`zero_pad_shortcut`] with the block's stride and these channel
+    /// counts.
+    ZeroPad { front: usize, back: usize },
+    /// A 1x1 convolution `w` with the block's stride and no padding, then
+    /// its batch norm (`gamma`, `beta`), no ReLU (torchvision's
+    /// `downsample`), as [`conv2d_batch_norm_train`] computes them.
+    Projection {
+        w: &'a Tensor,
+        gamma: &'a Tensor,
+        beta: &'a Tensor,
+    },
+}
+
+/// Batch statistics `(mean, biased variance)` of one block's batch norms,
+/// for the running-statistics updates.
+#[derive(Debug)]
+pub struct BlockStats {
+    pub bn1: (Tensor, Tensor),
+    pub bn2: (Tensor, Tensor),
+    /// The projection shortcut's, where the shortcut is one.
+    pub shortcut: Option<(Tensor, Tensor)>,
+}
 
 /// A convolution, its batch norm (`gamma`, `beta`) and a ReLU ahead of a
 /// residual run (a CIFAR ResNet's stem), for [`residual_run_train`].
@@ -522,11 +544,24 @@ pub fn residual_run_train(
         if (kh, kw) != (3, 3) || w2.dims4()? != (co, co, 3, 3) {
             return Ok(None);
         }
+        let shortcut = match b.shortcut {
+            ShortcutTensors::Identity => residual_run::RunShortcut::Identity,
+            ShortcutTensors::ZeroPad { front, back } => {
+                residual_run::RunShortcut::ZeroPad { front, back }
+            }
+            ShortcutTensors::Projection { w, gamma, beta } => {
+                let w = operand(w);
+                if !on_kernels(&[&w, gamma, beta]) || w.dims4()? != (co, ci, 1, 1) {
+                    return Ok(None);
+                }
+                residual_run::RunShortcut::Projection
+            }
+        };
         shapes.push(residual_run::BlockShape {
             c_in: ci,
             c_out: co,
             stride: b.stride,
-            zero_pad: b.zero_pad,
+            shortcut,
         });
         parts.extend([
             w1.flatten_all()?,
@@ -536,6 +571,9 @@ pub fn residual_run_train(
             operand(b.gamma2),
             operand(b.beta2),
         ]);
+        if let ShortcutTensors::Projection { w, gamma, beta } = b.shortcut {
+            parts.extend([operand(w).flatten_all()?, operand(gamma), operand(beta)]);
+        }
     }
     if !x.track_op() && !parts.iter().any(Tensor::track_op) {
         // Nothing to differentiate: block by block, each activation is
@@ -558,7 +596,13 @@ pub fn residual_run_train(
     let block_stats = saved
         .blocks
         .iter()
-        .map(|b| Ok([stats(&b.bn1)?, stats(&b.bn2)?]))
+        .map(|b| {
+            Ok(BlockStats {
+                bn1: stats(&b.bn1)?,
+                bn2: stats(&b.bn2)?,
+                shortcut: b.shortcut.projection_bn().map(stats).transpose()?,
+            })
+        })
         .collect::<Result<_>>()?;
     let stem_stats = saved.stem.as_ref().map(|s| stats(&s.bn)).transpose()?;
     Ok(Some(RunOutput {

@@ -18,8 +18,11 @@
 //! taken in the jobs of the first block's input gradient.
 //!
 //! Each block is `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`
-//! with 3x3 convolutions (the first carries the stride) and the identity or
-//! the zero-padding shortcut ("option A"). The arithmetic is that of the
+//! with 3x3 convolutions (the first carries the stride) and the identity,
+//! the zero-padding shortcut ("option A") or a projection (1x1 convolution
+//! with the block's stride, then batch norm: `resnet32`'s and torchvision's
+//! stage transitions, which used to end a run, so that candle accumulated
+//! the gradients around each of them). The arithmetic is that of the
 //! per-block ops ([`super::conv_bn`], [`super::shortcut`]) call for call,
 //! so the results are the same to the bit; only where the input's two
 //! gradient terms are summed moves (`a + b`, commutative).
@@ -56,44 +59,72 @@ pub(crate) struct BlockShape {
     pub c_out: usize,
     /// The first convolution's stride.
     pub stride: usize,
-    /// `Some((front, back))`: the zero-padding shortcut (subsampled by
-    /// `stride`, channels padded); `None`: the identity.
-    pub zero_pad: Option<(usize, usize)>,
+    pub shortcut: RunShortcut,
+}
+
+/// What a block of a run adds to its body's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RunShortcut {
+    /// The input itself.
+    Identity,
+    /// The zero-padding shortcut: the input subsampled by the block's
+    /// stride, `front` and `back` zero channels around it.
+    ZeroPad { front: usize, back: usize },
+    /// A 1x1 convolution with the block's stride and no padding, then its
+    /// batch norm (no ReLU): torchvision's `downsample`.
+    Projection,
 }
 
 impl BlockShape {
-    /// Floats of `cat(w1, gamma1, beta1, w2, gamma2, beta2)`.
+    /// Floats of `cat(w1, gamma1, beta1, w2, gamma2, beta2)`, then the
+    /// projection's `cat(w, gamma, beta)` where the shortcut is one.
     pub(crate) fn packed_len(&self) -> usize {
         let (ci, co) = (self.c_in, self.c_out);
-        co * ci * 9 + 2 * co + co * co * 9 + 2 * co
+        let projection = match self.shortcut {
+            RunShortcut::Projection => co * ci + 2 * co,
+            _ => 0,
+        };
+        co * ci * 9 + 2 * co + co * co * 9 + 2 * co + projection
     }
 
     /// Block `b`'s two convolutions and its shortcut on input `dims`.
-    fn geometry(
-        &self,
-        dims: &[usize],
-        b: usize,
-    ) -> Result<(ConvGeom, ConvGeom, Option<ZeroPadGeom>)> {
+    fn geometry(&self, dims: &[usize], b: usize) -> Result<(ConvGeom, ConvGeom, ShortcutGeom)> {
         const OP: &str = "residual_run";
         let (co, ci) = (self.c_out, self.c_in);
         let g1 = ConvGeom::new(dims, &[co, ci, 3, 3], self.params(true))?;
         let out_dims = [g1.n, co, g1.oh, g1.ow];
         let g2 = ConvGeom::new(&out_dims, &[co, co, 3, 3], self.params(false))?;
-        let zero_pad = match self.zero_pad {
-            Some((front, back)) => {
+        let mismatch = |got: &[usize]| {
+            candle_core::Error::Msg(format!(
+                "{OP}: block {b}: shortcut {got:?} does not match output {out_dims:?}"
+            ))
+        };
+        let shortcut = match self.shortcut {
+            RunShortcut::ZeroPad { front, back } => {
                 let zp = ZeroPadGeom::new(dims, self.stride, front, back)?;
                 if zp.out_shape().dims() != out_dims {
-                    bail!(
-                        "{OP}: block {b}: shortcut {:?} does not match output {out_dims:?}",
-                        zp.out_shape()
-                    );
+                    return Err(mismatch(zp.out_shape().dims()));
                 }
-                Some(zp)
+                ShortcutGeom::ZeroPad(zp)
             }
-            None if self.stride == 1 && ci == co => None,
-            None => bail!("{OP}: block {b}: an identity shortcut cannot change the shape"),
+            RunShortcut::Projection => {
+                let p = Conv2dParams {
+                    stride: self.stride,
+                    padding: 0,
+                    groups: 1,
+                };
+                let gp = ConvGeom::new(dims, &[co, ci, 1, 1], p)?;
+                if gp.out_shape().dims() != out_dims {
+                    return Err(mismatch(gp.out_shape().dims()));
+                }
+                ShortcutGeom::Projection(gp)
+            }
+            RunShortcut::Identity if self.stride == 1 && ci == co => ShortcutGeom::Identity,
+            RunShortcut::Identity => {
+                bail!("{OP}: block {b}: an identity shortcut cannot change the shape")
+            }
         };
-        Ok((g1, g2, zero_pad))
+        Ok((g1, g2, shortcut))
     }
 
     fn params(&self, first: bool) -> Conv2dParams {
@@ -144,6 +175,14 @@ pub(crate) struct RunSaved {
     pub blocks: Vec<BlockSaved>,
 }
 
+/// A block's shortcut on its input's dimensions.
+#[derive(Debug)]
+enum ShortcutGeom {
+    Identity,
+    ZeroPad(ZeroPadGeom),
+    Projection(ConvGeom),
+}
+
 /// The packed parameters of one block, split.
 struct BlockParams<'a> {
     w1: &'a [f32],
@@ -152,6 +191,8 @@ struct BlockParams<'a> {
     w2: &'a [f32],
     gamma2: &'a [f32],
     beta2: &'a [f32],
+    /// The projection's `(w, gamma, beta)`, where the shortcut is one.
+    projection: Option<(&'a [f32], &'a [f32], &'a [f32])>,
 }
 
 /// Splits `packed` into its blocks' parameters.
@@ -173,9 +214,38 @@ fn split_params<'a>(shapes: &[BlockShape], packed: &'a [f32]) -> Vec<BlockParams
                 w2: take(co * co * 9),
                 gamma2: take(co),
                 beta2: take(co),
+                projection: (s.shortcut == RunShortcut::Projection)
+                    .then(|| (take(co * ci), take(co), take(co))),
             }
         })
         .collect()
+}
+
+/// What the forward pass keeps of a block's shortcut.
+#[derive(Debug)]
+pub(crate) enum SavedShortcut {
+    Identity,
+    ZeroPad(ZeroPadGeom),
+    Projection(Box<ProjectionSaved>),
+}
+
+/// What the forward pass keeps of a projection shortcut.
+#[derive(Debug)]
+pub(crate) struct ProjectionSaved {
+    g: ConvGeom,
+    /// The convolution's output, the batch norm's input.
+    z: Vec<f32>,
+    bn: BnSaved,
+}
+
+impl SavedShortcut {
+    /// The projection's batch-norm statistics, where the shortcut is one.
+    pub(crate) fn projection_bn(&self) -> Option<&BnSaved> {
+        match self {
+            SavedShortcut::Projection(p) => Some(&p.bn),
+            _ => None,
+        }
+    }
 }
 
 /// What the forward pass keeps of one block for the backward pass.
@@ -183,7 +253,7 @@ fn split_params<'a>(shapes: &[BlockShape], packed: &'a [f32]) -> Vec<BlockParams
 pub(crate) struct BlockSaved {
     g1: ConvGeom,
     g2: ConvGeom,
-    zero_pad: Option<ZeroPadGeom>,
+    pub shortcut: SavedShortcut,
     /// First convolution's output and its batch norm's statistics.
     z1: Vec<f32>,
     pub bn1: BnSaved,
@@ -258,14 +328,27 @@ impl CustomOp3 for ResidualRunOp {
                 0 => run_input,
                 _ => saved[b - 1].out.as_deref().unwrap_or_default(),
             };
-            let (g1, g2, zero_pad) = shape.geometry(&dims, b)?;
+            let (g1, g2, shortcut_geom) = shape.geometry(&dims, b)?;
             let out_dims = [g1.n, shape.c_out, g1.oh, g1.ow];
+            // The shortcut first, as the block's own forward pass takes it.
+            let (shortcut, kept): (Cow<'_, [f32]>, SavedShortcut) = match shortcut_geom {
+                ShortcutGeom::Identity => (Cow::Borrowed(input), SavedShortcut::Identity),
+                ShortcutGeom::ZeroPad(zp) => (
+                    Cow::Owned(zero_pad_fwd(&zp, input)),
+                    SavedShortcut::ZeroPad(zp),
+                ),
+                ShortcutGeom::Projection(gp) => {
+                    let Some((w, gamma, beta)) = p.projection else {
+                        bail!("{OP}: block {b}: the projection's parameters are missing");
+                    };
+                    let (z, y, bn) =
+                        conv_bn_train_fwd(&gp, input, w, None, (gamma, beta), self.eps, false);
+                    let kept = ProjectionSaved { g: gp, z, bn };
+                    (Cow::Owned(y), SavedShortcut::Projection(Box::new(kept)))
+                }
+            };
             let (z1, y1, bn1) =
                 conv_bn_train_fwd(&g1, input, p.w1, None, (p.gamma1, p.beta1), self.eps, true);
-            let shortcut: Cow<'_, [f32]> = match &zero_pad {
-                Some(zp) => Cow::Owned(zero_pad_fwd(zp, input)),
-                None => Cow::Borrowed(input),
-            };
             let (z2, out, bn2) = conv_bn_train_fwd(
                 &g2,
                 &y1,
@@ -279,7 +362,7 @@ impl CustomOp3 for ResidualRunOp {
             saved.push(BlockSaved {
                 g1,
                 g2,
-                zero_pad,
+                shortcut: kept,
                 z1,
                 bn1,
                 y1,
@@ -444,17 +527,44 @@ impl CustomOp3 for ResidualRunBwdOp {
             );
             drop(dy1);
             let dw1 = conv_bwd_filter(&s.g1, input, &bn1.dx);
-            grads[b] = [dw1, bn1.dgamma, bn1.dbeta, dw2, bn2.dgamma, bn2.dbeta].concat();
-            if b == 0 && stem.is_none() && !self.want_dx {
-                d = Cow::Owned(Vec::new());
-                break;
-            }
             let Some(dres) = bn2.dz else {
                 bail!("{OP}: the residual's gradient is missing");
             };
-            let dres: Cow<'_, [f32]> = match &s.zero_pad {
-                Some(zp) => Cow::Owned(zero_pad_bwd(zp, &dres)),
-                None => Cow::Borrowed(&dres),
+            // Whether this block's input gradient is wanted at all.
+            let want_input = b > 0 || stem.is_some() || self.want_dx;
+            // The shortcut's gradients: a projection's batch norm (no ReLU)
+            // and weight gradient as `conv2d_batch_norm_train`'s backward
+            // takes them, and its input gradient where it is wanted.
+            let (dres, projection_grads): (Option<Cow<'_, [f32]>>, [Vec<f32>; 3]) =
+                match (&s.shortcut, p.projection) {
+                    (SavedShortcut::Identity, _) => {
+                        (Some(Cow::Borrowed(&dres)), Default::default())
+                    }
+                    (SavedShortcut::ZeroPad(zp), _) => (
+                        want_input.then(|| Cow::Owned(zero_pad_bwd(zp, &dres))),
+                        Default::default(),
+                    ),
+                    (SavedShortcut::Projection(ps), Some((w, _, _))) => {
+                        let ProjectionSaved { g: gp, z, bn } = &**ps;
+                        let dims = (gp.n, gp.c_out, gp.oh * gp.ow);
+                        let sums = GradPlaneSums::new(dims.0, dims.1);
+                        let bp = bn_train_bwd_with(z, ReluMask::Off, &dres, dims, bn, false, &sums);
+                        let dw = conv_bwd_filter(gp, input, &bp.dx);
+                        let dx = want_input.then(|| Cow::Owned(conv_bwd_data(gp, &bp.dx, w)));
+                        (dx, [dw, bp.dgamma, bp.dbeta])
+                    }
+                    (SavedShortcut::Projection(..), None) => {
+                        bail!("{OP}: block {b}: the projection's parameters are missing")
+                    }
+                };
+            let [dwp, dgp, dbp] = projection_grads;
+            grads[b] = [
+                dw1, bn1.dgamma, bn1.dbeta, dw2, bn2.dgamma, bn2.dbeta, dwp, dgp, dbp,
+            ]
+            .concat();
+            let Some(dres) = dres.filter(|_| want_input) else {
+                d = Cow::Owned(Vec::new());
+                break;
             };
             // In each job of the input gradient, while its images are in
             // cache: the residual's gradient added, then the previous
