@@ -486,7 +486,9 @@ impl CustomOp3 for ResidualRunBwdOp {
             );
         }
         let run_input: &[f32] = stem.as_ref().map_or(x, |s| &s.y);
-        let mut grads: Vec<Vec<f32>> = vec![Vec::new(); saved.len()];
+        // Each block's parameter gradients, in packing order, copied into
+        // one vector once at the end.
+        let mut grads: Vec<Vec<Vec<f32>>> = vec![Vec::new(); saved.len()];
         let mut d: Cow<'_, [f32]> = Cow::Borrowed(dy);
         // The first backward pass's sums of the second batch norm of block
         // `b` over `d`, where the jobs that made `d` took them.
@@ -558,10 +560,9 @@ impl CustomOp3 for ResidualRunBwdOp {
                     }
                 };
             let [dwp, dgp, dbp] = projection_grads;
-            grads[b] = [
+            grads[b] = vec![
                 dw1, bn1.dgamma, bn1.dbeta, dw2, bn2.dgamma, bn2.dbeta, dwp, dgp, dbp,
-            ]
-            .concat();
+            ];
             let Some(dres) = dres.filter(|_| want_input) else {
                 d = Cow::Owned(Vec::new());
                 break;
@@ -616,8 +617,13 @@ impl CustomOp3 for ResidualRunBwdOp {
         *self
             .dpacked
             .lock()
-            .map_err(|_| candle_core::Error::Msg("residual_run: poisoned lock".into()))? =
-            Some([stem_grads, grads].concat().concat());
+            .map_err(|_| candle_core::Error::Msg("residual_run: poisoned lock".into()))? = Some(
+            stem_grads
+                .into_iter()
+                .chain(grads.into_iter().flatten())
+                .collect::<Vec<_>>()
+                .concat(),
+        );
         let dx = d.unwrap_or_else(|| vec![0f32; x.len()]);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
