@@ -9,7 +9,8 @@
 //! tensor.
 
 use super::batch_norm::{
-    bn_train_bwd_with, bn_train_fwd_with, BnSaved, EpilogueKind, GradPlaneSums, PlaneSums, ReluMask,
+    bn_train_bwd_with, bn_train_fwd_in_place, bn_train_fwd_with, BnSaved, EpilogueKind,
+    GradPlaneSums, PlaneSums, ReluMask,
 };
 use super::conv::{conv_bwd_data, conv_bwd_filter, conv_fwd_then, ConvGeom};
 use super::cpu::f32_slice;
@@ -40,11 +41,41 @@ pub(crate) fn conv_bn_train_fwd(
     (z, y, bn)
 }
 
+/// [`conv_bn_train_fwd`] for a forward pass that keeps nothing for a
+/// backward one: the batch norm runs in place on the convolution's output,
+/// which becomes the op's output. Returns it and the statistics.
+fn conv_bn_train_fwd_only(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    residual: Option<&[f32]>,
+    (gamma, beta): (&[f32], &[f32]),
+    eps: f64,
+    relu: bool,
+) -> (Vec<f32>, BnSaved) {
+    let hw = g.oh * g.ow;
+    let sums = PlaneSums::new(g.n, g.c_out);
+    let mut z = conv_fwd_then(g, x, w, |first, ys| sums.add_images(first, ys, hw));
+    let stats = sums.finish(&z, hw);
+    let bn = bn_train_fwd_in_place(
+        &mut z,
+        residual,
+        (g.c_out, hw),
+        gamma,
+        beta,
+        eps,
+        relu,
+        stats,
+    );
+    (z, bn)
+}
+
 /// What the forward pass keeps for the backward pass.
 #[derive(Debug)]
 struct Saved {
     g: ConvGeom,
-    /// Convolution output, the batch norm's input.
+    /// Convolution output, the batch norm's input (empty when the op was
+    /// applied for a forward pass only).
     z: Vec<f32>,
     bn: BnSaved,
 }
@@ -58,6 +89,10 @@ struct ConvBnOp {
     w_dims: (usize, usize, usize, usize),
     eps: f64,
     epilogue: EpilogueKind,
+    /// Whether a backward pass may follow (an operand tracks gradients):
+    /// without one, the batch norm's input is not kept and its output is
+    /// written over it.
+    backward: bool,
     saved: Arc<OnceLock<Saved>>,
 }
 
@@ -102,18 +137,24 @@ impl CustomOp3 for ConvBnOp {
         } else {
             None
         };
-        let (z, y, bn) = conv_bn_train_fwd(
-            &g,
-            x,
-            w,
-            residual,
-            (&gb[..co], &gb[co..]),
-            self.eps,
-            self.epilogue.relu(),
-        );
-        // The weights are not copied: the backward pass reads them from
-        // the packed operand, which the graph keeps anyway.
-        let saved = Saved { g, z, bn };
+        let affine = (&gb[..co], &gb[co..]);
+        let relu = self.epilogue.relu();
+        let (y, saved) = if self.backward {
+            let (z, y, bn) = conv_bn_train_fwd(&g, x, w, residual, affine, self.eps, relu);
+            // The weights are not copied: the backward pass reads them from
+            // the packed operand, which the graph keeps anyway.
+            (y, Saved { g, z, bn })
+        } else {
+            let (y, bn) = conv_bn_train_fwd_only(&g, x, w, residual, affine, self.eps, relu);
+            (
+                y,
+                Saved {
+                    g,
+                    z: Vec::new(),
+                    bn,
+                },
+            )
+        };
         if self.saved.set(saved).is_err() {
             bail!("{OP}: an op instance was applied twice");
         }
@@ -251,11 +292,16 @@ pub(crate) fn conv2d_batch_norm_train(
     eps: f64,
     epilogue: Epilogue<'_>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    // candle records the op (and keeps it for a backward pass) exactly
+    // when one of its operands tracks gradients.
+    let backward = [x, w, weight, bias].iter().any(|t| t.track_op())
+        || epilogue.residual().is_some_and(Tensor::track_op);
     let op = ConvBnOp {
         params: p,
         w_dims: w.dims4()?,
         eps,
         epilogue: epilogue.kind(),
+        backward,
         saved: Arc::new(OnceLock::new()),
     };
     let saved = op.saved.clone();
@@ -328,6 +374,18 @@ mod tests {
                 assert_eq!(bits(&bn.mean), bits(&bn2.mean), "{what}: mean");
                 assert_eq!(bits(&bn.var), bits(&bn2.var), "{what}: variance");
                 assert_eq!(bits(&y), bits(&y2), "{what}: output");
+                // The forward-only op: the batch norm in place on the
+                // convolution's output, with and without the ReLU.
+                for relu in [true, false] {
+                    let (y, bn) =
+                        bn_train_fwd(&z, residual, (n, co, hw), &gamma, &beta, 1e-5, relu);
+                    let (y3, bn3) =
+                        conv_bn_train_fwd_only(&g, &x, &w, residual, (&gamma, &beta), 1e-5, relu);
+                    let what = format!("{what}, relu {relu}, forward only");
+                    assert_eq!(bits(&bn.mean), bits(&bn3.mean), "{what}: mean");
+                    assert_eq!(bits(&bn.var), bits(&bn3.var), "{what}: variance");
+                    assert_eq!(bits(&y), bits(&y3), "{what}: output");
+                }
             }
         }
     }

@@ -125,6 +125,36 @@ dispatch! {
     }
 }
 
+dispatch! {
+    /// [`affine_plane`] in place: `x = max?(x * a + b (+ r), 0)`, the same
+    /// roundings.
+    fn affine_plane_in_place(x: &mut [f32], r: Option<&[f32]>, a: f32, b: f32, relu: bool) {
+        let n = x.len();
+        match (r, relu) {
+            (None, false) => {
+                for v in x.iter_mut() {
+                    *v = *v * a + b;
+                }
+            }
+            (None, true) => {
+                for v in x.iter_mut() {
+                    *v = (*v * a + b).max(0.0);
+                }
+            }
+            (Some(r), false) => {
+                for (v, r) in x.iter_mut().zip(&r[..n]) {
+                    *v = *v * a + b + r;
+                }
+            }
+            (Some(r), true) => {
+                for (v, r) in x.iter_mut().zip(&r[..n]) {
+                    *v = (*v * a + b + r).max(0.0);
+                }
+            }
+        }
+    }
+}
+
 /// `d` where the ReLU output `y` is positive, else 0 (PyTorch's relu').
 #[inline(always)]
 fn mask(relu: bool, y: f32, d: f32) -> f32 {
