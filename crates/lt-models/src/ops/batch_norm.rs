@@ -271,35 +271,30 @@ pub(crate) fn bn_train_fwd_with(
     (y, saved)
 }
 
-/// [`bn_train_fwd_with`] in place: `x` (the batch norm's input) becomes its
-/// output, for a forward pass that keeps nothing for a backward one (a
-/// frozen backbone's training-mode batch norm): no second activation is
-/// allocated and written through memory. The same roundings.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn bn_train_fwd_in_place(
+/// `x = max?(x * scale + shift (+ residual), 0)` in place with `bn`'s
+/// affine map, per plane of `hw` floats (channel `plane % c`): the batch
+/// norm's output written over its input, for a forward pass that keeps
+/// nothing for a backward one (a frozen backbone's training-mode batch
+/// norm), so no second activation is allocated and written through memory.
+/// The same roundings as [`bn_train_fwd_with`].
+pub(crate) fn affine_in_place(
     x: &mut [f32],
     residual: Option<&[f32]>,
     (c, hw): (usize, usize),
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f64,
+    bn: &BnSaved,
     relu: bool,
-    stats: (Vec<f32>, Vec<f32>),
-) -> BnSaved {
-    let saved = BnSaved::new(gamma, beta, eps, stats);
-    if let Some(per_job) = (16 * 1024usize).checked_div(hw) {
-        let (a, b) = (&saved.scale, &saved.shift);
-        let grain = per_job.max(1);
-        x.par_chunks_mut(hw)
-            .enumerate()
-            .with_min_len(grain)
-            .for_each(|(p, plane)| {
-                let ch = p % c;
-                let rp = residual.map(|res| &res[p * hw..(p + 1) * hw]);
-                simd::affine_plane_in_place(plane, rp, a[ch], b[ch], relu);
-            });
-    }
-    saved
+) {
+    let Some(per_job) = (16 * 1024usize).checked_div(hw) else {
+        return;
+    };
+    x.par_chunks_mut(hw)
+        .enumerate()
+        .with_min_len(per_job.max(1))
+        .for_each(|(p, plane)| {
+            let ch = p % c;
+            let rp = residual.map(|res| &res[p * hw..(p + 1) * hw]);
+            simd::affine_plane_in_place(plane, rp, bn.scale[ch], bn.shift[ch], relu);
+        });
 }
 
 impl BnSaved {

@@ -9,8 +9,8 @@
 //! tensor.
 
 use super::batch_norm::{
-    bn_train_bwd_with, bn_train_fwd_in_place, bn_train_fwd_with, BnSaved, EpilogueKind,
-    GradPlaneSums, PlaneSums, ReluMask,
+    affine_in_place, bn_train_bwd_with, bn_train_fwd_with, BnSaved, EpilogueKind, GradPlaneSums,
+    PlaneSums, ReluMask,
 };
 use super::conv::{conv_bwd_data, conv_bwd_filter, conv_fwd_then, ConvGeom};
 use super::cpu::f32_slice;
@@ -18,12 +18,22 @@ use super::{Conv2dParams, Epilogue};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use std::sync::{Arc, Mutex, OnceLock};
 
+/// `conv(x, w)` (the batch norm's input `z`) and its batch statistics
+/// `(mean, biased variance)`: the per-plane sums are taken in each
+/// convolution job while its images are in that worker's cache (see
+/// [`PlaneSums`]; the same bits as a separate pass), saving a pass over `z`
+/// through memory.
+fn conv_with_stats(g: &ConvGeom, x: &[f32], w: &[f32]) -> (Vec<f32>, (Vec<f32>, Vec<f32>)) {
+    let hw = g.oh * g.ow;
+    let sums = PlaneSums::new(g.n, g.c_out);
+    let z = conv_fwd_then(g, x, w, |first, ys| sums.add_images(first, ys, hw));
+    let stats = sums.finish(&z, hw);
+    (z, stats)
+}
+
 /// `conv(x, w)` (the batch norm's input `z`), then `epilogue(bn(z) (+
-/// residual))` with batch statistics: the statistics' per-plane sums are
-/// taken in each convolution job while its images are in that worker's
-/// cache (see [`PlaneSums`]; the same bits as a separate pass), saving a
-/// pass over `z` through memory. Returns `z`, the output and the saved
-/// statistics.
+/// residual))` with batch statistics ([`conv_with_stats`]). Returns `z`,
+/// the output and the saved statistics.
 pub(crate) fn conv_bn_train_fwd(
     g: &ConvGeom,
     x: &[f32],
@@ -33,17 +43,16 @@ pub(crate) fn conv_bn_train_fwd(
     eps: f64,
     relu: bool,
 ) -> (Vec<f32>, Vec<f32>, BnSaved) {
-    let hw = g.oh * g.ow;
-    let sums = PlaneSums::new(g.n, g.c_out);
-    let z = conv_fwd_then(g, x, w, |first, ys| sums.add_images(first, ys, hw));
-    let stats = sums.finish(&z, hw);
-    let (y, bn) = bn_train_fwd_with(&z, residual, (g.c_out, hw), gamma, beta, eps, relu, stats);
+    let (z, stats) = conv_with_stats(g, x, w);
+    let dims = (g.c_out, g.oh * g.ow);
+    let (y, bn) = bn_train_fwd_with(&z, residual, dims, gamma, beta, eps, relu, stats);
     (z, y, bn)
 }
 
 /// [`conv_bn_train_fwd`] for a forward pass that keeps nothing for a
-/// backward one: the batch norm runs in place on the convolution's output,
-/// which becomes the op's output. Returns it and the statistics.
+/// backward one: the batch norm runs in place on the convolution's output
+/// ([`affine_in_place`]), which becomes the op's output. Returns it and the
+/// statistics.
 fn conv_bn_train_fwd_only(
     g: &ConvGeom,
     x: &[f32],
@@ -53,20 +62,9 @@ fn conv_bn_train_fwd_only(
     eps: f64,
     relu: bool,
 ) -> (Vec<f32>, BnSaved) {
-    let hw = g.oh * g.ow;
-    let sums = PlaneSums::new(g.n, g.c_out);
-    let mut z = conv_fwd_then(g, x, w, |first, ys| sums.add_images(first, ys, hw));
-    let stats = sums.finish(&z, hw);
-    let bn = bn_train_fwd_in_place(
-        &mut z,
-        residual,
-        (g.c_out, hw),
-        gamma,
-        beta,
-        eps,
-        relu,
-        stats,
-    );
+    let (mut z, stats) = conv_with_stats(g, x, w);
+    let bn = BnSaved::new(gamma, beta, eps, stats);
+    affine_in_place(&mut z, residual, (g.c_out, g.oh * g.ow), &bn, relu);
     (z, bn)
 }
 
