@@ -193,16 +193,14 @@ impl BatchNorm2d {
     pub(crate) fn conv_batch_count(
         &self,
         conv: &Conv,
-        (n, _c, h, w): (usize, usize, usize, usize),
+        x: (usize, usize, usize, usize),
     ) -> Result<usize> {
-        let (c_out, _, kh, kw) = conv.weight().dims4()?;
-        let p = conv.params();
-        let out = |size: usize, k: usize| (size + 2 * p.padding).saturating_sub(k) / p.stride + 1;
-        let count = n * out(h, kh) * out(w, kw);
+        let (n, c_out, oh, ow) = conv.out_dims(x)?;
+        let count = n * oh * ow;
         if count < 2 {
             return Err(ModelError::BatchTooSmall {
                 layer: self.name.clone(),
-                shape: vec![n, c_out, out(h, kh), out(w, kw)],
+                shape: vec![n, c_out, oh, ow],
             });
         }
         Ok(count)

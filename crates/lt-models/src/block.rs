@@ -218,12 +218,7 @@ impl Block {
         let stem_count = match stem {
             Some((conv, bn)) => {
                 let count = bn.conv_batch_count(conv, dims)?;
-                let (n, _, h, w) = dims;
-                let (c_out, _, kh, kw) = conv.weight().dims4()?;
-                let p = conv.params();
-                let out =
-                    |size: usize, k: usize| (size + 2 * p.padding).saturating_sub(k) / p.stride + 1;
-                dims = (n, c_out, out(h, kh), out(w, kw));
+                dims = conv.out_dims(dims)?;
                 Some(count)
             }
             None => None,
@@ -237,11 +232,7 @@ impl Block {
                 _ => None,
             };
             let count = bn1.conv_batch_count(c1, dims)?;
-            let (n, _, h, w) = dims;
-            let s = c1.params().stride;
-            let c_out = c1.weight().dims4()?.0;
-            let out = |size: usize| (size + 2).saturating_sub(3) / s + 1;
-            dims = (n, c_out, out(h), out(w));
+            dims = c1.out_dims(dims)?;
             counts.push((count, bn2.conv_batch_count(c2, dims)?, shortcut));
         }
         let stem_tensors = stem.map(|(conv, bn)| ops::StemTensors {

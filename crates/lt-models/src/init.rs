@@ -75,6 +75,19 @@ impl Conv {
     pub(crate) fn params(&self) -> Conv2dParams {
         self.params
     }
+
+    /// The output dimensions `(N, C_out, OH, OW)` on an input of dimensions
+    /// `(N, C, H, W)`. A padded input smaller than the kernel counts as one
+    /// output here; the convolution itself rejects it with its own error.
+    pub(crate) fn out_dims(
+        &self,
+        (n, _c, h, w): (usize, usize, usize, usize),
+    ) -> Result<(usize, usize, usize, usize)> {
+        let (c_out, _, kh, kw) = self.weight().dims4()?;
+        let p = self.params;
+        let out = |size: usize, k: usize| (size + 2 * p.padding).saturating_sub(k) / p.stride + 1;
+        Ok((n, c_out, out(h, kh), out(w, kw)))
+    }
 }
 
 /// Creates a model's variables in a fixed order from one seeded stream and
