@@ -183,6 +183,8 @@ fn main() -> Result<()> {
         conv_case("cifar-stage3", [128, 64, 8, 8], 64, 3, 1, 1, 1),
         conv_case("cifar-down", [128, 16, 32, 32], 32, 3, 2, 1, 1),
         conv_case("cifar-proj", [128, 16, 32, 32], 32, 1, 2, 0, 1),
+        conv_case("cifar-down2", [128, 32, 16, 16], 64, 3, 2, 1, 1),
+        conv_case("cifar-proj2", [128, 32, 16, 16], 64, 1, 2, 0, 1),
         conv_case("cifar-stem", [128, 3, 32, 32], 16, 3, 1, 1, 1),
         conv_case("imagenet-stem", [8, 3, 224, 224], 64, 7, 2, 3, 1),
         conv_case("imagenet-1x1", [8, 256, 56, 56], 64, 1, 1, 0, 1),
