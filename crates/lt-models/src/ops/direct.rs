@@ -716,9 +716,7 @@ unsafe fn tile<const NV: usize>(x: &[f32], offs: &[u32], w: &[f32], out: *mut f3
         if avx512() {
             tile_avx512::<NV>(x, offs, w, out, stride)
         } else {
-            for v in 0..NV {
-                tile_avx2(x, offs, w, out, stride, v * LANES);
-            }
+            tile_avx2::<NV>(x, offs, w, out, stride)
         }
     }
 }
@@ -765,39 +763,81 @@ unsafe fn tile_avx512<const NV: usize>(
     }
 }
 
-/// [`tile`] on AVX2 for the 16 lanes from `j0`: the 8 rows in two passes
-/// of 4, each `4 x 2` accumulators beside 2 input vectors and a broadcast
-/// weight (11 of the 16 ymm registers).
+/// [`tile`] on AVX2: rows 0 to 5 in strips of 16 lanes (`6 x 2`
+/// accumulators beside 2 input vectors and a broadcast weight), then rows
+/// 6 and 7 across all the lanes (`2 x 2 NV` accumulators beside 2
+/// broadcast weights and an input vector): 12 accumulators, enough to hide
+/// the multiply-add latency, in 15 of the 16 ymm registers.
 ///
-/// Strips of 24 lanes (`4 x 3` accumulators, 3 inputs and a broadcast: all
-/// 16 registers) took fewer loads per multiply-add on paper, but the
-/// compiler kept one accumulator on the stack, a store and a reload in
-/// that accumulator's chain at every `k`: one core, `kdim` 144 (a 48-lane
-/// tile per call), 43 GFLOP/s against 82 for these strips, 107 for a
-/// register-only FMA loop (AVX2-only AMD EPYC, Zen 2). Both sweeps give
-/// every lane the same chain, so the results are the same.
+/// The earlier sweep, 8 rows in two passes of 4 over strips of 24 lanes
+/// (`4 x 3` accumulators, 3 inputs and a broadcast: all 16 registers),
+/// left the compiler one register short: it kept an accumulator on the
+/// stack, a store and a reload in that accumulator's chain at every `k`.
+/// One core, a 48-lane tile per call, `kdim` 32 to 144: 43 GFLOP/s for
+/// that sweep, 79-82 for passes of 4 rows over 16 lanes, 85-97 for this
+/// one, 107 for a register-only multiply-add loop (AVX2-only AMD EPYC,
+/// Zen 2). Every sweep gives each lane the same chain, so the same bits.
 ///
 /// # Safety
-/// As for [`tile`], with `j0 + 16` in place of `NV * 16`.
+/// As for [`tile`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2(x: &[f32], offs: &[u32], w: &[f32], out: *mut f32, stride: usize, j0: usize) {
+unsafe fn tile_avx2<const NV: usize>(
+    x: &[f32],
+    offs: &[u32],
+    w: &[f32],
+    out: *mut f32,
+    stride: usize,
+) {
+    // SAFETY: forwarded; each block stays inside rows 0..8 and lanes
+    // 0..NV * 16.
+    unsafe {
+        for v in 0..NV {
+            tile_avx2_block::<6, 2>(x, offs, w, out, stride, 0, v * LANES);
+        }
+        match NV {
+            3 => tile_avx2_block::<2, 6>(x, offs, w, out, stride, 6, 0),
+            2 => tile_avx2_block::<2, 4>(x, offs, w, out, stride, 6, 0),
+            _ => tile_avx2_block::<2, 2>(x, offs, w, out, stride, 6, 0),
+        }
+    }
+}
+
+/// Rows `r0 .. r0 + R` of [`tile`] on AVX2 for the `Y * 8` lanes from
+/// `j0`: `R x Y` accumulators. With `Y <= R` the `Y` input vectors are
+/// loaded first and each row's weight broadcast in turn (`R Y + Y + 1`
+/// registers); otherwise the `R` weights first and each input vector in
+/// turn (`R Y + R + 1`).
+///
+/// # Safety
+/// As for [`tile`], with rows `r0 .. r0 + R <= MR` and lanes up to `j0 + Y
+/// * 8` in place of `NV * 16`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2_block<const R: usize, const Y: usize>(
+    x: &[f32],
+    offs: &[u32],
+    w: &[f32],
+    out: *mut f32,
+    stride: usize,
+    r0: usize,
+    j0: usize,
+) {
     use std::arch::x86_64::*;
-    const R: usize = 4;
-    const Y: usize = 2;
-    debug_assert!(w.len() >= offs.len() * MR);
+    debug_assert!(r0 + R <= MR && w.len() >= offs.len() * MR);
     debug_assert!(offs.iter().all(|&o| o as usize + j0 + Y * 8 <= x.len()));
     let (xp, wp) = (x.as_ptr(), w.as_ptr());
-    for r0 in (0..MR).step_by(R) {
-        let mut a = [[_mm256_setzero_ps(); Y]; R];
-        for (k, &o) in offs.iter().enumerate() {
+    let mut a = [[_mm256_setzero_ps(); Y]; R];
+    for (k, &o) in offs.iter().enumerate() {
+        // SAFETY: `k * MR + MR <= offs.len() * MR <= w.len()`, and `o + j0
+        // + Y * 8 <= x.len()` by the function's contract.
+        let (wk, xk) = unsafe { (wp.add(k * MR + r0), xp.add(o as usize + j0)) };
+        if Y <= R {
             let mut xv = [_mm256_setzero_ps(); Y];
             for (v, xv) in xv.iter_mut().enumerate() {
                 // SAFETY: in bounds by the function's contract.
-                *xv = unsafe { _mm256_loadu_ps(xp.add(o as usize + j0 + v * 8)) };
+                *xv = unsafe { _mm256_loadu_ps(xk.add(v * 8)) };
             }
-            // SAFETY: `k * MR + MR <= offs.len() * MR <= w.len()`.
-            let wk = unsafe { wp.add(k * MR + r0) };
             for (r, ar) in a.iter_mut().enumerate() {
                 // SAFETY: `k * MR + r0 + r < w.len()`, as above.
                 let b = _mm256_set1_ps(unsafe { *wk.add(r) });
@@ -805,12 +845,25 @@ unsafe fn tile_avx2(x: &[f32], offs: &[u32], w: &[f32], out: *mut f32, stride: u
                     *av = _mm256_fmadd_ps(b, *xv, *av);
                 }
             }
-        }
-        for (r, ar) in a.iter().enumerate() {
-            for (v, av) in ar.iter().enumerate() {
-                // SAFETY: writable by the function's contract.
-                unsafe { _mm256_storeu_ps(out.add((r0 + r) * stride + j0 + v * 8), *av) };
+        } else {
+            let mut b = [_mm256_setzero_ps(); R];
+            for (r, b) in b.iter_mut().enumerate() {
+                // SAFETY: as above.
+                *b = _mm256_set1_ps(unsafe { *wk.add(r) });
             }
+            for v in 0..Y {
+                // SAFETY: in bounds by the function's contract.
+                let xv = unsafe { _mm256_loadu_ps(xk.add(v * 8)) };
+                for (ar, b) in a.iter_mut().zip(&b) {
+                    ar[v] = _mm256_fmadd_ps(*b, xv, ar[v]);
+                }
+            }
+        }
+    }
+    for (r, ar) in a.iter().enumerate() {
+        for (v, av) in ar.iter().enumerate() {
+            // SAFETY: writable by the function's contract.
+            unsafe { _mm256_storeu_ps(out.add((r0 + r) * stride + j0 + v * 8), *av) };
         }
     }
 }
@@ -859,8 +912,10 @@ mod tests {
             // SAFETY: AVX2 checked; `w` holds `kdim * MR` floats, `x`
             // covers `max(offs) + NP`, `got` MR rows of NP.
             unsafe {
-                for v in 0..nv {
-                    tile_avx2(&x, &offs, &w, got.as_mut_ptr(), NP, v * LANES);
+                match nv {
+                    3 => tile_avx2::<3>(&x, &offs, &w, got.as_mut_ptr(), NP),
+                    2 => tile_avx2::<2>(&x, &offs, &w, got.as_mut_ptr(), NP),
+                    _ => tile_avx2::<1>(&x, &offs, &w, got.as_mut_ptr(), NP),
                 }
             }
             assert_eq!(bits(&got), bits(&want), "avx2 tile, {nv} vectors");
@@ -928,11 +983,7 @@ mod tests {
             unsafe { tile_avx512::<3>(&x, &offs, &w, got.as_mut_ptr(), NP) };
             let mut avx2 = vec![0f32; MR * NP];
             // SAFETY: as above.
-            unsafe {
-                for v in 0..3 {
-                    tile_avx2(&x, &offs, &w, avx2.as_mut_ptr(), NP, v * LANES);
-                }
-            }
+            unsafe { tile_avx2::<3>(&x, &offs, &w, avx2.as_mut_ptr(), NP) };
             assert_eq!(bits(&got), bits(&avx2), "avx512 and avx2 tiles");
         }
     }
