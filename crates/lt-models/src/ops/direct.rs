@@ -1,5 +1,4 @@
-//! Direct stride-1 convolution for AVX-512 and AVX2 CPUs, without an im2col
-//! matrix.
+//! Direct convolution for AVX-512 and AVX2 CPUs, without an im2col matrix.
 //!
 //! With the input zero-padded to `(C, Hp, Wp)` and the output computed on the
 //! padded-width grid `p = oy * Wp + ox` (the last `K - 1` columns of each
@@ -19,7 +18,10 @@
 //! gradient of stride-1 convolutions whose channels per group are a multiple
 //! of 8 and that Winograd ([`super::winograd`], which runs its products on
 //! this module's register tile) does not take; everything else takes the
-//! im2col + gemm path.
+//! im2col + gemm path. The forward pass of a strided convolution takes the
+//! same tile on the input split into its stride² phases ([`PhaseGrid`],
+//! where that pays: [`AVX2_MAX_STRIDED_KDIM`]), with the bits of im2col +
+//! gemm.
 //!
 //! The tiles are written for AVX-512 (8 channels x 3 vectors of 16 lanes)
 //! and for AVX2 + FMA (the same tile swept in strips that fit 16 ymm
@@ -40,8 +42,9 @@ pub(super) const NP: usize = 48;
 #[derive(Debug)]
 pub(crate) struct Plan {
     g: ConvGeom,
-    hp: usize,
-    wp: usize,
+    /// Where the zero-padded (and, strided, phase-split) input lies in
+    /// the scratch buffer.
+    input: PhaseGrid,
     /// Input offset of every tap of one group, `(c, ki, kj)` order.
     offs: Vec<u32>,
     /// Weights per group and 8-channel block: `[k][r]`, `r` fastest.
@@ -85,13 +88,38 @@ fn avx2_pays(g: &ConvGeom) -> bool {
     g.kdim() <= AVX2_MAX_KDIM && !g.pointwise()
 }
 
+/// Largest `C_in/groups x K x K` of a strided convolution the forward
+/// tile takes ([`PhaseGrid`]), and the share of its grid that must be real
+/// outputs. Forward pass, batch 128 (8 for the stem), `conv_ops` bench,
+/// AVX2-only AMD EPYC: CIFAR's 3x3 stride-2 layers 3.65 -> 2.83 ms (`kdim`
+/// 144, 94 % of the grid) and 3.35 -> 2.83 ms (288, 80 %), the 7x7
+/// stride-2 stem of the 224² networks 19 -> 12 ms (147). Their 1x1
+/// stride-2 projections were no faster (0.71 -> 0.79 ms and 0.61 -> 0.60):
+/// a 1x1 kernel's im2col is a plain subsample, and they stay on gemm, as
+/// do the 224² networks' 3x3 stride-2 layers (`kdim` 1,152 and up, not
+/// measured). On AVX-512 strided convolutions stay on gemm too: not
+/// measured there.
+const AVX2_MAX_STRIDED_KDIM: usize = 288;
+const MIN_STRIDED_EFFICIENCY: f64 = 0.75;
+
+/// Whether the forward tile on the phase-split grid beats im2col + gemm
+/// on the strided convolution `g` (see [`AVX2_MAX_STRIDED_KDIM`]).
+fn strided_pays(g: &ConvGeom) -> bool {
+    !avx512() && g.kh > 1 && g.kdim() <= AVX2_MAX_STRIDED_KDIM
+}
+
 /// Lanes of one vector register.
 pub(super) const LANES: usize = 16;
 
 impl Plan {
     /// A plan for `g` with weights `w`, or `None` when the direct path does
-    /// not apply (CPU without AVX-512, stride > 1, channel counts, shape).
+    /// not apply or does not pay (CPU, stride, channel counts, shape).
     pub fn new(g: &ConvGeom, w: &[f32]) -> Option<Self> {
+        if g.stride > 1 {
+            return strided_pays(g)
+                .then(|| Self::with_min_efficiency(g, w, MIN_STRIDED_EFFICIENCY))
+                .flatten();
+        }
         if !avx512() && !avx2_pays(g) {
             return None;
         }
@@ -99,25 +127,31 @@ impl Plan {
     }
 
     fn with_min_efficiency(g: &ConvGeom, w: &[f32], min_efficiency: f64) -> Option<Self> {
-        if !available() || g.stride != 1 || g.kh != g.kw || !g.cog().is_multiple_of(MR) {
+        if !available()
+            || g.stride == 0
+            || g.stride > MAX_STRIDE
+            || g.kh != g.kw
+            || !g.cog().is_multiple_of(MR)
+        {
             return None;
         }
-        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
-        let grid = g.oh * wp;
+        let input = PhaseGrid::new(g);
+        let wq = input.wq;
+        let grid = g.oh * wq;
         let tiles = grid.div_ceil(NP);
         // The last tile computes only the vectors that hold grid points.
         let last_vectors = (grid - (tiles - 1) * NP).div_ceil(LANES);
         let computed = (tiles - 1) * NP + last_vectors * LANES;
         let efficiency = (g.oh * g.ow) as f64 / computed as f64;
         let kdim = g.cig() * g.kh * g.kw;
-        if efficiency < min_efficiency || g.cig() * hp * wp + NP + wp * g.kh >= u32::MAX as usize {
+        if efficiency < min_efficiency || input.len(g.cig()) + tiles * NP >= u32::MAX as usize {
             return None;
         }
         let mut offs = Vec::with_capacity(kdim);
         for c in 0..g.cig() {
             for ki in 0..g.kh {
                 for kj in 0..g.kw {
-                    offs.push((c * hp * wp + ki * wp + kj) as u32);
+                    offs.push(input.offset(c, ki, kj) as u32);
                 }
             }
         }
@@ -134,9 +168,9 @@ impl Plan {
                 let (start, end) = (t * NP, ((t + 1) * NP).min(grid));
                 let mut p = start;
                 while p < end {
-                    let (oy, ox) = (p / wp, p % wp);
+                    let (oy, ox) = (p / wq, p % wq);
                     if ox >= g.ow {
-                        p += wp - ox;
+                        p += wq - ox;
                         continue;
                     }
                     let len = (g.ow - ox).min(end - p);
@@ -153,8 +187,7 @@ impl Plan {
         };
         Some(Self {
             g: *g,
-            hp,
-            wp,
+            input,
             offs,
             wpack,
             tiles,
@@ -168,8 +201,12 @@ impl Plan {
     /// the last tile's reads past the end (pointwise: the last tile's
     /// strip of every channel).
     pub fn scratch_len(&self) -> usize {
-        let padded = self.g.cig() * self.hp * self.wp + NP + self.wp * self.g.kh + self.g.kw;
-        padded.max(self.tail_offs.len() * NP)
+        // Tile `t` reads `NP` floats from `t * NP + offs[k]` for every tap.
+        let max_off = self.offs.iter().copied().max().unwrap_or(0) as usize;
+        let reads = max_off + self.tiles * NP;
+        reads
+            .max(self.input.len(self.g.cig()))
+            .max(self.tail_offs.len() * NP)
     }
 
     /// Convolves one image: `x` `(C_in, H, W)` into `y` `(C_out, OH, OW)`,
@@ -183,7 +220,6 @@ impl Plan {
         let g = &self.g;
         let (cig, cog, hw, ohw) = (g.cig(), g.cog(), g.h * g.w, g.oh * g.ow);
         let kdim = self.offs.len();
-        let plane = self.hp * self.wp;
         assert!(
             xpad.len() >= self.scratch_len(),
             "direct conv: scratch too small"
@@ -211,13 +247,7 @@ impl Plan {
             } else {
                 // Zero-padded copy of this group's input (the padding is
                 // zero already, see above).
-                for c in 0..cig {
-                    let src = &xg[c * hw..][..hw];
-                    for iy in 0..g.h {
-                        let dst = c * plane + (iy + g.pad) * self.wp + g.pad;
-                        xpad[dst..dst + g.w].copy_from_slice(&src[iy * g.w..(iy + 1) * g.w]);
-                    }
-                }
+                self.input.fill(g, xg, cig, xpad);
                 0
             };
             for blk in 0..cog / MR {
@@ -232,12 +262,10 @@ impl Plan {
                         NP / LANES
                     };
                     // SAFETY: AVX2 and FMA were detected when the plan was made,
-                    // and `w` holds `MR * kdim` floats. Reads, padded: the
-                    // largest offset is the last tap of the last channel,
-                    // `(cig-1)*plane + (K-1)*wp + K-1`, plus the last grid
-                    // point of the last tile, `< oh*wp + NP`; with
-                    // `oh + K - 1 == hp` that stays below `scratch_len`, which
-                    // was asserted above. Pointwise in place:
+                    // and `w` holds `MR * kdim` floats. Reads, padded: tile
+                    // `t` reads `NP` floats from `t * NP + offs[k]`, below
+                    // `max(offs) + tiles * NP <= scratch_len`, which was
+                    // asserted above. Pointwise in place:
                     // `(cig-1)*hw + (t+1)*NP <= cig*hw` for `t < hw / NP`;
                     // the tail strips: `(cig-1)*NP + NP <= scratch_len`.
                     // A narrower last tile reads a prefix of the same.
@@ -257,6 +285,108 @@ impl Plan {
                                 &row[lane..lane + len],
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Largest stride the forward plan takes: a strided input is split into
+/// `stride²` phases, each a plane of the scratch buffer.
+const MAX_STRIDE: usize = 2;
+
+/// The zero-padded input of one group as the forward tile reads it.
+///
+/// Stride 1: each channel is its padded `(H + 2P) x (W + 2P)` plane. Stride
+/// `s > 1`: each padded plane is split into its `s²` phases, phase `(a, b)`
+/// holding the padded positions `(s * y + a, s * x + b)` as a `Hq x Wq`
+/// plane (`Hq = ceil((H + 2P) / s)`, likewise `Wq`). Output `(oy, ox)`'s tap
+/// `(ki, kj)` reads padded position `(s * oy + ki, s * ox + kj)`, which is
+/// `(oy + ki / s, ox + kj / s)` of phase `(ki % s, kj % s)`: on the grid
+/// `p = oy * Wq + ox` every tap is again a constant offset from `p`, and
+/// the stride-1 register tile computes the strided convolution without an
+/// im2col matrix, each output the same chain of fused multiply-adds over
+/// `(c, ki, kj)` as the gemm of that matrix.
+#[derive(Debug, Clone, Copy)]
+struct PhaseGrid {
+    s: usize,
+    hq: usize,
+    wq: usize,
+    /// Whether any tap reads phase row (column) `a`: a 1x1 strided
+    /// convolution reads phase `(0, 0)` only, and only that is filled.
+    rows_read: [bool; MAX_STRIDE],
+    cols_read: [bool; MAX_STRIDE],
+}
+
+impl PhaseGrid {
+    fn new(g: &ConvGeom) -> Self {
+        let s = g.stride;
+        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+        let mut rows_read = [false; MAX_STRIDE];
+        let mut cols_read = [false; MAX_STRIDE];
+        for k in 0..g.kh {
+            rows_read[k % s] = true;
+        }
+        for k in 0..g.kw {
+            cols_read[k % s] = true;
+        }
+        PhaseGrid {
+            s,
+            hq: hp.div_ceil(s),
+            wq: wp.div_ceil(s),
+            rows_read,
+            cols_read,
+        }
+    }
+
+    fn plane(&self) -> usize {
+        self.hq * self.wq
+    }
+
+    /// Floats of `channels` channels' phases.
+    fn len(&self, channels: usize) -> usize {
+        channels * self.s * self.s * self.plane()
+    }
+
+    /// Where tap `(ki, kj)` of channel `c` reads for grid point 0.
+    fn offset(&self, c: usize, ki: usize, kj: usize) -> usize {
+        let s = self.s;
+        let phase = (ki % s) * s + kj % s;
+        (c * s * s + phase) * self.plane() + (ki / s) * self.wq + kj / s
+    }
+
+    /// Writes the `channels` channels of `x` (each `H x W`) to their
+    /// positions in `xpad`; the padding (and the phases no tap reads) is
+    /// never written, so it stays as the caller left it (zero).
+    fn fill(&self, g: &ConvGeom, x: &[f32], channels: usize, xpad: &mut [f32]) {
+        let (s, hw, plane) = (self.s, g.h * g.w, self.plane());
+        for c in 0..channels {
+            let src = &x[c * hw..][..hw];
+            for (iy, row) in src.chunks_exact(g.w).enumerate() {
+                let py = iy + g.pad;
+                let a = py % s;
+                if !self.rows_read[a] {
+                    continue;
+                }
+                let line = (c * s * s + a * s) * plane + (py / s) * self.wq;
+                if s == 1 {
+                    xpad[line + g.pad..][..g.w].copy_from_slice(row);
+                    continue;
+                }
+                // Stride 2: column `ix` goes to phase `(ix + pad) % 2`.
+                let (first, second) = (g.pad % 2, (g.pad + 1) % 2);
+                let col0 = g.pad / 2; // phase column of input column 0
+                let col1 = g.pad.div_ceil(2); // ... and of input column 1
+                let (lo, hi) = xpad[line..line + plane + self.wq].split_at_mut(plane);
+                let (p_first, p_second) = if first == 0 { (lo, hi) } else { (hi, lo) };
+                let (take_first, take_second) = (self.cols_read[first], self.cols_read[second]);
+                for (i, pair) in row.chunks(2).enumerate() {
+                    if take_first {
+                        p_first[col0 + i] = pair[0];
+                    }
+                    if take_second && pair.len() == 2 {
+                        p_second[col1 + i] = pair[1];
                     }
                 }
             }
@@ -1064,6 +1194,62 @@ mod tests {
         }
     }
 
+    /// Strided convolutions on the phase-split grid: each output is the
+    /// chain of fused multiply-adds over `(c, ki, kj)` that the im2col +
+    /// gemm path computes, so the two agree bit for bit (CIFAR's 3x3 and
+    /// 1x1 stride-2 layers, the 7x7 stem, odd sizes, odd padding, groups,
+    /// several images through one scratch buffer). A single output point
+    /// per image is left out: gemm takes another kernel for it (and the
+    /// plan declines it, see [`MIN_EFFICIENCY`]).
+    #[test]
+    fn strided_direct_gives_the_bits_of_im2col_gemm() {
+        if !available() {
+            eprintln!("skipped: the CPU has no AVX2");
+            return;
+        }
+        // (n, c_in, h, w, c_out, k, pad, groups)
+        let cases = [
+            (3, 16, 32, 32, 32, 3, 1, 1),
+            (2, 32, 16, 16, 64, 3, 1, 1),
+            (3, 16, 32, 32, 32, 1, 0, 1),
+            (2, 32, 16, 16, 64, 1, 0, 1),
+            (2, 3, 20, 22, 8, 7, 3, 1),
+            (2, 5, 7, 9, 8, 3, 1, 1),
+            (2, 4, 9, 8, 16, 3, 0, 1),
+            (2, 3, 8, 7, 8, 5, 2, 1),
+            (2, 4, 6, 6, 16, 3, 1, 2),
+        ];
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (n, ci, h, w, co, k, pad, groups) in cases {
+            let p = Conv2dParams {
+                stride: 2,
+                padding: pad,
+                groups,
+            };
+            let g = ConvGeom::new(&[n, ci, h, w], &[co, ci / groups, k, k], p).unwrap();
+            let x = data(n * ci * h * w, 1);
+            let wt = data(co * (ci / groups) * k * k, 2);
+            let plan = Plan::with_min_efficiency(&g, &wt, 0.0).expect("direct path applies");
+            let per = co * g.oh * g.ow;
+            let mut y = vec![f32::NAN; n * per];
+            let mut scratch = vec![0f32; plan.scratch_len()];
+            for i in 0..n {
+                plan.run(
+                    &x[i * ci * h * w..(i + 1) * ci * h * w],
+                    crate::ops::cpu::as_uninit(&mut y[i * per..(i + 1) * per]),
+                    &mut scratch,
+                );
+            }
+            let want = with_portable_conv(|| conv_fwd(&g, &x, &wt));
+            assert_eq!(
+                bits(&y),
+                bits(&want),
+                "{:?}",
+                (n, ci, h, w, co, k, pad, groups)
+            );
+        }
+    }
+
     #[test]
     fn direct_weight_gradient_matches_im2col_gemm() {
         if !available() {
@@ -1124,12 +1310,26 @@ mod tests {
             padding,
             groups: 1,
         };
-        // 8x8 images waste a third of the grid; stride 2 is not supported.
+        // 8x8 images waste a third of the grid; a 3x3 stride-2 layer of
+        // 64 channels (`kdim` 576), a 1x1 stride-2 projection and stride 3
+        // stay on gemm; so do 12 output channels (not whole tiles).
         let g = ConvGeom::new(&[1, 64, 8, 8], &[64, 64, 3, 3], p(1, 1)).unwrap();
         assert!(Plan::new(&g, &w).is_none());
         let g = ConvGeom::new(&[1, 64, 32, 32], &[64, 64, 3, 3], p(2, 1)).unwrap();
         assert!(Plan::new(&g, &w).is_none());
+        let g = ConvGeom::new(&[1, 16, 32, 32], &[32, 16, 1, 1], p(2, 0)).unwrap();
+        assert!(Plan::new(&g, &w[..32 * 16]).is_none());
+        let g = ConvGeom::new(&[1, 16, 33, 33], &[32, 16, 3, 3], p(3, 1)).unwrap();
+        assert!(Plan::new(&g, &w[..32 * 16 * 9]).is_none());
         let g = ConvGeom::new(&[1, 64, 32, 32], &[12, 64, 3, 3], p(1, 1)).unwrap();
         assert!(Plan::new(&g, &w[..12 * 64 * 9]).is_none());
+        // CIFAR's 3x3 stride-2 layers take the tile where only AVX2 is
+        // (measured there), the one of 16 channels on 32x32 and the one of
+        // 32 on 16x16 (80 % of its grid).
+        let expect = available() && !avx512();
+        let g = ConvGeom::new(&[1, 16, 32, 32], &[32, 16, 3, 3], p(2, 1)).unwrap();
+        assert_eq!(Plan::new(&g, &w[..32 * 16 * 9]).is_some(), expect);
+        let g = ConvGeom::new(&[1, 32, 16, 16], &[64, 32, 3, 3], p(2, 1)).unwrap();
+        assert_eq!(Plan::new(&g, &w[..64 * 32 * 9]).is_some(), expect);
     }
 }
