@@ -1162,36 +1162,43 @@ mod tests {
             (1, 8, 14, 14, 16, 3, 1, 1),
             (2, 16, 7, 7, 16, 3, 1, 2),
         ];
-        for (n, ci, h, w, co, k, pad, groups) in cases {
-            let p = Conv2dParams {
-                stride: 1,
-                padding: pad,
-                groups,
-            };
-            let g = ConvGeom::new(&[n, ci, h, w], &[co, ci / groups, k, k], p).unwrap();
-            let x = data(n * ci * h * w, 1);
-            let wt = data(co * (ci / groups) * k * k, 2);
-            let plan = Plan::with_min_efficiency(&g, &wt, 0.0).expect("direct path applies");
-            let mut y = vec![f32::NAN; n * co * g.oh * g.ow];
-            let mut scratch = vec![0f32; plan.scratch_len()];
-            for i in 0..n {
-                let per = co * g.oh * g.ow;
-                plan.run(
-                    &x[i * ci * h * w..(i + 1) * ci * h * w],
-                    crate::ops::cpu::as_uninit(&mut y[i * per..(i + 1) * per]),
-                    &mut scratch,
-                );
-            }
-            let want = with_portable_conv(|| conv_fwd(&g, &x, &wt));
+        for case in cases {
+            let (y, want) = direct_and_gemm(case, 1);
             let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
             for (a, b) in y.iter().zip(&want) {
-                assert!(
-                    (a - b).abs() <= 1e-5 * scale,
-                    "{a} vs {b} for {:?}",
-                    (n, ci, h, w, co, k, pad, groups)
-                );
+                assert!((a - b).abs() <= 1e-5 * scale, "{a} vs {b} for {case:?}");
             }
         }
+    }
+
+    /// `(n, c_in, h, w, c_out, k, pad, groups)` of a convolution case.
+    type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+    /// The direct plan's output for `case` at `stride` (every grid point
+    /// taken, the images through one scratch buffer) and the portable
+    /// im2col + gemm path's.
+    fn direct_and_gemm(case: Case, stride: usize) -> (Vec<f32>, Vec<f32>) {
+        let (n, ci, h, w, co, k, pad, groups) = case;
+        let p = Conv2dParams {
+            stride,
+            padding: pad,
+            groups,
+        };
+        let g = ConvGeom::new(&[n, ci, h, w], &[co, ci / groups, k, k], p).unwrap();
+        let x = data(n * ci * h * w, 1);
+        let wt = data(co * (ci / groups) * k * k, 2);
+        let plan = Plan::with_min_efficiency(&g, &wt, 0.0).expect("direct path applies");
+        let per = co * g.oh * g.ow;
+        let mut y = vec![f32::NAN; n * per];
+        let mut scratch = vec![0f32; plan.scratch_len()];
+        for i in 0..n {
+            plan.run(
+                &x[i * ci * h * w..(i + 1) * ci * h * w],
+                crate::ops::cpu::as_uninit(&mut y[i * per..(i + 1) * per]),
+                &mut scratch,
+            );
+        }
+        (y, with_portable_conv(|| conv_fwd(&g, &x, &wt)))
     }
 
     /// Strided convolutions on the phase-split grid: each output is the
@@ -1220,33 +1227,9 @@ mod tests {
             (2, 4, 6, 6, 16, 3, 1, 2),
         ];
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        for (n, ci, h, w, co, k, pad, groups) in cases {
-            let p = Conv2dParams {
-                stride: 2,
-                padding: pad,
-                groups,
-            };
-            let g = ConvGeom::new(&[n, ci, h, w], &[co, ci / groups, k, k], p).unwrap();
-            let x = data(n * ci * h * w, 1);
-            let wt = data(co * (ci / groups) * k * k, 2);
-            let plan = Plan::with_min_efficiency(&g, &wt, 0.0).expect("direct path applies");
-            let per = co * g.oh * g.ow;
-            let mut y = vec![f32::NAN; n * per];
-            let mut scratch = vec![0f32; plan.scratch_len()];
-            for i in 0..n {
-                plan.run(
-                    &x[i * ci * h * w..(i + 1) * ci * h * w],
-                    crate::ops::cpu::as_uninit(&mut y[i * per..(i + 1) * per]),
-                    &mut scratch,
-                );
-            }
-            let want = with_portable_conv(|| conv_fwd(&g, &x, &wt));
-            assert_eq!(
-                bits(&y),
-                bits(&want),
-                "{:?}",
-                (n, ci, h, w, co, k, pad, groups)
-            );
+        for case in cases {
+            let (y, want) = direct_and_gemm(case, 2);
+            assert_eq!(bits(&y), bits(&want), "{case:?}");
         }
     }
 
