@@ -62,6 +62,8 @@ pub(crate) struct Plan {
     /// tile goes through the scratch buffer, at these offsets
     /// (`c * NP`). Empty otherwise.
     tail_offs: Vec<u32>,
+    /// Floats of per-image scratch ([`Plan::scratch_len`]).
+    scratch_len: usize,
 }
 
 /// Fraction of computed grid points that must be real outputs for the
@@ -127,12 +129,7 @@ impl Plan {
     }
 
     fn with_min_efficiency(g: &ConvGeom, w: &[f32], min_efficiency: f64) -> Option<Self> {
-        if !available()
-            || g.stride == 0
-            || g.stride > MAX_STRIDE
-            || g.kh != g.kw
-            || !g.cog().is_multiple_of(MR)
-        {
+        if !available() || g.stride > MAX_STRIDE || g.kh != g.kw || !g.cog().is_multiple_of(MR) {
             return None;
         }
         let input = PhaseGrid::new(g);
@@ -185,6 +182,11 @@ impl Plan {
         } else {
             Vec::new()
         };
+        // Tile `t` reads `NP` floats from `t * NP + offs[k]` for every tap.
+        let max_off = offs.iter().copied().max().unwrap_or(0) as usize;
+        let scratch_len = (max_off + tiles * NP)
+            .max(input.len(g.cig()))
+            .max(tail_offs.len() * NP);
         Some(Self {
             g: *g,
             input,
@@ -194,6 +196,7 @@ impl Plan {
             last_vectors,
             runs,
             tail_offs,
+            scratch_len,
         })
     }
 
@@ -201,12 +204,7 @@ impl Plan {
     /// the last tile's reads past the end (pointwise: the last tile's
     /// strip of every channel).
     pub fn scratch_len(&self) -> usize {
-        // Tile `t` reads `NP` floats from `t * NP + offs[k]` for every tap.
-        let max_off = self.offs.iter().copied().max().unwrap_or(0) as usize;
-        let reads = max_off + self.tiles * NP;
-        reads
-            .max(self.input.len(self.g.cig()))
-            .max(self.tail_offs.len() * NP)
+        self.scratch_len
     }
 
     /// Convolves one image: `x` `(C_in, H, W)` into `y` `(C_out, OH, OW)`,
