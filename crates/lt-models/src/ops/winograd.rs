@@ -713,23 +713,36 @@ pub(super) fn block_products(
             && m.len() >= positions * MR * rs,
         "winograd: bad forward operands"
     );
-    for xi in 0..positions {
-        let vx = &v[xi * vb..][..cin * rs];
-        let u = &u[xi * u_stride..][..cin * MR];
+    // Positions two at a time: a strip of a single vector (16 lanes) is
+    // computed for both at once ([`direct::tile_pair_into`]).
+    let mut xi = 0;
+    while xi < positions {
+        let n = (positions - xi).min(2);
+        let vx: [&[f32]; 2] = std::array::from_fn(|i| &v[(xi + i % n) * vb..][..cin * rs]);
+        let ux: [&[f32]; 2] = std::array::from_fn(|i| &u[(xi + i % n) * u_stride..][..cin * MR]);
         let mut t0 = 0;
         while t0 < tp {
             let nv = ((tp - t0) / LANES).min(NP / LANES);
             // SAFETY: AVX2 and FMA were detected when the calling plan was
-            // made; `u` holds `cin * MR` floats; the largest read is
-            // `offs[cin-1] + t0 + nv*16 <= (cin-1)*rs + tp`, inside `vx`
-            // (`cin * rs`); row `r` is written at `(xi*MR + r)*rs + t0 ..
-            // + nv*16 <= (xi*MR + r)*rs + tp`, inside `m` (asserted).
+            // made; each `ux[i]` holds `cin * MR` floats; the largest read
+            // is `offs[cin-1] + t0 + nv*16 <= (cin-1)*rs + tp`, inside
+            // `vx[i]` (`cin * rs`); row `r` of position `p` is written at
+            // `(p*MR + r)*rs + t0 .. + nv*16 <= (p*MR + r)*rs + tp`, inside
+            // `m` (asserted).
             unsafe {
-                let out = m.as_mut_ptr().add(xi * MR * rs + t0);
-                direct::tile_into(nv, &vx[t0..], offs, u, out, rs);
+                let out: [*mut f32; 2] =
+                    std::array::from_fn(|i| m.as_mut_ptr().add((xi + i % n) * MR * rs + t0));
+                if nv == 1 && n == 2 {
+                    direct::tile_pair_into([&vx[0][t0..], &vx[1][t0..]], offs, ux, out, rs);
+                } else {
+                    for i in 0..n {
+                        direct::tile_into(nv, &vx[i][t0..], offs, ux[i], out[i], rs);
+                    }
+                }
             }
             t0 += nv * LANES;
         }
+        xi += n;
     }
 }
 
