@@ -134,7 +134,7 @@ impl Plan {
     /// one block of output channels, and rows for the transforms.
     pub fn scratch_len(&self) -> usize {
         let t = &self.t;
-        XI * self.v_block() + XI * MR * self.rs + t.band_len()
+        XI * self.v_block() + XI * MR * t.tp + t.band_len()
     }
 
     /// Convolves one image: `x` `(C_in, H, W)` into `y` `(C_out, H, W)`,
@@ -152,7 +152,11 @@ impl Plan {
         );
         let vb = self.v_block();
         let (v, rest) = scratch.split_at_mut(XI * vb);
-        let (m, band) = rest.split_at_mut(XI * MR * rs);
+        // The products' rows are not padded: unlike the transformed input's
+        // rows, which the tile reads one per channel, they are written and
+        // read in order, and at 16 tiles per row the padding made a block's
+        // products (36 KiB) overflow the L1 cache.
+        let (m, band) = rest.split_at_mut(XI * MR * tp);
         let at = Rows {
             block: vb,
             row: rs,
@@ -174,11 +178,12 @@ impl Plan {
                 &self.u[blk * cin * MR..],
                 blocks * cin * MR,
                 m,
+                tp,
             );
             // SAFETY: AVX2 and FMA were detected when the plan was made.
             unsafe {
                 self.t
-                    .transform_output(m, rs, &mut y[blk * MR * hw..(blk + 1) * MR * hw], band)
+                    .transform_output(m, tp, &mut y[blk * MR * hw..(blk + 1) * MR * hw], band)
             };
         }
     }
@@ -685,7 +690,7 @@ pub(super) struct Operands<'a> {
 }
 
 /// The forward products of one block of 8 output channels, `m[(ξ MR + r)
-/// rs + t] = sum over c of U[ξ][c][r] V[ξ][c][t]`, by the direct
+/// ms + t] = sum over c of U[ξ][c][r] V[ξ][c][t]`, by the direct
 /// convolution's register tile ([`direct::tile_into`]), for both Winograd
 /// forward plans; `u` holds the block's transformed kernel for ξ = 0 at
 /// its start, each next ξ `u_stride` floats on (`C_in x 8` floats each).
@@ -695,6 +700,7 @@ pub(super) fn block_products(
     u: &[f32],
     u_stride: usize,
     m: &mut [f32],
+    ms: usize,
 ) {
     let Operands {
         v,
@@ -710,7 +716,8 @@ pub(super) fn block_products(
             && cin >= 1
             && v.len() >= (positions - 1) * vb + cin * rs
             && u.len() >= (positions - 1) * u_stride + cin * MR
-            && m.len() >= positions * MR * rs,
+            && ms >= tp
+            && m.len() >= positions * MR * ms,
         "winograd: bad forward operands"
     );
     // Positions two at a time: a strip of a single vector (16 lanes) is
@@ -727,16 +734,16 @@ pub(super) fn block_products(
             // made; each `ux[i]` holds `cin * MR` floats; the largest read
             // is `offs[cin-1] + t0 + nv*16 <= (cin-1)*rs + tp`, inside
             // `vx[i]` (`cin * rs`); row `r` of position `p` is written at
-            // `(p*MR + r)*rs + t0 .. + nv*16 <= (p*MR + r)*rs + tp`, inside
+            // `(p*MR + r)*ms + t0 .. + nv*16 <= (p*MR + r)*ms + tp`, inside
             // `m` (asserted).
             unsafe {
                 let out: [*mut f32; 2] =
-                    std::array::from_fn(|i| m.as_mut_ptr().add((xi + i % n) * MR * rs + t0));
+                    std::array::from_fn(|i| m.as_mut_ptr().add((xi + i % n) * MR * ms + t0));
                 if nv == 1 && n == 2 {
-                    direct::tile_pair_into([&vx[0][t0..], &vx[1][t0..]], offs, ux, out, rs);
+                    direct::tile_pair_into([&vx[0][t0..], &vx[1][t0..]], offs, ux, out, ms);
                 } else {
                     for i in 0..n {
-                        direct::tile_into(nv, &vx[i][t0..], offs, ux[i], out[i], rs);
+                        direct::tile_into(nv, &vx[i][t0..], offs, ux[i], out[i], ms);
                     }
                 }
             }

@@ -569,7 +569,7 @@ impl Plan {
     /// Floats of scratch per call: the transformed input, the products of
     /// one block of output channels, and the transforms' planes.
     pub fn scratch_len(&self) -> usize {
-        XI * self.v_block() + XI * MR * self.rs + self.t.band_len()
+        XI * self.v_block() + XI * MR * self.t.tp + self.t.band_len()
     }
 
     /// Convolves `k` images (at most [`Plan::images`]): `x` `(k, C_in, H,
@@ -589,7 +589,8 @@ impl Plan {
         );
         let vb = self.v_block();
         let (v, rest) = scratch.split_at_mut(XI * vb);
-        let (m, band) = rest.split_at_mut(XI * MR * rs);
+        // Unpadded product rows, as in [`winograd::Plan::run`].
+        let (m, band) = rest.split_at_mut(XI * MR * tp);
         let at = Rows {
             block: vb,
             row: rs,
@@ -611,9 +612,10 @@ impl Plan {
                 &self.u[blk * cin * MR..],
                 blocks * cin * MR,
                 m,
+                tp,
             );
             // SAFETY: AVX2 and FMA were detected when the plan was made.
-            unsafe { self.t.transform_output(m, rs, y, k, blk, band) };
+            unsafe { self.t.transform_output(m, tp, y, k, blk, band) };
         }
     }
 }
