@@ -693,9 +693,12 @@ unsafe fn wtile_avx512<const NK: usize>(
 }
 
 /// [`wtile`] on AVX2: sixteen 8-lane accumulators do not fit the 16 ymm
-/// registers beside their operands, so the 8 rows x 16 lanes are swept as
-/// four passes of 4 rows x 8 lanes (`4 * NK` accumulators), each lane the
-/// same chain of multiply-adds as on AVX-512.
+/// registers beside their operands, so the 8 rows x 16 lanes are swept in
+/// passes of 8 lanes, each lane the same chain of multiply-adds as on
+/// AVX-512: with one tap, all 8 rows per pass (8 accumulators); with two
+/// or three, 4 rows (`4 * NK`). One tap on 4 rows (the last tap of a
+/// 16-channel layer) was 4 chains for the 5-cycle multiply-add latency of
+/// the core's 2 units, twice the passes for a tenth of the work.
 ///
 /// # Safety
 /// As for [`wtile`].
@@ -712,45 +715,73 @@ unsafe fn wtile_avx2<const NK: usize>(
     k0: usize,
     init: bool,
 ) {
-    use std::arch::x86_64::*;
-    const R: usize = 4;
-    const H: usize = 8;
     debug_assert!(offs.len() == NK && d.len() >= MR * p_len && p_len.is_multiple_of(V));
     debug_assert!(offs.iter().all(|&o| o as usize + p_len <= x.len()));
     debug_assert!(k0 + NK <= kdim && out.len() >= MR * kdim * V);
-    let (xp, dp, op) = (x.as_ptr(), d.as_ptr(), out.as_mut_ptr().cast::<f32>());
-    for r0 in (0..MR).step_by(R) {
-        for h in (0..V).step_by(H) {
-            let mut a = [[_mm256_setzero_ps(); NK]; R];
-            let mut p = h;
-            while p < p_len {
-                let mut xv = [_mm256_setzero_ps(); NK];
-                for (j, v) in xv.iter_mut().enumerate() {
-                    // SAFETY: `offs[j] + p + 8 <= offs[j] + p_len <= x.len()`.
-                    *v = unsafe { _mm256_loadu_ps(xp.add(offs[j] as usize + p)) };
-                }
-                for (r, acc) in a.iter_mut().enumerate() {
-                    // SAFETY: `(r0 + r) * p_len + p + 8 <= MR * p_len <= d.len()`.
-                    let dv = unsafe { _mm256_loadu_ps(dp.add((r0 + r) * p_len + p)) };
-                    for j in 0..NK {
-                        acc[j] = _mm256_fmadd_ps(dv, xv[j], acc[j]);
-                    }
-                }
-                p += V;
+    // SAFETY: forwarded; each pass stays inside rows 0..MR.
+    unsafe {
+        if NK == 1 {
+            wtile_avx2_rows::<NK, MR>(x, offs, d, p_len, out, kdim, k0, init, 0);
+        } else {
+            for r0 in (0..MR).step_by(4) {
+                wtile_avx2_rows::<NK, 4>(x, offs, d, p_len, out, kdim, k0, init, r0);
             }
-            for (r, acc) in a.iter().enumerate() {
-                for (j, v) in acc.iter().enumerate() {
-                    // SAFETY: `((r0 + r) * kdim + k0 + j) * 16 + h + 8 <= MR *
-                    // kdim * 16`; read only when initialised (the contract).
-                    unsafe {
-                        let q = op.add(((r0 + r) * kdim + k0 + j) * V + h);
-                        let held = if init {
-                            _mm256_setzero_ps()
-                        } else {
-                            _mm256_loadu_ps(q)
-                        };
-                        _mm256_storeu_ps(q, _mm256_add_ps(held, *v));
-                    }
+        }
+    }
+}
+
+/// Rows `r0 .. r0 + R` of [`wtile_avx2`], 8 lanes at a time.
+///
+/// # Safety
+/// As for [`wtile`], with `r0 + R <= MR`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn wtile_avx2_rows<const NK: usize, const R: usize>(
+    x: &[f32],
+    offs: &[u32],
+    d: &[f32],
+    p_len: usize,
+    out: &mut [MaybeUninit<f32>],
+    kdim: usize,
+    k0: usize,
+    init: bool,
+    r0: usize,
+) {
+    use std::arch::x86_64::*;
+    const H: usize = 8;
+    debug_assert!(r0 + R <= MR);
+    let (xp, dp, op) = (x.as_ptr(), d.as_ptr(), out.as_mut_ptr().cast::<f32>());
+    for h in (0..V).step_by(H) {
+        let mut a = [[_mm256_setzero_ps(); NK]; R];
+        let mut p = h;
+        while p < p_len {
+            let mut xv = [_mm256_setzero_ps(); NK];
+            for (j, v) in xv.iter_mut().enumerate() {
+                // SAFETY: `offs[j] + p + 8 <= offs[j] + p_len <= x.len()`.
+                *v = unsafe { _mm256_loadu_ps(xp.add(offs[j] as usize + p)) };
+            }
+            for (r, acc) in a.iter_mut().enumerate() {
+                // SAFETY: `(r0 + r) * p_len + p + 8 <= MR * p_len <= d.len()`.
+                let dv = unsafe { _mm256_loadu_ps(dp.add((r0 + r) * p_len + p)) };
+                for j in 0..NK {
+                    acc[j] = _mm256_fmadd_ps(dv, xv[j], acc[j]);
+                }
+            }
+            p += V;
+        }
+        for (r, acc) in a.iter().enumerate() {
+            for (j, v) in acc.iter().enumerate() {
+                // SAFETY: `((r0 + r) * kdim + k0 + j) * 16 + h + 8 <= MR *
+                // kdim * 16`; read only when initialised (the contract).
+                unsafe {
+                    let q = op.add(((r0 + r) * kdim + k0 + j) * V + h);
+                    let held = if init {
+                        _mm256_setzero_ps()
+                    } else {
+                        _mm256_loadu_ps(q)
+                    };
+                    _mm256_storeu_ps(q, _mm256_add_ps(held, *v));
                 }
             }
         }
