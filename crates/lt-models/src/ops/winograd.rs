@@ -178,7 +178,10 @@ impl Plan {
                 &self.u[blk * cin * MR..],
                 blocks * cin * MR,
                 m,
-                tp,
+                ProductRows {
+                    position: MR * tp,
+                    row: tp,
+                },
             );
             // SAFETY: AVX2 and FMA were detected when the plan was made.
             unsafe {
@@ -689,18 +692,27 @@ pub(super) struct Operands<'a> {
     pub(super) offs: &'a [u32],
 }
 
-/// The forward products of one block of 8 output channels, `m[(ξ MR + r)
-/// ms + t] = sum over c of U[ξ][c][r] V[ξ][c][t]`, by the direct
-/// convolution's register tile ([`direct::tile_into`]), for both Winograd
-/// forward plans; `u` holds the block's transformed kernel for ξ = 0 at
-/// its start, each next ξ `u_stride` floats on (`C_in x 8` floats each).
+/// Where [`block_products`] writes the products: row `r` of position ξ at
+/// `ξ position + r row`, `tp` floats.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ProductRows {
+    pub(super) position: usize,
+    pub(super) row: usize,
+}
+
+/// The forward products of one block of 8 output channels, `m[ξ position +
+/// r row + t] = sum over c of U[ξ][c][r] V[ξ][c][t]` ([`ProductRows`]), by
+/// the direct convolution's register tile ([`direct::tile_into`]), for
+/// both Winograd forward plans; `u` holds the block's transformed kernel
+/// for ξ = 0 at its start, each next ξ `u_stride` floats on (`C_in x 8`
+/// floats each).
 pub(super) fn block_products(
     positions: usize,
     t: Operands<'_>,
     u: &[f32],
     u_stride: usize,
     m: &mut [f32],
-    ms: usize,
+    at: ProductRows,
 ) {
     let Operands {
         v,
@@ -716,8 +728,7 @@ pub(super) fn block_products(
             && cin >= 1
             && v.len() >= (positions - 1) * vb + cin * rs
             && u.len() >= (positions - 1) * u_stride + cin * MR
-            && ms >= tp
-            && m.len() >= positions * MR * ms,
+            && m.len() >= (positions - 1) * at.position + (MR - 1) * at.row + tp,
         "winograd: bad forward operands"
     );
     // Positions two at a time: a strip of a single vector (16 lanes) is
@@ -734,16 +745,16 @@ pub(super) fn block_products(
             // made; each `ux[i]` holds `cin * MR` floats; the largest read
             // is `offs[cin-1] + t0 + nv*16 <= (cin-1)*rs + tp`, inside
             // `vx[i]` (`cin * rs`); row `r` of position `p` is written at
-            // `(p*MR + r)*ms + t0 .. + nv*16 <= (p*MR + r)*ms + tp`, inside
-            // `m` (asserted).
+            // `p position + r row + t0 .. + nv*16 <= p position + r row +
+            // tp`, inside `m` (asserted).
             unsafe {
                 let out: [*mut f32; 2] =
-                    std::array::from_fn(|i| m.as_mut_ptr().add((xi + i % n) * MR * ms + t0));
+                    std::array::from_fn(|i| m.as_mut_ptr().add((xi + i % n) * at.position + t0));
                 if nv == 1 && n == 2 {
-                    direct::tile_pair_into([&vx[0][t0..], &vx[1][t0..]], offs, ux, out, ms);
+                    direct::tile_pair_into([&vx[0][t0..], &vx[1][t0..]], offs, ux, out, at.row);
                 } else {
                     for i in 0..n {
-                        direct::tile_into(nv, &vx[i][t0..], offs, ux[i], out[i], ms);
+                        direct::tile_into(nv, &vx[i][t0..], offs, ux[i], out[i], at.row);
                     }
                 }
             }

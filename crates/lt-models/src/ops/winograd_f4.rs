@@ -42,7 +42,9 @@ use super::conv::ConvGeom;
 use super::cpu::par_written_init;
 use super::direct::{self, LANES, MR, V};
 use super::lanes::{Lanes, PartLanes};
-use super::winograd::{self, block_products, Operands, Rows, Transformed, MIN_FILTER_ROW, ROW_PAD};
+use super::winograd::{
+    self, block_products, Operands, ProductRows, Rows, Transformed, MIN_FILTER_ROW, ROW_PAD,
+};
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -312,7 +314,7 @@ impl Tiles {
     }
 
     /// `y = A^T M A` per tile for block `blk` of 8 output channels of
-    /// `images` images; `m` is `[ξ][8]` rows of `tp` products `ms` apart,
+    /// `images` images; `m` is `[8][ξ]` rows of `tp` products `ms` apart,
     /// `y` the images' `(images, C_out, H, W)` outputs, of which the
     /// block's are written. The row pass is element-wise over rows of
     /// tiles; the column pass gives the four outputs of 8 tiles in one
@@ -348,7 +350,7 @@ impl Tiles {
             let s = band[..24 * tp].as_mut_ptr();
             let mp = m.as_ptr();
             // SAFETY: AVX2 and FMA under the caller's contract. Reads: rows
-            // of `m` (`tp` floats from `(xi MR + r) ms`, inside `m` as
+            // of `m` (`tp` floats from `(r XI + xi) ms`, inside `m` as
             // asserted) and of `s` (`24 tp` floats). Writes: `s`, and two
             // tiles of output row `4ty + a < H` at column `4 tx + 8 <= W` of
             // channel `blk MR + r < C_out` of image `b < images`.
@@ -359,7 +361,7 @@ impl Tiles {
                         let mut t = 0;
                         while t < tp {
                             let a = output_combination8(std::array::from_fn(|i| {
-                                _mm256_loadu_ps(mp.add(((6 * i + j) * MR + r) * ms + t))
+                                _mm256_loadu_ps(mp.add((r * XI + 6 * i + j) * ms + t))
                             }));
                             for (k, a) in a.into_iter().enumerate() {
                                 _mm256_storeu_ps(s.add((6 * k + j) * tp + t), a);
@@ -612,7 +614,14 @@ impl Plan {
                 &self.u[blk * cin * MR..],
                 blocks * cin * MR,
                 m,
-                tp,
+                // Each output channel's 36 rows together: the output
+                // transform reads rows `6 i + j` of one channel, which at
+                // `(ξ MR + r) tp` were 48 rows apart (12 KiB at 64 tiles
+                // per row: the same L1 cache set).
+                ProductRows {
+                    position: tp,
+                    row: XI * tp,
+                },
             );
             // SAFETY: AVX2 and FMA were detected when the plan was made.
             unsafe { self.t.transform_output(m, tp, y, k, blk, band) };
