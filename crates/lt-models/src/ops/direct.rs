@@ -26,7 +26,11 @@
 //! The tiles are written for AVX-512 (8 channels x 3 vectors of 16 lanes)
 //! and for AVX2 + FMA (the same tile swept in strips that fit 16 ymm
 //! registers); each output lane is the same chain of multiply-adds on both,
-//! so the two give identical results. CPUs with neither take im2col + gemm.
+//! so the two give identical results. On AVX2 two 16-lane tiles with the
+//! same offsets may run together ([`tile_pair_into`]: the Winograd
+//! products, two positions at a time), so that their rows 6 and 7 fill
+//! one block of 8 accumulators instead of two latency-bound blocks of 4.
+//! CPUs with neither take im2col + gemm.
 
 use super::conv::ConvGeom;
 use super::cpu::write_floats;
