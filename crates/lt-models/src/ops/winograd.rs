@@ -152,10 +152,10 @@ impl Plan {
         );
         let vb = self.v_block();
         let (v, rest) = scratch.split_at_mut(XI * vb);
-        // The products' rows are not padded: unlike the transformed input's
-        // rows, which the tile reads one per channel, they are written and
-        // read in order, and at 16 tiles per row the padding made a block's
-        // products (36 KiB) overflow the L1 cache.
+        // The products' rows are not padded: the padding is for the
+        // transformed input's rows, which the tile reads one per channel;
+        // the products are written and read in order (unpadded, F(4x4,
+        // 3x3)'s fit the L1 cache at 16 tiles per row).
         let (m, band) = rest.split_at_mut(XI * MR * tp);
         let at = Rows {
             block: vb,
