@@ -189,6 +189,11 @@ fn main() -> Result<()> {
         conv_case("imagenet-stem", [8, 3, 224, 224], 64, 7, 2, 3, 1),
         conv_case("imagenet-1x1", [8, 256, 56, 56], 64, 1, 1, 0, 1),
         conv_case("resnext-32x4d", [8, 128, 56, 56], 128, 3, 1, 1, 32),
+        // ResNet-50's 3x3 stride-1 layers at 224², batch 16.
+        conv_case("imagenet-3x3-56", [16, 64, 56, 56], 64, 3, 1, 1, 1),
+        conv_case("imagenet-3x3-28", [16, 128, 28, 28], 128, 3, 1, 1, 1),
+        conv_case("imagenet-3x3-14", [16, 256, 14, 14], 256, 3, 1, 1, 1),
+        conv_case("imagenet-3x3-7", [16, 512, 7, 7], 512, 3, 1, 1, 1),
     ];
     cases.push(Case {
         name: "bn-train 128x16x32x32".into(),

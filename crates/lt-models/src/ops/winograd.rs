@@ -22,7 +22,9 @@
 //! by the weight gradient where the direct kernel declines (short grids,
 //! where the alternative is im2col + gemm). Only where the transformed operands stay in cache
 //! ([`MAX_TRANSFORMED_INPUT`], [`MAX_FILTER_PAIRS`]): the CIFAR ResNets,
-//! not the 224² ResNets' 3x3 layers, which were slower this way. Maps 8
+//! not the 224² ResNets' 3x3 layers, which were slower this way on
+//! AVX-512; on AVX2 the forward pass also takes maps of 128 tiles and more
+//! ([`takes_large_map`]: ResNet-50's 28x28 layers). Maps 8
 //! or a multiple of 16 wide are transformed in registers, chunk by chunk
 //! of 16 tiles (AVX-512) or 8 (AVX2), with the same bits as the
 //! plane-by-plane transforms that other even widths take.
@@ -85,9 +87,13 @@ pub(super) const ROW_PAD: usize = 16;
 
 impl Plan {
     /// A plan for `g` with weights `w` `(C_out, C_in, 3, 3)`, or `None` when
-    /// the path does not apply (see [`Tiles::new`]).
+    /// the path does not apply (see [`Tiles::new`]) or the transformed
+    /// input is too large ([`MAX_TRANSFORMED_INPUT`], [`takes_large_map`]).
     pub fn new(g: &ConvGeom, w: &[f32]) -> Option<Self> {
         let t = Tiles::new(g)?;
+        if g.c_in * t.tp > MAX_TRANSFORMED_INPUT && !takes_large_map(t.tp) {
+            return None;
+        }
         if g.c_in * t.tp * XI >= u32::MAX as usize {
             return None;
         }
@@ -193,12 +199,37 @@ impl Plan {
 }
 
 /// Largest transformed input per image and ξ (`C_in x tiles` floats) the
-/// path takes: 16 of them (512 KiB) stay in a core's L2 cache while every
-/// block of output channels reads them. The CIFAR ResNets' maps are at
-/// most 4,096; ResNet-50's 3x3 layers at 224² are 12,544 to 50,176, and
-/// there a training step at batch 16 ran at 3.8 img/s through this path
-/// against 5.6 on the direct and gemm kernels (AMD EPYC, 2 threads).
+/// path takes (but see [`takes_large_map`]): 16 of them (512 KiB) stay in
+/// a core's L2 cache while every block of output channels reads them. The
+/// CIFAR ResNets' maps are at most 4,096; ResNet-50's 3x3 layers at 224²
+/// are 12,544 to 50,176, and there a training step at batch 16 ran at 3.8
+/// img/s through this path against 5.6 on the direct and gemm kernels
+/// (AMD EPYC with AVX-512, 2 threads, before the AVX2 tile's rework).
 const MAX_TRANSFORMED_INPUT: usize = 8192;
+
+/// Tiles per row of the transformed operands from which a forward plan
+/// ([`Plan`], [`super::winograd_f4::Plan`]) takes a map whatever the size
+/// of its transformed input, on a CPU without AVX-512; so does the weight
+/// gradient's ([`FilterPlan`]) within its channel pairs (ResNet-50's
+/// 56x56 layers, 64 x 64 channels: forward + backward 47.7 -> 41.5 ms in
+/// the same bench).
+///
+/// The transformed kernel (`XI x C_in x C_out`) is read once per image,
+/// each value for a whole row of tiles: with 196 tiles (ResNet-50's 28x28
+/// maps under F(2x2, 3x3), its 56x56 maps under F(4x4, 3x3)) the products
+/// outrun im2col + gemm by far even with the transformed input out of L2
+/// (`conv_ops`, batch 16, forward: 28x28x128 23.0 -> 15.7 ms, 56x56x64
+/// 28.8 -> 10.2 ms; AVX2-only AMD EPYC, 2 threads); with 49 (14x14 maps,
+/// 256 channels) they only tie with it (21.6 -> 21.9 ms), so such maps
+/// stay on gemm, which rounds less. On AVX-512 the limit stands as it was
+/// measured (above).
+const LARGE_MAP_TILES: usize = 128;
+
+/// Whether a forward plan with rows of `tp` tiles takes a map whose
+/// transformed input exceeds its cache limit (see [`LARGE_MAP_TILES`]).
+pub(super) fn takes_large_map(tp: usize) -> bool {
+    tp >= LARGE_MAP_TILES && !direct::avx512()
+}
 
 /// Largest `C_in x C_out` of the weight gradient: its lane accumulator
 /// holds `16 x 16` floats per pair (4 MiB at 64 x 64).
@@ -274,9 +305,6 @@ impl Tiles {
         }
         let (th, tw) = (g.oh / 2, g.ow / 2);
         let tp = (th * tw).div_ceil(LANES) * LANES;
-        if g.c_in * tp > MAX_TRANSFORMED_INPUT {
-            return None;
-        }
         let edge = |at: usize| (0..tp).map(|t| f32::from(u8::from(t % tw != at))).collect();
         Some(Self {
             g: *g,
@@ -547,10 +575,14 @@ pub(crate) struct FilterPlan {
 
 impl FilterPlan {
     /// A plan for `g`, or `None` when the path does not apply (see
-    /// [`Tiles::new`]).
+    /// [`Tiles::new`]) or its operands are too large for the caches
+    /// ([`MAX_TRANSFORMED_INPUT`] but for [`takes_large_map`],
+    /// [`MAX_FILTER_PAIRS`]).
     pub fn new(g: &ConvGeom) -> Option<Self> {
         let t = Tiles::new(g)?;
-        if g.c_in * g.c_out > MAX_FILTER_PAIRS {
+        if (g.c_in * t.tp > MAX_TRANSFORMED_INPUT && !takes_large_map(t.tp))
+            || g.c_in * g.c_out > MAX_FILTER_PAIRS
+        {
             return None;
         }
         let batch = MIN_FILTER_ROW.div_ceil(t.tp).clamp(1, g.n.max(1));
@@ -2240,13 +2272,99 @@ mod tests {
             return;
         }
         // Too large for the caches: ResNet-50's first 3x3 layers at 224²
-        // (forward and weight gradient), and 128 x 128 channels (weight
-        // gradient only).
+        // where the CPU has AVX-512 (see `takes_large_map`), and 128 x 128
+        // channels (weight gradient only).
         let big = ConvGeom::new(&[1, 64, 56, 56], &[64, 64, 3, 3], p(1, 1, 1)).unwrap();
-        assert!(Plan::new(&big, &data(64 * 64 * 9, 4)).is_none());
-        assert!(FilterPlan::new(&big).is_none());
+        assert_eq!(
+            Plan::new(&big, &data(64 * 64 * 9, 4)).is_some(),
+            !direct::avx512()
+        );
+        assert_eq!(FilterPlan::new(&big).is_some(), !direct::avx512());
         let wide = ConvGeom::new(&[1, 128, 8, 8], &[128, 128, 3, 3], p(1, 1, 1)).unwrap();
         assert!(Plan::new(&wide, &data(128 * 128 * 9, 5)).is_some());
         assert!(FilterPlan::new(&wide).is_none());
+    }
+
+    /// Maps of many tiles whose transformed input exceeds the cache limit:
+    /// on a CPU without AVX-512 the forward plans take them (ResNet-50's
+    /// 56x56 and 28x28 layers, not its 14x14 ones), and F(2x2, 3x3)'s
+    /// weight-gradient plan within its channel pairs, with the results of
+    /// im2col + gemm to rounding; on AVX-512 they stay on gemm.
+    #[test]
+    fn large_maps_take_the_winograd_plans_without_avx512() {
+        use crate::ops::winograd_f4;
+        if !direct::available() || !enabled() || !winograd_f4::enabled() {
+            eprintln!("skipped: no AVX2, or Winograd switched off");
+            return;
+        }
+        let takes = !direct::avx512();
+        let w = |ci: usize, co: usize| data(co * ci * 9, 6);
+        let r50_28 = geom(1, 128, 28, 28, 128);
+        assert_eq!(Plan::new(&r50_28, &w(128, 128)).is_some(), takes);
+        assert!(winograd_f4::Plan::new(&r50_28, &w(128, 128)).is_none());
+        assert!(
+            FilterPlan::new(&r50_28).is_none(),
+            "128 x 128 channel pairs"
+        );
+        assert!(Plan::new(&geom(1, 256, 14, 14, 256), &w(256, 256)).is_none());
+        let r50_56 = geom(1, 64, 56, 56, 64);
+        assert_eq!(winograd_f4::Plan::new(&r50_56, &w(64, 64)).is_some(), takes);
+        assert!(winograd_f4::FilterPlan::new(&r50_56).is_none());
+        assert_eq!(FilterPlan::new(&r50_56).is_some(), takes);
+        // Over the limit by channels, small enough to check: F(2x2, 3x3) on
+        // 20x28 (140 tiles, 64 channels; F(4x4, 3x3) needs widths a
+        // multiple of 8), F(4x4, 3x3) on 48x48 (144 tiles, 32 channels).
+        for (n, ci, h, wd, co, f4) in [(2, 64, 20, 28, 8, false), (2, 32, 48, 48, 8, true)] {
+            let g = geom(n, ci, h, wd, co);
+            let wt = w(ci, co);
+            let over = if f4 {
+                36 * ci * 144 > winograd_f4::MAX_TRANSFORMED_INPUT
+            } else {
+                ci * 144 > MAX_TRANSFORMED_INPUT
+            };
+            assert!(over, "{:?} is within the cache limit", (ci, h, wd));
+            let plan_applies = if f4 {
+                winograd_f4::Plan::new(&g, &wt).is_some()
+            } else {
+                Plan::new(&g, &wt).is_some()
+            };
+            assert_eq!(plan_applies, takes, "{:?}", (ci, h, wd));
+            let x = data(n * ci * h * wd, 7);
+            let got = conv_fwd(&g, &x, &wt);
+            let want = with_portable_conv(|| conv_fwd(&g, &x, &wt));
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let tol = if f4 { 8e-6 } else { 2e-6 } * scale * (ci as f32).sqrt();
+            for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() <= tol + 1e-6,
+                    "{a} vs {b} at {k}, {:?}",
+                    (ci, h, wd)
+                );
+            }
+            if takes {
+                assert_ne!(got, want, "{:?}: the entry point took gemm", (ci, h, wd));
+            }
+            // The weight gradient: F(2x2, 3x3)'s plan takes the first map
+            // too (F(4x4, 3x3)'s has no such limit).
+            if !f4 {
+                assert_eq!(FilterPlan::new(&g).is_some(), takes);
+            }
+            let dy = data(n * co * h * wd, 8);
+            let got = crate::ops::conv::conv_bwd_filter(&g, &x, &dy);
+            let want = with_portable_conv(|| crate::ops::conv::conv_bwd_filter(&g, &x, &dy));
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let tol = 4e-6 * scale * ((n * h * wd) as f32).sqrt();
+            for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() <= tol, "{a} vs {b} at {k}, {:?}", (ci, h, wd));
+            }
+            if takes {
+                assert_ne!(
+                    got,
+                    want,
+                    "{:?}: the weight gradient took gemm",
+                    (ci, h, wd)
+                );
+            }
+        }
     }
 }

@@ -474,8 +474,9 @@ impl Tiles {
 
 /// Largest transformed input per image (`36 x C_in x tiles` floats) the
 /// forward plan takes: the same 512 KiB of L2 cache as F(2x2, 3x3)'s
-/// limit.
-const MAX_TRANSFORMED_INPUT: usize = 16 * 8192;
+/// limit, and the same exception on CPUs without AVX-512 for maps of many
+/// tiles ([`winograd::takes_large_map`]: ResNet-50's 56x56 layers).
+pub(super) const MAX_TRANSFORMED_INPUT: usize = 16 * 8192;
 
 /// Everything about one convolution's forward pass that does not depend
 /// on the image.
@@ -494,10 +495,11 @@ pub(crate) struct Plan {
 impl Plan {
     /// A plan for `g` with weights `w` `(C_out, C_in, 3, 3)`, or `None`
     /// where it does not apply ([`Tiles::new`], or a transformed input too
-    /// large for the L2 cache).
+    /// large for the L2 cache on a map of few tiles:
+    /// [`winograd::takes_large_map`]).
     pub fn new(g: &ConvGeom, w: &[f32]) -> Option<Self> {
         let t = Tiles::new(g, None)?;
-        if XI * g.c_in * t.tp > MAX_TRANSFORMED_INPUT {
+        if XI * g.c_in * t.tp > MAX_TRANSFORMED_INPUT && !winograd::takes_large_map(t.tp) {
             return None;
         }
         let rs = t.tp + ROW_PAD;
