@@ -24,7 +24,8 @@
 //! ([`MAX_TRANSFORMED_INPUT`], [`MAX_FILTER_PAIRS`]): the CIFAR ResNets,
 //! not the 224² ResNets' 3x3 layers, which were slower this way on
 //! AVX-512; on AVX2 the forward pass also takes maps of 128 tiles and more
-//! ([`takes_large_map`]: ResNet-50's 28x28 layers). Maps 8
+//! ([`takes_large_map`]: ResNet-50's 28x28 and 14x14 layers), a group of
+//! positions at a time over all output channels ([`grouped_products`]). Maps 8
 //! or a multiple of 16 wide are transformed in registers, chunk by chunk
 //! of 16 tiles (AVX-512) or 8 (AVX2), with the same bits as the
 //! plane-by-plane transforms that other even widths take.
@@ -72,6 +73,9 @@ pub(crate) struct Plan {
     /// Row stride of the transformed input and of the products: `tp`
     /// plus one cache line.
     rs: usize,
+    /// Positions per pass of [`grouped_products`] where the transformed
+    /// input exceeds [`MAX_TRANSFORMED_INPUT`]; `None`: block by block.
+    group: Option<usize>,
 }
 
 /// Floats added to each row of the forward pass's transformed input and
@@ -128,7 +132,14 @@ impl Plan {
         }
         let rs = t.tp + ROW_PAD;
         let offs = (0..cin).map(|c| (c * rs) as u32).collect();
-        Some(Self { t, u, offs, rs })
+        let group = (g.c_in * t.tp > MAX_TRANSFORMED_INPUT).then(|| position_group(cin, rs, XI));
+        Some(Self {
+            t,
+            u,
+            offs,
+            rs,
+            group,
+        })
     }
 
     /// Floats between the transformed input's blocks of ξ.
@@ -137,10 +148,21 @@ impl Plan {
     }
 
     /// Floats of per-image scratch: the transformed input, the products of
-    /// one block of output channels, and rows for the transforms.
+    /// one block of output channels (of all of them with a position
+    /// group), and rows for the transforms.
     pub fn scratch_len(&self) -> usize {
         let t = &self.t;
-        XI * self.v_block() + XI * MR * t.tp + t.band_len()
+        XI * self.v_block() + XI * self.product_rows() * t.tp + t.band_len()
+    }
+
+    /// Rows of products per position held at once: one block's, or every
+    /// block's where the products go a group of positions at a time.
+    fn product_rows(&self) -> usize {
+        if self.group.is_some() {
+            self.t.g.c_out
+        } else {
+            MR
+        }
     }
 
     /// Convolves one image: `x` `(C_in, H, W)` into `y` `(C_out, H, W)`,
@@ -162,7 +184,7 @@ impl Plan {
         // transformed input's rows, which the tile reads one per channel;
         // the products are written and read in order (unpadded, F(4x4,
         // 3x3)'s fit the L1 cache at 16 tiles per row).
-        let (m, band) = rest.split_at_mut(XI * MR * tp);
+        let (m, band) = rest.split_at_mut(XI * self.product_rows() * tp);
         let at = Rows {
             block: vb,
             row: rs,
@@ -171,6 +193,29 @@ impl Plan {
         // SAFETY: AVX2 and FMA were detected when the plan was made.
         unsafe { self.t.transform_input(x, v, band, at) };
         let blocks = g.c_out / MR;
+        let rows = ProductRows {
+            position: MR * tp,
+            row: tp,
+        };
+        if let Some(group) = self.group {
+            let per_block = XI * MR * tp;
+            let t = Operands {
+                v,
+                vb,
+                rs,
+                tp,
+                offs: &self.offs,
+            };
+            grouped_products(XI, group, t, &self.u, blocks, m, per_block, rows);
+            for (blk, m) in m.chunks_exact(per_block).enumerate() {
+                // SAFETY: AVX2 and FMA were detected when the plan was made.
+                unsafe {
+                    self.t
+                        .transform_output(m, tp, &mut y[blk * MR * hw..(blk + 1) * MR * hw], band)
+                };
+            }
+            return;
+        }
         for blk in 0..blocks {
             block_products(
                 XI,
@@ -184,10 +229,7 @@ impl Plan {
                 &self.u[blk * cin * MR..],
                 blocks * cin * MR,
                 m,
-                ProductRows {
-                    position: MR * tp,
-                    row: tp,
-                },
+                rows,
             );
             // SAFETY: AVX2 and FMA were detected when the plan was made.
             unsafe {
@@ -209,21 +251,21 @@ const MAX_TRANSFORMED_INPUT: usize = 8192;
 
 /// Tiles per row of the transformed operands from which a forward plan
 /// ([`Plan`], [`super::winograd_f4::Plan`]) takes a map whatever the size
-/// of its transformed input, on a CPU without AVX-512; so does the weight
-/// gradient's ([`FilterPlan`]) within its channel pairs (ResNet-50's
-/// 56x56 layers, 64 x 64 channels: forward + backward 47.7 -> 41.5 ms in
-/// the same bench).
+/// of its transformed input, on a CPU without AVX-512, running its
+/// products a group of positions at a time ([`grouped_products`]); so
+/// does the weight gradient's ([`FilterPlan`]) within its channel pairs.
 ///
 /// The transformed kernel (`XI x C_in x C_out`) is read once per image,
-/// each value for a whole row of tiles: with 196 tiles (ResNet-50's 28x28
-/// maps under F(2x2, 3x3), its 56x56 maps under F(4x4, 3x3)) the products
-/// outrun im2col + gemm by far even with the transformed input out of L2
-/// (`conv_ops`, batch 16, forward: 28x28x128 23.0 -> 15.7 ms, 56x56x64
-/// 28.8 -> 10.2 ms; AVX2-only AMD EPYC, 2 threads); with 49 (14x14 maps,
-/// 256 channels) they only tie with it (21.6 -> 21.9 ms), so such maps
-/// stay on gemm, which rounds less. On AVX-512 the limit stands as it was
+/// each value for a whole row of tiles. `conv_ops`, batch 16, AVX2-only
+/// AMD EPYC, 2 threads, against im2col + gemm: forward 28x28x128 (196
+/// tiles) 23.0 -> 14.3 ms, 56x56x64 (F(4x4, 3x3), 196 tiles) 28.8 -> 9.8
+/// ms, 14x14x256 (49 tiles, 64 lanes) 21.3 -> 19.2 ms (block by block it
+/// only tied with gemm, 21.9 ms); forward + backward of the 56x56 layer
+/// 47.7 -> 41.5 ms with the weight gradient on [`FilterPlan`] too. Maps
+/// of fewer tiles waste more of the register tile's lanes and stay on
+/// gemm, which rounds less. On AVX-512 the limit stands as it was
 /// measured (above).
-const LARGE_MAP_TILES: usize = 128;
+const LARGE_MAP_TILES: usize = 64;
 
 /// Whether a forward plan with rows of `tp` tiles takes a map whose
 /// transformed input exceeds its cache limit (see [`LARGE_MAP_TILES`]).
@@ -793,6 +835,71 @@ pub(super) fn block_products(
             t0 += nv * LANES;
         }
         xi += n;
+    }
+}
+
+/// Bytes of transformed input one pass of [`grouped_products`] reads for
+/// every block of output channels: half a core's L2 cache (512 KiB on the
+/// EPYCs measured).
+const GROUP_BYTES: usize = 256 << 10;
+
+/// Positions ξ per pass of [`grouped_products`] for a transformed input
+/// of `C_in` rows `rs` floats apart: as many as [`GROUP_BYTES`] hold, an
+/// even number (the register tile pairs positions) from 2 to `positions`.
+pub(super) fn position_group(cin: usize, rs: usize, positions: usize) -> usize {
+    let per = cin * rs * std::mem::size_of::<f32>();
+    (GROUP_BYTES / per.max(1) / 2 * 2).clamp(2, positions)
+}
+
+/// The forward products of every block of 8 output channels, for a
+/// transformed input too large for the L2 cache ([`takes_large_map`]):
+/// a group of `group` positions at a time for all blocks, so that the
+/// group's transformed input stays in L2 while every block reads it
+/// (block by block, each block read all of it from further away: 32 MiB
+/// per image of a 14x14 map with 256 channels). Block `blk`'s products go
+/// to `m[blk per_block ..]` as [`ProductRows`] `at` lays them; each is the
+/// same chain of multiply-adds as [`block_products`] block by block
+/// computes, so the same bits. `u` is the whole transformed kernel,
+/// `[ξ][block][C_in][8]`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn grouped_products(
+    positions: usize,
+    group: usize,
+    t: Operands<'_>,
+    u: &[f32],
+    blocks: usize,
+    m: &mut [f32],
+    per_block: usize,
+    at: ProductRows,
+) {
+    let Operands {
+        v,
+        vb,
+        rs,
+        tp,
+        offs,
+    } = t;
+    let (cin, u_stride) = (offs.len(), blocks * offs.len() * MR);
+    let mut x0 = 0;
+    while x0 < positions {
+        let n = group.min(positions - x0);
+        for blk in 0..blocks {
+            block_products(
+                n,
+                Operands {
+                    v: &mut v[x0 * vb..],
+                    vb,
+                    rs,
+                    tp,
+                    offs,
+                },
+                &u[x0 * u_stride + blk * cin * MR..],
+                u_stride,
+                &mut m[blk * per_block + x0 * at.position..],
+                at,
+            );
+        }
+        x0 += n;
     }
 }
 
@@ -2287,7 +2394,7 @@ mod tests {
 
     /// Maps of many tiles whose transformed input exceeds the cache limit:
     /// on a CPU without AVX-512 the forward plans take them (ResNet-50's
-    /// 56x56 and 28x28 layers, not its 14x14 ones), and F(2x2, 3x3)'s
+    /// 56x56, 28x28 and 14x14 layers, not 12x12 ones), and F(2x2, 3x3)'s
     /// weight-gradient plan within its channel pairs, with the results of
     /// im2col + gemm to rounding; on AVX-512 they stay on gemm.
     #[test]
@@ -2306,7 +2413,11 @@ mod tests {
             FilterPlan::new(&r50_28).is_none(),
             "128 x 128 channel pairs"
         );
-        assert!(Plan::new(&geom(1, 256, 14, 14, 256), &w(256, 256)).is_none());
+        assert_eq!(
+            Plan::new(&geom(1, 256, 14, 14, 256), &w(256, 256)).is_some(),
+            takes
+        );
+        assert!(Plan::new(&geom(1, 256, 12, 12, 256), &w(256, 256)).is_none());
         let r50_56 = geom(1, 64, 56, 56, 64);
         assert_eq!(winograd_f4::Plan::new(&r50_56, &w(64, 64)).is_some(), takes);
         assert!(winograd_f4::FilterPlan::new(&r50_56).is_none());
@@ -2366,5 +2477,34 @@ mod tests {
                 );
             }
         }
+    }
+    /// The products a group of positions at a time over every block
+    /// ([`grouped_products`]) against block by block: the same bits, for
+    /// groups that divide the 16 positions and groups that leave a short
+    /// last one, with garbage in the scratch.
+    #[test]
+    fn grouped_products_equal_block_by_block() {
+        if !direct::available() {
+            eprintln!("skipped: no AVX2");
+            return;
+        }
+        let g = geom(1, 24, 12, 14, 24);
+        let (x, w) = (data(24 * 12 * 14, 9), data(24 * 24 * 9, 10));
+        let mut plan = Plan::new(&g, &w).expect("winograd applies");
+        assert!(plan.group.is_none(), "within the cache limit");
+        let run = |plan: &Plan| {
+            let mut scratch = vec![f32::NAN; plan.scratch_len()];
+            let mut y = vec![f32::NAN; 24 * 12 * 14];
+            plan.run(&x, crate::ops::cpu::as_uninit(&mut y), &mut scratch);
+            y
+        };
+        let want = run(&plan);
+        assert!(want.iter().all(|v| v.is_finite()));
+        for group in [2, 4, 6, 16] {
+            plan.group = Some(group);
+            assert_eq!(run(&plan), want, "group {group}");
+        }
+        assert_eq!(position_group(256, 80, XI), 2);
+        assert_eq!(position_group(8, 80, XI), XI);
     }
 }

@@ -490,6 +490,10 @@ pub(crate) struct Plan {
     u: Vec<f32>,
     /// Row offsets of the transformed input's channels, `c * rs`.
     offs: Vec<u32>,
+    /// Positions per pass of [`winograd::grouped_products`] where the
+    /// transformed input exceeds [`MAX_TRANSFORMED_INPUT`]; `None`: block
+    /// by block.
+    group: Option<usize>,
 }
 
 impl Plan {
@@ -556,7 +560,15 @@ impl Plan {
             )
         };
         let offs = (0..cin).map(|c| (c * rs) as u32).collect();
-        Some(Self { t, rs, u, offs })
+        let group = (XI * g.c_in * t.tp > MAX_TRANSFORMED_INPUT)
+            .then(|| winograd::position_group(cin, rs, XI));
+        Some(Self {
+            t,
+            rs,
+            u,
+            offs,
+            group,
+        })
     }
 
     /// Floats between the transformed input's blocks of ξ.
@@ -571,9 +583,20 @@ impl Plan {
     }
 
     /// Floats of scratch per call: the transformed input, the products of
-    /// one block of output channels, and the transforms' planes.
+    /// one block of output channels (of all of them with a position
+    /// group), and the transforms' planes.
     pub fn scratch_len(&self) -> usize {
-        XI * self.v_block() + XI * MR * self.t.tp + self.t.band_len()
+        XI * self.v_block() + XI * self.product_rows() * self.t.tp + self.t.band_len()
+    }
+
+    /// Rows of products per position held at once: one block's, or every
+    /// block's where the products go a group of positions at a time.
+    fn product_rows(&self) -> usize {
+        if self.group.is_some() {
+            self.t.g.c_out
+        } else {
+            MR
+        }
     }
 
     /// Convolves `k` images (at most [`Plan::images`]): `x` `(k, C_in, H,
@@ -596,7 +619,7 @@ impl Plan {
         // Unpadded product rows, as in [`winograd::Plan::run`]: with the
         // padding, a block's products at 16 tiles per row (36 x 8 rows)
         // took 36 KiB, more than the L1 cache.
-        let (m, band) = rest.split_at_mut(XI * MR * tp);
+        let (m, band) = rest.split_at_mut(XI * self.product_rows() * tp);
         let at = Rows {
             block: vb,
             row: rs,
@@ -605,6 +628,30 @@ impl Plan {
         // SAFETY: AVX2 and FMA were detected when the plan was made.
         unsafe { self.t.transform_input(x, k, v, band, at) };
         let blocks = g.c_out / MR;
+        // Each output channel's 36 rows together: the output transform
+        // reads rows `6 i + j` of one channel, which at `(ξ MR + r) tp`
+        // were 48 rows apart (12 KiB at 64 tiles per row: the same L1
+        // cache set).
+        let rows = ProductRows {
+            position: tp,
+            row: XI * tp,
+        };
+        if let Some(group) = self.group {
+            let per_block = XI * MR * tp;
+            let t = Operands {
+                v,
+                vb,
+                rs,
+                tp,
+                offs: &self.offs,
+            };
+            winograd::grouped_products(XI, group, t, &self.u, blocks, m, per_block, rows);
+            for (blk, m) in m.chunks_exact(per_block).enumerate() {
+                // SAFETY: AVX2 and FMA were detected when the plan was made.
+                unsafe { self.t.transform_output(m, tp, y, k, blk, band) };
+            }
+            return;
+        }
         for blk in 0..blocks {
             block_products(
                 XI,
@@ -618,14 +665,7 @@ impl Plan {
                 &self.u[blk * cin * MR..],
                 blocks * cin * MR,
                 m,
-                // Each output channel's 36 rows together: the output
-                // transform reads rows `6 i + j` of one channel, which at
-                // `(ξ MR + r) tp` were 48 rows apart (12 KiB at 64 tiles
-                // per row: the same L1 cache set).
-                ProductRows {
-                    position: tp,
-                    row: XI * tp,
-                },
+                rows,
             );
             // SAFETY: AVX2 and FMA were detected when the plan was made.
             unsafe { self.t.transform_output(m, tp, y, k, blk, band) };
@@ -1155,6 +1195,41 @@ mod tests {
         );
         if direct::available() && winograd::enabled() && enabled() {
             assert!(Plan::new(&geom(1, 8, 16, 16, 8), &w).is_some());
+        }
+    }
+    /// The products a group of positions at a time over every block
+    /// (`winograd::grouped_products`) against block by block: the same
+    /// bits, for groups that divide the 36 positions and groups that
+    /// leave a short last one, with several images per call.
+    #[test]
+    fn f4_grouped_products_equal_block_by_block() {
+        if !direct::available() || !winograd::enabled() || !enabled() {
+            eprintln!("skipped: no AVX2, or Winograd switched off");
+            return;
+        }
+        let g = geom(3, 16, 8, 16, 16);
+        let x: Vec<f32> = (0..3 * 16 * 8 * 16)
+            .map(|i| ((i * 37 % 101) as f32) / 50.0 - 1.0)
+            .collect();
+        let w: Vec<f32> = (0..16 * 16 * 9)
+            .map(|i| ((i * 53 % 97) as f32) / 48.0 - 1.0)
+            .collect();
+        let mut plan = Plan::new(&g, &w).expect("F(4x4, 3x3) applies");
+        assert_eq!((plan.images(), plan.group), (2, None));
+        let run = |plan: &Plan| {
+            let mut scratch = vec![f32::NAN; plan.scratch_len()];
+            let mut y = vec![MaybeUninit::new(f32::NAN); 2 * 16 * 8 * 16];
+            plan.run(&x[..2 * 16 * 8 * 16], &mut y, &mut scratch);
+            // SAFETY: `run` writes every output.
+            y.iter()
+                .map(|v| unsafe { v.assume_init() })
+                .collect::<Vec<f32>>()
+        };
+        let want = run(&plan);
+        assert!(want.iter().all(|v| v.is_finite()));
+        for group in [2, 4, 10, 36] {
+            plan.group = Some(group);
+            assert_eq!(run(&plan), want, "group {group}");
         }
     }
 }
