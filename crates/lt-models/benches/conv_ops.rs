@@ -194,6 +194,9 @@ fn main() -> Result<()> {
         conv_case("imagenet-3x3-28", [16, 128, 28, 28], 128, 3, 1, 1, 1),
         conv_case("imagenet-3x3-14", [16, 256, 14, 14], 256, 3, 1, 1, 1),
         conv_case("imagenet-3x3-7", [16, 512, 7, 7], 512, 3, 1, 1, 1),
+        // Its 3x3 stride-2 layers (the first block of stages 2 to 4).
+        conv_case("imagenet-3x3s2-56", [16, 128, 56, 56], 128, 3, 2, 1, 1),
+        conv_case("imagenet-3x3s2-28", [16, 256, 28, 28], 256, 3, 2, 1, 1),
     ];
     cases.push(Case {
         name: "bn-train 128x16x32x32".into(),
