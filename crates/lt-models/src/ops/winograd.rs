@@ -155,14 +155,8 @@ impl Plan {
         XI * self.v_block() + XI * self.product_rows() * t.tp + t.band_len()
     }
 
-    /// Rows of products per position held at once: one block's, or every
-    /// block's where the products go a group of positions at a time.
     fn product_rows(&self) -> usize {
-        if self.group.is_some() {
-            self.t.g.c_out
-        } else {
-            MR
-        }
+        product_rows(self.group, self.t.g.c_out)
     }
 
     /// Convolves one image: `x` `(C_in, H, W)` into `y` `(C_out, H, W)`,
@@ -849,6 +843,17 @@ const GROUP_BYTES: usize = 256 << 10;
 pub(super) fn position_group(cin: usize, rs: usize, positions: usize) -> usize {
     let per = cin * rs * std::mem::size_of::<f32>();
     (GROUP_BYTES / per.max(1) / 2 * 2).clamp(2, positions)
+}
+
+/// Rows of products per position a forward plan holds at once: one
+/// block's, or every output channel's where the products go a group of
+/// positions at a time ([`grouped_products`]).
+pub(super) fn product_rows(group: Option<usize>, c_out: usize) -> usize {
+    if group.is_some() {
+        c_out
+    } else {
+        MR
+    }
 }
 
 /// The forward products of every block of 8 output channels, for a

@@ -589,14 +589,8 @@ impl Plan {
         XI * self.v_block() + XI * self.product_rows() * self.t.tp + self.t.band_len()
     }
 
-    /// Rows of products per position held at once: one block's, or every
-    /// block's where the products go a group of positions at a time.
     fn product_rows(&self) -> usize {
-        if self.group.is_some() {
-            self.t.g.c_out
-        } else {
-            MR
-        }
+        winograd::product_rows(self.group, self.t.g.c_out)
     }
 
     /// Convolves `k` images (at most [`Plan::images`]): `x` `(k, C_in, H,
