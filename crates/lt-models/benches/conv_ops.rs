@@ -194,6 +194,11 @@ fn main() -> Result<()> {
         conv_case("imagenet-3x3-28", [16, 128, 28, 28], 128, 3, 1, 1, 1),
         conv_case("imagenet-3x3-14", [16, 256, 14, 14], 256, 3, 1, 1, 1),
         conv_case("imagenet-3x3-7", [16, 512, 7, 7], 512, 3, 1, 1, 1),
+        // Its 1x1 layers on the smaller maps (stage 3 and 4 bottlenecks).
+        conv_case("imagenet-1x1-14-in", [16, 1024, 14, 14], 256, 1, 1, 0, 1),
+        conv_case("imagenet-1x1-14-out", [16, 256, 14, 14], 1024, 1, 1, 0, 1),
+        conv_case("imagenet-1x1-7-in", [16, 2048, 7, 7], 512, 1, 1, 0, 1),
+        conv_case("imagenet-1x1-7-out", [16, 512, 7, 7], 2048, 1, 1, 0, 1),
         // Its 3x3 stride-2 layers (the first block of stages 2 to 4).
         conv_case("imagenet-3x3s2-56", [16, 128, 56, 56], 128, 3, 2, 1, 1),
         conv_case("imagenet-3x3s2-28", [16, 256, 28, 28], 256, 3, 2, 1, 1),
