@@ -255,7 +255,10 @@ const MAX_TRANSFORMED_INPUT: usize = 8192;
 /// tiles) 23.0 -> 14.3 ms, 56x56x64 (F(4x4, 3x3), 196 tiles) 28.8 -> 9.8
 /// ms, 14x14x256 (49 tiles, 64 lanes) 21.3 -> 19.2 ms (block by block it
 /// only tied with gemm, 21.9 ms); forward + backward of the 56x56 layer
-/// 47.7 -> 41.5 ms with the weight gradient on [`FilterPlan`] too. Maps
+/// 47.7 -> 41.5 ms with the weight gradient on [`FilterPlan`] too, of
+/// the 28x28 and 14x14 layers (wider than its lane accumulators: gemm on
+/// the transformed operands) 55.7 / 56.4 -> 46.8 / 46.6 ms and 65.1 /
+/// 69.0 -> 62.1 / 59.1 ms. Maps
 /// of fewer tiles waste more of the register tile's lanes and stay on
 /// gemm, which rounds less. On AVX-512 the limit stands as it was
 /// measured (above).
@@ -267,8 +270,12 @@ pub(super) fn takes_large_map(tp: usize) -> bool {
     tp >= LARGE_MAP_TILES && !direct::avx512()
 }
 
-/// Largest `C_in x C_out` of the weight gradient: its lane accumulator
-/// holds `16 x 16` floats per pair (4 MiB at 64 x 64).
+/// Largest `C_in x C_out` of the weight gradient's lane accumulators:
+/// they hold `16 x 16` floats per pair (4 MiB at 64 x 64). Wider layers
+/// take the plan only on large maps ([`takes_large_map`]), their products
+/// summed by gemm (one sum per transformed weight; lane accumulators of
+/// 128 x 128 pairs were hardly faster than im2col + gemm on ResNet-50's
+/// 28x28 layer, of 256 x 256 much slower on its 14x14 layer).
 const MAX_FILTER_PAIRS: usize = 64 * 64;
 
 /// Where the transforms write the row of ξ and channel `c`: at
@@ -607,6 +614,10 @@ pub(crate) struct FilterPlan {
     batch: usize,
     /// Row offsets of the transformed input's channels, `c * row`.
     offs: Vec<u32>,
+    /// More than [`MAX_FILTER_PAIRS`] channel pairs on a large map
+    /// ([`takes_large_map`]): the products go through gemm into plain
+    /// sums, one per transformed weight, instead of 16 lanes each.
+    wide: bool,
 }
 
 impl FilterPlan {
@@ -616,18 +627,39 @@ impl FilterPlan {
     /// [`MAX_FILTER_PAIRS`]).
     pub fn new(g: &ConvGeom) -> Option<Self> {
         let t = Tiles::new(g)?;
-        if (g.c_in * t.tp > MAX_TRANSFORMED_INPUT && !takes_large_map(t.tp))
-            || g.c_in * g.c_out > MAX_FILTER_PAIRS
-        {
+        let large = takes_large_map(t.tp);
+        let wide = g.c_in * g.c_out > MAX_FILTER_PAIRS;
+        if (g.c_in * t.tp > MAX_TRANSFORMED_INPUT || wide) && !large {
             return None;
         }
-        let batch = MIN_FILTER_ROW.div_ceil(t.tp).clamp(1, g.n.max(1));
+        // Wide layers one image per gemm call: two or four images per call
+        // were no faster, sixteen slower (`conv_ops`, ResNet-50's 28x28 and
+        // 14x14 layers).
+        let batch = if wide {
+            1
+        } else {
+            MIN_FILTER_ROW.div_ceil(t.tp).clamp(1, g.n.max(1))
+        };
         let row = batch * t.tp;
         if g.c_in * row * XI >= u32::MAX as usize {
             return None;
         }
         let offs = (0..g.c_in).map(|c| (c * row) as u32).collect();
-        Some(Self { t, batch, offs })
+        Some(Self {
+            t,
+            batch,
+            offs,
+            wide,
+        })
+    }
+
+    /// Partial sums per transformed weight: 16 lanes, or 1 ([`Self::wide`]).
+    fn sums_per_weight(&self) -> usize {
+        if self.wide {
+            1
+        } else {
+            V
+        }
     }
 
     /// Images per call of [`FilterPlan::accumulate`].
@@ -661,7 +693,7 @@ impl FilterPlan {
     /// 16 partial sums per transformed weight.
     pub fn lanes_len(&self) -> usize {
         let g = &self.t.g;
-        XI * g.c_out * g.c_in * V
+        XI * g.c_out * g.c_in * self.sums_per_weight()
     }
 
     /// Adds the products of `k <= batch` images (`x` `(k, C_in, H, W)`,
@@ -699,6 +731,44 @@ impl FilterPlan {
                 t.transform_grad(dyb, d, band, block(db));
             }
         }
+        if self.wide {
+            // `dU[ξ][co][ci] += sum over the row's tiles of D V`: row-major
+            // `C_out x C_in` per position, the reduction contiguous in both.
+            // SAFETY: every sum is written (zeroed) on the `init` call.
+            unsafe {
+                lanes.update(|out, init| {
+                    if init {
+                        out.fill(MaybeUninit::new(0.0));
+                    }
+                    let du = super::cpu::assume_init(out);
+                    for (xi, du) in du.chunks_exact_mut(cout * cin).enumerate() {
+                        super::cpu::sgemm(
+                            cout,
+                            cin,
+                            k * tp,
+                            super::cpu::MatMut {
+                                data: du,
+                                rs: cin,
+                                cs: 1,
+                            },
+                            true,
+                            super::cpu::Mat {
+                                data: &d[xi * db..],
+                                rs: row,
+                                cs: 1,
+                            },
+                            super::cpu::Mat {
+                                data: &v[xi * vb..],
+                                rs: 1,
+                                cs: row,
+                            },
+                            gemm::Parallelism::None,
+                        );
+                    }
+                })
+            }
+            return;
+        }
         let operands = Transformed {
             v,
             vb,
@@ -718,18 +788,18 @@ impl FilterPlan {
     /// channels in parallel.
     pub fn finish(&self, lanes: &PartLanes) -> Vec<f32> {
         let g = &self.t.g;
-        let (cin, cout) = (g.c_in, g.c_out);
-        let init = || vec![0f32; XI * cin * V];
+        let (cin, cout, per) = (g.c_in, g.c_out, self.sums_per_weight());
+        let init = || vec![0f32; XI * cin * per];
         super::cpu::par_zeroed_init_per_chunk(cout * cin * 9, cin * 9, init, |summed, co, dw| {
             // Output channel `co`'s lanes, position after position.
-            for (xi, s) in summed.chunks_exact_mut(cin * V).enumerate() {
-                let at = (xi * cout + co) * cin * V;
-                lanes.sum_into(at..at + cin * V, s);
+            for (xi, s) in summed.chunks_exact_mut(cin * per).enumerate() {
+                let at = (xi * cout + co) * cin * per;
+                lanes.sum_into(at..at + cin * per, s);
             }
             for (ci, dw) in dw.chunks_exact_mut(9).enumerate() {
                 let mut du = [0f32; XI];
                 for (xi, du) in du.iter_mut().enumerate() {
-                    *du = summed[(xi * cin + ci) * V..][..V].iter().sum();
+                    *du = summed[(xi * cin + ci) * per..][..per].iter().sum();
                 }
                 // tmp = G^T dU (3 x 4), then dg = tmp G (3 x 3).
                 let mut tmp = [[0f32; 4]; 3];
@@ -2414,9 +2484,10 @@ mod tests {
         let r50_28 = geom(1, 128, 28, 28, 128);
         assert_eq!(Plan::new(&r50_28, &w(128, 128)).is_some(), takes);
         assert!(winograd_f4::Plan::new(&r50_28, &w(128, 128)).is_none());
-        assert!(
-            FilterPlan::new(&r50_28).is_none(),
-            "128 x 128 channel pairs"
+        // 128 x 128 channel pairs: gemm over the transformed operands.
+        assert_eq!(
+            FilterPlan::new(&r50_28).map(|p| p.wide),
+            takes.then_some(true)
         );
         assert_eq!(
             Plan::new(&geom(1, 256, 14, 14, 256), &w(256, 256)).is_some(),
@@ -2427,24 +2498,37 @@ mod tests {
         assert_eq!(winograd_f4::Plan::new(&r50_56, &w(64, 64)).is_some(), takes);
         assert!(winograd_f4::FilterPlan::new(&r50_56).is_none());
         assert_eq!(FilterPlan::new(&r50_56).is_some(), takes);
-        // Over the limit by channels, small enough to check: F(2x2, 3x3) on
-        // 20x28 (140 tiles, 64 channels; F(4x4, 3x3) needs widths a
-        // multiple of 8), F(4x4, 3x3) on 48x48 (144 tiles, 32 channels).
-        for (n, ci, h, wd, co, f4) in [(2, 64, 20, 28, 8, false), (2, 32, 48, 48, 8, true)] {
+        // Over the limits, small enough to check: F(2x2, 3x3) on 20x28 (140
+        // tiles, 64 channels; F(4x4, 3x3) needs widths a multiple of 8),
+        // F(4x4, 3x3) on 48x48 (144 tiles, 32 channels), and more channel
+        // pairs than the lane accumulators take (72 x 64, 64 tiles: only
+        // the weight gradient is over a limit).
+        for (n, ci, h, wd, co, f4) in [
+            (2, 64, 20, 28, 8, false),
+            (2, 32, 48, 48, 8, true),
+            (3, 72, 16, 16, 64, false),
+        ] {
             let g = geom(n, ci, h, wd, co);
             let wt = w(ci, co);
-            let over = if f4 {
-                36 * ci * 144 > winograd_f4::MAX_TRANSFORMED_INPUT
+            let tp = (h / 2 * wd / 2).div_ceil(LANES) * LANES;
+            let forward_over = if f4 {
+                36 * ci * (h / 4 * wd / 4).div_ceil(LANES) * LANES
+                    > winograd_f4::MAX_TRANSFORMED_INPUT
             } else {
-                ci * 144 > MAX_TRANSFORMED_INPUT
+                ci * tp > MAX_TRANSFORMED_INPUT
             };
-            assert!(over, "{:?} is within the cache limit", (ci, h, wd));
+            let wide = !f4 && ci * co > MAX_FILTER_PAIRS;
+            assert!(
+                forward_over || wide,
+                "{:?} is within the limits",
+                (ci, h, wd)
+            );
             let plan_applies = if f4 {
                 winograd_f4::Plan::new(&g, &wt).is_some()
             } else {
                 Plan::new(&g, &wt).is_some()
             };
-            assert_eq!(plan_applies, takes, "{:?}", (ci, h, wd));
+            assert_eq!(plan_applies, takes || !forward_over, "{:?}", (ci, h, wd));
             let x = data(n * ci * h * wd, 7);
             let got = conv_fwd(&g, &x, &wt);
             let want = with_portable_conv(|| conv_fwd(&g, &x, &wt));
@@ -2457,13 +2541,15 @@ mod tests {
                     (ci, h, wd)
                 );
             }
-            if takes {
+            if plan_applies {
                 assert_ne!(got, want, "{:?}: the entry point took gemm", (ci, h, wd));
             }
-            // The weight gradient: F(2x2, 3x3)'s plan takes the first map
-            // too (F(4x4, 3x3)'s has no such limit).
+            // The weight gradient: F(2x2, 3x3)'s plan takes the F(2x2, 3x3)
+            // maps too (F(4x4, 3x3)'s has no limit on the transformed
+            // input), the wide layer through gemm.
             if !f4 {
-                assert_eq!(FilterPlan::new(&g).is_some(), takes);
+                let plan = FilterPlan::new(&g).map(|p| p.wide);
+                assert_eq!(plan, takes.then_some(wide), "{:?}", (ci, h, wd));
             }
             let dy = data(n * co * h * wd, 8);
             let got = crate::ops::conv::conv_bwd_filter(&g, &x, &dy);
