@@ -257,8 +257,8 @@ const MAX_TRANSFORMED_INPUT: usize = 8192;
 /// only tied with gemm, 21.9 ms); forward + backward of the 56x56 layer
 /// 47.7 -> 41.5 ms with the weight gradient on [`FilterPlan`] too, of
 /// the 28x28 and 14x14 layers (wider than its lane accumulators: gemm on
-/// the transformed operands) 55.7 / 56.4 -> 46.8 / 46.6 ms and 65.1 /
-/// 69.0 -> 62.1 / 59.1 ms. Maps
+/// the transformed operands, two images per call) 55.7 / 56.4 -> 49.8 /
+/// 50.1 ms and 65.1 / 69.0 -> 60.5 / 63.0 ms. Maps
 /// of fewer tiles waste more of the register tile's lanes and stay on
 /// gemm, which rounds less. On AVX-512 the limit stands as it was
 /// measured (above).
@@ -632,9 +632,10 @@ impl FilterPlan {
         if (g.c_in * t.tp > MAX_TRANSFORMED_INPUT || wide) && !large {
             return None;
         }
-        // Wide layers one image per gemm call: two or four images per call
-        // were no faster, sixteen slower (`conv_ops`, ResNet-50's 28x28 and
-        // 14x14 layers).
+        // Wide layers one image per gemm call: forward + backward of
+        // ResNet-50's 28x28 and 14x14 layers (`conv_ops`, 2 pairs) 49.9 /
+        // 47.8 -> 46.8 / 46.6 ms and 63.3 / 59.9 -> 62.1 / 59.1 ms against
+        // two and four images per call; eight and sixteen were slower.
         let batch = if wide {
             1
         } else {
