@@ -635,7 +635,7 @@ impl FilterPlan {
         // Wide layers one image per gemm call: forward + backward of
         // ResNet-50's 28x28 and 14x14 layers (`conv_ops`, 2 pairs) 49.9 /
         // 47.8 -> 46.8 / 46.6 ms and 63.3 / 59.9 -> 62.1 / 59.1 ms against
-        // two and four images per call; eight and sixteen were slower.
+        // two and four images per call; five and sixteen were slower.
         let batch = if wide {
             1
         } else {
