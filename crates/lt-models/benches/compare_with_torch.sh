@@ -14,8 +14,8 @@
 #   PEER_SCRIPT   the peer script (default: crates/lt-models/benches/torch_peer.py)
 #   MODEL BATCH MODE   one row (default resnet32 128 train); MODE is train or infer
 #   TABLE=1       the whole table instead: resnet32 b128 train; resnet50 and
-#                 resnext50_32x4d b16 and b32 train; resnet50 and resnext50_32x4d
-#                 b64 infer
+#                 resnext50_32x4d b16 and b32 train; resnet10 b32 train;
+#                 resnet50, resnext50_32x4d and resnet10 b64 infer
 #   ROWS          the rows as "model:batch:mode ..." (overrides MODEL/BATCH/MODE/TABLE)
 #   THREADS       threads of both (default 2)
 #   BENCH_BIN     a resnet_step binary already built (default: build it with cargo)
@@ -41,8 +41,8 @@ WARMUP=${WARMUP:-3}
 if [ -z "${ROWS:-}" ]; then
     if [ "${TABLE:-0}" = 1 ]; then
         ROWS="resnet32:128:train resnet50:16:train resnet50:32:train"
-        ROWS+=" resnext50_32x4d:16:train resnext50_32x4d:32:train"
-        ROWS+=" resnet50:64:infer resnext50_32x4d:64:infer"
+        ROWS+=" resnext50_32x4d:16:train resnext50_32x4d:32:train resnet10:32:train"
+        ROWS+=" resnet50:64:infer resnext50_32x4d:64:infer resnet10:64:infer"
     else
         ROWS="${MODEL:-resnet32}:${BATCH:-128}:${MODE:-train}"
     fi
