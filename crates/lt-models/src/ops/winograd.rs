@@ -23,9 +23,10 @@
 //! where the alternative is im2col + gemm). Only where the transformed operands stay in cache
 //! ([`MAX_TRANSFORMED_INPUT`], [`MAX_FILTER_PAIRS`]): the CIFAR ResNets,
 //! not the 224² ResNets' 3x3 layers, which were slower this way on
-//! AVX-512; on AVX2 the forward pass also takes maps of 128 tiles and more
-//! ([`takes_large_map`]: ResNet-50's 28x28 and 14x14 layers), a group of
-//! positions at a time over all output channels ([`grouped_products`]). Maps 8
+//! AVX-512; on AVX2 both plans also take maps of 64 tiles and more
+//! ([`takes_large_map`]: ResNet-50's 28x28 and 14x14 layers), the forward
+//! products a group of positions at a time over all output channels
+//! ([`grouped_products`]), the weight gradient of wide layers by gemm. Maps 8
 //! or a multiple of 16 wide are transformed in registers, chunk by chunk
 //! of 16 tiles (AVX-512) or 8 (AVX2), with the same bits as the
 //! plane-by-plane transforms that other even widths take.
@@ -2502,12 +2503,13 @@ mod tests {
         // Over the limits, small enough to check: F(2x2, 3x3) on 20x28 (140
         // tiles, 64 channels; F(4x4, 3x3) needs widths a multiple of 8),
         // F(4x4, 3x3) on 48x48 (144 tiles, 32 channels), and more channel
-        // pairs than the lane accumulators take (72 x 64, 64 tiles: only
-        // the weight gradient is over a limit).
+        // pairs than the lane accumulators take (72 x 64 on 14x14: 49 tiles
+        // in rows of 64, as ResNet-50's 14x14 layers; only the weight
+        // gradient is over a limit).
         for (n, ci, h, wd, co, f4) in [
             (2, 64, 20, 28, 8, false),
             (2, 32, 48, 48, 8, true),
-            (3, 72, 16, 16, 64, false),
+            (3, 72, 14, 14, 64, false),
         ] {
             let g = geom(n, ci, h, wd, co);
             let wt = w(ci, co);
