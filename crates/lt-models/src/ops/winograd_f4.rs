@@ -39,7 +39,7 @@
 //! plans off, for a reproduction of results made before they existed.
 
 use super::conv::ConvGeom;
-use super::cpu::par_written_init;
+use super::cpu::{par_written_init, write_floats};
 use super::direct::{self, LANES, MR, V};
 use super::lanes::{Lanes, PartLanes};
 use super::winograd::{
@@ -68,16 +68,10 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// `G g` for one column (or row) of three taps, in double precision (by
-/// products with the rows of [`G`]: a division per coefficient made the
-/// transform of a 64 x 64 kernel take half a millisecond, serially).
-#[inline(always)]
-fn filter_combination(g: [f64; 3]) -> [f64; 6] {
-    G.map(|r| r[0] * g[0] + r[1] * g[1] + r[2] * g[2])
-}
-
-/// `G`: the kernel transform `U = G g G^T` ([`filter_combination`]) and
-/// the weight gradient's `dg = G^T dU G`.
+/// `G`: the kernel transform `U = G g G^T` ([`transform_block`]) and the
+/// weight gradient's `dg = G^T dU G` ([`gradient_lanes`]), in double
+/// precision, by products with its rows (a division per coefficient made
+/// the transform of a 64 x 64 kernel take half a millisecond).
 const G: [[f64; 3]; 6] = [
     [1.0 / 4.0, 0.0, 0.0],
     [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
@@ -86,6 +80,112 @@ const G: [[f64; 3]; 6] = [
     [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
     [0.0, 0.0, 1.0],
 ];
+
+/// Kernels transformed ([`transform_block`]: output channels) or folded
+/// ([`fold_channel`]: input channels) together: one 256-bit vector of
+/// doubles.
+const KERNEL_LANES: usize = 4;
+
+/// One block of 8 output channels' kernels `w` `(8, C_in, 3, 3)`
+/// transformed into `dst` `[ξ][C_in][8]`: `U = G g G^T` in double
+/// precision, rounded to `f32`, [`KERNEL_LANES`] output channels at a time
+/// (contiguous in `dst`) in vectors of doubles, products and sums apart
+/// (no fused multiply-add) and in the order of `G`'s rows, so that each
+/// lane is rounded as the kernel alone in scalar code.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA ([`direct::available`]).
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+unsafe fn transform_block(w: &[f32], dst: &mut [MaybeUninit<f32>]) {
+    let cin = w.len() / (9 * MR);
+    assert!(
+        w.len() == MR * cin * 9 && dst.len() == XI * cin * MR,
+        "winograd F(4x4, 3x3): bad kernel block"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        // SAFETY: AVX2 under the caller's contract; the loads are inside
+        // `w` and the stores inside `dst` (asserted lengths).
+        unsafe {
+            let (add, mul) = (|a, b| _mm256_add_pd(a, b), |a, b| _mm256_mul_pd(a, b));
+            let gv = G.map(|r| r.map(|c| _mm256_set1_pd(c)));
+            let combine = |t: [__m256d; 3]| -> [__m256d; 6] {
+                gv.map(|r| add(add(mul(r[0], t[0]), mul(r[1], t[1])), mul(r[2], t[2])))
+            };
+            let dp = dst.as_mut_ptr().cast::<f32>();
+            for ci in 0..cin {
+                for r0 in (0..MR).step_by(KERNEL_LANES) {
+                    let tap = |q: usize, t: usize| f64::from(w[((r0 + q) * cin + ci) * 9 + t]);
+                    let k: [__m256d; 9] = std::array::from_fn(|t| {
+                        _mm256_set_pd(tap(3, t), tap(2, t), tap(1, t), tap(0, t))
+                    });
+                    // tmp = G g (6 x 3): column l of a kernel is taps l,
+                    // 3 + l and 6 + l.
+                    let cols: [[__m256d; 6]; 3] =
+                        std::array::from_fn(|l| combine([k[l], k[3 + l], k[6 + l]]));
+                    // Row i of U = tmp G^T, from row i of tmp.
+                    let tmp: [[__m256d; 3]; 6] = std::array::from_fn(|i| cols.map(|c| c[i]));
+                    for (i, t) in tmp.into_iter().enumerate() {
+                        for (j, v) in combine(t).into_iter().enumerate() {
+                            _mm_storeu_ps(
+                                dp.add(((6 * i + j) * cin + ci) * MR + r0),
+                                _mm256_cvtpd_ps(v),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (w, dst);
+        unreachable!("winograd convolution needs AVX2")
+    }
+}
+
+/// The transformed kernel `[ξ][block of 8 output channels][C_in][8]` of
+/// weights `w` `(C_out, C_in, 3, 3)` (`C_out = blocks * 8`).
+///
+/// Two passes, each in parallel: blocks of output channels (the
+/// transform, into `[block][ξ][C_in][8]`), then positions (each block's
+/// `C_in x 8` values copied into place). In the training step this runs
+/// twice per layer and step (forward and input gradient); done kernel by
+/// kernel in scalar code, the second pass reading a `[C_out][C_in][ξ]`
+/// buffer 36 floats apart, it took 3 % of a CIFAR ResNet-32 step.
+fn transform_kernel(w: &[f32], cout: usize, cin: usize, blocks: usize) -> Vec<f32> {
+    let per_block = (XI * cin * MR).max(1);
+    // SAFETY: each chunk is one block's `XI x C_in x 8` values, every one
+    // written by `transform_block`; AVX2 and FMA: F(4x4, 3x3) plans are
+    // only made where they were detected ([`Tiles::new`]).
+    let by_block = unsafe {
+        par_written_init(
+            blocks * per_block,
+            per_block,
+            || (),
+            |_, blk, dst| {
+                transform_block(&w[blk * MR * cin * 9..][..MR * cin * 9], dst);
+            },
+        )
+    };
+    let chunk = (blocks * cin * MR).max(1);
+    // SAFETY: each chunk is one position's `C_out x C_in` values (`C_out
+    // = blocks * MR`), every one written below.
+    unsafe {
+        par_written_init(
+            XI * cout * cin,
+            chunk,
+            || (),
+            |_, xi, dst| {
+                for (blk, dst) in dst.chunks_exact_mut(cin * MR).enumerate() {
+                    let src = &by_block[blk * per_block + xi * cin * MR..][..cin * MR];
+                    write_floats(dst, src);
+                }
+            },
+        )
+    }
+}
 
 /// The tiling of one convolution's images, shared by the forward pass
 /// ([`Plan`]) and the weight gradient ([`FilterPlan`]), with the
@@ -511,54 +611,7 @@ impl Plan {
             return None;
         }
         let (cin, blocks) = (g.c_in, g.c_out / MR);
-        // In parallel, output channels then positions: on the calling
-        // thread, a 64 x 64 kernel's transform left the workers idle for a
-        // tenth of a CIFAR stage-3 layer's forward pass.
-        // Neither buffer is zeroed first (a serial memset on the calling
-        // thread, about 1 % of a ResNet-32 training step): every element
-        // is written.
-        let chunk = (cin * XI).max(1);
-        // SAFETY: each chunk is one output channel's `cin` pairs of `XI`
-        // values, every one written below.
-        let pairs = unsafe {
-            par_written_init(
-                g.c_out * cin * XI,
-                chunk,
-                || (),
-                |_, co, dst| {
-                    for (ci, dst) in dst.chunks_exact_mut(XI).enumerate() {
-                        let k = &w[(co * cin + ci) * 9..][..9];
-                        // tmp = G g (6 x 3), then U = tmp G^T (6 x 6).
-                        let cols: [[f64; 6]; 3] = std::array::from_fn(|l| {
-                            filter_combination([k[l].into(), k[3 + l].into(), k[6 + l].into()])
-                        });
-                        let gg: [[f64; 3]; 6] = std::array::from_fn(|i| cols.map(|c| c[i]));
-                        for (row, gg) in dst.chunks_exact_mut(6).zip(gg) {
-                            for (d, v) in row.iter_mut().zip(filter_combination(gg)) {
-                                d.write(v as f32);
-                            }
-                        }
-                    }
-                },
-            )
-        };
-        let chunk = (blocks * cin * MR).max(1);
-        // SAFETY: each chunk is one position's `C_out x C_in` values (`C_out
-        // = blocks * MR`), every one written below.
-        let u = unsafe {
-            par_written_init(
-                XI * g.c_out * cin,
-                chunk,
-                || (),
-                |_, xi, dst| {
-                    for (co, pairs) in pairs.chunks_exact(cin * XI).enumerate() {
-                        for ci in 0..cin {
-                            dst[((co / MR) * cin + ci) * MR + co % MR].write(pairs[ci * XI + xi]);
-                        }
-                    }
-                },
-            )
-        };
+        let u = transform_kernel(w, g.c_out, cin, blocks);
         let offs = (0..cin).map(|c| (c * rs) as u32).collect();
         let group = (XI * g.c_in * t.tp > MAX_TRANSFORMED_INPUT)
             .then(|| winograd::position_group(cin, rs, XI));
@@ -801,22 +854,78 @@ impl FilterPlan {
                 let at = (xi * cout + co) * cin * V;
                 lanes.sum_into(at..at + cin * V, s);
             }
-            for (ci, dw) in dw.chunks_exact_mut(9).enumerate() {
-                let du: [f64; XI] = std::array::from_fn(|xi| {
-                    let l = &summed[(xi * cin + ci) * V..][..V];
-                    l.iter().map(|&v| f64::from(v)).sum()
-                });
-                // tmp = G^T dU (3 x 6), then dg = tmp G (3 x 3).
-                let tmp: [[f64; 6]; 3] = std::array::from_fn(|k| {
-                    std::array::from_fn(|j| (0..6).map(|i| G[i][k] * du[6 * i + j]).sum())
-                });
-                for (k, t) in tmp.iter().enumerate() {
-                    for l in 0..3 {
-                        dw[3 * k + l] = (0..6).map(|j| t[j] * G[j][l]).sum::<f64>() as f32;
-                    }
+            // SAFETY: AVX2 and FMA: F(4x4, 3x3) plans are only made where
+            // they were detected ([`Tiles::new`]).
+            unsafe { fold_channel(summed, dw) };
+        })
+    }
+}
+
+/// `dg = G^T dU G` of `N` kernels at once, lane by lane (`du[ξ][lane]`),
+/// in double precision, rounded to `f32` (`[tap][lane]`). Every sum starts
+/// from `-0.0` and adds its terms in order, as `Iterator::sum` does, so a
+/// lane's value is that of the kernel alone.
+#[inline(always)]
+fn gradient_lanes<const N: usize>(du: &[[f64; N]; XI]) -> [[f32; N]; 9] {
+    // tmp = G^T dU (3 x 6), then dg = tmp G (3 x 3).
+    let mut tmp = [[[0f64; N]; 6]; 3];
+    for (k, tmp) in tmp.iter_mut().enumerate() {
+        for (j, t) in tmp.iter_mut().enumerate() {
+            let mut acc = [-0.0f64; N];
+            for (i, g) in G.iter().enumerate() {
+                for (a, d) in acc.iter_mut().zip(du[6 * i + j]) {
+                    *a += g[k] * d;
                 }
             }
-        })
+            *t = acc;
+        }
+    }
+    let mut dw = [[0f32; N]; 9];
+    for (k, t) in tmp.iter().enumerate() {
+        for l in 0..3 {
+            let mut acc = [-0.0f64; N];
+            for (t, g) in t.iter().zip(G) {
+                for (a, t) in acc.iter_mut().zip(t) {
+                    *a += t * g[l];
+                }
+            }
+            dw[3 * k + l] = acc.map(|v| v as f32);
+        }
+    }
+    dw
+}
+
+/// One output channel's weight gradient `dw` `(C_in, 3, 3)` from its
+/// summed lanes `summed` `[ξ][C_in][V]`: each transformed weight's `V`
+/// lanes summed in order in double precision, then [`gradient_lanes`],
+/// [`KERNEL_LANES`] input channels at a time (kernel by kernel in scalar
+/// code, this fold was 1.5 % of a CIFAR ResNet-32 training step).
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+unsafe fn fold_channel(summed: &[f32], dw: &mut [f32]) {
+    let cin = dw.len() / 9;
+    let du_lanes = |ci: usize, q: usize, xi: usize| -> f64 {
+        let mut acc = -0.0f64;
+        for &v in &summed[(xi * cin + ci + q) * V..][..V] {
+            acc += f64::from(v);
+        }
+        acc
+    };
+    let mut ci = 0;
+    while ci + KERNEL_LANES <= cin {
+        let du: [[f64; KERNEL_LANES]; XI] =
+            std::array::from_fn(|xi| std::array::from_fn(|q| du_lanes(ci, q, xi)));
+        for (t, g) in gradient_lanes(&du).iter().enumerate() {
+            for (q, &g) in g.iter().enumerate() {
+                dw[(ci + q) * 9 + t] = g;
+            }
+        }
+        ci += KERNEL_LANES;
+    }
+    for ci in ci..cin {
+        let du: [[f64; 1]; XI] = std::array::from_fn(|xi| [du_lanes(ci, 0, xi)]);
+        for (t, g) in gradient_lanes(&du).iter().enumerate() {
+            dw[ci * 9 + t] = g[0];
+        }
     }
 }
 
@@ -1224,6 +1333,103 @@ mod tests {
         for group in [2, 4, 10, 36] {
             plan.group = Some(group);
             assert_eq!(run(&plan), want, "group {group}");
+        }
+    }
+
+    /// Values for the bit-for-bit tests below: mixed signs and magnitudes,
+    /// with zeros of both signs, a few huge and tiny values, and large
+    /// ones of both signs that cancel.
+    fn awkward(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| match (i * 7 + seed) % 41 {
+                0 => -0.0,
+                1 => 0.0,
+                2 => 3.0e38,
+                3 => -1.0e-40,
+                // Cancelling large values: a sum's order shows in its bits.
+                4 => 1.0e20,
+                5 => -1.0e20,
+                k => {
+                    ((i * 131 + seed * 17) % 1009) as f32 / 97.0
+                        * if k % 2 == 0 { 1.0 } else { -1.0 }
+                }
+            })
+            .collect()
+    }
+
+    /// The kernel transform (vectors of four kernels, output channels in
+    /// lanes) against one kernel at a time in scalar code, as it was
+    /// computed before: the same bits, `[ξ][block][C_in][8]`, including
+    /// the stem's 3 input channels and more than one block.
+    #[test]
+    fn kernel_transform_equals_scalar_bit_for_bit() {
+        if !direct::available() {
+            eprintln!("skipped: this CPU has no AVX2 and FMA");
+            return;
+        }
+        let rows = |g: [f64; 3]| G.map(|r| r[0] * g[0] + r[1] * g[1] + r[2] * g[2]);
+        for (cout, cin) in [(8, 3), (16, 16), (24, 5), (64, 64)] {
+            let w = awkward(cout * cin * 9, cout + cin);
+            let blocks = cout / MR;
+            let got = transform_kernel(&w, cout, cin, blocks);
+            assert_eq!(got.len(), XI * cout * cin);
+            for co in 0..cout {
+                for ci in 0..cin {
+                    let k = &w[(co * cin + ci) * 9..][..9];
+                    let cols: [[f64; 6]; 3] = std::array::from_fn(|l| {
+                        rows([k[l].into(), k[3 + l].into(), k[6 + l].into()])
+                    });
+                    let gg: [[f64; 3]; 6] = std::array::from_fn(|i| cols.map(|c| c[i]));
+                    for (i, gg) in gg.into_iter().enumerate() {
+                        for (j, v) in rows(gg).iter().enumerate() {
+                            let at = (((6 * i + j) * blocks + co / MR) * cin + ci) * MR + co % MR;
+                            assert_eq!(
+                                got[at].to_bits(),
+                                (*v as f32).to_bits(),
+                                "{cout}x{cin}: kernel ({co}, {ci}), position {}",
+                                6 * i + j
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The weight gradient's fold (four input channels in lanes, then the
+    /// rest one by one) against one kernel at a time in scalar code, as it
+    /// was computed before: the same bits.
+    #[test]
+    fn gradient_fold_equals_scalar_bit_for_bit() {
+        if !direct::available() {
+            eprintln!("skipped: this CPU has no AVX2 and FMA");
+            return;
+        }
+        for cin in [1, 3, 4, 7, 16] {
+            let summed = awkward(XI * cin * V, cin);
+            let mut got = vec![f32::NAN; cin * 9];
+            // SAFETY: AVX2 and FMA were detected above.
+            unsafe { fold_channel(&summed, &mut got) };
+            for ci in 0..cin {
+                let du: [f64; XI] = std::array::from_fn(|xi| {
+                    let l = &summed[(xi * cin + ci) * V..][..V];
+                    l.iter().map(|&v| f64::from(v)).sum()
+                });
+                let tmp: [[f64; 6]; 3] = std::array::from_fn(|k| {
+                    std::array::from_fn(|j| (0..6).map(|i| G[i][k] * du[6 * i + j]).sum())
+                });
+                for (k, t) in tmp.iter().enumerate() {
+                    for l in 0..3 {
+                        let want = (0..6).map(|j| t[j] * G[j][l]).sum::<f64>() as f32;
+                        assert_eq!(
+                            got[ci * 9 + 3 * k + l].to_bits(),
+                            want.to_bits(),
+                            "C_in {cin}: channel {ci}, tap {}",
+                            3 * k + l
+                        );
+                    }
+                }
+            }
         }
     }
 }
