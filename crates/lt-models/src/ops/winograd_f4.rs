@@ -898,8 +898,12 @@ fn gradient_lanes<const N: usize>(du: &[[f64; N]; XI]) -> [[f32; N]; 9] {
 /// One output channel's weight gradient `dw` `(C_in, 3, 3)` from its
 /// summed lanes `summed` `[ξ][C_in][V]`: each transformed weight's `V`
 /// lanes summed in order in double precision, then [`gradient_lanes`],
-/// [`KERNEL_LANES`] input channels at a time (kernel by kernel in scalar
-/// code, this fold was 1.5 % of a CIFAR ResNet-32 training step).
+/// [`KERNEL_LANES`] input channels at a time, the rest one by one (kernel
+/// by kernel in scalar code, this fold was 1.5 % of a CIFAR ResNet-32
+/// training step).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA ([`direct::available`]).
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
 unsafe fn fold_channel(summed: &[f32], dw: &mut [f32]) {
     let cin = dw.len() / 9;
@@ -912,6 +916,36 @@ unsafe fn fold_channel(summed: &[f32], dw: &mut [f32]) {
     };
     let mut ci = 0;
     while ci + KERNEL_LANES <= cin {
+        // The four channels' lanes, 4 x 4 at a time transposed so that
+        // each vector holds one lane of the four, added in lane order.
+        #[cfg(target_arch = "x86_64")]
+        let du: [[f64; KERNEL_LANES]; XI] = std::array::from_fn(|xi| {
+            use std::arch::x86_64::*;
+            let rows = &summed[(xi * cin + ci) * V..][..KERNEL_LANES * V];
+            // SAFETY: AVX2 under the caller's contract; the loads read
+            // `rows` (4 x 4 floats at `q V + l0 + 4 <= 4 V`).
+            unsafe {
+                let mut acc = _mm256_set1_pd(-0.0);
+                for l0 in (0..V).step_by(4) {
+                    let r: [__m128; 4] =
+                        std::array::from_fn(|q| _mm_loadu_ps(rows.as_ptr().add(q * V + l0)));
+                    let (t0, t1) = (_mm_unpacklo_ps(r[0], r[1]), _mm_unpacklo_ps(r[2], r[3]));
+                    let (t2, t3) = (_mm_unpackhi_ps(r[0], r[1]), _mm_unpackhi_ps(r[2], r[3]));
+                    for lane in [
+                        _mm_movelh_ps(t0, t1),
+                        _mm_movehl_ps(t1, t0),
+                        _mm_movelh_ps(t2, t3),
+                        _mm_movehl_ps(t3, t2),
+                    ] {
+                        acc = _mm256_add_pd(acc, _mm256_cvtps_pd(lane));
+                    }
+                }
+                let mut du = [0f64; KERNEL_LANES];
+                _mm256_storeu_pd(du.as_mut_ptr(), acc);
+                du
+            }
+        });
+        #[cfg(not(target_arch = "x86_64"))]
         let du: [[f64; KERNEL_LANES]; XI] =
             std::array::from_fn(|xi| std::array::from_fn(|q| du_lanes(ci, q, xi)));
         for (t, g) in gradient_lanes(&du).iter().enumerate() {
@@ -1405,8 +1439,26 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX2 and FMA");
             return;
         }
-        for cin in [1, 3, 4, 7, 16] {
-            let summed = awkward(XI * cin * V, cin);
+        for cin in [1, 3, 4, 5, 7, 16] {
+            // C_in 5: sums of negative zeros only.
+            let summed = if cin == 5 {
+                vec![-0.0; XI * cin * V]
+            } else {
+                // Each weight's lanes: small values of both signs and, at
+                // lanes that move with the weight, 1e20 and -1e20, which
+                // swallow in double precision the small ones added before
+                // the second of them: the order of the lanes shows in the
+                // sum. (No larger values: one would dominate every tap's
+                // sum over the 36 positions and hide the rest.)
+                let mut v: Vec<f32> = (0..XI * cin * V)
+                    .map(|i| ((i * 131 + cin * 17) % 1009) as f32 / 97.0 - 5.0)
+                    .collect();
+                for (k, lanes) in v.chunks_exact_mut(V).enumerate() {
+                    lanes[k % V] = 1.0e20;
+                    lanes[(k + 5) % V] = -1.0e20;
+                }
+                v
+            };
             let mut got = vec![f32::NAN; cin * 9];
             // SAFETY: AVX2 and FMA were detected above.
             unsafe { fold_channel(&summed, &mut got) };
