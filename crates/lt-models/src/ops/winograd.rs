@@ -826,6 +826,7 @@ fn gradient_lanes<T: Copy, const N: usize>(
             std::array::from_fn(|q| add(half(add(du[4 + j][q], du[8 + j][q])), du[12 + j][q]))
         }),
     ];
+    // Placeholders (`T` has no zero of its own): every tap is written below.
     let mut dw = [[du[0][0]; N]; 9];
     for (k, t) in tmp.iter().enumerate() {
         dw[3 * k] = std::array::from_fn(|q| add(t[0][q], half(add(t[1][q], t[2][q]))));
