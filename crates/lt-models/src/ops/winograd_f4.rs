@@ -574,8 +574,8 @@ impl Tiles {
 
 /// Largest transformed input per image (`36 x C_in x tiles` floats) the
 /// forward plan takes: the same 512 KiB of L2 cache as F(2x2, 3x3)'s
-/// limit, and the same exception on CPUs without AVX-512 for maps of many
-/// tiles ([`winograd::takes_large_map`]: ResNet-50's 56x56 layers).
+/// limit, and the same exception for maps of many tiles
+/// ([`winograd::takes_large_map`]: ResNet-50's 56x56 layers).
 pub(super) const MAX_TRANSFORMED_INPUT: usize = 16 * 8192;
 
 /// Everything about one convolution's forward pass that does not depend
