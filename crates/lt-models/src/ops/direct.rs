@@ -87,11 +87,21 @@ const MIN_EFFICIENCY: f64 = 0.85;
 /// the larger.
 const AVX2_MAX_KDIM: usize = 160;
 
-/// Whether the AVX2 tiles beat im2col + gemm on `g` (see
-/// [`AVX2_MAX_KDIM`]); the tiles themselves compute any geometry the
-/// AVX-512 ones do.
-fn avx2_pays(g: &ConvGeom) -> bool {
-    g.kdim() <= AVX2_MAX_KDIM && !g.pointwise()
+/// Whether the tiles beat im2col + gemm on the stride-1 convolution `g`:
+/// never on pointwise ones; on AVX2 up to [`AVX2_MAX_KDIM`] (the tiles
+/// themselves compute any geometry the AVX-512 ones do). On AVX-512
+/// pointwise layers stay on gemm too (Intel Xeon, 2 threads, 2 or 3
+/// alternating pairs): forward + backward of ResNet-50's 56x56 256 -> 64
+/// layer (`conv_ops --filter imagenet-1x1`) 32.2 / 32.8 -> 18.9 / 18.3
+/// ms; training steps (`resnet_step`) ResNet-50 at batch 16 5.9 / 5.8 /
+/// 5.8 -> 6.3 / 6.5 / 6.6 img/s, ResNeXt-50 4.6 / 4.5 -> 5.6 / 5.6,
+/// inference at batch 64 23.0 / 23.9 -> 28.2 / 28.1 and 17.4 -> 23.0.
+/// Their other layers keep the tile whatever `kdim`: with the 7x7 maps'
+/// 3x3 layers on gemm too, ResNet-10's training step lost 4 % (36.5 /
+/// 35.1 -> 34.8 / 33.9 img/s; 36.7 / 35.8 -> 36.4 / 36.2 with them on
+/// the tile).
+fn tile_pays(g: &ConvGeom) -> bool {
+    !g.pointwise() && (avx512() || g.kdim() <= AVX2_MAX_KDIM)
 }
 
 /// Largest `C_in/groups x K x K` of a strided convolution the forward
@@ -131,7 +141,7 @@ impl Plan {
                 .then(|| Self::with_min_efficiency(g, w, MIN_STRIDED_EFFICIENCY))
                 .flatten();
         }
-        if !avx512() && !avx2_pays(g) {
+        if !tile_pays(g) {
             return None;
         }
         Self::with_min_efficiency(g, w, MIN_EFFICIENCY)
@@ -422,7 +432,7 @@ pub(super) const V: usize = 16;
 impl FilterPlan {
     /// A plan for `g`, or `None` when the direct path does not apply.
     pub fn new(g: &ConvGeom) -> Option<Self> {
-        if !avx512() && !avx2_pays(g) {
+        if !tile_pays(g) {
             return None;
         }
         Self::with_limits(g, MIN_FILTER_EFFICIENCY, MIN_FILTER_GRID)
@@ -1270,7 +1280,7 @@ mod tests {
     }
 
     #[test]
-    fn avx2_takes_small_spatial_kernels_only() {
+    fn tiles_take_spatial_kernels_only() {
         let geom = |ci: usize, k: usize, pad: usize| {
             let p = Conv2dParams {
                 stride: 1,
@@ -1280,11 +1290,11 @@ mod tests {
             ConvGeom::new(&[2, ci, 32, 32], &[16, ci, k, k], p).unwrap()
         };
         // A CIFAR ResNet's first stage (kdim 144) on the direct tiles; a
-        // pointwise convolution and ResNet-50's 3x3 layers (576 and up) on
-        // gemm.
-        assert!(avx2_pays(&geom(16, 3, 1)));
-        assert!(!avx2_pays(&geom(64, 1, 0)));
-        assert!(!avx2_pays(&geom(64, 3, 1)));
+        // pointwise convolution on gemm; ResNet-50's 3x3 layers (576 and
+        // up) on the tiles on AVX-512 only.
+        assert!(tile_pays(&geom(16, 3, 1)));
+        assert!(!tile_pays(&geom(64, 1, 0)));
+        assert_eq!(tile_pays(&geom(64, 3, 1)), avx512());
     }
 
     #[test]
