@@ -47,8 +47,9 @@ use crate::TrainError;
 /// Version of the key's recipe: bump it when the features of a backbone
 /// could change for the same inputs (a kernel's arithmetic order, say).
 /// v3: the Winograd forward plans take the 224² networks' large maps on
-/// CPUs without AVX-512.
-const KEY_VERSION: &str = "lt feature cache v3";
+/// CPUs without AVX-512; v4: on AVX-512 CPUs too, where pointwise layers
+/// also moved from the direct tile to gemm.
+const KEY_VERSION: &str = "lt feature cache v4";
 /// Feature files kept per split: the stage-1 backbone's and those of up to
 /// three stage-2 heads with refreshed BN statistics. Older ones are removed
 /// when a new one is written (a ResNet-50's ImageNet-LT training features

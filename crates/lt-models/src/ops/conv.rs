@@ -608,8 +608,7 @@ fn direct_filter_plan(g: &ConvGeom) -> Option<direct::FilterPlan> {
     // (`conv_ops`, AVX2-only EPYC, F(2x2, 3x3)); on AVX-512 the ResNet-32
     // training step went 409.2 / 405.5 / 398.6 -> 422.9 / 424.0 / 414.2
     // img/s (`resnet_step`, 3 alternating pairs, Intel Xeon), ResNet-50's
-    // unchanged (its large maps exceed the Winograd plans' cache limits
-    // there).
+    // unchanged.
     if winograd_f4::FilterPlan::new(g).is_some() || winograd::FilterPlan::new(g).is_some() {
         return None;
     }
