@@ -507,9 +507,16 @@ fn ranks_with_sync_bn_match_one_process_with_the_whole_batch() {
             gd < 2e-5,
             "W={world}: averaged gradient of {gk} off by {gd}"
         );
+        // After three steps at lr 0.1 with momentum, a rounding difference
+        // in the first steps can flip a ReLU or a pooling tie and move a
+        // weight by a few 1e-4: on an AVX-512 Intel Xeon (gemm's blocking
+        // follows the caches) W = 2 ends 3.8e-4 from one process on
+        // `conv1.weight`, W = 4 1.3e-7, while per-rank BN (what this test
+        // tells apart from SyncBN) ends 0.05-0.07 away. The first step's
+        // gradients, above, are the tight check.
         let (wd, wk) = worst(&ranks[0].0, &w1);
         assert!(
-            wd < 1e-4,
+            wd < 1e-3,
             "W={world}: weight {wk} off by {wd} after {STEPS} steps"
         );
     }
