@@ -7,7 +7,7 @@
 //! then normalise + epilogue) and the backward two more (per-channel sums, then
 //! the input gradient), with channels or planes spread over rayon.
 
-use super::cpu::{f32_slice, par_written2, par_written_init};
+use super::cpu::{as_uninit, f32_slice, par_written2, par_written_init};
 use super::simd;
 use super::Epilogue;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -46,6 +46,53 @@ pub(crate) struct BnSaved {
     /// recomputed from the input ([`ReluMask::FromInput`]).
     pub scale: Vec<f32>,
     pub shift: Vec<f32>,
+}
+
+/// A batch norm's affine map and a ReLU, `max(x * scale[c] + shift[c], 0)`
+/// per channel `c`, for a convolution to apply to its input as it reads it:
+/// the activation is then never written through memory (a residual block's
+/// inner activation, see `residual_run`). Where a kernel cannot read
+/// through it, [`BnRelu::apply`] writes the activation with the same
+/// roundings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BnRelu<'a> {
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+}
+
+impl<'a> BnRelu<'a> {
+    /// No channels: a placeholder where no map is read.
+    pub(crate) const NONE: BnRelu<'static> = BnRelu {
+        scale: &[],
+        shift: &[],
+    };
+
+    /// The forward map of `bn`.
+    pub(crate) fn of(bn: &'a BnSaved) -> Self {
+        BnRelu {
+            scale: &bn.scale,
+            shift: &bn.shift,
+        }
+    }
+
+    /// The activation `max(x * scale + shift, 0)` of `x` `(N, C, hw)`,
+    /// written: the bits of [`bn_train_fwd_with`]'s output.
+    pub(crate) fn apply(&self, x: &[f32], hw: usize) -> Vec<f32> {
+        affine_epilogue(x, None, self.scale.len(), hw, self.scale, self.shift, true)
+    }
+
+    /// [`BnRelu::apply`] into `out` (as long as `x`), on the calling
+    /// thread: a kernel's batch of images into its own scratch.
+    pub(crate) fn apply_into(&self, x: &[f32], hw: usize, out: &mut [f32]) {
+        let c = self.scale.len();
+        if hw == 0 || c == 0 {
+            return;
+        }
+        for (p, (x, out)) in x.chunks_exact(hw).zip(out.chunks_exact_mut(hw)).enumerate() {
+            let (a, b) = (self.scale[p % c], self.shift[p % c]);
+            simd::affine_plane(x, None, a, b, true, as_uninit(out));
+        }
+    }
 }
 
 /// Dimensions `(n, c, h * w)` of an `(N, C, H, W)` layout.

@@ -6,6 +6,7 @@
 //! looped inside each kernel: a grouped convolution costs one task per image,
 //! not one candle op per group.
 
+use super::batch_norm::BnRelu;
 use super::cpu::{
     assume_init, f32_slice, par_written_init, par_zeroed, par_zeroed_init, sgemm, split_range,
     threads, Mat, MatMut,
@@ -470,25 +471,7 @@ pub(crate) fn conv_fwd_then(
 ) -> Vec<f32> {
     let (cig, cog, kdim, hw, ohw) = (g.cig(), g.cog(), g.kdim(), g.hw(), g.ohw());
     if let Some(plan) = winograd_f4_plan(g, w) {
-        // Groups of `images` images per call (the last may hold fewer).
-        let (images, per_image) = (plan.images(), g.c_out * ohw);
-        if per_image == 0 {
-            return Vec::new();
-        }
-        // SAFETY: `Plan::run` writes every element of its images' output.
-        return unsafe {
-            par_written_init(
-                g.n * per_image,
-                images * per_image,
-                || vec![0f32; plan.scratch_len()],
-                |scratch, grp, ys| {
-                    let (i, k) = (grp * images, ys.len() / per_image);
-                    plan.run(&x[i * g.c_in * hw..(i + k) * g.c_in * hw], ys, scratch);
-                    // SAFETY: `Plan::run` wrote every element of `ys`.
-                    then(i, assume_init(ys));
-                },
-            )
-        };
+        return f4_forward(&plan, g, x, None, then);
     }
     if let Some(plan) = winograd_plan(g, w) {
         // SAFETY: `Plan::run` writes every element of its image's output.
@@ -546,6 +529,54 @@ pub(crate) fn conv_fwd_then(
         }
         then(i, yi);
     })
+}
+
+/// [`conv_fwd_then`] on the activation `max(z * scale + shift, 0)` of a
+/// batch norm's input `z` ([`BnRelu`]), which the kernel computes as it
+/// reads `z`: the activation is never written. `None` where the plan this
+/// convolution takes cannot read through the map (only F(4x4, 3x3)'s
+/// can): the caller then writes the activation ([`BnRelu::apply`]) and
+/// takes [`conv_fwd_then`]. Either way the same bits.
+pub(crate) fn conv_fwd_bn_relu_then(
+    g: &ConvGeom,
+    z: &[f32],
+    bn: BnRelu<'_>,
+    w: &[f32],
+    then: impl Fn(usize, &mut [f32]) + Sync,
+) -> Option<Vec<f32>> {
+    let plan = winograd_f4_plan(g, w)?;
+    Some(f4_forward(&plan, g, z, Some(bn), then))
+}
+
+/// [`conv_fwd_then`] by an F(4x4, 3x3) plan, the input read through `bn`
+/// where it is given.
+fn f4_forward(
+    plan: &winograd_f4::Plan,
+    g: &ConvGeom,
+    x: &[f32],
+    bn: Option<BnRelu<'_>>,
+    then: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let hw = g.hw();
+    // Groups of `images` images per call (the last may hold fewer).
+    let (images, per_image) = (plan.images(), g.c_out * g.ohw());
+    if per_image == 0 {
+        return Vec::new();
+    }
+    // SAFETY: `Plan::run` writes every element of its images' output.
+    unsafe {
+        par_written_init(
+            g.n * per_image,
+            images * per_image,
+            || vec![0f32; plan.scratch_len()],
+            |scratch, grp, ys| {
+                let (i, k) = (grp * images, ys.len() / per_image);
+                plan.run(&x[i * g.c_in * hw..(i + k) * g.c_in * hw], bn, ys, scratch);
+                // SAFETY: `Plan::run` wrote every element of `ys`.
+                then(i, assume_init(ys));
+            },
+        )
+    }
 }
 
 thread_local! {
@@ -785,17 +816,7 @@ pub(crate) fn conv_bwd_filter(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         return plan.finish(&lanes);
     }
     if let Some(plan) = winograd_f4_filter_plan(g) {
-        let lanes = batched_lanes(
-            g,
-            x,
-            dy,
-            parts,
-            plan.batch(),
-            plan.lanes_len(),
-            plan.scratch_len(),
-            |xs, dys, k, lanes, scratch| plan.accumulate(xs, dys, k, lanes, scratch),
-        );
-        return plan.finish(&lanes);
+        return f4_filter(&plan, g, x, None, dy);
     }
     if let Some(plan) = winograd_filter_plan(g) {
         let lanes = batched_lanes(
@@ -870,6 +891,70 @@ pub(crate) fn conv_bwd_filter(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
             *d = src[j * cog + co];
         }
     })
+}
+
+/// [`conv_bwd_filter`] with the activation `max(z * scale + shift, 0)` of
+/// a batch norm's input `z` ([`BnRelu`]) as the input, computed as the
+/// kernel reads `z` (F(4x4, 3x3)) or a batch of images at a time into its
+/// scratch (F(2x2, 3x3)); `None` where the plan this weight gradient takes
+/// is neither (the caller writes the activation and takes
+/// [`conv_bwd_filter`]). The same bits either way.
+pub(crate) fn conv_bwd_filter_bn_relu(
+    g: &ConvGeom,
+    z: &[f32],
+    bn: BnRelu<'_>,
+    dy: &[f32],
+) -> Option<Vec<f32>> {
+    // Where a Winograd plan applies, `conv_bwd_filter` takes it: the
+    // direct plan declines then ([`direct_filter_plan`]).
+    if let Some(plan) = winograd_f4_filter_plan(g) {
+        return Some(f4_filter(&plan, g, z, Some(bn), dy));
+    }
+    // F(2x2, 3x3)'s transforms do not read through the map: each batch of
+    // images is written through it into the worker's scratch, in cache,
+    // rather than the whole activation through memory.
+    let plan = winograd_filter_plan(g)?;
+    let hw = g.hw();
+    let per_batch = plan.batch() * g.c_in * hw;
+    let lanes = batched_lanes(
+        g,
+        z,
+        dy,
+        threads().min(g.n).max(1),
+        plan.batch(),
+        plan.lanes_len(),
+        per_batch + plan.scratch_len(),
+        |zs, dys, k, lanes, scratch| {
+            let (xs, scratch) = scratch.split_at_mut(per_batch);
+            let xs = &mut xs[..zs.len()];
+            bn.apply_into(zs, hw, xs);
+            plan.accumulate(xs, dys, k, lanes, scratch);
+        },
+    );
+    Some(plan.finish(&lanes))
+}
+
+/// [`conv_bwd_filter`] by an F(4x4, 3x3) plan, the input read through `bn`
+/// where it is given.
+fn f4_filter(
+    plan: &winograd_f4::FilterPlan,
+    g: &ConvGeom,
+    x: &[f32],
+    bn: Option<BnRelu<'_>>,
+    dy: &[f32],
+) -> Vec<f32> {
+    let parts = threads().min(g.n).max(1);
+    let lanes = batched_lanes(
+        g,
+        x,
+        dy,
+        parts,
+        plan.batch(),
+        plan.lanes_len(),
+        plan.scratch_len(),
+        |xs, dys, k, lanes, scratch| plan.accumulate(xs, bn, dys, k, lanes, scratch),
+    );
+    plan.finish(&lanes)
 }
 
 /// Forward convolution `(x, w) -> y` with its own backward.
@@ -1029,6 +1114,63 @@ mod tests {
         let g = ConvGeom::new(&[8, 16, 32, 32], &[16, 16, 3, 3], p).unwrap();
         assert!(winograd_filter_plan(&g).is_some());
         assert!(direct_filter_plan(&g).is_none());
+    }
+
+    /// A convolution and a weight gradient that read their input through a
+    /// batch norm's map and ReLU ([`BnRelu`]) give the bits of the same
+    /// kernels on the activation written first: F(4x4, 3x3) reading
+    /// through the map (32x32 maps, and 8x8 ones four images per call, the
+    /// last call short), F(2x2, 3x3)'s weight gradient a batch at a time
+    /// (8x8, 4x4), and maps neither takes (`None`, the caller writes the
+    /// activation: 4x4 forward, 7x7).
+    /// Negative scales and shifts, so that the ReLU cuts.
+    #[test]
+    fn reading_through_a_batch_norm_gives_the_bits_of_the_written_activation() {
+        if !direct::available() || !winograd::enabled() || !winograd_f4::enabled() {
+            eprintln!("skipped: no AVX2, or Winograd switched off");
+            return;
+        }
+        let p = Conv2dParams {
+            stride: 1,
+            padding: 1,
+            groups: 1,
+        };
+        // (n, c, h, w, forward read through the map, weight gradient)
+        for (n, c, h, w, fwd, filter) in [
+            (3, 16, 32, 32, true, true),
+            (6, 16, 8, 8, true, true),
+            (2, 8, 4, 4, false, true),
+            (2, 8, 7, 7, false, false),
+        ] {
+            let g = ConvGeom::new(&[n, c, h, w], &[c, c, 3, 3], p).unwrap();
+            let wave = |len: usize, k: usize| -> Vec<f32> {
+                (0..len)
+                    .map(|i| ((i * k % 211) as f32) / 70.0 - 1.5)
+                    .collect()
+            };
+            let z = wave(n * c * h * w, 37);
+            let wt = wave(c * c * 9, 53);
+            let dy = wave(n * c * h * w, 71);
+            let (scale, shift) = (wave(c, 29), wave(c, 83));
+            let bn = BnRelu {
+                scale: &scale,
+                shift: &shift,
+            };
+            let y = bn.apply(&z, h * w);
+            assert!(y.iter().filter(|&&v| v == 0.0).count() > y.len() / 10);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let fused = conv_fwd_bn_relu_then(&g, &z, bn, &wt, |_, _| {});
+            assert_eq!(fused.is_some(), fwd, "{:?}: forward", (n, c, h, w));
+            if let Some(fused) = fused {
+                assert_eq!(bits(&fused), bits(&conv_fwd(&g, &y, &wt)), "{:?}", (n, c, h));
+            }
+            let fused = conv_bwd_filter_bn_relu(&g, &z, bn, &dy);
+            assert_eq!(fused.is_some(), filter, "{:?}: filter", (n, c, h, w));
+            if let Some(fused) = fused {
+                let want = conv_bwd_filter(&g, &y, &dy);
+                assert_eq!(bits(&fused), bits(&want), "{:?}: filter", (n, c, h));
+            }
+        }
     }
 
     /// `<im2col(x), c> == <x, col2im(c)>` for all x, c: col2im is the adjoint.

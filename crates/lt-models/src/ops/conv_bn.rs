@@ -9,10 +9,10 @@
 //! tensor.
 
 use super::batch_norm::{
-    affine_in_place, bn_train_bwd_with, bn_train_fwd_with, BnSaved, EpilogueKind, GradPlaneSums,
-    PlaneSums, ReluMask,
+    affine_in_place, bn_train_bwd_with, bn_train_fwd_with, BnRelu, BnSaved, EpilogueKind,
+    GradPlaneSums, PlaneSums, ReluMask,
 };
-use super::conv::{conv_bwd_data, conv_bwd_filter, conv_fwd_then, ConvGeom};
+use super::conv::{conv_bwd_data, conv_bwd_filter, conv_fwd_bn_relu_then, conv_fwd_then, ConvGeom};
 use super::cpu::f32_slice;
 use super::{Conv2dParams, Epilogue};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
@@ -29,6 +29,52 @@ fn conv_with_stats(g: &ConvGeom, x: &[f32], w: &[f32]) -> (Vec<f32>, (Vec<f32>, 
     let z = conv_fwd_then(g, x, w, |first, ys| sums.add_images(first, ys, hw));
     let stats = sums.finish(&z, hw);
     (z, stats)
+}
+
+/// `conv(x, w)` with its batch statistics and the batch norm's affine map
+/// ([`conv_with_stats`], [`BnSaved::new`]), no output written: for a
+/// convolution that reads the activation through [`BnRelu`]
+/// ([`conv_bn_train_fwd_bn_relu`]).
+pub(crate) fn conv_bn_train_stats(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    (gamma, beta): (&[f32], &[f32]),
+    eps: f64,
+) -> (Vec<f32>, BnSaved) {
+    let (z, stats) = conv_with_stats(g, x, w);
+    (z, BnSaved::new(gamma, beta, eps, stats))
+}
+
+/// [`conv_bn_train_fwd`] on the activation `max(x * scale + shift, 0)` of
+/// a batch norm's input `x` ([`BnRelu`]): read through the map where the
+/// convolution's plan can ([`conv_fwd_bn_relu_then`]), otherwise written
+/// first and returned as the fourth value (to be kept for the weight
+/// gradient as the activation would have been). The same bits either way.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_bn_train_fwd_bn_relu(
+    g: &ConvGeom,
+    x: &[f32],
+    map: BnRelu<'_>,
+    w: &[f32],
+    residual: Option<&[f32]>,
+    (gamma, beta): (&[f32], &[f32]),
+    eps: f64,
+    relu: bool,
+) -> (Vec<f32>, Vec<f32>, BnSaved, Option<Vec<f32>>) {
+    let hw = g.oh * g.ow;
+    let sums = PlaneSums::new(g.n, g.c_out);
+    let then = |first, ys: &mut [f32]| sums.add_images(first, ys, hw);
+    let (z, written) = match conv_fwd_bn_relu_then(g, x, map, w, then) {
+        Some(z) => (z, None),
+        None => {
+            let a = map.apply(x, g.h * g.w);
+            (conv_fwd_then(g, &a, w, then), Some(a))
+        }
+    };
+    let stats = sums.finish(&z, hw);
+    let (y, bn) = bn_train_fwd_with(&z, residual, (g.c_out, hw), gamma, beta, eps, relu, stats);
+    (z, y, bn, written)
 }
 
 /// `conv(x, w)` (the batch norm's input `z`), then `epilogue(bn(z) (+

@@ -38,6 +38,7 @@
 //! [`MAX_FILTER_PAIRS`] channel pairs too. [`set_enabled`] switches both
 //! plans off, for a reproduction of results made before they existed.
 
+use super::batch_norm::BnRelu;
 use super::conv::ConvGeom;
 use super::cpu::{par_written_init, write_floats};
 use super::direct::{self, LANES, MR, V};
@@ -277,7 +278,8 @@ impl Tiles {
 
     /// `V[ξ][c][col0 + t] = (B^T d B)[ξ]` for every channel `c` and tile
     /// `t` of `images` (at most the plan's) images `x` `(images, C_in, H,
-    /// W)`, image after image
+    /// W)` (read through `bn`'s affine map and a ReLU where it is given:
+    /// [`BnRelu`]), image after image
     /// (`tp` of them; finite values past the images', whose products no
     /// output reads), at `at` ([`Rows`]).
     ///
@@ -295,6 +297,32 @@ impl Tiles {
     unsafe fn transform_input(
         &self,
         x: &[f32],
+        bn: Option<BnRelu<'_>>,
+        images: usize,
+        v: &mut [f32],
+        band: &mut [f32],
+        at: Rows,
+    ) {
+        // SAFETY: forwarded, the caller's contract.
+        unsafe {
+            match bn {
+                None => self.transform_input_as::<false>(x, BnRelu::NONE, images, v, band, at),
+                Some(bn) => self.transform_input_as::<true>(x, bn, images, v, band, at),
+            }
+        }
+    }
+
+    /// [`Tiles::transform_input`], the input read through `bn` where
+    /// `MAPPED` (`bn` is not read otherwise): a compile-time switch, so
+    /// that the plain transform keeps its loop as it was.
+    ///
+    /// # Safety
+    /// As for [`Tiles::transform_input`].
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+    unsafe fn transform_input_as<const MAPPED: bool>(
+        &self,
+        x: &[f32],
+        bn: BnRelu<'_>,
         images: usize,
         v: &mut [f32],
         band: &mut [f32],
@@ -317,7 +345,8 @@ impl Tiles {
             assert!(
                 images <= self.images
                     && x.len() >= images * g.c_in * h * w
-                    && at.at(XI - 1, g.c_in - 1) + tp <= v.len(),
+                    && at.at(XI - 1, g.c_in - 1) + tp <= v.len()
+                    && (!MAPPED || bn.scale.len() == g.c_in && bn.shift.len() == g.c_in),
                 "winograd F(4x4, 3x3): bad input transform"
             );
             let vp = v.as_mut_ptr();
@@ -330,6 +359,16 @@ impl Tiles {
             // as asserted for the last).
             unsafe {
                 for c in 0..g.c_in {
+                    // The batch norm's map of this channel, where the input
+                    // is read through one: `max(x * scale + shift, 0)`,
+                    // rounded after the product and after the sum as
+                    // [`super::simd::affine_plane`] rounds it.
+                    let zero = _mm256_setzero_ps();
+                    let (scale, shift) = if MAPPED {
+                        (_mm256_set1_ps(bn.scale[c]), _mm256_set1_ps(bn.shift[c]))
+                    } else {
+                        (zero, zero)
+                    };
                     // Row pass: padded rows 4ty .. 4ty+5 are input rows 4ty-1
                     // .. 4ty+4 (zeros outside the image); the planes hold
                     // the images' tile rows one after the other.
@@ -342,19 +381,30 @@ impl Tiles {
                         // plane are read once and not far apart, and
                         // waiting for them was a third of this transform.
                         prefetch_rows(xc.wrapping_add(h * w + 4 * ty * w), 4 * w);
-                        let d: [*const f32; 6] = std::array::from_fn(|k| {
+                        let inside = |k: usize| {
                             let r = (4 * ty + k) as isize - 1;
-                            if (0..h as isize).contains(&r) {
-                                xc.add(r as usize * w)
-                            } else {
-                                zp
-                            }
+                            (0..h as isize).contains(&r).then_some(r as usize)
+                        };
+                        let d: [*const f32; 6] = std::array::from_fn(|k| match inside(k) {
+                            Some(r) => xc.add(r * w),
+                            None => zp,
                         });
+                        // The padding stays zero under the map: its rows
+                        // take no shift (`max(0 * scale + 0, 0) = +0`, the
+                        // plain transform's zero).
+                        let shifts: [__m256; 6] =
+                            std::array::from_fn(|k| if inside(k).is_some() { shift } else { zero });
                         let o = cp.add((b * th + ty) * w);
                         let mut col = 0;
                         while col < w {
                             let e = input_combination8(std::array::from_fn(|k| {
-                                _mm256_loadu_ps(d[k].add(col))
+                                let x = _mm256_loadu_ps(d[k].add(col));
+                                if MAPPED {
+                                    let y = _mm256_add_ps(_mm256_mul_ps(x, scale), shifts[k]);
+                                    _mm256_max_ps(y, zero)
+                                } else {
+                                    x
+                                }
                             }));
                             for (i, e) in e.into_iter().enumerate() {
                                 _mm256_storeu_ps(o.add(i * pl + col), e);
@@ -408,7 +458,7 @@ impl Tiles {
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (x, v, band, at);
+            let _ = (x, bn, v, band, at);
             unreachable!("winograd convolution needs AVX2")
         }
     }
@@ -647,9 +697,16 @@ impl Plan {
     }
 
     /// Convolves `k` images (at most [`Plan::images`]): `x` `(k, C_in, H,
-    /// W)` into `y` `(k, C_out, H, W)`, every element of which is written;
-    /// `scratch` may hold anything.
-    pub fn run(&self, x: &[f32], y: &mut [MaybeUninit<f32>], scratch: &mut [f32]) {
+    /// W)`, read through `bn` where it is given ([`BnRelu`]), into `y` `(k,
+    /// C_out, H, W)`, every element of which is written; `scratch` may
+    /// hold anything.
+    pub fn run(
+        &self,
+        x: &[f32],
+        bn: Option<BnRelu<'_>>,
+        y: &mut [MaybeUninit<f32>],
+        scratch: &mut [f32],
+    ) {
         let g = &self.t.g;
         let (cin, hw, tp, rs) = (g.c_in, g.h * g.w, self.t.tp, self.rs);
         assert!(
@@ -673,7 +730,7 @@ impl Plan {
             col0: 0,
         };
         // SAFETY: AVX2 and FMA were detected when the plan was made.
-        unsafe { self.t.transform_input(x, k, v, band, at) };
+        unsafe { self.t.transform_input(x, bn, k, v, band, at) };
         let blocks = g.c_out / MR;
         // Each output channel's 36 rows together: the output transform
         // reads rows `6 i + j` of one channel, which at `(ξ MR + r) tp`
@@ -791,10 +848,12 @@ impl FilterPlan {
     }
 
     /// Adds the products of `k <= batch` images (`x` `(k, C_in, H, W)`,
-    /// `dy` `(k, C_out, H, W)`) to `lanes`.
+    /// read through `bn` where it is given ([`BnRelu`]), `dy` `(k, C_out,
+    /// H, W)`) to `lanes`.
     pub fn accumulate(
         &self,
         x: &[f32],
+        bn: Option<BnRelu<'_>>,
         dy: &[f32],
         k: usize,
         lanes: &mut Lanes,
@@ -820,7 +879,7 @@ impl FilterPlan {
             // SAFETY: AVX2 and FMA were detected when the plan was made.
             unsafe {
                 let xb = &x[b * cin * hw..(b + 1) * cin * hw];
-                t.transform_input(xb, 1, v, band, block(vb));
+                t.transform_input(xb, bn, 1, v, band, block(vb));
                 let dyb = &dy[b * cout * hw..(b + 1) * cout * hw];
                 t.transform_grad(dyb, d, band, block(db));
             }
@@ -1203,6 +1262,7 @@ mod tests {
                 let k = per_call.min(n - i);
                 plan.run(
                     &x[i * chw..(i + k) * chw],
+                    None,
                     &mut y[i * ohw..(i + k) * ohw],
                     &mut scratch,
                 );
@@ -1262,6 +1322,7 @@ mod tests {
             for k in sizes {
                 plan.accumulate(
                     &x[i * chw..(i + k) * chw],
+                    None,
                     &dy[i * ohw..(i + k) * ohw],
                     k,
                     &mut lanes,
@@ -1354,7 +1415,7 @@ mod tests {
         let run = |plan: &Plan| {
             let mut scratch = vec![f32::NAN; plan.scratch_len()];
             let mut y = vec![MaybeUninit::new(f32::NAN); 2 * 16 * 8 * 16];
-            plan.run(&x[..2 * 16 * 8 * 16], &mut y, &mut scratch);
+            plan.run(&x[..2 * 16 * 8 * 16], None, &mut y, &mut scratch);
             // SAFETY: `run` writes every output.
             y.iter()
                 .map(|v| unsafe { v.assume_init() })
