@@ -9,7 +9,7 @@
 use super::batch_norm::BnRelu;
 use super::cpu::{
     assume_init, f32_slice, par_written_init, par_zeroed, par_zeroed_init, sgemm, split_range,
-    threads, Mat, MatMut,
+    threads, Mat, MatMut, Scratch,
 };
 use super::direct;
 use super::lanes::{Lanes, PartLanes};
@@ -568,7 +568,7 @@ fn f4_forward(
         par_written_init(
             g.n * per_image,
             images * per_image,
-            || vec![0f32; plan.scratch_len()],
+            || Scratch::take(plan.scratch_len()),
             |scratch, grp, ys| {
                 let (i, k) = (grp * images, ys.len() / per_image);
                 plan.run(&x[i * g.c_in * hw..(i + k) * g.c_in * hw], bn, ys, scratch);
@@ -776,7 +776,7 @@ fn batched_lanes(
     let (hw, ohw) = (g.hw(), g.ohw());
     let partial = |part: usize| {
         let mut lanes = Lanes::new(lanes_len);
-        let mut scratch = vec![0f32; scratch_len];
+        let mut scratch = Scratch::take(scratch_len);
         let images = split_range(g.n, parts, part);
         let mut i = images.start;
         while i < images.end {
@@ -1162,7 +1162,12 @@ mod tests {
             let fused = conv_fwd_bn_relu_then(&g, &z, bn, &wt, |_, _| {});
             assert_eq!(fused.is_some(), fwd, "{:?}: forward", (n, c, h, w));
             if let Some(fused) = fused {
-                assert_eq!(bits(&fused), bits(&conv_fwd(&g, &y, &wt)), "{:?}", (n, c, h));
+                assert_eq!(
+                    bits(&fused),
+                    bits(&conv_fwd(&g, &y, &wt)),
+                    "{:?}",
+                    (n, c, h)
+                );
             }
             let fused = conv_bwd_filter_bn_relu(&g, &z, bn, &dy);
             assert_eq!(fused.is_some(), filter, "{:?}: filter", (n, c, h, w));
