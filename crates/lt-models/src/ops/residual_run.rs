@@ -23,8 +23,8 @@
 //! transform), forward and for its weight gradient (where that gradient
 //! takes F(2x2, 3x3), a batch of images at a time into the worker's
 //! scratch). That saves a pass over the activation through memory and the
-//! memory itself: on a CIFAR ResNet-32 step, 2-5 % of the time and a fifth
-//! of the peak (Intel Xeon, AVX-512). Where the forward plan cannot read
+//! memory itself: on a CIFAR ResNet-32 training step, about 3 % of the
+//! time and a fifth of the peak memory (Intel Xeon, AVX-512). Where the forward plan cannot read
 //! through the map, the activation is written and kept as before. The
 //! bits are the same either way.
 //!
