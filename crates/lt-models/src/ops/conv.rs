@@ -758,37 +758,106 @@ fn sum_parts(
         .unwrap_or_else(|| vec![0f32; len])
 }
 
-/// The lane accumulators of a Winograd weight-gradient plan, one per
-/// worker: each of `parts` workers feeds its share of the images to
-/// `accumulate` in batches of up to `batch` (`accumulate(x, dy, k, lanes,
-/// scratch)` for `k` images), with `scratch_len` floats of scratch.
-#[allow(clippy::too_many_arguments)]
-fn batched_lanes(
-    g: &ConvGeom,
-    x: &[f32],
-    dy: &[f32],
-    parts: usize,
-    batch: usize,
-    lanes_len: usize,
-    scratch_len: usize,
-    accumulate: impl Fn(&[f32], &[f32], usize, &mut Lanes, &mut [f32]) + Sync,
-) -> PartLanes {
-    let (hw, ohw) = (g.hw(), g.ohw());
-    let partial = |part: usize| {
-        let mut lanes = Lanes::new(lanes_len);
-        let mut scratch = Scratch::take(scratch_len);
-        let images = split_range(g.n, parts, part);
-        let mut i = images.start;
-        while i < images.end {
-            let k = batch.min(images.end - i);
-            let xs = &x[i * g.c_in * hw..(i + k) * g.c_in * hw];
-            let dys = &dy[i * g.c_out * ohw..(i + k) * g.c_out * ohw];
-            accumulate(xs, dys, k, &mut lanes, &mut scratch);
-            i += k;
+/// The Winograd weight-gradient plan a layer takes where one applies
+/// (`conv_bwd_filter` prefers it to the direct one: [`direct_filter_plan`]),
+/// fed a batch of images at a time.
+enum WinogradFilter {
+    F4(winograd_f4::FilterPlan),
+    F2(winograd::FilterPlan),
+}
+
+impl WinogradFilter {
+    fn new(g: &ConvGeom) -> Option<Self> {
+        winograd_f4_filter_plan(g)
+            .map(Self::F4)
+            .or_else(|| winograd_filter_plan(g).map(Self::F2))
+    }
+
+    /// Images per batch.
+    fn batch(&self) -> usize {
+        match self {
+            Self::F4(p) => p.batch(),
+            Self::F2(p) => p.batch(),
         }
-        lanes.into_vec()
-    };
-    PartLanes::new((0..parts.max(1)).into_par_iter().map(partial).collect())
+    }
+
+    fn lanes_len(&self) -> usize {
+        match self {
+            Self::F4(p) => p.lanes_len(),
+            Self::F2(p) => p.lanes_len(),
+        }
+    }
+
+    /// Floats of scratch per worker: the plan's, and where F(2x2, 3x3)
+    /// reads its input through a map (`mapped`), a batch of the written
+    /// activation.
+    fn scratch_len(&self, g: &ConvGeom, mapped: bool) -> usize {
+        match self {
+            Self::F4(p) => p.scratch_len(),
+            Self::F2(p) => p.scratch_len() + usize::from(mapped) * p.batch() * g.c_in * g.hw(),
+        }
+    }
+
+    /// Adds the products of `k` images `xs` (read through `bn` where it is
+    /// given) and their output gradients `dys` to `lanes`.
+    #[allow(clippy::too_many_arguments)]
+    fn accumulate(
+        &self,
+        g: &ConvGeom,
+        xs: &[f32],
+        bn: Option<BnRelu<'_>>,
+        dys: &[f32],
+        k: usize,
+        lanes: &mut Lanes,
+        scratch: &mut [f32],
+    ) {
+        match (self, bn) {
+            (Self::F4(p), bn) => p.accumulate(xs, bn, dys, k, lanes, scratch),
+            (Self::F2(p), None) => p.accumulate(xs, dys, k, lanes, scratch),
+            // F(2x2, 3x3)'s transforms do not read through the map: the
+            // batch is written through it into the worker's scratch, in
+            // cache, rather than the whole activation through memory.
+            (Self::F2(p), Some(bn)) => {
+                let (written, scratch) = scratch.split_at_mut(xs.len());
+                bn.apply_into(xs, g.hw(), written);
+                p.accumulate(written, dys, k, lanes, scratch);
+            }
+        }
+    }
+
+    /// The weight gradient of `x` (read through `bn` where it is given) and
+    /// `dy`: each worker feeds its share of the images ([`split_range`]) to
+    /// the plan in batches, into its own lane accumulator.
+    fn weight_gradient(
+        &self,
+        g: &ConvGeom,
+        x: &[f32],
+        bn: Option<BnRelu<'_>>,
+        dy: &[f32],
+    ) -> Vec<f32> {
+        let (hw, ohw) = (g.hw(), g.ohw());
+        let parts = threads().min(g.n).max(1);
+        let (batch, scratch_len) = (self.batch(), self.scratch_len(g, bn.is_some()));
+        let partial = |part: usize| {
+            let mut lanes = Lanes::new(self.lanes_len());
+            let mut scratch = Scratch::take(scratch_len);
+            let images = split_range(g.n, parts, part);
+            let mut i = images.start;
+            while i < images.end {
+                let k = batch.min(images.end - i);
+                let xs = &x[i * g.c_in * hw..(i + k) * g.c_in * hw];
+                let dys = &dy[i * g.c_out * ohw..(i + k) * g.c_out * ohw];
+                self.accumulate(g, xs, bn, dys, k, &mut lanes, &mut scratch);
+                i += k;
+            }
+            lanes.into_vec()
+        };
+        let lanes = PartLanes::new((0..parts).into_par_iter().map(partial).collect());
+        match self {
+            Self::F4(p) => p.finish(&lanes),
+            Self::F2(p) => p.finish(&lanes),
+        }
+    }
 }
 
 /// `dw = sum_n dy_n * im2col(x_n)^T`, accumulated per worker then summed.
@@ -815,21 +884,8 @@ pub(crate) fn conv_bwd_filter(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         let lanes = PartLanes::new((0..parts).into_par_iter().map(partial).collect());
         return plan.finish(&lanes);
     }
-    if let Some(plan) = winograd_f4_filter_plan(g) {
-        return f4_filter(&plan, g, x, None, dy);
-    }
-    if let Some(plan) = winograd_filter_plan(g) {
-        let lanes = batched_lanes(
-            g,
-            x,
-            dy,
-            parts,
-            plan.batch(),
-            plan.lanes_len(),
-            plan.scratch_len(),
-            |xs, dys, k, lanes, scratch| plan.accumulate(xs, dys, k, lanes, scratch),
-        );
-        return plan.finish(&lanes);
+    if let Some(filter) = WinogradFilter::new(g) {
+        return filter.weight_gradient(g, x, None, dy);
     }
     let par = if parts > 1 {
         Parallelism::None
@@ -907,54 +963,8 @@ pub(crate) fn conv_bwd_filter_bn_relu(
 ) -> Option<Vec<f32>> {
     // Where a Winograd plan applies, `conv_bwd_filter` takes it: the
     // direct plan declines then ([`direct_filter_plan`]).
-    if let Some(plan) = winograd_f4_filter_plan(g) {
-        return Some(f4_filter(&plan, g, z, Some(bn), dy));
-    }
-    // F(2x2, 3x3)'s transforms do not read through the map: each batch of
-    // images is written through it into the worker's scratch, in cache,
-    // rather than the whole activation through memory.
-    let plan = winograd_filter_plan(g)?;
-    let hw = g.hw();
-    let per_batch = plan.batch() * g.c_in * hw;
-    let lanes = batched_lanes(
-        g,
-        z,
-        dy,
-        threads().min(g.n).max(1),
-        plan.batch(),
-        plan.lanes_len(),
-        per_batch + plan.scratch_len(),
-        |zs, dys, k, lanes, scratch| {
-            let (xs, scratch) = scratch.split_at_mut(per_batch);
-            let xs = &mut xs[..zs.len()];
-            bn.apply_into(zs, hw, xs);
-            plan.accumulate(xs, dys, k, lanes, scratch);
-        },
-    );
-    Some(plan.finish(&lanes))
-}
-
-/// [`conv_bwd_filter`] by an F(4x4, 3x3) plan, the input read through `bn`
-/// where it is given.
-fn f4_filter(
-    plan: &winograd_f4::FilterPlan,
-    g: &ConvGeom,
-    x: &[f32],
-    bn: Option<BnRelu<'_>>,
-    dy: &[f32],
-) -> Vec<f32> {
-    let parts = threads().min(g.n).max(1);
-    let lanes = batched_lanes(
-        g,
-        x,
-        dy,
-        parts,
-        plan.batch(),
-        plan.lanes_len(),
-        plan.scratch_len(),
-        |xs, dys, k, lanes, scratch| plan.accumulate(xs, bn, dys, k, lanes, scratch),
-    );
-    plan.finish(&lanes)
+    let filter = WinogradFilter::new(g)?;
+    Some(filter.weight_gradient(g, z, Some(bn), dy))
 }
 
 /// Forward convolution `(x, w) -> y` with its own backward.
@@ -1098,6 +1108,15 @@ mod tests {
         ConvGeom::new(&[1, 2, h, w], &[3, 2, k, k], p).unwrap()
     }
 
+    /// Stride 1, padding 1: a 3x3 convolution that keeps the map's size.
+    fn same_3x3() -> Conv2dParams {
+        Conv2dParams {
+            stride: 1,
+            padding: 1,
+            groups: 1,
+        }
+    }
+
     /// Which weight-gradient kernel a CIFAR stage-1 layer takes: Winograd,
     /// where the direct plan also applies, on AVX2 and AVX-512 alike.
     #[test]
@@ -1106,12 +1125,7 @@ mod tests {
             eprintln!("skipped: no AVX2, or Winograd switched off");
             return;
         }
-        let p = Conv2dParams {
-            stride: 1,
-            padding: 1,
-            groups: 1,
-        };
-        let g = ConvGeom::new(&[8, 16, 32, 32], &[16, 16, 3, 3], p).unwrap();
+        let g = ConvGeom::new(&[8, 16, 32, 32], &[16, 16, 3, 3], same_3x3()).unwrap();
         assert!(winograd_filter_plan(&g).is_some());
         assert!(direct_filter_plan(&g).is_none());
     }
@@ -1130,11 +1144,7 @@ mod tests {
             eprintln!("skipped: no AVX2, or Winograd switched off");
             return;
         }
-        let p = Conv2dParams {
-            stride: 1,
-            padding: 1,
-            groups: 1,
-        };
+        let p = same_3x3();
         // (n, c, h, w, forward read through the map, weight gradient)
         for (n, c, h, w, fwd, filter) in [
             (3, 16, 32, 32, true, true),
