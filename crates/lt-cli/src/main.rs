@@ -313,6 +313,10 @@ macro_rules! outp {
     }};
 }
 
+/// Stack size of the rayon pool's threads, which run the commands: that of
+/// a Linux main thread (8 MiB), not the 2 MiB a spawned thread gets.
+const MAIN_STACK_BYTES: usize = 8 << 20;
+
 fn main() -> ExitCode {
     // candle's own elementwise thread pool spins and competes with the
     // project's kernels (measured 546 vs 493 img/s on a ResNet-32 step at 2
@@ -358,7 +362,16 @@ fn main() -> ExitCode {
         }
     }
     let mut out = String::new();
-    let result = run(cli.command, &mut out);
+    // The command runs on a worker of the kernels' rayon pool, so that
+    // their parallel loops start from inside it: a training step on the
+    // main thread put that thread to sleep and woke it once per loop
+    // (`lt_models::ops::on_worker`: 8-10 % of a CIFAR ResNet-32 step). The
+    // pool's threads get the main thread's stack size; `RAYON_NUM_THREADS`
+    // still sizes it. A pool built already (none is, this early) is kept.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .stack_size(MAIN_STACK_BYTES)
+        .build_global();
+    let result = lt_models::ops::on_worker(|| run(cli.command, &mut out));
     if rank != 0 {
         // Rank 0 prints the result; the others would print the same.
         out.clear();

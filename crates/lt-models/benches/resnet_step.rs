@@ -6,7 +6,8 @@
 //! cargo bench -p lt-models --bench resnet_step -- --model resnet32 --batch 128 \
 //!     --threads 2 --steps 10 --warmup 3 [--classes 100] [--size 32] [--profile] \
 //!     [--device cpu|cuda:N] [--precision f32|bf16] [--mode train|infer|infer-unfused] \
-//!     [--no-winograd] [--no-winograd-f4] [--no-residual-runs] [--max-isa baseline|avx2|avx512]
+//!     [--no-winograd] [--no-winograd-f4] [--no-residual-runs] [--max-isa baseline|avx2|avx512] \
+//!     [--on-main-thread]
 //! ```
 //!
 //! `--no-winograd` runs the 3x3 convolutions on the direct / gemm kernels
@@ -15,6 +16,10 @@
 //! (`lt_models::ops::set_winograd_f4`); `--no-residual-runs` trains the
 //! basic blocks one op each instead of as residual runs
 //! (`lt_models::ops::set_residual_runs`).
+//! The steps run on a worker of the rayon pool (`lt_models::ops::on_worker`),
+//! as `lt-cli` runs its commands; `--on-main-thread` runs them on the main
+//! thread instead, each parallel loop handed to the pool from outside, for
+//! an A/B.
 //! `--max-isa avx2` takes the paths of an AVX2-only CPU
 //! (`lt_models::ops::set_max_isa`); build the bench with
 //! `--no-default-features` as well so that `gemm` leaves AVX-512 alone too.
@@ -132,6 +137,9 @@ struct Args {
     residual_runs: bool,
     /// `--max-isa`: cap on the kernels' instruction sets.
     max_isa: Option<Isa>,
+    /// `--on-main-thread`: the steps on the main thread rather than on a
+    /// pool worker (`lt_models::ops::on_worker`), for an A/B.
+    on_main_thread: bool,
 }
 
 fn parse_args() -> Args {
@@ -152,6 +160,7 @@ fn parse_args() -> Args {
         winograd_f4: true,
         residual_runs: true,
         max_isa: None,
+        on_main_thread: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -172,6 +181,7 @@ fn parse_args() -> Args {
             "--no-winograd" => a.winograd = false,
             "--no-winograd-f4" => a.winograd_f4 = false,
             "--no-residual-runs" => a.residual_runs = false,
+            "--on-main-thread" => a.on_main_thread = true,
             "--max-isa" => {
                 let v = value("--max-isa");
                 a.max_isa = Some(v.parse().unwrap_or_else(|e| panic!("--max-isa: {e}")));
@@ -348,65 +358,73 @@ fn main() -> Result<()> {
     let (mut wall, mut cpu) = (Vec::new(), Vec::new());
     let mut split: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     let mut live_fwd: f64 = 0.0;
-    for i in 0..args.warmup + args.steps {
-        let x = randn(&mut rng, &[args.batch, 3, size, size], 1.0)?.to_device(&dev)?;
-        let labels: Vec<u32> = (0..args.batch)
-            .map(|_| rng.random_range(0..args.classes as u32))
-            .collect();
-        let y = Tensor::from_vec(labels, args.batch, &dev)?;
-        dev.synchronize()?;
-        let (c0, t0) = (process_cpu_ms(), Instant::now());
-        if args.infer {
-            let feats = if args.unfused {
-                lt_models::ops::without_grad(|| backbone.forward_t(&x, BnMode::Eval))
-                    .map_err(candle_core::Error::wrap)?
-                    .detach()
-            } else {
-                backbone
-                    .forward_inference(&x)
-                    .map_err(candle_core::Error::wrap)?
-            };
-            let logits = feats
-                .matmul(&fc_w.as_tensor().detach().t()?)?
-                .broadcast_add(&fc_b.as_tensor().detach())?;
-            live_fwd = live_fwd.max(mib(LIVE.load(Ordering::Relaxed)));
-            drop(logits);
+    let mut steps = || -> Result<()> {
+        for i in 0..args.warmup + args.steps {
+            let x = randn(&mut rng, &[args.batch, 3, size, size], 1.0)?.to_device(&dev)?;
+            let labels: Vec<u32> = (0..args.batch)
+                .map(|_| rng.random_range(0..args.classes as u32))
+                .collect();
+            let y = Tensor::from_vec(labels, args.batch, &dev)?;
             dev.synchronize()?;
-            let t1 = Instant::now();
-            if i >= args.warmup {
-                wall.push((t1 - t0).as_secs_f64() * 1e3);
-                cpu.push(process_cpu_ms() - c0);
+            let (c0, t0) = (process_cpu_ms(), Instant::now());
+            if args.infer {
+                let feats = if args.unfused {
+                    lt_models::ops::without_grad(|| backbone.forward_t(&x, BnMode::Eval))
+                        .map_err(candle_core::Error::wrap)?
+                        .detach()
+                } else {
+                    backbone
+                        .forward_inference(&x)
+                        .map_err(candle_core::Error::wrap)?
+                };
+                let logits = feats
+                    .matmul(&fc_w.as_tensor().detach().t()?)?
+                    .broadcast_add(&fc_b.as_tensor().detach())?;
+                live_fwd = live_fwd.max(mib(LIVE.load(Ordering::Relaxed)));
+                drop(logits);
+                dev.synchronize()?;
+                let t1 = Instant::now();
+                if i >= args.warmup {
+                    wall.push((t1 - t0).as_secs_f64() * 1e3);
+                    cpu.push(process_cpu_ms() - c0);
+                }
+                continue;
             }
-            continue;
-        }
-        let feats = backbone
-            .forward_t(&x, BnMode::Train)
-            .map_err(candle_core::Error::wrap)?;
-        let logits = feats
-            .matmul(&fc_w.as_tensor().t()?)?
-            .broadcast_add(fc_b.as_tensor())?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-        if args.profile {
+            let feats = backbone
+                .forward_t(&x, BnMode::Train)
+                .map_err(candle_core::Error::wrap)?;
+            let logits = feats
+                .matmul(&fc_w.as_tensor().t()?)?
+                .broadcast_add(fc_b.as_tensor())?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            if args.profile {
+                dev.synchronize()?;
+            }
+            live_fwd = live_fwd.max(mib(LIVE.load(Ordering::Relaxed)));
+            let t1 = Instant::now();
+            let grads = loss.backward()?;
+            if args.profile {
+                dev.synchronize()?;
+            }
+            let t2 = Instant::now();
+            sgd.step(&grads)?;
+            drop(grads);
             dev.synchronize()?;
+            let t3 = Instant::now();
+            if i >= args.warmup {
+                wall.push((t3 - t0).as_secs_f64() * 1e3);
+                cpu.push(process_cpu_ms() - c0);
+                split[0].push((t1 - t0).as_secs_f64() * 1e3);
+                split[1].push((t2 - t1).as_secs_f64() * 1e3);
+                split[2].push((t3 - t2).as_secs_f64() * 1e3);
+            }
         }
-        live_fwd = live_fwd.max(mib(LIVE.load(Ordering::Relaxed)));
-        let t1 = Instant::now();
-        let grads = loss.backward()?;
-        if args.profile {
-            dev.synchronize()?;
-        }
-        let t2 = Instant::now();
-        sgd.step(&grads)?;
-        drop(grads);
-        dev.synchronize()?;
-        let t3 = Instant::now();
-        if i >= args.warmup {
-            wall.push((t3 - t0).as_secs_f64() * 1e3);
-            cpu.push(process_cpu_ms() - c0);
-            split[0].push((t1 - t0).as_secs_f64() * 1e3);
-            split[1].push((t2 - t1).as_secs_f64() * 1e3);
-            split[2].push((t3 - t2).as_secs_f64() * 1e3);
-        }
+        Ok(())
+    };
+    if args.on_main_thread {
+        steps()?;
+    } else {
+        lt_models::ops::on_worker(steps)?;
     }
     let med = median(&wall);
     if args.profile && !args.infer {
@@ -419,7 +437,7 @@ fn main() -> Result<()> {
     }
     let steps: Vec<String> = wall.iter().map(|t| format!("{t:.1}")).collect();
     println!(
-        "{{\"model\": \"{}\", \"batch\": {}, \"size\": {size}, \"threads\": {}, \"device\": \"{}\", \"precision\": \"{}\", \"framework\": \"lt-models\", \"mode\": \"{}\", \"winograd\": {}, \"winograd_f4\": {}, \"residual_runs\": {}, \"isa\": \"{}\", \"avx512_gemm\": {}, \"img_per_s_median\": {:.1}, \"step_ms\": [{}], \"cpu_ms_median\": {:.1}, \"peak_rss_mb\": {:.0}, \"peak_heap_mb\": {:.0}, \"live_after_forward_mb\": {:.0}, \"loadavg\": \"{load}\"}}",
+        "{{\"model\": \"{}\", \"batch\": {}, \"size\": {size}, \"threads\": {}, \"device\": \"{}\", \"precision\": \"{}\", \"framework\": \"lt-models\", \"mode\": \"{}\", \"winograd\": {}, \"winograd_f4\": {}, \"residual_runs\": {}, \"on_worker\": {}, \"isa\": \"{}\", \"avx512_gemm\": {}, \"img_per_s_median\": {:.1}, \"step_ms\": [{}], \"cpu_ms_median\": {:.1}, \"peak_rss_mb\": {:.0}, \"peak_heap_mb\": {:.0}, \"live_after_forward_mb\": {:.0}, \"loadavg\": \"{load}\"}}",
         args.model,
         args.batch,
         args.threads,
@@ -433,6 +451,7 @@ fn main() -> Result<()> {
         args.winograd,
         args.winograd && args.winograd_f4,
         args.residual_runs,
+        !args.on_main_thread,
         lt_models::ops::active_isa(),
         cfg!(feature = "avx512-gemm"),
         args.batch as f64 / med * 1e3,

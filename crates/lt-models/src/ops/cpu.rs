@@ -126,6 +126,17 @@ impl Drop for Scratch {
     }
 }
 
+/// `f` on a worker of the current rayon pool, inline on one already
+/// (see [`super::on_worker`]).
+pub(crate) fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    // `join` from outside the pool queues both closures as one job for a
+    // worker and blocks the caller until it is done.
+    rayon::join(f, || ()).0
+}
+
 /// Number of worker threads of the current rayon pool.
 pub(crate) fn threads() -> usize {
     rayon::current_num_threads().max(1)
@@ -433,6 +444,33 @@ mod tests {
             drop(c);
             let d = Scratch::take(2);
             assert_eq!(d.buf.len(), 8, "the larger buffer stays");
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// From a thread outside the pool, `f` runs on one of the pool's
+    /// workers and its result comes back; from a worker, it runs inline on
+    /// that worker; a panic in `f` reaches the caller.
+    #[test]
+    fn on_worker_runs_on_the_pool() {
+        std::thread::spawn(|| {
+            assert_eq!(rayon::current_thread_index(), None);
+            let caller = std::thread::current().id();
+            let (index, id) =
+                on_worker(|| (rayon::current_thread_index(), std::thread::current().id()));
+            assert!(index.is_some(), "not on a worker");
+            assert_ne!(id, caller);
+            let (outer, inner) = on_worker(|| {
+                let outer = (rayon::current_thread_index(), std::thread::current().id());
+                (
+                    outer,
+                    on_worker(|| (rayon::current_thread_index(), std::thread::current().id())),
+                )
+            });
+            assert_eq!(outer, inner, "a worker runs `f` itself");
+            let panicked = std::panic::catch_unwind(|| on_worker(|| panic!("inside")));
+            assert!(panicked.is_err());
         })
         .join()
         .unwrap();
