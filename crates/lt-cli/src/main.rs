@@ -362,13 +362,17 @@ fn main() -> ExitCode {
         }
     }
     let mut out = String::new();
-    // The command runs on a worker of the kernels' rayon pool, so that
-    // their parallel loops start from inside it: a training step on the
-    // main thread put that thread to sleep and woke it once per loop
-    // (`lt_models::ops::on_worker`: 8-10 % of a CIFAR ResNet-32 step). The
-    // pool's threads get the main thread's stack size; `RAYON_NUM_THREADS`
-    // still sizes it. A pool built already (none is, this early) is kept.
+    // The main thread is worker 0 of the kernels' rayon pool and runs the
+    // command, so that their parallel loops start from inside the pool: a
+    // training step on a thread outside it put that thread to sleep and
+    // woke it once per loop (`lt_models::ops::on_worker`), and one on a
+    // spawned worker allocates its activations from another malloc arena,
+    // which maps the large ones anew every step. `RAYON_NUM_THREADS` still
+    // sizes the pool; its other threads get the main thread's stack size.
+    // A pool built already (none is, this early) is kept, and `on_worker`
+    // then moves the command onto it.
     let _ = rayon::ThreadPoolBuilder::new()
+        .use_current_thread()
         .stack_size(MAIN_STACK_BYTES)
         .build_global();
     let result = lt_models::ops::on_worker(|| run(cli.command, &mut out));

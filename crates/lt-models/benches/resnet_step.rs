@@ -16,10 +16,10 @@
 //! (`lt_models::ops::set_winograd_f4`); `--no-residual-runs` trains the
 //! basic blocks one op each instead of as residual runs
 //! (`lt_models::ops::set_residual_runs`).
-//! The steps run on a worker of the rayon pool (`lt_models::ops::on_worker`),
-//! as `lt-cli` runs its commands; `--on-main-thread` runs them on the main
-//! thread instead, each parallel loop handed to the pool from outside, for
-//! an A/B.
+//! The main thread is worker 0 of the rayon pool and runs the steps
+//! (`lt_models::ops::on_worker`), as in `lt-cli`; `--on-main-thread` keeps
+//! it outside the pool, each parallel loop handed to the pool's workers
+//! from outside, for an A/B.
 //! `--max-isa avx2` takes the paths of an AVX2-only CPU
 //! (`lt_models::ops::set_max_isa`); build the bench with
 //! `--no-default-features` as well so that `gemm` leaves AVX-512 alone too.
@@ -137,8 +137,9 @@ struct Args {
     residual_runs: bool,
     /// `--max-isa`: cap on the kernels' instruction sets.
     max_isa: Option<Isa>,
-    /// `--on-main-thread`: the steps on the main thread rather than on a
-    /// pool worker (`lt_models::ops::on_worker`), for an A/B.
+    /// `--on-main-thread`: the steps on a main thread outside the pool
+    /// rather than on one of its workers (`lt_models::ops::on_worker`),
+    /// for an A/B.
     on_main_thread: bool,
 }
 
@@ -317,10 +318,15 @@ fn main() -> Result<()> {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(args.threads)
-        .build_global()
-        .expect("rayon pool");
+    // The main thread is worker 0 of the pool, as in `lt-cli`, unless
+    // `--on-main-thread` keeps it outside (the old way).
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads);
+    let pool = if args.on_main_thread {
+        pool
+    } else {
+        pool.use_current_thread()
+    };
+    pool.build_global().expect("rayon pool");
     let load = load_average();
     let arch = Arch::from_str(&args.model).unwrap_or_else(|e| panic!("--model: {e}"));
     let size = args.size.unwrap_or(if arch.is_cifar() { 32 } else { 224 });

@@ -52,10 +52,11 @@
 //!   binaries should set `CANDLE_NUM_THREADS=1` before candle starts any
 //!   thread (the `resnet_step` bench does), and size rayon with
 //!   `RAYON_NUM_THREADS` or a global pool.
-//! * Run the training or evaluation loop on a worker of that pool
-//!   ([`on_worker`]; `lt-cli` runs every command so): from the main thread
-//!   each of the kernels' parallel loops puts the caller to sleep and wakes
-//!   it again.
+//! * Make the main thread worker 0 of that pool (rayon's
+//!   `ThreadPoolBuilder::use_current_thread`, as `lt-cli` does) and run
+//!   the training or evaluation loop through [`on_worker`]: from a thread
+//!   outside the pool each of the kernels' parallel loops puts the caller
+//!   to sleep and wakes it again.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -224,12 +225,21 @@ pub fn retain_freed_memory() -> bool {
 /// threads share two cores, and a CIFAR ResNet-32 step (batch 128, 2
 /// threads, Intel Xeon) made about 1,800 context switches. Run from a
 /// worker, the step's serial parts and its loops stay on the pool's
-/// threads: about 270 context switches, and 8-10 % more images per second
-/// (the `resnet_step` bench, `--on-main-thread` against the default).
-/// The results are the same bits: only the thread that starts each loop
-/// changes. Wrap a whole training or evaluation loop, not each step:
+/// threads: about 270 context switches and 5-10 % more images per second
+/// (the README's performance section). The results are the same bits:
+/// only the thread that starts each loop changes. Wrap a whole training or evaluation loop, not each step:
 /// [`without_grad`] and [`with_reference_ops`] hold for the thread that
 /// calls them, so call them inside `f`.
+///
+/// A binary does better to make its main thread worker 0 of the global
+/// pool (rayon's `ThreadPoolBuilder::use_current_thread`, as `lt-cli`
+/// and the `resnet_step` bench do), so that `f` runs inline: glibc gives
+/// every other thread an arena of its own, which grows in heaps of at
+/// most 64 MB and maps and unmaps every larger block anew, and the
+/// activations of a step run on a spawned worker are such blocks at 224²
+/// (ResNeXt-50 at batch 32, 3 steps: 3.9 img/s, a 6.3 GB peak and 5.0
+/// million page faults, against 6.1 img/s, 4.5 GB and 1.2 million with
+/// the main thread as worker 0).
 ///
 /// ```
 /// let on_pool = lt_models::ops::on_worker(|| rayon::current_thread_index().is_some());
