@@ -313,8 +313,10 @@ macro_rules! outp {
     }};
 }
 
-/// Stack size of the rayon pool's threads, which run the commands: that of
-/// a Linux main thread (8 MiB), not the 2 MiB a spawned thread gets.
+/// Stack size of the rayon pool's other threads (the main thread is its
+/// worker 0 and runs the commands): that of a Linux main thread (8 MiB),
+/// not the 2 MiB a spawned thread gets, for any part of a command that
+/// one of them steals.
 const MAIN_STACK_BYTES: usize = 8 << 20;
 
 fn main() -> ExitCode {
