@@ -7,7 +7,7 @@
 //!     --threads 2 --steps 10 --warmup 3 [--classes 100] [--size 32] [--profile] \
 //!     [--device cpu|cuda:N] [--precision f32|bf16] [--mode train|infer|infer-unfused] \
 //!     [--no-winograd] [--no-winograd-f4] [--no-residual-runs] [--max-isa baseline|avx2|avx512] \
-//!     [--on-main-thread]
+//!     [--on-main-thread] [--no-huge-pages]
 //! ```
 //!
 //! `--no-winograd` runs the 3x3 convolutions on the direct / gemm kernels
@@ -20,6 +20,10 @@
 //! (`lt_models::ops::on_worker`), as in `lt-cli`; `--on-main-thread` keeps
 //! it outside the pool, each parallel loop handed to the pool's workers
 //! from outside, for an A/B.
+//! Blocks of 4 MiB and more are advised as transparent huge pages
+//! (`lt_models::ops::HugePageAlloc`, as in `lt-cli`); `--no-huge-pages`
+//! leaves every page at 4 KiB (`lt_models::ops::set_huge_pages`), for an
+//! A/B.
 //! `--max-isa avx2` takes the paths of an AVX2-only CPU
 //! (`lt_models::ops::set_max_isa`); build the bench with
 //! `--no-default-features` as well so that `gemm` leaves AVX-512 alone too.
@@ -44,17 +48,18 @@
 //! PyTorch peer (`benches/torch_gpu_step.py`) side by side.
 
 use candle_core::{backprop::GradStore, DType, Device, Result, Tensor, Var};
+use lt_models::ops::HugePageAlloc;
 use lt_models::ops::Isa;
 use lt_models::{Arch, Backbone, BnMode, Precision};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-/// The system allocator, counting live bytes and their high-water mark, so
+/// The allocator of `lt-cli` ([`HugePageAlloc`]), counting live bytes and their high-water mark, so
 /// the bench can tell the tensors' own peak from what the allocator keeps
 /// on top of it (`peak_heap_mb` against `peak_rss_mb`).
 struct Counting;
@@ -69,12 +74,12 @@ impl Counting {
     }
 }
 
-// SAFETY: every call is forwarded unchanged to `System`; the counters do not
+// SAFETY: every call is forwarded unchanged to `HugePageAlloc`; the counters do not
 // affect the returned memory.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded with the caller's layout.
-        let p = unsafe { System.alloc(layout) };
+        let p = unsafe { HugePageAlloc.alloc(layout) };
         if !p.is_null() {
             Self::grew(layout.size());
         }
@@ -82,7 +87,7 @@ unsafe impl GlobalAlloc for Counting {
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded with the caller's layout.
-        let p = unsafe { System.alloc_zeroed(layout) };
+        let p = unsafe { HugePageAlloc.alloc_zeroed(layout) };
         if !p.is_null() {
             Self::grew(layout.size());
         }
@@ -90,12 +95,12 @@ unsafe impl GlobalAlloc for Counting {
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded with the caller's pointer and layout.
-        unsafe { System.dealloc(ptr, layout) };
+        unsafe { HugePageAlloc.dealloc(ptr, layout) };
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded with the caller's pointer, layout and size.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        let p = unsafe { HugePageAlloc.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
             Self::grew(new_size);
@@ -141,6 +146,9 @@ struct Args {
     /// rather than on one of its workers (`lt_models::ops::on_worker`),
     /// for an A/B.
     on_main_thread: bool,
+    /// `--no-huge-pages`: no huge-page advice for large blocks
+    /// (`lt_models::ops::set_huge_pages(false)`), for an A/B.
+    huge_pages: bool,
 }
 
 fn parse_args() -> Args {
@@ -162,6 +170,7 @@ fn parse_args() -> Args {
         residual_runs: true,
         max_isa: None,
         on_main_thread: false,
+        huge_pages: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -183,6 +192,7 @@ fn parse_args() -> Args {
             "--no-winograd-f4" => a.winograd_f4 = false,
             "--no-residual-runs" => a.residual_runs = false,
             "--on-main-thread" => a.on_main_thread = true,
+            "--no-huge-pages" => a.huge_pages = false,
             "--max-isa" => {
                 let v = value("--max-isa");
                 a.max_isa = Some(v.parse().unwrap_or_else(|e| panic!("--max-isa: {e}")));
@@ -302,6 +312,7 @@ fn randn(rng: &mut ChaCha8Rng, shape: &[usize], std: f32) -> Result<Tensor> {
 
 fn main() -> Result<()> {
     let args = parse_args();
+    lt_models::ops::set_huge_pages(args.huge_pages);
     lt_models::ops::set_winograd(args.winograd);
     lt_models::ops::set_winograd_f4(args.winograd_f4);
     lt_models::ops::set_residual_runs(args.residual_runs);
@@ -443,7 +454,7 @@ fn main() -> Result<()> {
     }
     let steps: Vec<String> = wall.iter().map(|t| format!("{t:.1}")).collect();
     println!(
-        "{{\"model\": \"{}\", \"batch\": {}, \"size\": {size}, \"threads\": {}, \"device\": \"{}\", \"precision\": \"{}\", \"framework\": \"lt-models\", \"mode\": \"{}\", \"winograd\": {}, \"winograd_f4\": {}, \"residual_runs\": {}, \"on_worker\": {}, \"isa\": \"{}\", \"avx512_gemm\": {}, \"img_per_s_median\": {:.1}, \"step_ms\": [{}], \"cpu_ms_median\": {:.1}, \"peak_rss_mb\": {:.0}, \"peak_heap_mb\": {:.0}, \"live_after_forward_mb\": {:.0}, \"loadavg\": \"{load}\"}}",
+        "{{\"model\": \"{}\", \"batch\": {}, \"size\": {size}, \"threads\": {}, \"device\": \"{}\", \"precision\": \"{}\", \"framework\": \"lt-models\", \"mode\": \"{}\", \"winograd\": {}, \"winograd_f4\": {}, \"residual_runs\": {}, \"on_worker\": {}, \"huge_pages\": {}, \"isa\": \"{}\", \"avx512_gemm\": {}, \"img_per_s_median\": {:.1}, \"step_ms\": [{}], \"cpu_ms_median\": {:.1}, \"peak_rss_mb\": {:.0}, \"peak_heap_mb\": {:.0}, \"live_after_forward_mb\": {:.0}, \"loadavg\": \"{load}\"}}",
         args.model,
         args.batch,
         args.threads,
@@ -458,6 +469,7 @@ fn main() -> Result<()> {
         args.winograd && args.winograd_f4,
         args.residual_runs,
         !args.on_main_thread,
+        args.huge_pages,
         lt_models::ops::active_isa(),
         cfg!(feature = "avx512-gemm"),
         args.batch as f64 / med * 1e3,

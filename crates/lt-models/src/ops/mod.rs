@@ -88,6 +88,7 @@ mod cuda;
 #[clippy::msrv = "1.89"]
 mod direct;
 mod eltwise;
+mod huge_pages;
 pub(crate) mod isa;
 mod lanes;
 mod pool;
@@ -99,6 +100,7 @@ pub(crate) mod simd;
 mod winograd;
 mod winograd_f4;
 
+pub use huge_pages::{enabled as huge_pages_enabled, set_enabled as set_huge_pages, HugePageAlloc};
 pub use isa::{active_isa, detected_isa, set_max_isa, Isa, UnknownIsa};
 pub use residual_run::{enabled as residual_runs_enabled, set_enabled as set_residual_runs};
 pub use winograd::{enabled as winograd_enabled, set_enabled as set_winograd};
