@@ -27,7 +27,11 @@
 #   RT=1          run both under `chrt -f 10` (root only): on a shared machine
 #                 this keeps other processes from stealing the cores, which
 #                 otherwise moves PyTorch's barrier-synchronised threads far
-#                 more than ours.
+#                 more than ours. It costs both sides: real-time tasks are
+#                 throttled for 50 ms of every second (the kernel's
+#                 sched_rt_runtime_us), so about every fourth ResNet-32 step
+#                 stalls, and on a quiet machine both ran about a tenth
+#                 faster without it (the README's performance section).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 ROUNDS=${1:-3}
