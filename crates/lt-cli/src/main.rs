@@ -52,7 +52,8 @@ use lt_train::{RunOptions, StartMode, TrainReport};
 #[command(
     name = "lt-cli",
     version,
-    about = "Decoupled long-tailed recognition: train, re-train classifiers, evaluate"
+    about = "Decoupled long-tailed recognition: train, re-train classifiers, evaluate",
+    after_help = ENVIRONMENT_HELP
 )]
 struct Cli {
     /// Log filter (`error`, `warn`, `info`, `debug`, or a tracing filter);
@@ -312,6 +313,14 @@ macro_rules! outp {
         let _ = write!($out, $($arg)*);
     }};
 }
+
+/// The environment variables `lt-cli` reads, for `--help`.
+const ENVIRONMENT_HELP: &str = "Environment:
+  RUST_LOG            log filter; overrides --log
+  RAYON_NUM_THREADS   threads of the kernels' pool (default: one per core)
+  CANDLE_NUM_THREADS  threads of candle's own pool (default here: 1, which leaves the cores to the kernels)
+  LT_FETCH_SOURCE     an archive or URL to fetch a missing CIFAR data set from
+  LT_HUGE_PAGES=0     leave large blocks in 4 KiB pages (default: advised as transparent huge pages)";
 
 /// Stack size of the rayon pool's other threads (the main thread is its
 /// worker 0 and runs the commands): that of a Linux main thread (8 MiB),

@@ -384,6 +384,20 @@ fn every_command_end_to_end() {
 }
 
 #[test]
+fn help_lists_the_environment_variables_read() {
+    let help = ok(&["--help"]);
+    for var in [
+        "RUST_LOG",
+        "RAYON_NUM_THREADS",
+        "CANDLE_NUM_THREADS",
+        "LT_FETCH_SOURCE",
+        "LT_HUGE_PAGES",
+    ] {
+        assert!(help.contains(var), "--help does not name {var}:\n{help}");
+    }
+}
+
+#[test]
 fn config_errors_name_the_key_and_fail() {
     let tmp = tempfile::tempdir().unwrap();
     let bad = tmp.path().join("bad.toml");
