@@ -328,7 +328,7 @@ const ENVIRONMENT_HELP: &str = "Environment:
 /// one of them steals.
 const MAIN_STACK_BYTES: usize = 8 << 20;
 
-/// Large blocks (the kernels' activations) in transparent huge pages: about 6 %
+/// Large blocks (the kernels' activations) in transparent huge pages: 3-6 %
 /// more images per second on a ResNet-32 training step (the README's
 /// performance section). `LT_HUGE_PAGES=0` turns the advice off.
 #[global_allocator]

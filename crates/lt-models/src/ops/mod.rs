@@ -58,8 +58,8 @@
 //!   outside the pool each of the kernels' parallel loops puts the caller
 //!   to sleep and wakes it again.
 //! * Install [`HugePageAlloc`] as the global allocator (`lt-cli` does):
-//!   the activations the kernels stream then sit in 2 MiB pages, about
-//!   6 % more images per second on a ResNet-32 training step.
+//!   the activations the kernels stream then sit in 2 MiB pages, 3-6 %
+//!   more images per second on a ResNet-32 training step.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
