@@ -99,7 +99,10 @@ impl HugePageAlloc {
 
     /// After a block of `size` bytes was allocated at `p`: the heap's
     /// growth, and the block itself where it is large and outside the
-    /// advised heap.
+    /// advised heap. Small blocks check the growth too: one of them can
+    /// grow the heap, and the padding it leaves untouched is then advised
+    /// before a later call carves from it (the check is an `sbrk(0)`, a
+    /// read of glibc's record of the break, and two atomic loads).
     fn after(p: *mut u8, size: usize) {
         if p.is_null() || !enabled() {
             return;
