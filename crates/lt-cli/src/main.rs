@@ -320,7 +320,7 @@ const ENVIRONMENT_HELP: &str = "Environment:
   RAYON_NUM_THREADS   threads of the kernels' pool (default: one per core)
   CANDLE_NUM_THREADS  threads of candle's own pool (default here: 1, which leaves the cores to the kernels)
   LT_FETCH_SOURCE     an archive or URL to fetch a missing CIFAR data set from
-  LT_HUGE_PAGES=0     leave large blocks in 4 KiB pages (default: advised as transparent huge pages)";
+  LT_HUGE_PAGES=0     leave the heap and large blocks in 4 KiB pages (default: advised as transparent huge pages)";
 
 /// Stack size of the rayon pool's other threads (the main thread is its
 /// worker 0 and runs the commands): that of a Linux main thread (8 MiB),

@@ -20,10 +20,10 @@
 //! (`lt_models::ops::on_worker`), as in `lt-cli`; `--on-main-thread` keeps
 //! it outside the pool, each parallel loop handed to the pool's workers
 //! from outside, for an A/B.
-//! Blocks of 4 MiB and more are advised as transparent huge pages
-//! (`lt_models::ops::HugePageAlloc`, as in `lt-cli`); `--no-huge-pages`
-//! leaves every page at 4 KiB (`lt_models::ops::set_huge_pages`), for an
-//! A/B.
+//! The heap, from the first block of 4 MiB on, and large blocks outside it
+//! are advised as transparent huge pages (`lt_models::ops::HugePageAlloc`,
+//! as in `lt-cli`); `--no-huge-pages` leaves every page at 4 KiB
+//! (`lt_models::ops::set_huge_pages`), for an A/B.
 //! `--max-isa avx2` takes the paths of an AVX2-only CPU
 //! (`lt_models::ops::set_max_isa`); build the bench with
 //! `--no-default-features` as well so that `gemm` leaves AVX-512 alone too.
@@ -59,8 +59,8 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-/// The allocator of `lt-cli` ([`HugePageAlloc`]), counting live bytes and their high-water mark, so
-/// the bench can tell the tensors' own peak from what the allocator keeps
+/// The allocator of `lt-cli` ([`HugePageAlloc`]), counting live bytes and
+/// their high-water mark, so the bench can tell the tensors' own peak from what the allocator keeps
 /// on top of it (`peak_heap_mb` against `peak_rss_mb`).
 struct Counting;
 
