@@ -60,8 +60,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// The allocator of `lt-cli` ([`HugePageAlloc`]), counting live bytes and
-/// their high-water mark, so the bench can tell the tensors' own peak from what the allocator keeps
-/// on top of it (`peak_heap_mb` against `peak_rss_mb`).
+/// their high-water mark, so the bench can tell the tensors' own peak from
+/// what the allocator keeps on top of it (`peak_heap_mb` against
+/// `peak_rss_mb`).
 struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
